@@ -1,0 +1,9 @@
+"""gptlab: GPT-2 from the first ideas of attention to a model you can train, load and sample."""
+
+from gptlab.config import PRESETS, GPTConfig
+from gptlab.errors import GptlabError
+from gptlab.model import GPT, GPTOutput
+
+__version__ = "0.1.0"
+
+__all__ = ["GPT", "GPTConfig", "GPTOutput", "GptlabError", "PRESETS", "__version__"]

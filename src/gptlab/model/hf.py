@@ -1,0 +1,337 @@
+"""Hugging Face GPT-2 checkpoints <-> gptlab's `GPT`.
+
+The formats differ in two ways only: Hugging Face stores the four projection matrices as
+`Conv1D` weights of shape (in, out), the transpose of `nn.Linear`'s (out, in), and it may keep
+attention-mask buffers (`attn.bias`, `attn.masked_bias`) that are not weights. Everything gptlab
+saves is a Hugging Face folder; a small "gptlab" entry in config.json keeps what that format
+cannot say (no biases, a padded vocabulary), so a gptlab folder loads back exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from gptlab import hub
+from gptlab.config import GPTConfig
+from gptlab.errors import GptlabError
+from gptlab.fileio import atomic_write, atomic_write_json
+from gptlab.model.gpt import GPT
+
+# Weights stored transposed (Conv1D, (in, out)) in Hugging Face checkpoints.
+CONV1D_SUFFIXES = (
+    "attn.c_attn.weight",
+    "attn.c_proj.weight",
+    "mlp.c_fc.weight",
+    "mlp.c_proj.weight",
+)
+# Buffers some checkpoints carry; they hold the causal mask, not learned numbers.
+BUFFER_SUFFIXES = (".attn.bias", ".attn.masked_bias")
+# Prefixes added by torch.compile (_orig_mod.) and DistributedDataParallel (module.).
+WRAPPER_PREFIXES = ("_orig_mod.", "module.")
+# Activations that are exactly GELU with the tanh approximation.
+TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def config_from_hf(hf: dict, source: str = "config.json") -> GPTConfig:
+    """GPT2Config's fields -> GPTConfig, refusing settings this network cannot honour."""
+    if hf.get("model_type", "gpt2") != "gpt2":
+        raise GptlabError(f"{source}: model_type is {hf['model_type']!r}, not 'gpt2'")
+    activation = hf.get("activation_function", "gelu_new")
+    if activation not in TANH_GELUS:
+        raise GptlabError(
+            f"{source}: activation_function {activation!r} is not supported "
+            f"(gptlab's MLP uses GELU with the tanh approximation: {', '.join(TANH_GELUS)})"
+        )
+    refused = {
+        "add_cross_attention": False,
+        "scale_attn_by_inverse_layer_idx": False,
+        "reorder_and_upcast_attn": False,
+        "scale_attn_weights": True,
+        "tie_word_embeddings": True,
+    }
+    for key, supported in refused.items():
+        if bool(hf.get(key, supported)) != supported:
+            raise GptlabError(
+                f"{source}: {key}={hf[key]!r} is not supported by gptlab's GPT-2 "
+                f"(it needs {key}={str(supported).lower()})"
+            )
+    missing = [k for k in ("vocab_size", "n_embd", "n_layer", "n_head") if k not in hf]
+    if "n_positions" not in hf and "n_ctx" not in hf:
+        missing.append("n_positions")
+    if missing:
+        raise GptlabError(f"{source}: missing {', '.join(missing)}")
+    n_inner = hf.get("n_inner")
+    if n_inner is not None and n_inner != 4 * hf["n_embd"]:
+        raise GptlabError(
+            f"{source}: n_inner={n_inner} is not supported (gptlab's MLP is 4 * n_embd = "
+            f"{4 * hf['n_embd']} wide)"
+        )
+    extra = hf.get("gptlab", {})
+    return GPTConfig(
+        vocab_size=hf["vocab_size"],
+        block_size=hf.get("n_positions", hf.get("n_ctx")),
+        n_layer=hf["n_layer"],
+        n_head=hf["n_head"],
+        n_embd=hf["n_embd"],
+        layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+        dropout=extra.get("dropout", 0.0),
+        bias=extra.get("bias", True),
+        padded_vocab_size=extra.get("padded_vocab_size"),
+    )
+
+
+def config_to_hf(config: GPTConfig, dtype: torch.dtype = torch.float32) -> dict:
+    """GPTConfig -> the config.json transformers reads, plus gptlab's own entry."""
+    hf = {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": config.vocab_size,
+        "n_positions": config.block_size,
+        "n_ctx": config.block_size,
+        "n_embd": config.n_embd,
+        "n_layer": config.n_layer,
+        "n_head": config.n_head,
+        "n_inner": None,
+        "activation_function": "gelu_new",
+        "layer_norm_epsilon": config.layer_norm_eps,
+        "resid_pdrop": config.dropout,
+        "embd_pdrop": config.dropout,
+        "attn_pdrop": config.dropout,
+        "initializer_range": 0.02,
+        "scale_attn_weights": True,
+        "tie_word_embeddings": True,
+        "use_cache": True,
+        "torch_dtype": str(dtype).removeprefix("torch."),
+        "gptlab": {
+            "bias": config.bias,
+            "padded_vocab_size": config.padded_vocab_size,
+            "dropout": config.dropout,
+        },
+    }
+    eot = 50256
+    if config.vocab_size > eot:  # GPT-2's <|endoftext|>, only where the vocabulary has it
+        hf["bos_token_id"] = hf["eos_token_id"] = eot
+    return hf
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint folder: one file, or shards listed by an index file."""
+    for name in WEIGHT_FILES:
+        path = folder / name
+        if not path.is_file():
+            continue
+        if not name.endswith(".index.json"):
+            return _read_weight_file(path)
+        try:
+            weight_map = json.loads(path.read_text())["weight_map"]
+            shards = sorted(set(weight_map.values()))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise GptlabError(f"{path}: not a valid shard index ({e})") from e
+        tensors: dict[str, torch.Tensor] = {}
+        for shard in shards:
+            shard_path = folder / shard
+            if not shard_path.is_file():
+                raise GptlabError(f"{path} lists {shard}, which is missing")
+            tensors.update(_read_weight_file(shard_path))
+        return tensors
+    raise GptlabError(f"{folder}: no weights found (looked for {', '.join(WEIGHT_FILES)})")
+
+
+def _read_weight_file(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(path)
+        except Exception as e:  # truncated or corrupt header, bad offsets, ...
+            raise GptlabError(f"{path}: cannot read safetensors file ({_first_line(e)})") from e
+    # A pickle: never executed, weights_only=True refuses anything but tensors and containers.
+    try:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # legacy (pre-zip) format cannot be memory-mapped
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise GptlabError(f"{path}: cannot read PyTorch weights ({_first_line(e)})") from e
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise GptlabError(f"{path}: expected a dictionary of tensors")
+    return state
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _canonical_name(key: str) -> str:
+    """Strip wrapper prefixes and give every weight the GPT2LMHeadModel name."""
+    changed = True
+    while changed:
+        changed = False
+        for prefix in WRAPPER_PREFIXES:
+            if key.startswith(prefix):
+                key, changed = key.removeprefix(prefix), True
+    if not key.startswith(("transformer.", "lm_head.")):
+        key = "transformer." + key  # GPT2Model checkpoints (e.g. the hub's gpt2) lack it
+    return key
+
+
+def state_dict_from_hf(
+    hf_state: dict[str, torch.Tensor], config: GPTConfig, source: str
+) -> dict[str, torch.Tensor]:
+    """Hugging Face tensors -> the exact state dict of `GPT(config)` (lm_head tied, left out)."""
+    wanted = _expected_shapes(config)
+    out: dict[str, torch.Tensor] = {}
+    unexpected = []
+    for raw_key, tensor in hf_state.items():
+        key = _canonical_name(raw_key)
+        if key.endswith(BUFFER_SUFFIXES) or key == "lm_head.weight":
+            continue  # mask buffers; the head is the token embedding
+        if key.endswith(CONV1D_SUFFIXES) and tensor.ndim == 2:
+            tensor = tensor.t()
+        if key not in wanted:
+            if (
+                not config.bias
+                and key.endswith(".bias")
+                and key in _expected_shapes(config.replace(bias=True))
+            ):
+                if torch.count_nonzero(tensor):
+                    raise GptlabError(
+                        f"{source}: {raw_key} is not zero, but the config says bias=false"
+                    )
+                continue  # zero biases written for transformers' sake
+            unexpected.append(raw_key)
+            continue
+        if key == "transformer.wte.weight" and config.padded_vocab_size:
+            if tensor.shape[0] == config.vocab_size:  # exported with the padding stripped
+                padding = tensor.new_zeros(
+                    config.padded_vocab_size - config.vocab_size, tensor.shape[1]
+                )
+                tensor = torch.cat([tensor, padding])
+        if tuple(tensor.shape) != wanted[key]:
+            raise GptlabError(
+                f"{source}: {raw_key} has shape {tuple(tensor.shape)}, expected {wanted[key]} "
+                "for this config"
+            )
+        out[key] = tensor
+    if unexpected:
+        raise GptlabError(f"{source}: unexpected weights {', '.join(sorted(unexpected)[:5])}")
+    missing = [k for k in wanted if k not in out]
+    if missing:
+        raise GptlabError(f"{source}: missing weights {', '.join(missing[:5])}")
+    return out
+
+
+def _expected_shapes(config: GPTConfig) -> dict[str, tuple[int, ...]]:
+    with torch.device("meta"):
+        model = GPT(config)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items() if k != "lm_head.weight"}
+
+
+def load_pretrained(
+    name_or_path: str | os.PathLike,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> GPT:
+    """A local Hugging Face / gptlab folder, or a hub name fetched online -> GPT in eval mode."""
+    folder = Path(name_or_path).expanduser()
+    if not folder.exists():
+        name = str(name_or_path)
+        if not hub.looks_like_repo_id(name):
+            raise GptlabError(f"{name}: no such folder")
+        folder = hub.snapshot(name, ["config.json", "*.safetensors", "*.safetensors.index.json"])
+        if not any((folder / f).is_file() for f in WEIGHT_FILES):
+            folder = hub.snapshot(name, ["config.json", "pytorch_model.bin*"])
+    if not folder.is_dir():
+        raise GptlabError(f"{folder}: not a folder (expected config.json and model weights)")
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise GptlabError(f"{folder}: no config.json, so this is not a model folder")
+    try:
+        hf_config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise GptlabError(f"{config_path}: not valid JSON ({e})") from e
+    if not isinstance(hf_config, dict):
+        raise GptlabError(f"{config_path}: expected a JSON object")
+    config = config_from_hf(hf_config, str(config_path))
+    state = state_dict_from_hf(read_state_dict(folder), config, str(folder))
+
+    dtype = dtype or torch.float32
+    with torch.device("meta"):
+        model = GPT(config)
+    state = {k: v.to(dtype=dtype).contiguous() for k, v in state.items()}
+    state["lm_head.weight"] = state["transformer.wte.weight"]
+    model.load_state_dict(state, assign=True)
+    model.lm_head.weight = model.transformer.wte.weight  # assign=True replaced the tied Parameter
+    if device is not None:
+        model.to(device)
+    return model.eval()
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def state_dict_to_hf(model: GPT) -> dict[str, torch.Tensor]:
+    """gptlab weights -> GPT2LMHeadModel's names and layouts: Conv1D weights transposed,
+    padded vocabulary rows stripped, zero biases where the model has none."""
+    config = model.config
+    out = {}
+    for key, tensor in model.state_dict().items():
+        if key == "lm_head.weight":
+            continue  # tied to transformer.wte.weight; transformers ties it on load
+        tensor = tensor.detach()
+        if key == "transformer.wte.weight":
+            tensor = tensor[: config.vocab_size]
+        if key.endswith(CONV1D_SUFFIXES):
+            tensor = tensor.t()
+        out[key] = tensor.to("cpu").contiguous().clone()
+    if not config.bias:
+        dtype = model.transformer.wte.weight.dtype
+        for key, shape in _expected_shapes(config.replace(bias=True)).items():
+            if key.endswith(".bias") and key not in out:
+                out[key] = torch.zeros(shape, dtype=dtype)
+    return out
+
+
+def unwrap(model: torch.nn.Module) -> GPT:
+    """The GPT inside torch.compile's and DistributedDataParallel's wrappers."""
+    while not isinstance(model, GPT):
+        inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
+        if inner is None:
+            raise TypeError(f"expected a gptlab GPT, got {type(model).__name__}")
+        model = inner
+    return model
+
+
+def save_pretrained(model: GPT, directory: str | os.PathLike) -> None:
+    """Write config.json and model.safetensors (each atomically) into `directory`."""
+    from safetensors.torch import save_file
+
+    model = unwrap(model)
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise GptlabError(f"{directory}: exists and is not a folder")
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = state_dict_to_hf(model)
+    dtype = model.transformer.wte.weight.dtype
+    atomic_write(
+        directory / "model.safetensors",
+        lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}),
+    )
+    atomic_write_json(directory / "config.json", config_to_hf(model.config, dtype))

@@ -1,0 +1,54 @@
+"""Shared fixtures: tiny random models made by the tests themselves (nothing is downloaded)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+TINY_HF = dict(
+    vocab_size=99, n_positions=32, n_embd=32, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0
+)
+
+
+def make_hf_model(seed: int = 0, **overrides):
+    """A GPT2LMHeadModel with random weights, biases and LayerNorms made non-trivial so that a
+    wrong mapping (a missing transpose, a swapped bias) cannot hide behind zeros and ones."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(seed)
+    config = transformers.GPT2Config(**{**TINY_HF, **overrides})
+    model = transformers.GPT2LMHeadModel(config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or ".ln_" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def hf_model():
+    return make_hf_model()
+
+
+@pytest.fixture(scope="session")
+def hf_folder(hf_model, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("hf_gpt2")
+    hf_model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def ids() -> torch.Tensor:
+    g = torch.Generator().manual_seed(1)
+    return torch.randint(0, TINY_HF["vocab_size"], (3, 17), generator=g)
+
+
+def shared_data(name: str) -> Path:
+    """A file from ../shared/data, or skip the test saying why."""
+    path = SHARED_DATA / name
+    if not path.exists():
+        pytest.skip(f"{path} is absent (the shared test data lies beside the repository)")
+    return path

@@ -1,0 +1,50 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from gptlab import GPT, GPTConfig
+from gptlab.cli import main
+
+
+def test_info_counts_parameters_without_building_weights(capsys):
+    assert main(["info", "gpt2-xl", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["parameters"] == 1_557_611_200 and info["n_layer"] == 48
+
+
+def test_info_reads_a_model_folder(tmp_path, capsys):
+    GPT(GPTConfig.preset("tiny")).save_pretrained(tmp_path)
+    assert main(["info", str(tmp_path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n_embd"] == 64
+
+
+def test_convert_round_trip_and_refuses_to_overwrite(tmp_path, capsys):
+    model = GPT(GPTConfig.preset("tiny")).eval()
+    model.save_pretrained(tmp_path / "a")
+    assert main(["convert", str(tmp_path / "a"), str(tmp_path / "b"), "--dtype", "bfloat16"]) == 0
+    b = GPT.from_pretrained(tmp_path / "b")
+    assert b.transformer.wte.weight.dtype.is_floating_point
+    before = (tmp_path / "b" / "model.safetensors").read_bytes()
+    assert main(["convert", str(tmp_path / "a"), str(tmp_path / "b")]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (tmp_path / "b" / "model.safetensors").read_bytes() == before  # nothing lost
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["info", "gpt3"], "neither a preset"),
+        (["convert", "./missing", "out"], "missing: no such folder"),
+        (["convert", "gpt2", "out", "--dtype", "int8"], "invalid choice: 'int8'"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+    ],
+)
+def test_user_errors_are_one_line_and_exit_2(argv, message, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "gptlab", *argv], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert message in result.stderr
