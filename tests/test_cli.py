@@ -48,3 +48,45 @@ def test_user_errors_are_one_line_and_exit_2(argv, message, tmp_path):
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert message in result.stderr
+
+
+def test_tokenizer_train_and_encode(tmp_path, capsys):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("to be or not to be, that is the question\n" * 20)
+    (corpus / "b.md").write_text("whether 'tis nobler in the mind to suffer\n" * 20)
+    out = tmp_path / "tok"
+    argv = ["tokenizer", "train", "--input", str(corpus), "--vocab-size", "300", "--out", str(out)]
+    assert main(argv) == 0
+    assert "trained 300 ids (43 merges)" in capsys.readouterr().out
+    assert main(["tokenizer", "encode", str(out), "to be", "--pieces"]) == 0
+    ids_line, pieces_line = capsys.readouterr().out.splitlines()
+    assert json.loads(pieces_line) == ["to", " be"]
+    before = (out / "vocab.json").read_bytes()
+    assert main(argv) == 2  # refuses to overwrite
+    assert (out / "vocab.json").read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["tokenizer", "train", "--input", "nope.txt", "--vocab-size", "300", "--out", "o"],
+         "nope.txt: no such file or folder"),
+        (["tokenizer", "train", "--input", "empty.txt", "--vocab-size", "300", "--out", "o"],
+         "training corpus is empty"),
+        (["tokenizer", "train", "--input", "empty.txt", "--vocab-size", "10", "--out", "o"],
+         "vocab_size=10 is too small"),
+        (["tokenizer", "train", "--input", "latin1.txt", "--vocab-size", "300", "--out", "o"],
+         "latin1.txt: not UTF-8 text"),
+        (["tokenizer", "encode", "missing-dir", "hi"], "missing-dir: no such folder"),
+    ],
+)  # fmt: skip
+def test_tokenizer_user_errors(argv, message, tmp_path):
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "latin1.txt").write_bytes("café".encode("latin-1"))
+    result = subprocess.run(
+        [sys.executable, "-m", "gptlab", *argv], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and message in result.stderr
+    assert not (tmp_path / "o").exists()

@@ -3,7 +3,19 @@
 from gptlab.config import PRESETS, GPTConfig
 from gptlab.errors import GptlabError
 from gptlab.model import GPT, GPTOutput
+from gptlab.tokenizers import BPETokenizer, CharTokenizer, Tokenizer, train_bpe
 
 __version__ = "0.1.0"
 
-__all__ = ["GPT", "GPTConfig", "GPTOutput", "GptlabError", "PRESETS", "__version__"]
+__all__ = [
+    "GPT",
+    "GPTConfig",
+    "GPTOutput",
+    "GptlabError",
+    "PRESETS",
+    "BPETokenizer",
+    "CharTokenizer",
+    "Tokenizer",
+    "train_bpe",
+    "__version__",
+]

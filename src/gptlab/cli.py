@@ -93,6 +93,69 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- tokenizer
+
+
+def read_texts(paths: Sequence[str]) -> list[tuple[Path, str]]:
+    """Text files, and the .txt/.md files under folders (sorted), as (path, text)."""
+    files: list[Path] = []
+    for name in paths:
+        path = Path(name)
+        if path.is_dir():
+            found = sorted(
+                p for p in path.rglob("*") if p.suffix in (".txt", ".md") and p.is_file()
+            )
+            if not found:
+                raise GptlabError(f"{path}: folder holds no .txt or .md files")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise GptlabError(f"{path}: no such file or folder")
+    texts = []
+    for path in files:
+        try:
+            texts.append((path, path.read_text(encoding="utf-8")))
+        except UnicodeDecodeError as e:
+            raise GptlabError(f"{path}: not UTF-8 text (byte {e.start})") from e
+    return texts
+
+
+def cmd_tokenizer_train(args: argparse.Namespace) -> int:
+    import time
+
+    from gptlab.tokenizers import train_bpe
+
+    out = Path(args.out)
+    if (out / "vocab.json").exists() and not args.overwrite:
+        raise GptlabError(f"{out} already holds vocab.json; pass --overwrite to replace it")
+    texts = read_texts(args.input)
+    start = time.perf_counter()
+    specials = args.special if args.special is not None else ["<|endoftext|>"]
+    tok = train_bpe((t for _, t in texts), args.vocab_size, specials, args.pattern)
+    seconds = time.perf_counter() - start
+    tok.save(out)
+    size = sum(len(t.encode("utf-8")) for _, t in texts)
+    print(
+        f"trained {tok.vocab_size} ids ({len(tok.merges)} merges) on {size:,} bytes from "
+        f"{len(texts)} file(s) in {seconds:.1f}s -> {out}"
+    )
+    if tok.vocab_size < args.vocab_size:
+        print(f"note: the corpus ran out of pairs before {args.vocab_size} ids")
+    return 0
+
+
+def cmd_tokenizer_encode(args: argparse.Namespace) -> int:
+    from gptlab.tokenizers import Tokenizer
+
+    tok = Tokenizer.from_pretrained(args.tokenizer)
+    ids = tok.encode(args.text)
+    print(json.dumps(ids))
+    if args.pieces:
+        print(json.dumps([tok.decode([i]) for i in ids], ensure_ascii=False))
+    return 0
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -115,6 +178,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="weights' dtype on disk")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model in OUT")
     p.set_defaults(run=cmd_convert)
+
+    p = sub.add_parser("tokenizer", help="train a BPE vocabulary, or encode text with one")
+    tsub = p.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+    tsub.required = True
+    t = tsub.add_parser("train", help="learn a byte-level BPE vocabulary from text files")
+    t.add_argument("--input", nargs="+", required=True, metavar="PATH", help="files or folders")
+    t.add_argument("--vocab-size", type=int, required=True, help="ids in all (>= 256 + specials)")
+    t.add_argument("--out", required=True, help="folder for vocab.json + merges.txt")
+    t.add_argument(
+        "--special", nargs="*", metavar="TOKEN", help="special tokens (default: <|endoftext|>)"
+    )
+    t.add_argument("--pattern", choices=("gpt2", "gpt4"), default="gpt2", help="pre-tokenizer")
+    t.add_argument("--overwrite", action="store_true", help="replace a vocabulary in OUT")
+    t.set_defaults(run=cmd_tokenizer_train)
+    t = tsub.add_parser("encode", help="print the ids (and pieces) of a text")
+    t.add_argument("tokenizer", help="tokenizer folder, model folder or gpt2 hub name")
+    t.add_argument("text")
+    t.add_argument("--pieces", action="store_true", help="also print each id's text")
+    t.set_defaults(run=cmd_tokenizer_encode)
     return parser
 
 

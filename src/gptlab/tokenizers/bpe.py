@@ -1,0 +1,389 @@
+"""Byte-level BPE (byte pair encoding), GPT-2's tokenizer: encode, decode, save, load, train.
+
+Text is first cut into chunks by a regular expression (words with their leading space,
+numbers, punctuation runs, whitespace). Each chunk becomes its UTF-8 bytes, one token per byte,
+so no character is ever unknown. Then merges apply in the order they were learned: the
+adjacent pair with the earliest merge becomes one token, again and again until no learned pair
+is left. A token is a byte string; its id is its rank.
+
+Encoding runs through tiktoken's core (Rust) with an `Encoding` built in memory from the ranks
+loaded here; `encode_python` is the same algorithm in plain Python, for reading and teaching.
+"""
+
+from __future__ import annotations
+
+import codecs
+import heapq
+import json
+import os
+import re
+from collections import Counter, defaultdict
+from collections.abc import Collection, Iterable, Sequence
+from itertools import pairwise
+from pathlib import Path
+
+import regex
+
+from gptlab.errors import GptlabError
+from gptlab.fileio import atomic_write_json
+from gptlab.tokenizers import gpt2
+from gptlab.tokenizers.base import IncrementalDecoder, Tokenizer
+
+# Pre-tokenization patterns: GPT-2's, and the one of GPT-4's cl100k vocabulary (case-insensitive
+# contractions, numbers in groups of at most three digits, newlines kept apart). GPT-2's is
+# written with its contractions factored, '(?:[sdmt]|ll|ve|re) for 's|'t|'re|'ve|'m|'ll|'d:
+# the same matches, found a few per cent faster.
+PATTERNS = {
+    "gpt2": r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""",
+    "gpt4": r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+""",  # noqa: E501
+}
+CONFIG_FILE = "gptlab_tokenizer.json"
+
+
+class BPETokenizer(Tokenizer):
+    """A byte-level BPE vocabulary: GPT-2's (`load` on its files) or one trained with
+    `train_bpe`.
+
+    ranks: token bytes -> id, for every ordinary token (all 256 single bytes included).
+    merges: (left, right) byte-string pairs in the order they were learned.
+    special_tokens: text -> id for tokens such as <|endoftext|> that no merge makes.
+    pattern: a key of PATTERNS or a regular expression of your own.
+    """
+
+    kind = "bpe"
+
+    def __init__(
+        self,
+        ranks: dict[bytes, int],
+        merges: Sequence[tuple[bytes, bytes]],
+        special_tokens: dict[str, int] | None = None,
+        pattern: str = "gpt2",
+        eot_token: str | None = gpt2.EOT,
+    ) -> None:
+        self.ranks = dict(ranks)
+        self.merges = list(merges)
+        self.special_tokens = dict(special_tokens or {})
+        self.pattern = pattern
+        self._regex = regex.compile(PATTERNS.get(pattern, pattern))
+        missing = [b for b in range(256) if bytes([b]) not in self.ranks]
+        if missing:
+            raise GptlabError(f"a byte-level vocabulary needs all 256 bytes; missing {missing[:5]}")
+        for a, b in self.merges:
+            if a not in self.ranks or b not in self.ranks or a + b not in self.ranks:
+                raise GptlabError(
+                    f"merge {a!r} + {b!r} uses or makes a token not in the vocabulary"
+                )
+        ids = [*self.ranks.values(), *self.special_tokens.values()]
+        if len(set(ids)) != len(ids):
+            raise GptlabError("two tokens share one id")
+        self._vocab_size = max(ids) + 1
+        self._bytes: list[bytes] = [b""] * self._vocab_size
+        for token, i in self.ranks.items():
+            self._bytes[i] = token
+        for text, i in self.special_tokens.items():
+            self._bytes[i] = text.encode("utf-8")
+        self._eot_id = self.special_tokens.get(eot_token) if eot_token else None
+        self._merge_rank = {pair: i for i, pair in enumerate(self.merges)}
+        self._cache: dict[str, list[int]] = {}
+        self._core = self._tiktoken_encoding()
+
+    # ------------------------------------------------------------------ interface
+
+    @property
+    def vocab_size(self) -> int:
+        return self._vocab_size
+
+    @property
+    def eot_id(self) -> int | None:
+        return self._eot_id
+
+    @property
+    def fast(self) -> bool:
+        """True when encoding runs through tiktoken (see `_tiktoken_encoding`)."""
+        return self._core is not None
+
+    def encode(self, text: str, allowed_special: Collection[str] | str = ()) -> list[int]:
+        """Ids of `text`. Special-token text (e.g. "<|endoftext|>") is ordinary text unless
+        named in `allowed_special` (or `allowed_special="all"`), as in tiktoken."""
+        if not allowed_special and self._core is not None:
+            return self._core.encode_ordinary(text)  # the common case, straight to Rust
+        allowed = self._allowed(allowed_special)
+        if self._core is None:
+            return self.encode_python(text, allowed)
+        if not allowed:
+            return self._core.encode_ordinary(text)
+        return self._core.encode(text, allowed_special=allowed, disallowed_special=())
+
+    def encode_batch(self, texts: Sequence[str], num_threads: int = 8) -> list[list[int]]:
+        if self._core is None:
+            return [self.encode_python(t) for t in texts]
+        return self._core.encode_ordinary_batch(list(texts), num_threads=num_threads)
+
+    def decode_bytes(self, ids: Iterable[int]) -> bytes:
+        table = self._bytes
+        try:
+            return b"".join(table[i] for i in ids)
+        except (IndexError, TypeError) as e:
+            raise GptlabError(f"id out of range for a vocabulary of {len(table)} ({e})") from e
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of `ids`; bytes that are not valid UTF-8 (an id sequence cut inside a
+        character) become the replacement character U+FFFD rather than an error."""
+        return self.decode_bytes(ids).decode("utf-8", errors="replace")
+
+    def decoder(self) -> IncrementalDecoder:
+        return _BytesDecoder(self)
+
+    # ------------------------------------------------------------------ the algorithm in Python
+
+    def encode_python(self, text: str, allowed_special: Collection[str] | str = ()) -> list[int]:
+        """The same ids as `encode`, computed step by step in Python (slow; for reading)."""
+        allowed = self._allowed(allowed_special)
+        ids: list[int] = []
+        pieces = [text]
+        if allowed:  # cut the text at the allowed special tokens, longest first
+            alternatives = "|".join(map(re.escape, sorted(allowed, key=len, reverse=True)))
+            pieces = re.split(f"({alternatives})", text)
+        for piece in pieces:
+            if piece in allowed:
+                ids.append(self.special_tokens[piece])
+                continue
+            for chunk in self._regex.findall(piece):
+                ids.extend(self._encode_chunk(chunk))
+        return ids
+
+    def merge_steps(self, chunk: str) -> list[list[bytes]]:
+        """How one chunk is merged: the token list before any merge, then after each one."""
+        parts = [bytes([b]) for b in chunk.encode("utf-8")]
+        steps = [parts]
+        while len(parts) > 1:
+            pair = min(pairwise(parts), key=lambda p: self._merge_rank.get(p, float("inf")))
+            if pair not in self._merge_rank:
+                break
+            parts = _merge(parts, pair, pair[0] + pair[1])
+            steps.append(parts)
+        return steps
+
+    def _encode_chunk(self, chunk: str) -> list[int]:
+        cached = self._cache.get(chunk)
+        if cached is None:
+            cached = [self.ranks[t] for t in self.merge_steps(chunk)[-1]]
+            if len(self._cache) < 100_000:
+                self._cache[chunk] = cached
+        return cached
+
+    def _allowed(self, allowed_special: Collection[str] | str) -> set[str]:
+        if allowed_special == "all":
+            return set(self.special_tokens)
+        allowed = set(allowed_special)
+        unknown = allowed - set(self.special_tokens)
+        if unknown:
+            raise GptlabError(
+                f"not special tokens of this vocabulary: {', '.join(sorted(unknown))} "
+                f"(it has: {', '.join(self.special_tokens) or 'none'})"
+            )
+        return allowed
+
+    def _tiktoken_encoding(self):
+        """tiktoken merges the adjacent pair whose *result* has the lowest rank; the reference
+        algorithm merges the pair learned first. The two agree when every multi-byte token is
+        made by exactly one merge and ids grow in merge order, which holds for GPT-2's files and
+        for vocabularies trained here. Otherwise (None) encoding stays in Python."""
+        results = [a + b for a, b in self.merges]
+        made = set(results)
+        increasing = all(self.ranks[x] < self.ranks[y] for x, y in pairwise(results))
+        multi_byte = sum(len(t) > 1 for t in self.ranks)
+        if len(made) != len(results) or not increasing or multi_byte != len(made):
+            return None
+        import tiktoken
+
+        return tiktoken.Encoding(
+            name=f"gptlab-bpe-{self.vocab_size}",
+            pat_str=PATTERNS.get(self.pattern, self.pattern),
+            mergeable_ranks=self.ranks,
+            special_tokens=self.special_tokens,
+        )
+
+    # ------------------------------------------------------------------ files
+
+    def save(self, directory: str | os.PathLike) -> None:
+        """vocab.json + merges.txt in GPT-2's format, plus gptlab_tokenizer.json (pattern,
+        special tokens), which GPT-2's own files lack and do not need."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        vocab = {gpt2.token_to_str(t): i for t, i in self.ranks.items()}
+        vocab.update(self.special_tokens)
+        vocab = dict(sorted(vocab.items(), key=lambda kv: kv[1]))
+        merges = [(gpt2.token_to_str(a), gpt2.token_to_str(b)) for a, b in self.merges]
+        gpt2.write_files(directory, vocab, merges)
+        eot = next((t for t, i in self.special_tokens.items() if i == self._eot_id), None)
+        atomic_write_json(
+            directory / CONFIG_FILE,
+            {"kind": "bpe", "pattern": self.pattern, "special_tokens": self.special_tokens,
+             "eot_token": eot},
+        )  # fmt: skip
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> BPETokenizer:
+        """Read vocab.json + merges.txt (or encoder.json + vocab.bpe) and, if present,
+        gptlab_tokenizer.json. Without it: GPT-2's pattern, and the vocabulary entries outside
+        the byte alphabet (such as <|endoftext|>) are the special tokens."""
+        directory = Path(directory)
+        files = gpt2.find_files(directory)
+        if files is None:
+            names = ", or ".join(" + ".join(p) for p in gpt2.FILE_NAMES)
+            raise GptlabError(f"{directory}: no BPE files (looked for {names})")
+        vocab_path, merges_path = files
+        vocab = gpt2.read_vocab(vocab_path)
+        settings = {}
+        if (directory / CONFIG_FILE).is_file():
+            try:
+                settings = json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8"))
+            except ValueError as e:
+                raise GptlabError(f"{directory / CONFIG_FILE}: not valid JSON ({e})") from e
+        merges: list[tuple[bytes, bytes]] = []
+        made: set[str] = set()
+        for line, a, b in gpt2.read_merges(merges_path):
+            for token in (a, b, a + b):
+                if token not in vocab:
+                    raise GptlabError(
+                        f"{merges_path}, line {line}: {token!r} is not in {vocab_path.name}"
+                    )
+            merges.append((gpt2.str_to_token(a), gpt2.str_to_token(b)))
+            made.add(a + b)
+        # Special tokens: as listed by gptlab's file, else whatever no merge makes and is not
+        # a single byte (GPT-2's <|endoftext|>).
+        special_names = settings.get("special_tokens")
+        ranks: dict[bytes, int] = {}
+        specials: dict[str, int] = {}
+        for text, i in vocab.items():
+            token = gpt2.str_to_token(text)
+            if special_names is not None:
+                is_special = text in special_names
+            else:
+                is_special = token is None or (len(token) > 1 and text not in made)
+            if is_special:
+                specials[text] = i
+            elif token is None:
+                raise GptlabError(f"{vocab_path}: {text!r} is not written in the byte alphabet")
+            else:
+                ranks[token] = i
+        eot = settings.get("eot_token", gpt2.EOT)
+        try:
+            return cls(ranks, merges, specials, settings.get("pattern", "gpt2"), eot)
+        except GptlabError as e:
+            raise GptlabError(f"{directory}: {e}") from e
+
+    def __repr__(self) -> str:
+        return (
+            f"BPETokenizer(vocab_size={self.vocab_size}, merges={len(self.merges)}, "
+            f"pattern={self.pattern if self.pattern in PATTERNS else 'custom'!r}, "
+            f"special_tokens={self.special_tokens})"
+        )
+
+
+class _BytesDecoder(IncrementalDecoder):
+    """Bytes in, complete characters out: a UTF-8 sequence split across tokens waits."""
+
+    def __init__(self, tokenizer: BPETokenizer) -> None:
+        self.tokenizer = tokenizer
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def step(self, ids: Iterable[int]) -> str:
+        return self._utf8.decode(self.tokenizer.decode_bytes(ids))
+
+    def flush(self) -> str:
+        return self._utf8.decode(b"", final=True)
+
+
+def _merge(parts: list, pair: tuple, new) -> list:
+    """Replace every non-overlapping occurrence of `pair` in `parts`, left to right."""
+    out = []
+    i = 0
+    while i < len(parts):
+        if i + 1 < len(parts) and parts[i] == pair[0] and parts[i + 1] == pair[1]:
+            out.append(new)
+            i += 2
+        else:
+            out.append(parts[i])
+            i += 1
+    return out
+
+
+# ---------------------------------------------------------------------------- training
+
+
+def train_bpe(
+    texts: Iterable[str],
+    vocab_size: int,
+    special_tokens: Sequence[str] = (gpt2.EOT,),
+    pattern: str = "gpt2",
+) -> BPETokenizer:
+    """Learn a byte-level BPE vocabulary of `vocab_size` ids (256 bytes + merges + specials).
+
+    The texts are cut into chunks by `pattern`; each distinct chunk is counted once with its
+    frequency. Pair counts are kept up to date as merges apply, touching only the chunks that
+    hold the merged pair (an index pair -> chunks), never rescanning the corpus.
+
+    Tie-breaking (deterministic): the most frequent pair wins; among equally frequent pairs,
+    the one whose left token's bytes sort first, then the right token's bytes.
+    Ids: 0-255 are the bytes themselves, merge i makes id 256 + i, special tokens come last.
+    If the corpus runs out of pairs first, the vocabulary is smaller than asked.
+    """
+    special_tokens = list(dict.fromkeys(special_tokens))
+    if vocab_size < 256 + len(special_tokens):
+        raise GptlabError(
+            f"vocab_size={vocab_size} is too small: 256 byte tokens + {len(special_tokens)} "
+            f"special tokens need at least {256 + len(special_tokens)}"
+        )
+    compiled = regex.compile(PATTERNS.get(pattern, pattern))
+    counts: Counter[str] = Counter()
+    for text in texts:
+        counts.update(compiled.findall(text))
+    if not counts:
+        raise GptlabError("the training corpus is empty")
+
+    words = [list(chunk.encode("utf-8")) for chunk in counts]
+    freqs = list(counts.values())
+    tokens = [bytes([b]) for b in range(256)]  # id -> bytes
+    pair_count: defaultdict[tuple[int, int], int] = defaultdict(int)
+    where: defaultdict[tuple[int, int], set[int]] = defaultdict(set)
+    for w, (word, freq) in enumerate(zip(words, freqs, strict=True)):
+        for pair in pairwise(word):
+            pair_count[pair] += freq
+            where[pair].add(w)
+
+    def entry(pair: tuple[int, int]):
+        return (-pair_count[pair], tokens[pair[0]], tokens[pair[1]], pair)
+
+    heap = [entry(p) for p in pair_count]
+    heapq.heapify(heap)
+    merges: list[tuple[int, int]] = []
+    n_merges = vocab_size - 256 - len(special_tokens)
+    while len(merges) < n_merges and heap:
+        neg_count, _, _, pair = heapq.heappop(heap)
+        if -neg_count != pair_count[pair] or neg_count == 0:
+            continue  # stale entry: this pair's count changed since it was pushed
+        new = len(tokens)
+        tokens.append(tokens[pair[0]] + tokens[pair[1]])
+        merges.append(pair)
+        changed: set[tuple[int, int]] = set()
+        for w in where.pop(pair):
+            word, freq = words[w], freqs[w]
+            for old in pairwise(word):
+                pair_count[old] -= freq
+                changed.add(old)
+            word = words[w] = _merge(word, pair, new)
+            for p in pairwise(word):
+                pair_count[p] += freq
+                where[p].add(w)
+                changed.add(p)
+        for p in changed:
+            if pair_count[p] > 0:
+                heapq.heappush(heap, entry(p))
+    ranks = {t: i for i, t in enumerate(tokens)}
+    specials = {s: len(tokens) + k for k, s in enumerate(special_tokens)}
+    eot = gpt2.EOT if gpt2.EOT in specials else None
+    return BPETokenizer(
+        ranks, [(tokens[a], tokens[b]) for a, b in merges], specials, pattern, eot_token=eot
+    )
