@@ -13,9 +13,9 @@ import argparse
 import statistics
 import time
 
-from _data import shared_file
-
 from gptlab import Tokenizer
+
+from _data import shared_file
 
 
 def median_seconds(runs: dict, repeat: int) -> dict[str, float]:

@@ -10,9 +10,9 @@ import argparse
 import statistics
 import time
 
-from _data import shared_file
-
 from gptlab import train_bpe
+
+from _data import shared_file
 
 
 def main() -> None:

@@ -98,27 +98,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 def read_texts(paths: Sequence[str]) -> list[tuple[Path, str]]:
     """Text files, and the .txt/.md files under folders (sorted), as (path, text)."""
-    files: list[Path] = []
-    for name in paths:
-        path = Path(name)
-        if path.is_dir():
-            found = sorted(
-                p for p in path.rglob("*") if p.suffix in (".txt", ".md") and p.is_file()
-            )
-            if not found:
-                raise GptlabError(f"{path}: folder holds no .txt or .md files")
-            files += found
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise GptlabError(f"{path}: no such file or folder")
-    texts = []
-    for path in files:
-        try:
-            texts.append((path, path.read_text(encoding="utf-8")))
-        except UnicodeDecodeError as e:
-            raise GptlabError(f"{path}: not UTF-8 text (byte {e.start})") from e
-    return texts
+    from gptlab.data.corpus import read_text, text_files
+
+    return [(path, read_text(path)) for path in text_files(paths)]
 
 
 def cmd_tokenizer_train(args: argparse.Namespace) -> int:
@@ -156,6 +138,131 @@ def cmd_tokenizer_encode(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- data, training
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from gptlab.data import prepare
+
+    out = Path(args.out)
+    if (out / "meta.json").exists() and not args.overwrite:
+        raise GptlabError(f"{out} already holds prepared data; pass --overwrite to replace it")
+    source = args.input or "shakespeare"
+    data = prepare(
+        source, out, args.tokenizer, args.val_fraction, workers=args.workers, progress=True
+    )
+    m = data.meta
+    print(
+        f"{m['source']}: {m['documents']} document(s), {m['characters']:,} characters -> "
+        f"{m['train_tokens']:,} train + {m['val_tokens']:,} val tokens ({m['tokenizer']}, "
+        f"vocabulary {m['vocab_size']:,}, {m['dtype']}) in {out}"
+    )
+    return 0
+
+
+def _train_settings(args: argparse.Namespace):
+    """Preset < --config file < --data/--out < key=value, or a run's train.toml for --resume."""
+    from gptlab.config import (
+        PRESETS,
+        TRAIN_PRESETS,
+        GPTConfig,
+        TrainConfig,
+        apply_settings,
+        load_toml,
+        parse_overrides,
+    )
+
+    overrides = parse_overrides(args.settings)
+    if args.resume:
+        toml = Path(args.resume) / "train.toml"
+        if not toml.is_file():
+            raise GptlabError(f"{args.resume}: not a training run (no train.toml)")
+        model, train = apply_settings(GPTConfig(), TrainConfig(), load_toml(str(toml)))
+        train = apply_settings(model, train, {"out": args.resume})[1]
+        return apply_settings(model, train, overrides)
+    if args.preset not in PRESETS:
+        raise GptlabError(f"unknown preset {args.preset!r}; known presets: {', '.join(PRESETS)}")
+    model = GPTConfig.preset(args.preset)
+    train = TrainConfig(**TRAIN_PRESETS.get(args.preset, {"out": f"out/{args.preset}"}))
+    layers = [load_toml(args.config)] if args.config else []
+    flags = {k: v for k, v in (("data", args.data), ("out", args.out)) if v is not None}
+    for settings in [*layers, flags, overrides]:
+        model, train = apply_settings(model, train, settings)
+    return model, train
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import time
+
+    from gptlab.train import train
+
+    started = time.perf_counter()
+    model_config, train_config = _train_settings(args)
+    result = train(
+        model_config,
+        train_config,
+        resume=bool(args.resume),
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+        started=started,
+    )
+    if result.interrupted:
+        print(
+            f"stopped at step {result.step}; checkpoint saved. Resume with: "
+            f"gptlab train --resume {result.out}"
+        )
+    else:
+        val = f", val loss {result.last_val_loss:.4f}" if result.last_val_loss else ""
+        print(f"done: {result.step} steps{val}; model in {result.out}")
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    import torch
+
+    from gptlab.generate import check_sampling
+    from gptlab.model import GPT
+    from gptlab.tokenizers import CharTokenizer, Tokenizer
+    from gptlab.train.trainer import resolve_device
+
+    check_sampling(args.temperature, args.top_k, args.top_p)
+    if args.max_new_tokens < 0:
+        raise GptlabError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    if args.num_samples < 1:
+        raise GptlabError(f"--num-samples must be at least 1, got {args.num_samples}")
+    device = resolve_device(args.device)
+    model = GPT.from_pretrained(args.model, device=device)
+    tok = Tokenizer.from_pretrained(args.model)
+    if args.prompt_file:
+        from gptlab.data.corpus import read_text
+
+        prompt = read_text(Path(args.prompt_file))
+    else:
+        prompt = args.prompt
+    if prompt:
+        ids = tok.encode(prompt)
+    elif tok.eot_id is not None:
+        ids = [tok.eot_id]
+    else:
+        ids = tok.encode("\n") if isinstance(tok, CharTokenizer) and "\n" in tok.chars else [0]
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    idx = torch.tensor([ids] * args.num_samples, dtype=torch.long, device=device)
+    out = model.generate(
+        idx,
+        args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        generator=generator,
+    )
+    for i, row in enumerate(out.tolist()):
+        if i:
+            print("\n" + "-" * 40)
+        start = len(ids) if not prompt else 0
+        print(tok.decode(row[start:]))
+    return 0
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -178,6 +285,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="weights' dtype on disk")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model in OUT")
     p.set_defaults(run=cmd_convert)
+
+    p = sub.add_parser("prepare", help="tokenize text into train/val token files")
+    p.add_argument(
+        "--input",
+        nargs="+",
+        metavar="PATH",
+        help="text files/folders (default: the "
+        "built-in Shakespeare), or hf:NAME[:SPLIT[:COLUMN]] with `datasets` installed",
+    )
+    p.add_argument("--tokenizer", default="char", help="char, gpt2, or a tokenizer folder")
+    p.add_argument("--out", default="data/shakespeare-char", help="output folder")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="last part of the stream")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("--overwrite", action="store_true", help="replace prepared data in OUT")
+    p.set_defaults(run=cmd_prepare)
+
+    p = sub.add_parser("train", help="train or fine-tune a GPT (the main job)")
+    p.add_argument("--preset", default="shakespeare-char", help="model + training preset")
+    p.add_argument("--config", metavar="FILE.toml", help="settings file ([model], [train])")
+    p.add_argument("--data", help="prepared data folder, text file/folder, or 'shakespeare'")
+    p.add_argument("--out", help="run folder")
+    p.add_argument("--resume", metavar="OUT", help="continue the run in OUT")
+    p.add_argument("--overwrite", action="store_true", help="replace the run in OUT")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "settings",
+        nargs="*",
+        metavar="key=value",
+        help="any GPTConfig or TrainConfig field, e.g. n_layer=4 lr=1e-3",
+    )
+    p.set_defaults(run=cmd_train)
+
+    p = sub.add_parser("sample", help="generate text from a run folder or a pretrained model")
+    p.add_argument("model", help="run/model folder, or a hub name (gpt2, ...)")
+    p.add_argument("--prompt", default="", help="text to continue (default: start afresh)")
+    p.add_argument("--prompt-file", help="read the prompt from a file")
+    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--max-new-tokens", type=int, default=500)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(run=cmd_sample)
 
     p = sub.add_parser("tokenizer", help="train a BPE vocabulary, or encode text with one")
     tsub = p.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
@@ -203,7 +354,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        # key=value settings may come between or after options (argparse alone wants them last)
+        if extra and hasattr(args, "settings") and not any(a.startswith("-") for a in extra):
+            args.settings = [*args.settings, *extra]
+        elif extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
         return args.run(args)
     except GptlabError as e:
         print(f"gptlab: error: {e}", file=sys.stderr)

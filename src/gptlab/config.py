@@ -75,7 +75,203 @@ PRESETS: dict[str, GPTConfig] = {
     "gpt2-xl": GPTConfig(n_layer=48, n_head=25, n_embd=1600),
     # Small models that train on a laptop CPU; vocab_size follows the tokenizer used.
     "shakespeare-char": GPTConfig(
-        vocab_size=65, block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.2
+        vocab_size=76, block_size=128, n_layer=6, n_head=6, n_embd=192, dropout=0.0
+    ),
+    "shakespeare-char-speedrun": GPTConfig(
+        vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0
     ),
     "tiny": GPTConfig(vocab_size=256, block_size=64, n_layer=2, n_head=2, n_embd=64),
 }
+
+
+# ---------------------------------------------------------------------------- training
+
+
+@dataclass
+class TrainConfig:
+    """Everything about a training run except the network's shape (that is GPTConfig).
+
+    The global batch of one optimizer step is batch_size x grad_accum sequences of block_size
+    tokens, however many processes share it.
+    """
+
+    data: str = "shakespeare"  # built-in corpus name, text file/folder, or prepared data folder
+    tokenizer: str = "char"  # char, gpt2, or a tokenizer folder (for text that needs preparing)
+    val_fraction: float = 0.1  # the last 10% of the token stream is the validation split
+    out: str = "out/shakespeare-char"
+    init_from: str = "scratch"  # or a pretrained name / model folder to fine-tune
+    batch_size: int = 12
+    grad_accum: int = 1
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_iters: int = 100
+    lr_decay_iters: int = 2000  # cosine from lr to min_lr, reached at this step
+    weight_decay: float = 0.1  # on 2-D weights only (matrices, embeddings)
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0  # 0 = off
+    max_iters: int = 2000
+    eval_interval: int = 250
+    eval_iters: int = 20
+    log_interval: int = 10
+    dtype: str = "float32"  # float32, bfloat16 (autocast), float16 (CUDA, with a grad scaler)
+    compile: bool = False
+    device: str = "auto"  # auto: cuda, then mps, then cpu
+    threads: int = 0  # CPU threads for torch; 0 = torch's default
+    seed: int = 1337
+
+    def __post_init__(self) -> None:
+        positive = ("batch_size", "grad_accum", "max_iters", "eval_interval", "eval_iters")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise GptlabError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise GptlabError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise GptlabError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.lr <= 0 or self.min_lr < 0:
+            raise GptlabError(f"lr must be > 0 and min_lr >= 0, got {self.lr}, {self.min_lr}")
+
+
+# Training settings of the presets (the model side is PRESETS[name]).
+# The two shakespeare presets use bfloat16 autocast: 1.2-1.4x faster per step on CPUs with
+# AVX512-BF16 or AMX and on recent GPUs; on other CPUs pass dtype=float32.
+TRAIN_PRESETS: dict[str, dict] = {
+    # The README's main job: about 5 minutes on 2 CPU cores (built-in corpus, 4.8M characters).
+    "shakespeare-char": dict(
+        out="out/shakespeare-char",
+        batch_size=16,
+        lr=2e-3,
+        min_lr=2e-4,
+        warmup_iters=100,
+        lr_decay_iters=1600,
+        max_iters=1600,
+        eval_interval=200,
+        eval_iters=20,
+        dtype="bfloat16",
+    ),
+    # Val loss <= 1.8857 on tinyshakespeare as fast as possible (benchmarks/shakespeare_char.py).
+    "shakespeare-char-speedrun": dict(
+        out="out/shakespeare-char-speedrun",
+        batch_size=12,
+        lr=3e-3,
+        min_lr=3e-4,
+        warmup_iters=50,
+        lr_decay_iters=1300,
+        max_iters=1300,
+        eval_interval=325,
+        eval_iters=40,
+        dtype="bfloat16",
+    ),
+    "tiny": dict(out="out/tiny", max_iters=50, eval_interval=25, eval_iters=5, batch_size=4),
+}
+
+
+# Names people bring from other trainers -> ours (only used to suggest).
+ALIASES = {
+    "learning_rate": "lr",
+    "iters": "max_iters",
+    "steps": "max_iters",
+    "max_steps": "max_iters",
+    "gradient_accumulation_steps": "grad_accum",
+    "n_ctx": "block_size",
+    "n_positions": "block_size",
+}
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, str]:
+    """["lr=1e-3", "n_layer=4"] -> {"lr": "1e-3", "n_layer": "4"} (values still text)."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise GptlabError(f"expected key=value, got {pair!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _convert(name: str, text, kind):
+    """A text (from the command line) or TOML value -> the field's type."""
+    if not isinstance(text, str):
+        value = text
+        if kind in (float, "float") and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+    elif kind in (bool, "bool"):
+        lowered = text.lower()
+        if lowered not in ("true", "false", "1", "0", "yes", "no"):
+            raise GptlabError(f"{name} must be true or false, got {text!r}")
+        value = lowered in ("true", "1", "yes")
+    elif kind in (int, "int"):
+        try:
+            value = int(float(text)) if "e" in text.lower() else int(text)
+        except ValueError:
+            raise GptlabError(f"{name} must be an integer, got {text!r}") from None
+    elif kind in (float, "float"):
+        try:
+            value = float(text)
+        except ValueError:
+            raise GptlabError(f"{name} must be a number, got {text!r}") from None
+    elif kind in ("int | None",):
+        value = None if text.lower() in ("none", "") else _convert(name, text, int)
+    else:
+        value = text
+    return value
+
+
+def apply_settings(
+    model: GPTConfig, train: TrainConfig, settings: dict
+) -> tuple[GPTConfig, TrainConfig]:
+    """Set fields of either config by name; an unknown name gets the closest known one."""
+    import difflib
+
+    model_fields = {f.name: f.type for f in dataclasses.fields(GPTConfig)}
+    train_fields = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+    model_changes, train_changes = {}, {}
+    for key, text in settings.items():
+        if key in model_fields:
+            model_changes[key] = _convert(key, text, model_fields[key])
+        elif key in train_fields:
+            train_changes[key] = _convert(key, text, train_fields[key])
+        else:
+            known = [*model_fields, *train_fields]
+            close = [ALIASES[key]] if key in ALIASES else difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise GptlabError(f"unknown setting {key!r}{hint}")
+    return dataclasses.replace(model, **model_changes), dataclasses.replace(train, **train_changes)
+
+
+def load_toml(path: str) -> dict:
+    """A TOML file's settings, flattened: a [model] or [train] table is read like the top."""
+    import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise GptlabError(f"{path}: no such file") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise GptlabError(f"{path}: not valid TOML ({e})") from None
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and key in ("model", "train"):
+            flat.update(value)
+        else:
+            flat[key] = value
+    return flat
+
+
+def to_toml(model: GPTConfig, train: TrainConfig) -> str:
+    """Both configs as TOML ([train] and [model] tables) that load_toml reads back."""
+
+    def value(v) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str):
+            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return repr(v)
+
+    lines = ["[train]"]
+    lines += [f"{k} = {value(v)}" for k, v in dataclasses.asdict(train).items()]
+    lines += ["", "[model]"]
+    lines += [f"{k} = {value(v)}" for k, v in dataclasses.asdict(model).items() if v is not None]
+    return "\n".join(lines) + "\n"

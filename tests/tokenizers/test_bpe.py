@@ -6,12 +6,13 @@ from itertools import pairwise
 
 import pytest
 import regex
-from conftest import shared_data
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from gptlab import BPETokenizer, GptlabError, Tokenizer, train_bpe
 from gptlab.tokenizers.bpe import PATTERNS
+
+from conftest import shared_data
 
 CORPUS = (
     "First Citizen:\nBefore we proceed any further, hear me speak.\n\n"

@@ -1,7 +1,8 @@
 import pytest
-from conftest import shared_data
 
 from gptlab import CharTokenizer, GptlabError, Tokenizer
+
+from conftest import shared_data
 
 
 def test_vocabulary_is_sorted_characters_of_the_text():

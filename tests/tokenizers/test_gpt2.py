@@ -4,10 +4,11 @@ import json
 import shutil
 
 import pytest
-from conftest import shared_data
 
 from gptlab import BPETokenizer, GptlabError, Tokenizer
 from gptlab.tokenizers.gpt2 import bytes_to_unicode
+
+from conftest import shared_data
 
 
 @pytest.fixture(scope="module")

@@ -171,6 +171,12 @@ class GPT(nn.Module):
             )
         return GPTOutput(logits=logits, loss=loss)
 
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, **kwargs) -> torch.Tensor:
+        """Prompt ids (B, T) -> (B, T + max_new_tokens); see `gptlab.generate.generate`."""
+        from gptlab.generate import generate
+
+        return generate(self, idx, max_new_tokens, **kwargs)
+
     @classmethod
     def from_pretrained(
         cls,

@@ -1,0 +1,267 @@
+"""Token files on disk: prepare them from a text source in a stream, read random windows back.
+
+A prepared data folder holds
+    train.bin, val.bin   flat token ids (uint16, or uint32 when the vocabulary exceeds 65,535)
+    meta.json            the header: tokenizer, token counts, dtype, source, split rule
+    tokenizer files      whatever `Tokenizer.save` writes (char_vocab.json, vocab.json, ...)
+
+The split is deterministic: documents are tokenized in order into one stream (the end-of-text id
+after each document where the tokenizer has one); the last `val_fraction` of the stream is the
+validation split. For one text file that is exactly "the first 90% train, the last 10% val".
+
+Memory is bounded by the chunk size, not the corpus: text is cut into chunks of about
+`chunk_bytes` (between documents, or inside a long one right after a newline that is followed by
+a non-space character, where no pre-tokenizer joins across), chunks are tokenized by a pool of
+processes, a bounded number at a time, and written in order as they finish.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gptlab.data.corpus import Document, iter_documents
+from gptlab.errors import GptlabError
+from gptlab.fileio import atomic_write_json
+from gptlab.tokenizers import CharTokenizer, Tokenizer
+
+META_FILE = "meta.json"
+FORMAT = "gptlab-tokens/1"
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16) if vocab_size <= 65536 else np.dtype(np.uint32)
+
+
+# ----------------------------------------------------------------------------- preparing
+
+Piece = tuple[str, bool]  # (text, this piece ends its document)
+
+
+def _pieces(documents: Iterable[Document], chunk_bytes: int) -> Iterator[list[Piece]]:
+    """Group documents into chunks of about chunk_bytes characters, cutting long documents
+    after a newline that is followed by a non-space character."""
+    chunk: list[Piece] = []
+    size = 0
+    for doc in documents:
+        text = doc.text
+        while len(text) > chunk_bytes:
+            cut = _safe_cut(text, chunk_bytes)
+            if cut is None:
+                break
+            chunk.append((text[:cut], False))
+            yield chunk
+            chunk, size = [], 0
+            text = text[cut:]
+        chunk.append((text, True))
+        size += len(text)
+        if size >= chunk_bytes:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
+
+
+def _safe_cut(text: str, near: int) -> int | None:
+    """An index just after a '\\n' that is followed by a non-space character, near `near`."""
+    i = near
+    while True:
+        i = text.find("\n", i)
+        if i < 0 or i + 1 >= len(text):
+            return None
+        if not text[i + 1].isspace():
+            return i + 1
+        i += 1
+
+
+_WORKER_TOKENIZER: Tokenizer | None = None
+
+
+def _init_worker(tokenizer_dir: str) -> None:
+    global _WORKER_TOKENIZER
+    _WORKER_TOKENIZER = Tokenizer.from_pretrained(tokenizer_dir)
+
+
+def _encode_chunk(chunk: list[Piece], tokenizer: Tokenizer | None = None) -> tuple[np.ndarray, int]:
+    tok = tokenizer or _WORKER_TOKENIZER
+    dtype = token_dtype(tok.vocab_size)
+    parts = []
+    docs = 0
+    for text, ends in chunk:
+        ids = tok.encode_array(text) if isinstance(tok, CharTokenizer) else tok.encode(text)
+        parts.append(np.asarray(ids, dtype=dtype))
+        if ends:
+            docs += 1
+            if tok.eot_id is not None:
+                parts.append(np.array([tok.eot_id], dtype=dtype))
+    return (np.concatenate(parts) if parts else np.zeros(0, dtype)), docs
+
+
+def build_tokenizer(name: str, documents: Iterable[Document]) -> Tokenizer:
+    """ "char" (vocabulary from the corpus, one streaming pass), "gpt2", or a tokenizer folder."""
+    if name == "char":
+        chars: set[str] = set()
+        for doc in documents:
+            chars.update(doc.text)
+        if not chars:
+            raise GptlabError("the corpus is empty")
+        return CharTokenizer(chars)
+    return Tokenizer.from_pretrained(name)
+
+
+def prepare(
+    source: str | list[str],
+    out_dir: str | os.PathLike,
+    tokenizer: str | Tokenizer = "char",
+    val_fraction: float = 0.1,
+    chunk_bytes: int = 1 << 22,
+    workers: int | None = None,
+    progress: bool = True,
+) -> PreparedData:
+    """Tokenize a source ("shakespeare", text files or folders, "hf:NAME") into `out_dir`."""
+    from tqdm import tqdm
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if not isinstance(tokenizer, Tokenizer):
+        tokenizer = build_tokenizer(tokenizer, iter_documents(source))
+    tokenizer.save(out)
+    dtype = token_dtype(tokenizer.vocab_size)
+    workers = workers or os.cpu_count() or 1
+
+    tmp = out / ".tokens.tmp"
+    total = docs = chars = 0
+    bar = tqdm(desc="prepare", unit="char", unit_scale=True, disable=not progress, leave=False)
+    try:
+        with open(tmp, "wb") as f:
+            chunks = _pieces(iter_documents(source), chunk_bytes)
+
+            def write(ids: np.ndarray, n_docs: int, n_chars: int) -> None:
+                nonlocal total, docs, chars
+                f.write(ids.tobytes())
+                total, docs, chars = total + len(ids), docs + n_docs, chars + n_chars
+                bar.update(n_chars)
+
+            first = next(chunks, None)
+            second = next(chunks, None)
+            if second is None or workers == 1:  # small corpus: no pool to start
+                for chunk in filter(None, [first, second, *chunks]):
+                    write(*_encode_chunk(chunk, tokenizer), sum(len(t) for t, _ in chunk))
+            else:
+                with ProcessPoolExecutor(
+                    workers, initializer=_init_worker, initargs=(str(out),)
+                ) as pool:
+                    pending: deque = deque()
+                    for chunk in (first, second):
+                        pending.append((pool.submit(_encode_chunk, chunk), chunk))
+                    for chunk in chunks:
+                        while len(pending) >= 2 * workers:  # bounded: memory ~ chunks in flight
+                            future, done = pending.popleft()
+                            write(*future.result(), sum(len(t) for t, _ in done))
+                        pending.append((pool.submit(_encode_chunk, chunk), chunk))
+                    while pending:
+                        future, done = pending.popleft()
+                        write(*future.result(), sum(len(t) for t, _ in done))
+            f.flush()
+            os.fsync(f.fileno())
+        if total == 0:
+            raise GptlabError(f"{_describe(source)}: the corpus is empty")
+        n_train = min(int(total * (1 - val_fraction)), total - 1)  # as nanoGPT: int(n * 0.9)
+        n_val = total - n_train
+        tokens = np.memmap(tmp, dtype=dtype, mode="r")
+        with open(out / "val.bin.tmp", "wb") as f:
+            f.write(tokens[n_train:].tobytes())
+        del tokens
+        os.truncate(tmp, n_train * dtype.itemsize)
+        os.replace(out / "val.bin.tmp", out / "val.bin")
+        os.replace(tmp, out / "train.bin")
+    finally:
+        bar.close()
+        for leftover in (tmp, out / "val.bin.tmp"):
+            if leftover.exists():
+                leftover.unlink()
+    meta = {
+        "format": FORMAT,
+        "source": _describe(source),
+        "tokenizer": tokenizer.kind,
+        "vocab_size": tokenizer.vocab_size,
+        "eot_id": tokenizer.eot_id,
+        "dtype": dtype.name,
+        "train_tokens": n_train,
+        "val_tokens": n_val,
+        "documents": docs,
+        "characters": chars,
+        "val_fraction": val_fraction,
+        "split": "the last val_fraction of the token stream (documents in order) is val",
+    }
+    atomic_write_json(out / META_FILE, meta)  # written last: its presence means complete
+    return PreparedData(out)
+
+
+def _describe(source: str | list[str]) -> str:
+    return source if isinstance(source, str) else " ".join(map(str, source))
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+@dataclass
+class PreparedData:
+    """A prepared data folder: memory-mapped splits and random windows from them."""
+
+    directory: Path
+
+    def __post_init__(self) -> None:
+        self.directory = Path(self.directory)
+        path = self.directory / META_FILE
+        try:
+            self.meta = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise GptlabError(f"{self.directory}: not prepared data (no {META_FILE})") from None
+        except ValueError as e:
+            raise GptlabError(f"{path}: not valid JSON ({e})") from None
+        if self.meta.get("format") != FORMAT:
+            raise GptlabError(f"{path}: unknown format {self.meta.get('format')!r}")
+        dtype = np.dtype(self.meta["dtype"])
+        self.splits: dict[str, np.ndarray] = {}
+        for split in ("train", "val"):
+            file = self.directory / f"{split}.bin"
+            expected = self.meta[f"{split}_tokens"]
+            if not file.is_file() or file.stat().st_size != expected * dtype.itemsize:
+                raise GptlabError(f"{file}: missing or not {expected} tokens long; prepare again")
+            self.splits[split] = np.memmap(file, dtype=dtype, mode="r")
+
+    @property
+    def vocab_size(self) -> int:
+        return self.meta["vocab_size"]
+
+    def tokenizer(self) -> Tokenizer:
+        return Tokenizer.from_pretrained(self.directory)
+
+    def check_block_size(self, block_size: int) -> None:
+        for split, data in self.splits.items():
+            if len(data) < block_size + 1:
+                raise GptlabError(
+                    f"{self.directory}: the {split} split has {len(data)} tokens, fewer than "
+                    f"block_size + 1 = {block_size + 1}; use more text or a smaller block_size"
+                )
+
+    def window_starts(self, split: str, n: int, block_size: int, generator: torch.Generator):
+        """n random window starts in a split, drawn from `generator` (B,) int64."""
+        high = len(self.splits[split]) - block_size
+        return torch.randint(high, (n,), generator=generator)
+
+    def windows(self, split: str, starts: torch.Tensor, block_size: int):
+        """Inputs x and targets y (x shifted left by one), each (len(starts), block_size)."""
+        data = self.splits[split]
+        rows = np.stack([data[i : i + block_size + 1] for i in starts.tolist()]).astype(np.int64)
+        batch = torch.from_numpy(rows)
+        return batch[:, :-1], batch[:, 1:]

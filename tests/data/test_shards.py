@@ -1,0 +1,78 @@
+import numpy as np
+import pytest
+import torch
+
+from gptlab import GptlabError, train_bpe
+from gptlab.data import PreparedData, prepare
+from gptlab.data.shards import token_dtype
+
+from conftest import shared_data
+
+
+def test_tinyshakespeare_char_split_is_first_90_percent(tmp_path):
+    path = shared_data("tinyshakespeare.txt")
+    data = prepare([str(path)], tmp_path, "char", progress=False)
+    text = path.read_text(encoding="utf-8")
+    assert data.meta["vocab_size"] == 65 and data.meta["dtype"] == "uint16"
+    n = int(len(text) * 0.9)
+    tok = data.tokenizer()
+    assert len(data.splits["train"]) == n == 1_003_854
+    assert tok.decode(data.splits["train"][-50:].tolist()) == text[n - 50 : n]
+    assert tok.decode(data.splits["val"][:50].tolist()) == text[n : n + 50]
+
+
+def test_documents_are_separated_by_eot(tmp_path):
+    tok = train_bpe(["one two three " * 20], vocab_size=300)
+    (tmp_path / "in").mkdir()
+    for i, text in enumerate(["one two", "three one", "two three two"]):
+        (tmp_path / "in" / f"{i}.txt").write_text(text)
+    data = prepare([str(tmp_path / "in")], tmp_path / "out", tok, val_fraction=0.2, progress=False)
+    ids = np.concatenate([data.splits["train"], data.splits["val"]]).tolist()
+    expected = []
+    for text in ["one two", "three one", "two three two"]:
+        expected += tok.encode(text) + [tok.eot_id]
+    assert ids == expected and data.meta["documents"] == 3
+
+
+def test_streaming_in_chunks_with_a_pool_equals_one_pass(tmp_path):
+    text = "".join(f"Line {i}: some words, and   spaces\n  indented {i}\n\n" for i in range(3000))
+    (tmp_path / "big.txt").write_text(text)
+    tok = train_bpe([text], vocab_size=400)
+    one = prepare([str(tmp_path / "big.txt")], tmp_path / "a", tok, progress=False)
+    many = prepare(
+        [str(tmp_path / "big.txt")], tmp_path / "b", tok, chunk_bytes=5000, workers=2,
+        progress=False,
+    )  # fmt: skip
+    for split in ("train", "val"):
+        assert np.array_equal(one.splits[split], many.splits[split])
+    assert one.splits["train"].tolist() + one.splits["val"].tolist() == tok.encode(text) + [
+        tok.eot_id
+    ]
+
+
+def test_large_vocabulary_uses_uint32():
+    assert token_dtype(65536) == np.uint16 and token_dtype(65537) == np.uint32
+
+
+def test_windows_are_shifted_and_repeatable(tmp_path):
+    (tmp_path / "t.txt").write_text("abcdefghijklmnopqrstuvwxyz" * 10)
+    data = prepare([str(tmp_path / "t.txt")], tmp_path / "d", progress=False)
+    g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    s1, s2 = data.window_starts("train", 4, 8, g1), data.window_starts("train", 4, 8, g2)
+    assert torch.equal(s1, s2)
+    x, y = data.windows("train", s1, 8)
+    assert x.shape == y.shape == (4, 8) and x.dtype == torch.int64
+    assert torch.equal(x[:, 1:], y[:, :-1])
+
+
+def test_bad_inputs(tmp_path):
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(GptlabError, match="corpus is empty"):
+        prepare([str(tmp_path / "empty.txt")], tmp_path / "d", progress=False)
+    (tmp_path / "short.txt").write_text("to be or not")
+    data = prepare([str(tmp_path / "short.txt")], tmp_path / "s", progress=False)
+    with pytest.raises(GptlabError, match="the train split has 10 tokens, fewer than block_size"):
+        data.check_block_size(64)
+    (tmp_path / "s" / "val.bin").write_bytes(b"")
+    with pytest.raises(GptlabError, match="val.bin: missing or not 2 tokens long"):
+        PreparedData(tmp_path / "s")

@@ -1,0 +1,171 @@
+"""Training runs end to end on a tiny model: exact resume, stop requests, NaN, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from gptlab import GPT, GPTConfig, GptlabError
+from gptlab.config import TrainConfig
+from gptlab.train import train
+
+MODEL = GPTConfig(vocab_size=256, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.1)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("corpus") / "text.txt"
+    g = torch.Generator().manual_seed(0)
+    words = ["to", "be", "or", "not", "that", "is", "the", "question", "whether", "tis"]
+    picks = torch.randint(len(words), (4000,), generator=g).tolist()
+    path.write_text(" ".join(words[i] for i in picks) + "\n")
+    return path
+
+
+def settings(corpus, out, **changes) -> TrainConfig:
+    base = dict(
+        data=str(corpus), out=str(out), batch_size=4, max_iters=12, eval_interval=4,
+        eval_iters=2, warmup_iters=3, lr_decay_iters=12, lr=3e-3, threads=1,
+    )  # fmt: skip
+    return TrainConfig(**{**base, **changes})
+
+
+def weights(folder):
+    return load_file(os.path.join(folder, "model.safetensors"))
+
+
+def test_run_folder_holds_what_design_lists(corpus, tmp_path):
+    out = tmp_path / "run"
+    result = train(MODEL, settings(corpus, out), progress=False)
+    assert result.step == 12 and not result.interrupted
+    for name in (
+        "config.json",
+        "train.toml",
+        "model.safetensors",
+        "char_vocab.json",
+        "metrics.jsonl",
+        "loss.png",
+        "checkpoint/trainer.pt",
+        "best/model.safetensors",
+    ):
+        assert (out / name).exists(), name  # fmt: skip
+    assert list((out / "tb").iterdir())
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [4, 8, 12]
+    assert set(rows[0]) == {"step", "train_loss", "val_loss", "lr", "tokens", "elapsed_s"}
+    assert rows[-1]["tokens"] == 12 * 4 * 16
+    assert rows[-1]["val_loss"] < rows[0]["val_loss"]
+    model = GPT.from_pretrained(out)
+    assert model.config.vocab_size == len(set(corpus.read_text()))  # not the preset's 256
+
+
+def test_resume_is_bitwise_identical(corpus, tmp_path):
+    whole = tmp_path / "whole"
+    train(MODEL, settings(corpus, whole), progress=False)
+    half = tmp_path / "half"
+    train(MODEL, settings(corpus, half, max_iters=6), progress=False)
+    result = train(MODEL, settings(corpus, half), resume=True, progress=False)
+    assert result.step == 12
+    a, b = weights(whole), weights(half)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_another_run_is_refused_unless_resume_or_overwrite(corpus, tmp_path):
+    out = tmp_path / "run"
+    train(MODEL, settings(corpus, out, max_iters=4), progress=False)
+    before = (out / "model.safetensors").read_bytes()
+    with pytest.raises(GptlabError, match="holds another run; pass --resume .* or --overwrite"):
+        train(MODEL, settings(corpus, out, max_iters=4), progress=False)
+    assert (out / "model.safetensors").read_bytes() == before
+    train(MODEL, settings(corpus, out, max_iters=4, seed=7), overwrite=True, progress=False)
+    assert (out / "model.safetensors").read_bytes() != before
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(corpus, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    original = GPT.forward
+    calls = {"n": 0}
+
+    def forward(self, idx, targets=None, attention_mask=None):
+        result = original(self, idx, targets, attention_mask)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] > 6:  # after the step-4 checkpoint
+                result.loss = result.loss * float("nan")
+        return result
+
+    monkeypatch.setattr(GPT, "forward", forward)
+    with pytest.raises(GptlabError, match="the loss became nan at step 7; stopped without saving"):
+        train(MODEL, settings(corpus, out), progress=False)
+    state = json.loads((out / "checkpoint" / "state.json").read_text())
+    assert state["step"] == 4
+    assert torch.isfinite(next(iter(weights(out / "checkpoint").values()))).all()
+
+
+def test_fine_tune_from_a_saved_model(corpus, tmp_path):
+    base = tmp_path / "base"
+    train(MODEL, settings(corpus, base, max_iters=4), progress=False)
+    tuned = tmp_path / "tuned"
+    train(MODEL.replace(block_size=8), settings(corpus, tuned, max_iters=4, init_from=str(base),
+          data=str(base / "data")), progress=False)  # fmt: skip
+    model = GPT.from_pretrained(tuned)
+    assert model.config.block_size == 8 and model.config.n_embd == 32
+
+
+def gptlab(*args, cwd, **kwargs):
+    return subprocess.run(
+        [sys.executable, "-m", "gptlab", *args], capture_output=True, text=True, cwd=cwd, **kwargs
+    )
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_finishes(corpus, tmp_path):
+    args = ["train", "--preset", "tiny", "--data", str(corpus), "--out", "run", "--no-progress",
+            "max_iters=100000", "eval_interval=50", "eval_iters=1", "threads=1"]  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gptlab", *args], cwd=tmp_path, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    deadline = time.time() + 60
+    while not (tmp_path / "run" / "checkpoint").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    assert "Resume with: gptlab train --resume run" in stdout
+    step = json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())["step"]
+    assert 50 <= step < 100000
+    result = gptlab("train", "--resume", "run", "--no-progress", f"max_iters={step + 3}",
+                    cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"done: {step + 3} steps" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--preset", "gpt5"], "unknown preset 'gpt5'"),
+        (["--data", "empty.txt"], "the corpus is empty"),
+        (["--data", "short.txt"], "fewer than block_size + 1 = 65"),
+        (["--data", "latin1.txt"], "latin1.txt: not UTF-8 text (byte 3, line 1)"),
+        (["--data", "missing.txt"], "missing.txt: no such file or folder"),
+        (["--out", "afile/run", "--data", "short.txt"], "afile/run"),
+        (["--resume", "nowhere"], "nowhere: not a training run"),
+        (["n_layers=2"], "did you mean 'n_layer'"),
+    ],
+)
+def test_user_errors_are_one_line_exit_2(args, message, tmp_path):
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "short.txt").write_text("tiny corpus\n")
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    (tmp_path / "afile").write_text("not a folder")
+    result = gptlab("train", "--preset", "tiny", "--no-progress", *args, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert message in result.stderr
