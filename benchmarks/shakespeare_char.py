@@ -42,7 +42,8 @@ def run_gptlab(args: list[str], tmp: Path) -> tuple[float, list[dict], float]:
     model_config, train_config = _train_settings(parsed)
     result = train(model_config, train_config, progress=False, started=started)
     wall = time.perf_counter() - started
-    rows = [json.loads(r) for r in (Path(train_config.out) / "metrics.jsonl").read_text().splitlines()]
+    metrics = (Path(train_config.out) / "metrics.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in metrics]
     return statistics.median(result.step_seconds) * 1e3, rows, wall
 
 
