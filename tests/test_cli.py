@@ -90,3 +90,57 @@ def test_tokenizer_user_errors(argv, message, tmp_path):
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1 and message in result.stderr
     assert not (tmp_path / "o").exists()
+
+
+@pytest.fixture(scope="module")
+def char_run(tmp_path_factory):
+    """A tiny character-level run folder (model + tokenizer), trained for a few steps."""
+    from gptlab.config import TrainConfig
+    from gptlab.train import train
+
+    root = tmp_path_factory.mktemp("char_run")
+    (root / "text.txt").write_text("To be, or not to be: that is the question.\n" * 40)
+    config = TrainConfig(
+        data=str(root / "text.txt"), out=str(root / "run"), batch_size=4, max_iters=5,
+        eval_interval=5, eval_iters=1, threads=1,
+    )  # fmt: skip
+    train(GPTConfig.preset("tiny", block_size=32), config, progress=False)
+    return root / "run"
+
+
+def test_sample_streams_text_from_a_run(char_run, capsys):
+    argv = ["sample", str(char_run), "--prompt", "To be", "--max-new-tokens", "30", "--seed", "3"]
+    assert main(argv) == 0
+    first = capsys.readouterr().out
+    assert first.startswith("To be") and len(first) >= len("To be") + 30
+    assert main(argv + ["--no-stream"]) == 0
+    assert capsys.readouterr().out == first  # same seed, same text, streamed or not
+    assert main(["sample", str(char_run), "--num-samples", "2", "--max-new-tokens", "5"]) == 0
+    assert "-" * 40 in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--temperature", "-1"], "temperature must be >= 0"),
+        (["--top-p", "1.5"], "top_p must be in (0, 1]"),
+        (["--top-k", "0"], "top_k must be at least 1"),
+        (["--max-new-tokens", "-5"], "--max-new-tokens must be >= 0"),
+        (["--prompt", "Zebra!"], "character 'Z' at position 0 is not in the vocabulary"),
+    ],
+)
+def test_sample_user_errors(char_run, extra, message, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "gptlab", "sample", str(char_run), *extra],
+        capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and message in result.stderr
+
+
+def test_sample_from_a_folder_that_is_not_a_model(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "gptlab", "sample", str(tmp_path)],
+        capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 2 and "no config.json" in result.stderr

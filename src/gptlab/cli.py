@@ -220,7 +220,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
-    from gptlab.generate import check_sampling
+    from gptlab.generate import check_sampling, stream
     from gptlab.model import GPT
     from gptlab.tokenizers import CharTokenizer, Tokenizer
     from gptlab.train.trainer import resolve_device
@@ -231,7 +231,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.num_samples < 1:
         raise GptlabError(f"--num-samples must be at least 1, got {args.num_samples}")
     device = resolve_device(args.device)
-    model = GPT.from_pretrained(args.model, device=device)
+    dtype = _dtype(args.dtype)
+    model = GPT.from_pretrained(args.model, device=device, dtype=dtype)
     tok = Tokenizer.from_pretrained(args.model)
     if args.prompt_file:
         from gptlab.data.corpus import read_text
@@ -241,25 +242,35 @@ def cmd_sample(args: argparse.Namespace) -> int:
         prompt = args.prompt
     if prompt:
         ids = tok.encode(prompt)
-    elif tok.eot_id is not None:
+    elif tok.eot_id is not None:  # GPT-2 vocabularies: start as after a document's end
         ids = [tok.eot_id]
+    elif isinstance(tok, CharTokenizer) and "\n" in tok.chars:  # start as after a line
+        ids = tok.encode("\n")
     else:
-        ids = tok.encode("\n") if isinstance(tok, CharTokenizer) and "\n" in tok.chars else [0]
+        ids = [0]
     generator = torch.Generator(device=device).manual_seed(args.seed)
-    idx = torch.tensor([ids] * args.num_samples, dtype=torch.long, device=device)
-    out = model.generate(
-        idx,
-        args.max_new_tokens,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        generator=generator,
-    )
-    for i, row in enumerate(out.tolist()):
+    idx = torch.tensor([ids], dtype=torch.long, device=device)
+    for i in range(args.num_samples):
         if i:
-            print("\n" + "-" * 40)
-        start = len(ids) if not prompt else 0
-        print(tok.decode(row[start:]))
+            print("\n" + "-" * 40, flush=True)
+        decoder = tok.decoder()
+        pieces = [prompt]
+        if not args.no_stream:
+            print(prompt, end="", flush=True)
+        for nxt in stream(
+            model, idx, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
+            eos_id=tok.eot_id, generator=generator,
+        ):  # fmt: skip
+            token = int(nxt[0])
+            if token == tok.eot_id:
+                break
+            text = decoder.step([token])
+            pieces.append(text)
+            if not args.no_stream and text:
+                print(text, end="", flush=True)
+        tail = decoder.flush()
+        pieces.append(tail)
+        print(tail if not args.no_stream else "".join(pieces), flush=True)
     return 0
 
 
@@ -327,7 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
+    p.add_argument("--dtype", choices=DTYPES, default="float32", help="weights while sampling")
+    p.add_argument("--no-stream", action="store_true", help="print each sample when complete")
     p.set_defaults(run=cmd_sample)
 
     p = sub.add_parser("tokenizer", help="train a BPE vocabulary, or encode text with one")

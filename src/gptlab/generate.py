@@ -1,11 +1,27 @@
-"""Sampling text from a GPT: temperature, top-k and top-p over the next-token distribution."""
+"""Sampling from a GPT: KV cache, temperature / top-k / top-p, batches of prompts of different
+lengths, stopping at end-of-text, streaming.
+
+How a step works: the model turns the context into a distribution over the next token (the
+logits of the last position); we pick one (argmax when temperature is 0, else a draw after
+temperature, top-k and top-p), append it, and repeat. With the KV cache the prompt runs once
+and every later step feeds only the newest token: the keys and values of earlier positions are
+kept (`gptlab.model.gpt.KVCache`), since a causal model's past never changes.
+
+Prompts of different lengths share a batch by left padding: `attention_mask` marks real
+tokens, padded keys are never attended to and positions count from each row's first real
+token, so every row computes exactly what it would alone.
+"""
 
 from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 
 from gptlab.errors import GptlabError
+from gptlab.model.gpt import GPT, KVCache, few_rows_matmul
 
 
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
@@ -24,7 +40,8 @@ def sample_next(
     top_p: float | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """logits (B, V) -> next ids (B, 1). Temperature 0 is greedy (argmax)."""
+    """logits (B, V) -> next ids (B, 1). Temperature 0 is greedy (argmax). top_k keeps the k
+    likeliest tokens; top_p keeps the smallest set whose probability reaches p."""
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
     logits = logits.float() / temperature
@@ -42,26 +59,123 @@ def sample_next(
     return torch.multinomial(probs, num_samples=1, generator=generator)
 
 
+class _Head:
+    """The tied head as a contiguous (C, V) matrix: for a few rows, x @ W reads an (in, out)
+    matrix about twice as fast as the (V, C) embedding table on a CPU (benchmarks/generate.py).
+    One copy per generate call."""
+
+    def __init__(self, model: GPT) -> None:
+        w = model.lm_head.weight[: model.config.vocab_size]  # never a padded id
+        self.weight = w.t().contiguous()
+
+    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+        if hidden.device.type == "cpu" and hidden.size(0) <= 16:
+            return few_rows_matmul(hidden, self.weight)  # (B, C) -> (B, V)
+        return hidden @ self.weight
+
+
 @torch.no_grad()
-def generate(
-    model,
+def stream(
+    model: GPT,
     idx: torch.Tensor,
     max_new_tokens: int,
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
+    attention_mask: torch.Tensor | None = None,
+    eos_id: int | None = None,
     generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """idx (B, T) -> (B, T + max_new_tokens): the prompt followed by sampled tokens. The
-    context the model sees is the last block_size tokens."""
+    use_cache: bool = True,
+) -> Iterator[torch.Tensor]:
+    """Yield the next token of every row, (B,), step by step (see `generate`). A row that has
+    produced eos_id yields eos_id from then on; the stream ends early once every row has."""
     check_sampling(temperature, top_k, top_p)
     if max_new_tokens < 0:
         raise GptlabError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if idx.dim() != 2 or idx.size(1) == 0:
+        raise GptlabError(
+            f"idx must be (batch, tokens) with at least one token, got {tuple(idx.shape)}"
+        )
+    block = model.config.block_size
+    if idx.size(1) > block:
+        warnings.warn(
+            f"the prompt has {idx.size(1)} tokens; the model reads only the last {block} "
+            "(its block_size)",
+            stacklevel=3,
+        )
+    B = idx.size(0)
+    device = idx.device
+    mask = None if attention_mask is None else attention_mask.to(device=device, dtype=torch.bool)
+    if mask is None and eos_id is not None and B > 1:
+        mask = torch.ones_like(idx, dtype=torch.bool)  # finished rows become padding
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    tokens = idx
+    head = _Head(model)
+    cache = None
+    if use_cache:
+        cache = KVCache(model.config, B, block, device, model.transformer.wte.weight.dtype)
+
+    def window_logits() -> torch.Tensor:
+        """Run the last block_size tokens from scratch (refilling the cache, if any)."""
+        if cache is not None:
+            cache.length = 0
+        window_mask = None if mask is None else mask[:, -block:]
+        hidden = model.hidden_states(tokens[:, -block:], window_mask, cache)
+        return head(hidden[:, -1])
+
     was_training = model.training
     model.eval()
-    block_size = model.config.block_size
-    for _ in range(max_new_tokens):
-        logits = model(idx[:, -block_size:]).logits[:, -1, :]
-        idx = torch.cat([idx, sample_next(logits, temperature, top_k, top_p, generator)], dim=1)
-    model.train(was_training)
-    return idx
+    try:
+        logits = window_logits()
+        for step in range(max_new_tokens):
+            nxt = sample_next(logits, temperature, top_k, top_p, generator).squeeze(1)  # (B,)
+            finished_before = done.clone()
+            if eos_id is not None:
+                nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
+                done |= nxt == eos_id
+            yield nxt
+            if step == max_new_tokens - 1 or (eos_id is not None and bool(done.all())):
+                return
+            tokens = torch.cat([tokens, nxt[:, None]], dim=1)
+            if mask is not None:
+                mask = torch.cat([mask, ~finished_before[:, None]], dim=1)
+            if cache is not None and cache.length < block:  # one new position, cached past
+                step_mask = None if mask is None else mask[:, -(cache.length + 1) :]
+                hidden = model.hidden_states(nxt[:, None], step_mask, cache)
+                logits = head(hidden[:, -1])
+            else:  # no cache, or the window is full and slides by one: recompute it
+                logits = window_logits()
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def generate(
+    model: GPT,
+    idx: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    attention_mask: torch.Tensor | None = None,
+    eos_id: int | None = None,
+    generator: torch.Generator | None = None,
+    use_cache: bool = True,
+) -> torch.Tensor:
+    """Prompt ids (B, T) -> (B, T + max_new_tokens): the prompt, then the new tokens.
+
+    temperature 0 is greedy. attention_mask (B, T) marks real tokens of left-padded prompts.
+    Rows that produce eos_id continue with eos_id (padding) while the others go on. A prompt
+    longer than block_size is read from its last block_size tokens (with a warning); past
+    block_size the window slides, and each step then recomputes the window (the cache cannot
+    be reused when every position shifts)."""
+    new = list(
+        stream(model, idx, max_new_tokens, temperature, top_k, top_p, attention_mask, eos_id,
+               generator, use_cache)
+    )  # fmt: skip
+    if len(new) < max_new_tokens:  # every row ended: pad with eos_id
+        pad = torch.full((idx.size(0),), eos_id, dtype=idx.dtype, device=idx.device)
+        new += [pad] * (max_new_tokens - len(new))
+    if not new:
+        return idx
+    return torch.cat([idx, torch.stack(new, dim=1).to(idx.dtype)], dim=1)

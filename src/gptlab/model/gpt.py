@@ -7,6 +7,7 @@ checkpoint maps onto this network name for name (see `gptlab.model.hf`).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from os import PathLike
@@ -27,6 +28,92 @@ class GPTOutput:
     loss: torch.Tensor | None = None
 
 
+class Linear(nn.Module):
+    """y = x @ weight + bias, with weight stored (in, out).
+
+    The transpose of nn.Linear's (out, in): the layout of Hugging Face's GPT-2 (`Conv1D`), so
+    checkpoints load as they are. Training runs at the same speed in either layout, but a
+    single-token step while sampling (a matrix-vector product) reads an (in, out) matrix about
+    twice as fast on a CPU (benchmarks/generate.py).
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = nn.Parameter(torch.empty(in_features, out_features))
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x2 = x.reshape(-1, self.in_features)
+        if x2.size(0) <= 16 and x2.device.type == "cpu" and not torch.is_grad_enabled():
+            y = few_rows_matmul(x2, self.weight)  # sampling: one token per row
+            if self.bias is not None:
+                y += self.bias
+        elif self.bias is None:
+            y = x2 @ self.weight
+        else:
+            y = torch.addmm(self.bias, x2, self.weight)
+        return y.view(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, bias={self.bias is not None}"
+
+
+def few_rows_matmul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x (M, in) @ weight (in, out) for a few rows M, on a CPU, using every thread.
+
+    A matrix-vector product is bound by reading the matrix from memory, and PyTorch runs it on
+    one core. Cutting the input dimension into k parts (free views of the weight's rows) turns
+    it into a batched product of k partial results, one per thread, summed at the end: about
+    1.5x faster on 2 cores for GPT-2's matrices (benchmarks/generate.py).
+    """
+    n_in = x.size(1)
+    k = _splits(n_in, torch.get_num_threads())
+    if k == 1 or x.dtype != torch.float32:  # bfloat16 kernels gain nothing from the split
+        return x @ weight
+    parts = x.view(x.size(0), k, n_in // k).transpose(0, 1)  # (k, M, in/k)
+    return torch.bmm(parts, weight.view(k, n_in // k, weight.size(1))).sum(0)
+
+
+@functools.cache
+def _splits(n_in: int, threads: int) -> int:
+    """The largest k <= threads (and <= 8) that divides n_in."""
+    return max(k for k in range(1, min(threads, 8) + 1) if n_in % k == 0)
+
+
+class KVCache:
+    """Keys and values of every layer for the positions seen so far, so that each new token
+    costs one position instead of a re-run of the whole context.
+
+    Preallocated per layer: k, v of shape (B, nh, max_len, hs); `length` positions are filled.
+    """
+
+    def __init__(self, config: GPTConfig, batch_size: int, max_len: int, device, dtype) -> None:
+        shape = (batch_size, config.n_head, max_len, config.head_size)
+        self.k = [torch.empty(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.v = [torch.empty(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.max_len = max_len
+        self.length = 0
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        """Store k, v (B, nh, T, hs) after the filled positions; return all keys and values
+        so far, (B, nh, length + T, hs). `advance` moves `length` once all layers are done."""
+        end = self.length + k.size(2)
+        if end > self.max_len:
+            raise ValueError(f"KV cache full: {end} positions > max_len {self.max_len}")
+        self.k[layer][:, :, self.length : end] = k
+        self.v[layer][:, :, self.length : end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+    def advance(self, n: int) -> None:
+        self.length += n
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep only these batch rows (B' of B)."""
+        self.k = [k[rows] for k in self.k]
+        self.v = [v[rows] for v in self.v]
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head self-attention where position t sees positions <= t only.
 
@@ -38,25 +125,35 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.n_head = config.n_head
         self.dropout = config.dropout
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.c_attn = Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (B, T, C); attn_mask: None (plain causal) or bool (B, 1, T, T), True = may attend."""
+    def forward(
+        self,
+        x: torch.Tensor,
+        attn_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        layer: int = 0,
+    ) -> torch.Tensor:
+        """x: (B, T, C). attn_mask: bool (B, 1, T, L), True = may attend, over all L keys (the
+        cached ones first); None = plain causal attention. With a cache, this layer's k and v
+        are stored and the queries attend to every cached key as well."""
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         # (B, T, C) -> (B, nh, T, hs)
         q = q.view(B, T, self.n_head, -1).transpose(1, 2)
         k = k.view(B, T, self.n_head, -1).transpose(1, 2)
         v = v.view(B, T, self.n_head, -1).transpose(1, 2)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)
         y = F.scaled_dot_product_attention(
             q,
             k,
             v,
             attn_mask=attn_mask,
             dropout_p=self.dropout if self.training else 0.0,
-            is_causal=attn_mask is None,
+            is_causal=attn_mask is None and k.size(2) == T,
         )
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
         return self.resid_dropout(self.c_proj(y))
@@ -67,9 +164,9 @@ class MLP(nn.Module):
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_fc = Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         self.gelu = nn.GELU(approximate="tanh")
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.c_proj = Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -86,8 +183,14 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), attn_mask)
+    def forward(
+        self,
+        x: torch.Tensor,
+        attn_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        layer: int = 0,
+    ) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), attn_mask, cache, layer)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -115,9 +218,9 @@ class GPT(nn.Module):
         projections that write into the residual stream scaled by 1/sqrt(2 * n_layer)."""
         std = 0.02
         for name, module in self.named_modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
+            if isinstance(module, (Linear, nn.Linear, nn.Embedding)):
                 scale = 1.0
-                if isinstance(module, nn.Linear) and name.endswith("c_proj"):
+                if name.endswith("c_proj"):
                     scale = 1.0 / math.sqrt(2 * self.config.n_layer)
                 nn.init.normal_(module.weight, mean=0.0, std=std * scale)
                 if getattr(module, "bias", None) is not None:
@@ -139,28 +242,14 @@ class GPT(nn.Module):
         idx: torch.Tensor,
         targets: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
     ) -> GPTOutput:
         """idx: (B, T) token ids. targets: (B, T) ids to predict at each position (the inputs
         shifted left by one), -100 = ignore. attention_mask: (B, T), 1 = real token, 0 = padding;
         padded keys are never attended to and positions count real tokens only, so a
-        left-padded row gives, at its real positions, the logits of the unpadded row."""
-        B, T = idx.shape
-        if T > self.config.block_size:
-            raise GptlabError(
-                f"input has {T} tokens but this model's block_size is {self.config.block_size}"
-            )
-        attn_mask = None
-        if attention_mask is None:
-            pos = torch.arange(T, device=idx.device).unsqueeze(0)  # (1, T)
-        else:
-            real = attention_mask.to(torch.bool)  # (B, T)
-            pos = (real.long().cumsum(-1) - 1).clamp(min=0)  # (B, T), 0 at the first real token
-            attn_mask = causal_padding_mask(real)
-        x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C)
-        x = self.transformer.drop(x)
-        for block in self.transformer.h:
-            x = block(x, attn_mask)
-        x = self.transformer.ln_f(x)
+        left-padded row gives, at its real positions, the logits of the unpadded row.
+        With a KVCache (sampling), see `hidden_states`."""
+        x = self.hidden_states(idx, attention_mask, cache)
         logits = self.lm_head(x)  # (B, T, embedding_rows)
         if self.config.padded_vocab_size:
             logits = logits[..., : self.config.vocab_size]  # padded ids are never predicted
@@ -170,6 +259,42 @@ class GPT(nn.Module):
                 logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100
             )
         return GPTOutput(logits=logits, loss=loss)
+
+    def hidden_states(
+        self,
+        idx: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """ids (B, T) -> the final LayerNorm's output (B, T, C), the input of the head.
+
+        With a KVCache holding P earlier positions, idx holds only the T new tokens, their
+        keys and values are added to the cache, and attention_mask, if given, covers all P + T
+        positions."""
+        B, T = idx.shape
+        past = cache.length if cache is not None else 0
+        if past + T > self.config.block_size:
+            raise GptlabError(
+                f"input has {past + T} tokens but this model's block_size is "
+                f"{self.config.block_size}"
+            )
+        attn_mask = None
+        if attention_mask is None:
+            pos = torch.arange(past, past + T, device=idx.device).unsqueeze(0)  # (1, T)
+            if past and T > 1:  # new queries see all cached keys and the new ones causally
+                real = torch.ones(B, past + T, dtype=torch.bool, device=idx.device)
+                attn_mask = causal_padding_mask(real, past)
+        else:
+            real = attention_mask.to(torch.bool)  # (B, P + T)
+            pos = (real.long().cumsum(-1) - 1).clamp(min=0)[:, past:]  # 0 at the first real
+            attn_mask = causal_padding_mask(real, past)
+        x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C)
+        x = self.transformer.drop(x)
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, attn_mask, cache, i)
+        if cache is not None:
+            cache.advance(T)
+        return self.transformer.ln_f(x)
 
     def generate(self, idx: torch.Tensor, max_new_tokens: int, **kwargs) -> torch.Tensor:
         """Prompt ids (B, T) -> (B, T + max_new_tokens); see `gptlab.generate.generate`."""
@@ -196,11 +321,13 @@ class GPT(nn.Module):
         save_pretrained(self, directory)
 
 
-def causal_padding_mask(real: torch.Tensor) -> torch.Tensor:
-    """real: bool (B, T), True = real token -> bool (B, 1, T, T), True where query i may attend
-    key j: j <= i and j is real. A padding query also sees itself, so that no row of the
-    softmax is empty (its output is never used)."""
-    T = real.size(1)
-    causal = torch.ones(T, T, dtype=torch.bool, device=real.device).tril()
-    eye = torch.eye(T, dtype=torch.bool, device=real.device)
-    return (causal & real[:, None, None, :]) | eye
+def causal_padding_mask(real: torch.Tensor, past: int = 0) -> torch.Tensor:
+    """real: bool (B, L), True = real token, over all L = past + T positions -> bool
+    (B, 1, T, L), True where query i (position past + i) may attend key j: j <= past + i and j
+    is real. A padding query also sees itself, so that no row of the softmax is empty (its
+    output is never used)."""
+    L = real.size(1)
+    query_pos = torch.arange(past, L, device=real.device)[:, None]  # (T, 1)
+    key_pos = torch.arange(L, device=real.device)[None, :]  # (1, L)
+    causal = key_pos <= query_pos  # (T, L)
+    return (causal & real[:, None, None, :]) | (key_pos == query_pos)

@@ -1,10 +1,12 @@
 """Hugging Face GPT-2 checkpoints <-> gptlab's `GPT`.
 
-The formats differ in two ways only: Hugging Face stores the four projection matrices as
-`Conv1D` weights of shape (in, out), the transpose of `nn.Linear`'s (out, in), and it may keep
-attention-mask buffers (`attn.bias`, `attn.masked_bias`) that are not weights. Everything gptlab
-saves is a Hugging Face folder; a small "gptlab" entry in config.json keeps what that format
-cannot say (no biases, a padded vocabulary), so a gptlab folder loads back exactly.
+gptlab's GPT uses Hugging Face's module names and, like its `Conv1D`, stores the projection
+matrices as (in, out), so weights map one to one. The differences: checkpoints may name weights
+without the `transformer.` prefix (GPT2Model), may carry attention-mask buffers (`attn.bias`,
+`attn.masked_bias`) that are not weights, and may come from a torch.compile'd or DDP-wrapped
+model (`_orig_mod.`, `module.`). Everything gptlab saves is a Hugging Face folder; a small
+"gptlab" entry in config.json keeps what that format cannot say (no biases, a padded
+vocabulary), so a gptlab folder loads back exactly.
 """
 
 from __future__ import annotations
@@ -21,13 +23,6 @@ from gptlab.errors import GptlabError
 from gptlab.fileio import atomic_write, atomic_write_json
 from gptlab.model.gpt import GPT
 
-# Weights stored transposed (Conv1D, (in, out)) in Hugging Face checkpoints.
-CONV1D_SUFFIXES = (
-    "attn.c_attn.weight",
-    "attn.c_proj.weight",
-    "mlp.c_fc.weight",
-    "mlp.c_proj.weight",
-)
 # Buffers some checkpoints carry; they hold the causal mask, not learned numbers.
 BUFFER_SUFFIXES = (".attn.bias", ".attn.masked_bias")
 # Prefixes added by torch.compile (_orig_mod.) and DistributedDataParallel (module.).
@@ -203,8 +198,6 @@ def state_dict_from_hf(
         key = _canonical_name(raw_key)
         if key.endswith(BUFFER_SUFFIXES) or key == "lm_head.weight":
             continue  # mask buffers; the head is the token embedding
-        if key.endswith(CONV1D_SUFFIXES) and tensor.ndim == 2:
-            tensor = tensor.t()
         if key not in wanted:
             if (
                 not config.bias
@@ -288,8 +281,8 @@ def load_pretrained(
 
 
 def state_dict_to_hf(model: GPT) -> dict[str, torch.Tensor]:
-    """gptlab weights -> GPT2LMHeadModel's names and layouts: Conv1D weights transposed,
-    padded vocabulary rows stripped, zero biases where the model has none."""
+    """gptlab weights -> GPT2LMHeadModel's: padded vocabulary rows stripped, zero biases where
+    the model has none, the tied head left out."""
     config = model.config
     out = {}
     for key, tensor in model.state_dict().items():
@@ -298,8 +291,6 @@ def state_dict_to_hf(model: GPT) -> dict[str, torch.Tensor]:
         tensor = tensor.detach()
         if key == "transformer.wte.weight":
             tensor = tensor[: config.vocab_size]
-        if key.endswith(CONV1D_SUFFIXES):
-            tensor = tensor.t()
         out[key] = tensor.to("cpu").contiguous().clone()
     if not config.bias:
         dtype = model.transformer.wte.weight.dtype

@@ -365,9 +365,14 @@ class _Logger:
         if not main:
             return
         if progress:
+            import sys
+
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, initial=initial, desc="train", unit="step")
+            interval = 0.5 if sys.stderr.isatty() else 30.0  # logs and pipes: a line per 30 s
+            self.bar = tqdm(
+                total=total, initial=initial, desc="train", unit="step", mininterval=interval
+            )
         self._last_postfix = 0.0
 
     def step(self, step: int, loss: float, lr: float, tokens_per_s: float) -> None:
