@@ -144,3 +144,36 @@ def test_sample_from_a_folder_that_is_not_a_model(tmp_path):
         capture_output=True, text=True, cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 2 and "no config.json" in result.stderr
+
+
+def test_eval_commands(char_run, tmp_path, capsys):
+    text = tmp_path / "t.txt"
+    text.write_text("To be, or not to be: that is the question.\n" * 3)
+    assert main(["eval", "perplexity", str(char_run), "--input", str(text), "--json",
+                 "--stride", "16"]) == 0  # fmt: skip
+    result = json.loads(capsys.readouterr().out)
+    assert result["tokens"] == len(text.read_text()) - 1 and result["perplexity"] > 1
+    mc = tmp_path / "mc.jsonl"
+    mc.write_text(json.dumps({"ctx": "To be, or", "endings": ["not to be", "the"], "label": 0}))
+    assert main(["eval", "multiple-choice", str(char_run), "--data", str(mc), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["examples"] == 1
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["perplexity", "RUN", "--input", "missing.txt"], "missing.txt: no such file"),
+        (["perplexity", "RUN", "--input", "t.txt", "--stride", "0"], "stride must be in [1,"),
+        (["multiple-choice", "RUN", "--data", "bad.jsonl"], "bad.jsonl, line 1: missing field"),
+    ],
+)
+def test_eval_user_errors(char_run, tmp_path, argv, message):
+    (tmp_path / "t.txt").write_text("To be, or not to be\n")
+    (tmp_path / "bad.jsonl").write_text('{"endings": ["a", "b"], "label": 0}\n')
+    argv = [str(char_run) if a == "RUN" else a for a in argv]
+    result = subprocess.run(
+        [sys.executable, "-m", "gptlab", "eval", *argv], capture_output=True, text=True,
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and message in result.stderr

@@ -274,6 +274,59 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- evaluation
+
+
+def _model_and_tokenizer(args: argparse.Namespace):
+    from gptlab.model import GPT
+    from gptlab.tokenizers import Tokenizer
+    from gptlab.train.trainer import resolve_device
+
+    device = resolve_device(args.device)
+    model = GPT.from_pretrained(args.model, device=device, dtype=_dtype(args.dtype))
+    return model, Tokenizer.from_pretrained(args.model)
+
+
+def cmd_eval_perplexity(args: argparse.Namespace) -> int:
+    from gptlab.data.corpus import read_text
+    from gptlab.eval import perplexity
+
+    if args.batch_size < 1:
+        raise GptlabError(f"--batch-size must be at least 1, got {args.batch_size}")
+    path = Path(args.input)
+    if not path.is_file():
+        raise GptlabError(f"{path}: no such file")
+    model, tok = _model_and_tokenizer(args)
+    result = perplexity(model, tok.encode(read_text(path)), args.stride, args.batch_size)
+    result = {**result, "model": args.model, "input": str(path)}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(
+            f"perplexity {result['perplexity']:.4f} (mean nll {result['nll']:.4f} nats) over "
+            f"{result['tokens']:,} tokens, {result['windows']} windows of "
+            f"{result['block_size']}, stride {result['stride']}"
+        )
+    return 0
+
+
+def cmd_eval_multiple_choice(args: argparse.Namespace) -> int:
+    from gptlab.eval import evaluate_multiple_choice, read_examples
+
+    examples = read_examples(args.data, args.limit)
+    model, tok = _model_and_tokenizer(args)
+    result = evaluate_multiple_choice(model, tok, examples, progress=not args.json)
+    if not args.json:
+        result.pop("scores")
+        print(
+            f"{result['examples']} examples: acc {result['acc']:.4f}, acc_norm_token "
+            f"{result['acc_norm_token']:.4f}, acc_norm {result['acc_norm']:.4f}"
+        )
+    else:
+        print(json.dumps({**result, "model": args.model, "data": args.data}))
+    return 0
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -342,6 +395,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="weights while sampling")
     p.add_argument("--no-stream", action="store_true", help="print each sample when complete")
     p.set_defaults(run=cmd_sample)
+
+    p = sub.add_parser("eval", help="perplexity or multiple-choice accuracy of a model")
+    esub = p.add_subparsers(dest="what", metavar="WHAT", parser_class=_Parser)
+    esub.required = True
+    for name, helptext, run in (
+        ("perplexity", "perplexity of a text file (sliding windows)", cmd_eval_perplexity),
+        ("multiple-choice", "HellaSwag-format accuracy", cmd_eval_multiple_choice),
+    ):
+        e = esub.add_parser(name, help=helptext)
+        e.add_argument("model", help="run/model folder, or a hub name (gpt2, ...)")
+        e.add_argument("--json", action="store_true", help="print one JSON object")
+        e.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
+        e.add_argument("--dtype", choices=DTYPES, default="float32")
+        e.set_defaults(run=run)
+        if name == "perplexity":
+            e.add_argument("--input", required=True, help="UTF-8 text file")
+            e.add_argument("--stride", type=int, default=None, help="default: block_size")
+            e.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
+        else:
+            e.add_argument("--data", required=True, help="JSONL: ctx, endings, label")
+            e.add_argument("--limit", type=int, default=None, help="first N examples only")
 
     p = sub.add_parser("tokenizer", help="train a BPE vocabulary, or encode text with one")
     tsub = p.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)

@@ -1,0 +1,75 @@
+import json
+import string
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gptlab import GPT, CharTokenizer, GptlabError
+from gptlab.eval import evaluate_multiple_choice, read_examples
+
+transformers = pytest.importorskip("transformers")
+
+ROWS = [
+    {"ctx": "A man is sitting on a roof. he", "label": 3, "endings": [
+        "is using wrap to wrap a pair of skis.", "is ripping level tiles off.",
+        "is holding a rubik's cube.", "starts pulling up roofing on a roof."]},
+    {"ctx_a": "A woman is outside.", "ctx_b": "she", "label": 0, "endings": [
+        "waves.", "is baking a cake in the rain with friends.", "sits."]},
+]  # fmt: skip
+
+
+@pytest.fixture
+def data(tmp_path):
+    path = tmp_path / "mc.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in ROWS) + "\n")
+    return path
+
+
+def test_scores_equal_transformers(tmp_path, data):
+    from conftest import make_hf_model
+
+    hf_model = make_hf_model(seed=3, n_positions=128)
+    hf_model.save_pretrained(tmp_path / "model")
+    model = GPT.from_pretrained(tmp_path / "model")
+    tok = CharTokenizer(string.printable[:95])  # 95 ids < the model's 99
+    examples = read_examples(data)
+    assert examples[1].context == "A woman is outside. she"
+    result = evaluate_multiple_choice(model, tok, examples)
+    assert result["examples"] == 2
+    for ex, scored in zip(examples, result["scores"], strict=True):
+        ctx = tok.encode(ex.context)
+        for i, ending in enumerate(ex.endings):
+            end = tok.encode(" " + ending)
+            seq = torch.tensor([ctx + end])
+            with torch.no_grad():
+                logp = F.log_softmax(hf_model(seq).logits[0].double(), dim=-1)
+            direct = sum(logp[len(ctx) + j - 1, t].item() for j, t in enumerate(end))
+            assert abs(scored["logprob_sum"][i] - direct) <= 1e-4 * abs(direct)
+            assert scored["tokens"][i] == len(end)
+    for key in ("acc", "acc_norm_token", "acc_norm"):
+        assert result[key] in (0.0, 0.5, 1.0)
+
+
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ({"endings": ["a", "b"], "label": 0}, "line 2: missing field 'ctx'"),
+        ({"ctx": "x", "label": 0}, "line 2: missing field 'endings'"),
+        ({"ctx": "x", "endings": ["a", "b"], "label": 2}, "line 2: label 2 is not an index"),
+        ({"ctx": "x", "endings": ["a", "b"]}, "line 2: missing field 'label'"),
+    ],
+)
+def test_malformed_line_is_named(tmp_path, row, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps(ROWS[0]) + "\n" + json.dumps(row) + "\n")
+    with pytest.raises(GptlabError, match=message):
+        read_examples(path)
+
+
+def test_not_json_and_limit(tmp_path, data):
+    assert len(read_examples(data, limit=1)) == 1
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("{oops\n")
+    with pytest.raises(GptlabError, match="line 1: not valid JSON"):
+        read_examples(bad)
