@@ -35,3 +35,9 @@ def test_python_snippets_run(guide):
             exec(compile(snippet, f"{guide.name}[snippet {i}]", "exec"), {})
         except Exception as e:  # noqa: BLE001
             pytest.fail(f"{guide.name} snippet {i} fails: {type(e).__name__}: {e}")
+
+
+@pytest.mark.parametrize("guide", GUIDES, ids=lambda p: p.name)
+def test_figures_exist(guide):
+    for image in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", guide.read_text(encoding="utf-8")):
+        assert (guide.parent / image).is_file(), f"{guide.name} shows {image}, which is missing"

@@ -327,6 +327,24 @@ def cmd_eval_multiple_choice(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- attention
+
+
+def cmd_attention(args: argparse.Namespace) -> int:
+    from gptlab.attention.demos import DEMOS
+
+    names = [args.demo] if args.demo != "all" else [n for n in DEMOS if n != "gpt2"]
+    if args.demo == "all" and args.model:
+        names.append("gpt2")
+    for name in names:
+        kwargs = {"quick": args.quick}
+        if name == "gpt2":
+            kwargs.update(model=args.model or "gpt2", prompt=args.prompt, layer=args.layer)
+        path = DEMOS[name](Path(args.out), **kwargs)
+        print(path)
+    return 0
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -416,6 +434,19 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             e.add_argument("--data", required=True, help="JSONL: ctx, endings, label")
             e.add_argument("--limit", type=int, default=None, help="first N examples only")
+
+    p = sub.add_parser("attention", help="draw the attention toolkit's figures (PNG)")
+    p.add_argument(
+        "demo",
+        choices=["pooling", "scoring", "multihead", "positional", "bahdanau", "gpt2", "all"],
+        help="which figure; all = every toolkit one",
+    )
+    p.add_argument("--out", default="figures", help="folder for the PNG files")
+    p.add_argument("--quick", action="store_true", help="tiny training budgets (for tests)")
+    p.add_argument("--model", help="gpt2 demo: run folder or pretrained name (default gpt2)")
+    p.add_argument("--prompt", default="", help="gpt2 demo: the text to look at")
+    p.add_argument("--layer", type=int, default=0, help="gpt2 demo: which layer")
+    p.set_defaults(run=cmd_attention)
 
     p = sub.add_parser("tokenizer", help="train a BPE vocabulary, or encode text with one")
     tsub = p.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)

@@ -302,6 +302,24 @@ class GPT(nn.Module):
 
         return generate(self, idx, max_new_tokens, **kwargs)
 
+    @torch.no_grad()
+    def attention_maps(self, idx: torch.Tensor) -> list[torch.Tensor]:
+        """The attention weights of every layer for ids (B, T): a list of n_layer tensors
+        (B, nh, T, T), row i = how much position i attends to each earlier position. Computed
+        explicitly (softmax(q k^T / sqrt(hs)) with the causal mask), for pictures."""
+        maps = []
+        x = self.transformer.wte(idx) + self.transformer.wpe(torch.arange(idx.size(1)))
+        causal = torch.ones(idx.size(1), idx.size(1), dtype=torch.bool).tril()
+        for block in self.transformer.h:
+            B, T, C = x.shape
+            q, k, _ = block.attn.c_attn(block.ln_1(x)).split(C, dim=2)
+            q = q.view(B, T, self.config.n_head, -1).transpose(1, 2)
+            k = k.view(B, T, self.config.n_head, -1).transpose(1, 2)
+            scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))
+            maps.append(torch.softmax(scores.masked_fill(~causal, float("-inf")), dim=-1))
+            x = block(x)
+        return maps
+
     @classmethod
     def from_pretrained(
         cls,

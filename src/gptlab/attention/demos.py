@@ -1,0 +1,226 @@
+"""Pictures of the attention toolkit, one PNG per idea (matplotlib, headless).
+
+    gptlab attention pooling|scoring|multihead|positional|bahdanau|gpt2|all --out DIR
+
+Every figure has labelled axes and a colour bar on each heatmap; sizes are fixed
+(`FIGSIZES`, at DPI dots per inch) so that a test can check the image it gets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from gptlab.errors import GptlabError
+
+DPI = 100
+FIGSIZES = {  # inches; pixels = inches * DPI
+    "pooling": (15, 4.5),
+    "scoring": (11, 4.5),
+    "multihead": (14, 4),
+    "positional": (12, 5),
+    "bahdanau": (14, 4),
+    "gpt2": (16, 8),
+}
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _np(t):
+    return torch.as_tensor(t).detach().float().numpy()
+
+
+def _heatmap(fig, ax, matrix, title, xlabel, ylabel, xticks=None, yticks=None):
+    image = ax.imshow(_np(matrix), cmap="Reds", aspect="auto", vmin=0)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if xticks is not None:
+        ax.set_xticks(range(len(xticks)), xticks, rotation=90, fontsize=7)
+    if yticks is not None:
+        ax.set_yticks(range(len(yticks)), yticks, fontsize=7)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+
+
+def _save(fig, out: Path, name: str) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.png"
+    fig.savefig(path, dpi=DPI)
+    _plt().close(fig)
+    return path
+
+
+def pooling(out: Path, quick: bool = False) -> Path:
+    """Average pooling and both Nadaraya-Watson kinds against the truth; their weights."""
+    from gptlab.attention.pooling import (
+        NadarayaWatson,
+        attention_pool,
+        average_weights,
+        synthetic_task,
+        train_nadaraya_watson,
+    )
+
+    x_train, y_train, x_test, y_truth = synthetic_task()
+    plain = NadarayaWatson(1.0, learnable=False)
+    y_plain = plain(x_test, x_train, y_train)
+    model, losses = train_nadaraya_watson(x_train, y_train, epochs=3 if quick else 10)
+    with torch.no_grad():
+        y_learned = model(x_test, x_train, y_train)
+    y_avg = attention_pool(average_weights(len(x_test), len(x_train)), y_train)
+
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=FIGSIZES["pooling"])
+    ax = axes[0]
+    x_test, x_train, y_train = _np(x_test), _np(x_train), _np(y_train)
+    ax.plot(x_test, _np(y_truth), "k-", label="truth")
+    ax.plot(x_test, _np(y_avg), "--", label="average pooling")
+    ax.plot(x_test, _np(y_plain), label="Nadaraya-Watson, w = 1")
+    ax.plot(x_test, _np(y_learned), label=f"Nadaraya-Watson, learned w = {model.w.item():.2f}")
+    ax.plot(x_train, y_train, "o", alpha=0.4, markersize=4, label="training points (noisy)")
+    ax.set_xlabel("x (query)")
+    ax.set_ylabel("y")
+    ax.set_title("Attention pooling as kernel regression")
+    ax.legend(fontsize=7)
+    _heatmap(fig, axes[1], plain.attention_weights, "weights, w = 1", "keys (training x, sorted)",
+             "queries (test x)")  # fmt: skip
+    _heatmap(fig, axes[2], model.attention_weights, f"weights, learned w = {model.w.item():.2f}",
+             "keys (training x, sorted)", "queries (test x)")  # fmt: skip
+    fig.tight_layout()
+    return _save(fig, out, "pooling")
+
+
+def scoring(out: Path, quick: bool = False) -> Path:
+    """Additive vs scaled dot-product weights on the same inputs; masked keys in white."""
+    from gptlab.attention.scoring import AdditiveAttention, DotProductAttention
+
+    torch.manual_seed(0)
+    queries, keys = torch.randn(2, 4, 8), torch.randn(2, 10, 8)
+    values = torch.randn(2, 10, 3)
+    valid = torch.tensor([6, 10])
+    additive = AdditiveAttention(8, 8, 16).eval()
+    dot = DotProductAttention().eval()
+    with torch.no_grad():
+        additive(queries, keys, values, valid)
+        dot(queries, keys, values, valid)
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=FIGSIZES["scoring"])
+    for ax, module, name in ((axes[0], additive, "additive"), (axes[1], dot, "scaled dot-product")):
+        weights = module.attention_weights[0].clone()
+        weights[:, valid[0] :] = float("nan")  # masked: exactly zero weight, drawn blank
+        _heatmap(fig, ax, weights, f"{name} (keys 6-9 masked)", "keys", "queries")
+    fig.tight_layout()
+    return _save(fig, out, "scoring")
+
+
+def multihead(out: Path, quick: bool = False) -> Path:
+    """The weights of each head of one multi-head self-attention (causal)."""
+    from gptlab.attention.multihead import MultiHeadAttention
+
+    torch.manual_seed(0)
+    heads = 4
+    mha = MultiHeadAttention(32, heads).eval()
+    x = torch.randn(1, 12, 32)
+    with torch.no_grad():
+        mha(x, x, x, causal=True)
+    plt = _plt()
+    fig, axes = plt.subplots(1, heads, figsize=FIGSIZES["multihead"])
+    for h, ax in enumerate(axes):
+        _heatmap(fig, ax, mha.attention_weights[0, h], f"head {h}", "keys (positions)",
+                 "queries (positions)")  # fmt: skip
+    fig.suptitle("Multi-head self-attention: each head weighs the past differently")
+    fig.tight_layout()
+    return _save(fig, out, "multihead")
+
+
+def positional(out: Path, quick: bool = False) -> Path:
+    """The sinusoidal table and the dot-product similarity between positions."""
+    from gptlab.attention.positional import sinusoidal_table
+
+    P = sinusoidal_table(64, 32)
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=FIGSIZES["positional"])
+    P = _np(P)
+    image = axes[0].imshow(P, cmap="RdBu", aspect="auto", vmin=-1, vmax=1)
+    axes[0].set_title("PE[pos, 2i] = sin, PE[pos, 2i+1] = cos")
+    axes[0].set_xlabel("encoding dimension")
+    axes[0].set_ylabel("position")
+    fig.colorbar(image, ax=axes[0], fraction=0.046, pad=0.04)
+    image = axes[1].imshow(P @ P.T, cmap="viridis", aspect="auto")
+    axes[1].set_title("similarity PE[i] . PE[j]: depends on |i - j| only")
+    axes[1].set_xlabel("position j")
+    axes[1].set_ylabel("position i")
+    fig.colorbar(image, ax=axes[1], fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    return _save(fig, out, "positional")
+
+
+def bahdanau(out: Path, quick: bool = False) -> Path:
+    """Alignment of source digits and target words in a trained seq2seq model."""
+    from gptlab.attention.seq2seq import encode_pairs, train_numbers
+
+    result = train_numbers(steps=100 if quick else 1500)
+    numbers = [4072, 913, 58, 1600]
+    src, lens, _ = encode_pairs(numbers)
+    words, weights = result.model.translate(src, lens)
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(numbers), figsize=FIGSIZES["bahdanau"])
+    for i, (ax, n) in enumerate(zip(axes, numbers, strict=True)):
+        steps = max(1, len(words[i]))
+        _heatmap(fig, ax, weights[i, :steps, : lens[i]], str(n), "source digits",
+                 "target words", list(str(n)), words[i] or ["(nothing)"])  # fmt: skip
+    fig.suptitle(
+        f"Bahdanau attention: where the decoder looks (held-out exact match "
+        f"{result.exact_match:.1%} after {result.steps} steps)"
+    )
+    fig.tight_layout()
+    return _save(fig, out, "bahdanau")
+
+
+def gpt2(out: Path, quick: bool = False, model: str = "gpt2", prompt: str = "", layer: int = 0):
+    """Every head of one layer of a GPT (run folder or pretrained name) on a prompt."""
+    from gptlab.model import GPT
+    from gptlab.tokenizers import Tokenizer
+
+    net = GPT.from_pretrained(model)
+    tok = Tokenizer.from_pretrained(model)
+    prompt = prompt or "To be, or not to be, that is the question"
+    ids = tok.encode(prompt)[: net.config.block_size]
+    if len(ids) < 2:
+        raise GptlabError("the prompt needs at least 2 tokens")
+    if not 0 <= layer < net.config.n_layer:
+        raise GptlabError(f"layer must be in [0, {net.config.n_layer - 1}], got {layer}")
+    maps = net.attention_maps(torch.tensor([ids]))[layer][0]  # (nh, T, T)
+    labels = [tok.decode([i]) for i in ids]
+    heads = maps.size(0)
+    cols = min(heads, 6)
+    rows = (heads + cols - 1) // cols
+    plt = _plt()
+    fig, axes = plt.subplots(rows, cols, figsize=FIGSIZES["gpt2"], squeeze=False)
+    for h in range(rows * cols):
+        ax = axes[h // cols][h % cols]
+        if h >= heads:
+            ax.axis("off")
+            continue
+        _heatmap(fig, ax, maps[h], f"layer {layer}, head {h}", "key token", "query token",
+                 labels, labels)  # fmt: skip
+    fig.tight_layout()
+    return _save(fig, out, "gpt2")
+
+
+DEMOS: dict[str, Callable[..., Path]] = {
+    "pooling": pooling,
+    "scoring": scoring,
+    "multihead": multihead,
+    "positional": positional,
+    "bahdanau": bahdanau,
+    "gpt2": gpt2,
+}
