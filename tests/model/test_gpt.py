@@ -114,3 +114,18 @@ def test_backward_reaches_every_parameter(ids):
     model = GPT(TINY)
     model(ids, targets=ids).loss.backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_attention_maps_are_what_the_layer_computes(ids):
+    model = GPT(TINY).eval()
+    maps = model.attention_maps(ids)
+    assert len(maps) == 2 and maps[0].shape == (3, 4, 17, 17)
+    torch.testing.assert_close(maps[0].sum(-1), torch.ones(3, 4, 17))
+    assert torch.all(maps[1].triu(1) == 0)  # causal
+    # the weights applied to v reproduce the layer's output
+    block = model.transformer.h[0]
+    x = model.transformer.wte(ids) + model.transformer.wpe(torch.arange(17))
+    h = block.ln_1(x)
+    v = block.attn.c_attn(h).split(32, dim=2)[2].view(3, 17, 4, 8).transpose(1, 2)
+    y = (maps[0] @ v).transpose(1, 2).reshape(3, 17, 32)
+    torch.testing.assert_close(block.attn.c_proj(y), block.attn(h), rtol=1e-5, atol=1e-5)

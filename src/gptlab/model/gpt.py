@@ -158,6 +158,17 @@ class CausalSelfAttention(nn.Module):
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
         return self.resid_dropout(self.c_proj(y))
 
+    def weights(self, x: torch.Tensor) -> torch.Tensor:
+        """The attention weights forward computes inside SDPA, made explicit for pictures:
+        softmax(q k^T / sqrt(hs)) with the causal mask. x (B, T, C) -> (B, nh, T, T)."""
+        B, T, C = x.shape
+        q, k, _ = self.c_attn(x).split(C, dim=2)
+        q = q.view(B, T, self.n_head, -1).transpose(1, 2)
+        k = k.view(B, T, self.n_head, -1).transpose(1, 2)
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))
+        future = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)
+        return torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1)
+
 
 class MLP(nn.Module):
     """Position-wise feed-forward: Linear C -> 4C, GELU (tanh approximation), Linear 4C -> C."""
@@ -305,18 +316,12 @@ class GPT(nn.Module):
     @torch.no_grad()
     def attention_maps(self, idx: torch.Tensor) -> list[torch.Tensor]:
         """The attention weights of every layer for ids (B, T): a list of n_layer tensors
-        (B, nh, T, T), row i = how much position i attends to each earlier position. Computed
-        explicitly (softmax(q k^T / sqrt(hs)) with the causal mask), for pictures."""
+        (B, nh, T, T), row i = how much position i attends to each position <= i."""
+        pos = torch.arange(idx.size(1), device=idx.device)
+        x = self.transformer.wte(idx) + self.transformer.wpe(pos)
         maps = []
-        x = self.transformer.wte(idx) + self.transformer.wpe(torch.arange(idx.size(1)))
-        causal = torch.ones(idx.size(1), idx.size(1), dtype=torch.bool).tril()
         for block in self.transformer.h:
-            B, T, C = x.shape
-            q, k, _ = block.attn.c_attn(block.ln_1(x)).split(C, dim=2)
-            q = q.view(B, T, self.config.n_head, -1).transpose(1, 2)
-            k = k.view(B, T, self.config.n_head, -1).transpose(1, 2)
-            scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))
-            maps.append(torch.softmax(scores.masked_fill(~causal, float("-inf")), dim=-1))
+            maps.append(block.attn.weights(block.ln_1(x)))
             x = block(x)
         return maps
 
