@@ -129,3 +129,11 @@ def test_attention_maps_are_what_the_layer_computes(ids):
     v = block.attn.c_attn(h).split(32, dim=2)[2].view(3, 17, 4, 8).transpose(1, 2)
     y = (maps[0] @ v).transpose(1, 2).reshape(3, 17, 32)
     torch.testing.assert_close(block.attn.c_proj(y), block.attn(h), rtol=1e-5, atol=1e-5)
+
+
+def test_a_linear_on_its_own_is_initialised():
+    from gptlab.model.gpt import Linear
+
+    layer = Linear(64, 32)
+    assert torch.isfinite(layer.weight).all() and 0.015 < layer.weight.std().item() < 0.025
+    assert torch.all(layer.bias == 0)
