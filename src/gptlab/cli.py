@@ -36,18 +36,13 @@ def _model_config(name_or_path: str):
     if name_or_path in PRESETS:
         return GPTConfig.preset(name_or_path), f"preset {name_or_path}"
     folder = Path(name_or_path)
-    config_path = folder / "config.json"
-    if not config_path.is_file():
+    if not (folder / "config.json").is_file():
         raise GptlabError(
             f"{name_or_path}: neither a preset ({', '.join(PRESETS)}) nor a folder with config.json"
         )
-    from gptlab.model.hf import config_from_hf
+    from gptlab.model.hf import read_config
 
-    try:
-        hf = json.loads(config_path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise GptlabError(f"{config_path}: not valid JSON ({e})") from e
-    return config_from_hf(hf, str(config_path)), str(folder)
+    return read_config(folder), str(folder)
 
 
 def cmd_info(args: argparse.Namespace) -> int:

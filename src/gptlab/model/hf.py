@@ -237,6 +237,20 @@ def _expected_shapes(config: GPTConfig) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in model.state_dict().items() if k != "lm_head.weight"}
 
 
+def read_config(folder: Path) -> GPTConfig:
+    """The GPTConfig of a model folder's config.json (Hugging Face's or gptlab's)."""
+    config_path = Path(folder) / "config.json"
+    if not config_path.is_file():
+        raise GptlabError(f"{folder}: no config.json, so this is not a model folder")
+    try:
+        hf_config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise GptlabError(f"{config_path}: not valid JSON ({e})") from e
+    if not isinstance(hf_config, dict):
+        raise GptlabError(f"{config_path}: expected a JSON object")
+    return config_from_hf(hf_config, str(config_path))
+
+
 def load_pretrained(
     name_or_path: str | os.PathLike,
     device: str | torch.device | None = None,
@@ -248,21 +262,13 @@ def load_pretrained(
         name = str(name_or_path)
         if not hub.looks_like_repo_id(name):
             raise GptlabError(f"{name}: no such folder")
-        folder = hub.snapshot(name, ["config.json", "*.safetensors", "*.safetensors.index.json"])
+        safetensors = ["model.safetensors", "model.safetensors.index.json", "model-*.safetensors"]
+        folder = hub.snapshot(name, ["config.json", *safetensors])  # root files only
         if not any((folder / f).is_file() for f in WEIGHT_FILES):
-            folder = hub.snapshot(name, ["config.json", "pytorch_model.bin*"])
+            folder = hub.snapshot(name, ["config.json", "pytorch_model*.bin*"])
     if not folder.is_dir():
         raise GptlabError(f"{folder}: not a folder (expected config.json and model weights)")
-    config_path = folder / "config.json"
-    if not config_path.is_file():
-        raise GptlabError(f"{folder}: no config.json, so this is not a model folder")
-    try:
-        hf_config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise GptlabError(f"{config_path}: not valid JSON ({e})") from e
-    if not isinstance(hf_config, dict):
-        raise GptlabError(f"{config_path}: expected a JSON object")
-    config = config_from_hf(hf_config, str(config_path))
+    config = read_config(folder)
     state = state_dict_from_hf(read_state_dict(folder), config, str(folder))
 
     dtype = dtype or torch.float32

@@ -179,6 +179,8 @@ def _train(model_config, config, device, d: Dist, resume, overwrite, progress, s
         optimizer.load_state_dict(trainer_state["optimizer"])
         data_gen.set_state(trainer_state["data_generator"])
         torch.set_rng_state(trainer_state["torch_rng"])
+        if device.type == "cuda" and "cuda_rng" in trainer_state:
+            torch.cuda.set_rng_state(trainer_state["cuda_rng"], device)
         if "scaler" in trainer_state and config.dtype == "float16":
             scaler.load_state_dict(trainer_state["scaler"])
         step, tokens_seen = saved["step"], saved["tokens"]
@@ -210,6 +212,8 @@ def _train(model_config, config, device, d: Dist, resume, overwrite, progress, s
             "data_generator": data_gen.get_state(),
             "torch_rng": torch.get_rng_state(),
         }
+        if device.type == "cuda":  # dropout on a GPU draws from the GPU's generator
+            trainer_state["cuda_rng"] = torch.cuda.get_rng_state(device)
         if config.dtype == "float16":
             trainer_state["scaler"] = scaler.state_dict()
         state = {
@@ -381,7 +385,9 @@ class _Logger:
         self.bar.update(1)
         now = time.perf_counter()
         if now - self._last_postfix > 0.5:  # refreshing text every step costs time
-            self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}")
+            self.bar.set_postfix(
+                loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}", refresh=False
+            )
             self._last_postfix = now
 
     def evaluation(self, step, losses, lr, tokens, elapsed_s) -> None:
