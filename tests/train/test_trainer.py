@@ -113,10 +113,25 @@ def test_fine_tune_from_a_saved_model(corpus, tmp_path):
     base = tmp_path / "base"
     train(MODEL, settings(corpus, base, max_iters=4), progress=False)
     tuned = tmp_path / "tuned"
-    train(MODEL.replace(block_size=8), settings(corpus, tuned, max_iters=4, init_from=str(base),
-          data=str(base / "data")), progress=False)  # fmt: skip
+    # a text file: prepared with the base run's own tokenizer (its folder holds it)
+    train(MODEL.replace(block_size=8), settings(corpus, tuned, max_iters=4, init_from=str(base)),
+          progress=False)  # fmt: skip
     model = GPT.from_pretrained(tuned)
     assert model.config.block_size == 8 and model.config.n_embd == 32
+    assert (tuned / "char_vocab.json").read_text() == (base / "char_vocab.json").read_text()
+
+
+def test_fine_tune_refuses_data_of_another_vocabulary(corpus, tmp_path):
+    base = tmp_path / "base"
+    train(MODEL, settings(corpus, base, max_iters=4), progress=False)
+    other = tmp_path / "other.txt"
+    other.write_text("completely different characters: XYZ 0123456789 !?\n" * 50)
+    from gptlab.data import prepare
+
+    prepare([str(other)], tmp_path / "otherdata", "char", progress=False)
+    with pytest.raises(GptlabError, match="reads 15 ids, but the data was tokenized with a voc"):
+        train(MODEL, settings(corpus, tmp_path / "t", max_iters=4, init_from=str(base),
+              data=str(tmp_path / "otherdata")), progress=False)  # fmt: skip
 
 
 def gptlab(*args, cwd, **kwargs):

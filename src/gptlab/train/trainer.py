@@ -66,17 +66,21 @@ def resolve_data(config: TrainConfig, out: Path, d: Dist, progress: bool) -> Pre
         raise GptlabError(f"{config.data}: no such file or folder (nor a built-in corpus)")
     cache = out / "data"
     wanted = {"source": config.data, "val_fraction": config.val_fraction}
+    # Fine-tuning reads text with the pretrained model's own tokenizer unless told otherwise.
+    tokenizer = config.tokenizer
+    if config.init_from != "scratch" and tokenizer == "char":
+        tokenizer = config.init_from
     if d.is_main:
         meta_path = cache / META_FILE
         meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
         same = all(meta.get(k) == v for k, v in wanted.items())
-        same = same and meta.get("tokenizer_name", config.tokenizer) == config.tokenizer
+        same = same and meta.get("tokenizer_name", tokenizer) == tokenizer
         if not same:
             if cache.exists():
                 shutil.rmtree(cache)
-            prepare(config.data, cache, config.tokenizer, config.val_fraction, progress=progress)
+            prepare(config.data, cache, tokenizer, config.val_fraction, progress=progress)
             meta = json.loads(meta_path.read_text())
-            meta["tokenizer_name"] = config.tokenizer
+            meta["tokenizer_name"] = tokenizer
             atomic_write_text(meta_path, json.dumps(meta, indent=2) + "\n")
     d.barrier()
     return PreparedData(cache)
@@ -152,10 +156,11 @@ def _train(model_config, config, device, d: Dist, resume, overwrite, progress, s
         model_config = model.config
     elif config.init_from != "scratch":
         model = GPT.from_pretrained(config.init_from)
-        if model.config.vocab_size < data.vocab_size:
+        if model.config.vocab_size != data.vocab_size:
             raise GptlabError(
-                f"{config.init_from} reads {model.config.vocab_size} ids, but the data's "
-                f"tokenizer has {data.vocab_size}; prepare the data with the model's tokenizer"
+                f"{config.init_from} reads {model.config.vocab_size} ids, but the data was "
+                f"tokenized with a vocabulary of {data.vocab_size}; prepare the data with the "
+                "model's tokenizer (gptlab prepare --tokenizer MODEL)"
             )
         if model_config.block_size < model.config.block_size:
             model = _crop_block_size(model, model_config.block_size)
