@@ -141,11 +141,7 @@ class CausalSelfAttention(nn.Module):
         cached ones first); None = plain causal attention. With a cache, this layer's k and v
         are stored and the queries attend to every cached key as well."""
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        # (B, T, C) -> (B, nh, T, hs)
-        q = q.view(B, T, self.n_head, -1).transpose(1, 2)
-        k = k.view(B, T, self.n_head, -1).transpose(1, 2)
-        v = v.view(B, T, self.n_head, -1).transpose(1, 2)
+        q, k, v = self.heads(x)
         if cache is not None:
             k, v = cache.update(layer, k, v)
         y = F.scaled_dot_product_attention(
@@ -159,13 +155,17 @@ class CausalSelfAttention(nn.Module):
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
         return self.resid_dropout(self.c_proj(y))
 
+    def heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (B, T, C) -> q, k, v, each (B, nh, T, hs): one fused projection, split by heads."""
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        return tuple(t.view(B, T, self.n_head, -1).transpose(1, 2) for t in (q, k, v))
+
     def weights(self, x: torch.Tensor) -> torch.Tensor:
         """The attention weights forward computes inside SDPA, made explicit for pictures:
         softmax(q k^T / sqrt(hs)) with the causal mask. x (B, T, C) -> (B, nh, T, T)."""
-        B, T, C = x.shape
-        q, k, _ = self.c_attn(x).split(C, dim=2)
-        q = q.view(B, T, self.n_head, -1).transpose(1, 2)
-        k = k.view(B, T, self.n_head, -1).transpose(1, 2)
+        T = x.size(1)
+        q, k, _ = self.heads(x)
         scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))
         future = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)
         return torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1)
