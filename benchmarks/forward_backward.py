@@ -17,6 +17,8 @@ import torch
 
 from gptlab import GPT, GPTConfig
 
+from _data import print_machine
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -26,6 +28,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
+    print_machine()
     if args.threads:
         torch.set_num_threads(args.threads)
 

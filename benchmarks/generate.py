@@ -18,6 +18,8 @@ import torch
 from gptlab import GPT, GPTConfig
 from gptlab.generate import generate
 
+from _data import print_machine
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -28,6 +30,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
     args = parser.parse_args()
+    print_machine()
 
     import transformers
 

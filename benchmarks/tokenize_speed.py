@@ -15,7 +15,7 @@ import time
 
 from gptlab import Tokenizer
 
-from _data import shared_file
+from _data import print_machine, shared_file
 
 
 def median_seconds(runs: dict, repeat: int) -> dict[str, float]:
@@ -33,6 +33,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=7)
     args = parser.parse_args()
+    print_machine()
 
     import tiktoken
     import tiktoken.load

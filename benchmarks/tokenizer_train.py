@@ -12,7 +12,7 @@ import time
 
 from gptlab import train_bpe
 
-from _data import shared_file
+from _data import print_machine, shared_file
 
 
 def main() -> None:
@@ -20,6 +20,7 @@ def main() -> None:
     parser.add_argument("--vocab-size", type=int, default=4096)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
+    print_machine()
 
     import tokenizers
     from tokenizers import models, pre_tokenizers, trainers

@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from gptlab import GPT, GPTConfig
 from gptlab.cli import main
@@ -177,3 +178,25 @@ def test_eval_user_errors(char_run, tmp_path, argv, message):
     )  # fmt: skip
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1 and message in result.stderr
+
+
+def test_the_readme_main_job_plans_to_its_budget_then_samples(tmp_path, capsys, monkeypatch):
+    """`gptlab train` as the README runs it (the default preset, dtype auto, its time budget),
+    on a small corpus and a short budget, then `gptlab sample` on the result."""
+    from gptlab.config import TRAIN_PRESETS, load_toml
+    from gptlab.hardware import resolve_dtype
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "text.txt").write_text("ROMEO:\nBut soft, what light through yonder window.\n" * 60)
+    assert TRAIN_PRESETS["shakespeare-char"]["max_time"] > 0
+    assert main(["train", "--data", "text.txt", "--no-progress", "max_time=6"]) == 0
+    out = capsys.readouterr().out
+    assert "max_time=6s:" in out and "done:" in out
+    settings = load_toml("out/shakespeare-char/train.toml")
+    assert settings["dtype"] == resolve_dtype("auto", torch.device("cpu"))
+    n = settings["max_iters"]
+    assert 10 <= n < TRAIN_PRESETS["shakespeare-char"]["max_iters"]
+    assert settings["lr_decay_iters"] == n
+    assert f"done: {n} steps" in out
+    assert main(["sample", "out/shakespeare-char", "--max-new-tokens", "20"]) == 0
+    assert len(capsys.readouterr().out) >= 20

@@ -25,7 +25,7 @@ def test_bad_values():
         apply_settings(GPTConfig(), TrainConfig(), {"max_iters": "lots"})
     with pytest.raises(GptlabError, match="expected key=value"):
         parse_overrides(["lr"])
-    with pytest.raises(GptlabError, match="dtype must be float32, bfloat16 or float16"):
+    with pytest.raises(GptlabError, match="dtype must be auto, float32, bfloat16 or float16"):
         TrainConfig(dtype="int8")
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from gptlab.errors import GptlabError
 
 DTYPES = ("float32", "bfloat16", "float16")
+RUN_DTYPES = ("auto", *DTYPES)  # auto: bfloat16 where the hardware computes it natively
 
 
 class _Parser(argparse.ArgumentParser):
@@ -216,9 +217,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
     from gptlab.generate import check_sampling, stream
+    from gptlab.hardware import resolve_device, resolve_dtype
     from gptlab.model import GPT
     from gptlab.tokenizers import CharTokenizer, Tokenizer
-    from gptlab.train.trainer import resolve_device
 
     check_sampling(args.temperature, args.top_k, args.top_p)
     if args.max_new_tokens < 0:
@@ -226,7 +227,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.num_samples < 1:
         raise GptlabError(f"--num-samples must be at least 1, got {args.num_samples}")
     device = resolve_device(args.device)
-    dtype = _dtype(args.dtype)
+    dtype = _dtype(resolve_dtype(args.dtype, device))
     model = GPT.from_pretrained(args.model, device=device, dtype=dtype)
     tok = Tokenizer.from_pretrained(args.model)
     if args.prompt_file:
@@ -273,12 +274,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def _model_and_tokenizer(args: argparse.Namespace):
+    from gptlab.hardware import resolve_device, resolve_dtype
     from gptlab.model import GPT
     from gptlab.tokenizers import Tokenizer
-    from gptlab.train.trainer import resolve_device
 
     device = resolve_device(args.device)
-    model = GPT.from_pretrained(args.model, device=device, dtype=_dtype(args.dtype))
+    dtype = _dtype(resolve_dtype(args.dtype, device))
+    model = GPT.from_pretrained(args.model, device=device, dtype=dtype)
     return model, Tokenizer.from_pretrained(args.model)
 
 
@@ -405,7 +407,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
-    p.add_argument("--dtype", choices=DTYPES, default="float32", help="weights while sampling")
+    p.add_argument(
+        "--dtype",
+        choices=RUN_DTYPES,
+        default="auto",
+        help="weights while sampling (auto: bfloat16 where native, else float32)",
+    )
     p.add_argument("--no-stream", action="store_true", help="print each sample when complete")
     p.set_defaults(run=cmd_sample)
 
@@ -420,7 +427,12 @@ def build_parser() -> argparse.ArgumentParser:
         e.add_argument("model", help="run/model folder, or a hub name (gpt2, ...)")
         e.add_argument("--json", action="store_true", help="print one JSON object")
         e.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
-        e.add_argument("--dtype", choices=DTYPES, default="float32")
+        e.add_argument(
+            "--dtype",
+            choices=RUN_DTYPES,
+            default="auto",
+            help="weights while scoring (auto: bfloat16 where native, else float32)",
+        )
         e.set_defaults(run=run)
         if name == "perplexity":
             e.add_argument("--input", required=True, help="UTF-8 text file")

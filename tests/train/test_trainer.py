@@ -156,6 +156,9 @@ def test_sigterm_saves_a_checkpoint_and_resume_finishes(corpus, tmp_path):
     assert "Resume with: gptlab train --resume run" in stdout
     step = json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())["step"]
     assert 50 <= step < 100000
+    # the stop saved at once: no evaluation at the stop step, only the scheduled ones
+    rows = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert all(json.loads(row)["step"] % 50 == 0 for row in rows)
     result = gptlab("train", "--resume", "run", "--no-progress", f"max_iters={step + 3}",
                     cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -184,3 +187,71 @@ def test_user_errors_are_one_line_exit_2(args, message, tmp_path):
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert message in result.stderr
+
+
+# ---------------------------------------------------------------- hardware-aware settings
+
+
+def test_auto_dtype_is_resolved_and_recorded_for_resume(corpus, tmp_path):
+    from gptlab.config import load_toml
+    from gptlab.hardware import resolve_dtype
+
+    out = tmp_path / "run"
+    result = train(MODEL, settings(corpus, out, max_iters=4, dtype="auto"), progress=False)
+    expected = resolve_dtype("auto", torch.device("cpu"))
+    assert result.dtype == expected
+    assert load_toml(str(out / "train.toml"))["dtype"] == expected  # not "auto"
+
+
+def test_bfloat16_autocast_trains_and_resumes_exactly(corpus, tmp_path):
+    """The dtype a machine with native bfloat16 picks: a real run (emulated here if need be)."""
+    bf16 = dict(dtype="bfloat16", max_iters=8, eval_interval=4, lr_decay_iters=8)
+    whole = train(MODEL, settings(corpus, tmp_path / "whole", **bf16), progress=False)
+    fp32 = train(MODEL, settings(corpus, tmp_path / "fp32", **{**bf16, "dtype": "float32"}),
+                 progress=False)  # fmt: skip
+    assert whole.dtype == "bfloat16" and whole.last_val_loss < 5.0
+    # autocast really ran in bfloat16: same seed and data, yet not the float32 numbers
+    assert whole.last_val_loss != fp32.last_val_loss
+    assert abs(whole.last_val_loss - fp32.last_val_loss) < 0.1
+    w = weights(tmp_path / "whole")
+    assert all(t.dtype == torch.float32 for t in w.values())  # master weights stay float32
+    train(MODEL, settings(corpus, tmp_path / "half", **{**bf16, "max_iters": 4}), progress=False)
+    train(MODEL, settings(corpus, tmp_path / "half", **bf16), resume=True, progress=False)
+    h = weights(tmp_path / "half")
+    assert all(torch.equal(w[k], h[k]) for k in w)
+
+
+def test_threads_setting_does_not_leak_out_of_train(corpus, tmp_path):
+    before = torch.get_num_threads()
+    wanted = 1 if before != 1 else 2
+    train(MODEL, settings(corpus, tmp_path / "run", max_iters=2, threads=wanted), progress=False)
+    assert torch.get_num_threads() == before
+
+
+def test_plan_iters_fits_steps_and_evaluations():
+    from gptlab.train.trainer import plan_iters
+
+    # 0.1 s a step, 1 s an evaluation (every 20 steps, and one at the end)
+    def cost(n, done):
+        return 0.1 * (n - done) + (n // 20 - done // 20 + (n % 20 != 0)) * 1.0
+
+    for seconds, done in [(10.0, 0), (10.0, 10), (33.3, 7), (0.5, 3)]:
+        n = plan_iters(seconds, 0.1, 1.0, 20, done)
+        assert n >= done
+        assert n == done or cost(n, done) <= seconds
+        assert cost(n + 1, done) > seconds and cost(n + 2, done) > seconds
+    assert plan_iters(10.0, 0.1, 1.0, 20, 0) == 60  # 6 s of steps + 3 evaluations
+
+
+def test_time_budget_fixes_max_iters_and_trains_as_that_many_steps_would(corpus, tmp_path):
+    from gptlab.config import load_toml
+
+    budget = dict(max_time=3.0, eval_interval=10_000, max_iters=10_000, lr_decay_iters=10_000)
+    result = train(MODEL, settings(corpus, tmp_path / "budget", **budget), progress=False)
+    planned = load_toml(str(tmp_path / "budget" / "train.toml"))
+    n = planned["max_iters"]
+    assert result.step == n and 3 < n < 10_000 and planned["lr_decay_iters"] == n
+    explicit = dict(max_iters=n, lr_decay_iters=n, eval_interval=10_000)
+    train(MODEL, settings(corpus, tmp_path / "plain", **explicit), progress=False)
+    a, b = weights(tmp_path / "budget"), weights(tmp_path / "plain")
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -55,3 +55,12 @@ def broadcast_flag(d: Dist, flag: bool, device: torch.device) -> bool:
     t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
+
+
+def broadcast_int(d: Dist, value: int, device: torch.device) -> int:
+    """Rank 0's value, on every rank (a decision that all processes must share)."""
+    if not d.enabled:
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.broadcast(t, src=0)
+    return int(t.item())

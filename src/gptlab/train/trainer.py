@@ -9,6 +9,7 @@ one process would. Gradients are synchronised once per step, on the last micro-b
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import shutil
@@ -24,9 +25,10 @@ from gptlab.data.corpus import BUILTIN
 from gptlab.data.shards import META_FILE, PreparedData, prepare
 from gptlab.errors import GptlabError
 from gptlab.fileio import atomic_write_text
+from gptlab.hardware import resolve_device, resolve_dtype
 from gptlab.model import GPT
 from gptlab.train import checkpoint
-from gptlab.train.distributed import Dist, broadcast_flag, cleanup, setup
+from gptlab.train.distributed import Dist, broadcast_flag, broadcast_int, cleanup, setup
 from gptlab.train.optim import lr_at, make_optimizer
 
 
@@ -38,22 +40,7 @@ class TrainResult:
     last_val_loss: float | None
     best_val_loss: float | None
     step_seconds: list[float]  # wall time of each training step of this command (no evals)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise GptlabError(f"device must be auto, cpu, cuda, cuda:N or mps, got {name!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise GptlabError("device=cuda, but no CUDA GPU is available")
-    return device
+    dtype: str = "float32"  # the dtype the run trained in (auto resolved)
 
 
 def resolve_data(config: TrainConfig, out: Path, d: Dist, progress: bool) -> PreparedData:
@@ -122,55 +109,61 @@ def train(
     started: float | None = None,
 ) -> TrainResult:
     """Train (or resume) a run into config.out. `started` is when the command began, so that
-    elapsed_s in metrics.jsonl counts data preparation and start-up too."""
+    elapsed_s in metrics.jsonl (and max_time) count data preparation and start-up too.
+
+    dtype=auto is resolved here for this machine (hardware.resolve_dtype) and the resolved
+    name is what train.toml records, so a resumed run keeps it. torch's thread count, changed
+    by threads=N, is restored on return."""
     started = started or time.perf_counter()
     device = resolve_device(config.device)
+    requested = config.dtype
+    config = dataclasses.replace(config, dtype=resolve_dtype(config.dtype, device))
+    threads_before = torch.get_num_threads()
     d = setup(device.type)
     try:
+        if d.is_main:
+            why = ""
+            if requested == "auto":
+                native = config.dtype == "bfloat16"
+                why = f" (dtype=auto: {'native' if native else 'no native'} bfloat16 here)"
+            what = "resuming" if resume else "training"
+            print(f"{what} on {device.type} in {config.dtype}{why}", flush=True)
+        if config.threads:
+            torch.set_num_threads(config.threads)
         return _train(model_config, config, device, d, resume, overwrite, progress, started)
     finally:
+        torch.set_num_threads(threads_before)
         cleanup(d)
+
+
+@dataclass
+class _State:
+    """The trainer's counters: what state.json holds besides the weights and optimizer."""
+
+    step: int = 0
+    tokens: int = 0
+    best_val: float = math.inf
+    elapsed_before: float = 0.0  # seconds spent by earlier commands of this run
+
+    def load(self, saved: dict) -> None:
+        self.step, self.tokens = saved["step"], saved["tokens"]
+        self.best_val = saved.get("best_val_loss") or math.inf
+        self.elapsed_before = saved.get("elapsed_s", 0.0)
 
 
 def _train(model_config, config, device, d: Dist, resume, overwrite, progress, started):
     out = Path(config.out)
-    if config.threads:
-        torch.set_num_threads(config.threads)
     if config.grad_accum % d.world:
         raise GptlabError(
             f"grad_accum={config.grad_accum} must be a multiple of the {d.world} processes"
         )
-    if config.dtype == "float16" and device.type != "cuda":
-        raise GptlabError("dtype=float16 needs a CUDA GPU; use bfloat16 or float32")
     if d.is_main:
         _check_out(out, resume, overwrite)
     d.barrier()
 
     data = resolve_data(config, out, d, progress and d.is_main)
     tokenizer = data.tokenizer()
-
-    # ---------------------------------------------------------------- model
-    saved = None
-    if resume:
-        model, trainer_state, saved = checkpoint.load(out)
-        model_config = model.config
-    elif config.init_from != "scratch":
-        model = GPT.from_pretrained(config.init_from)
-        if model.config.vocab_size != data.vocab_size:
-            raise GptlabError(
-                f"{config.init_from} reads {model.config.vocab_size} ids, but the data was "
-                f"tokenized with a vocabulary of {data.vocab_size}; prepare the data with the "
-                "model's tokenizer (gptlab prepare --tokenizer MODEL)"
-            )
-        if model_config.block_size < model.config.block_size:
-            model = _crop_block_size(model, model_config.block_size)
-        model.config = model.config.replace(dropout=model_config.dropout)
-        _set_dropout(model, model_config.dropout)
-        model_config = model.config
-    else:
-        torch.manual_seed(config.seed)
-        model_config = model_config.replace(vocab_size=data.vocab_size)
-        model = GPT(model_config)
+    model, model_config, saved = _build_model(model_config, config, data, out, resume)
     data.check_block_size(model_config.block_size)
     model.to(device)
     model.train()
@@ -178,19 +171,12 @@ def _train(model_config, config, device, d: Dist, resume, overwrite, progress, s
     optimizer = make_optimizer(model, config, device.type)
     scaler = torch.amp.GradScaler("cuda", enabled=config.dtype == "float16")
     data_gen = torch.Generator().manual_seed(config.seed)
-    step, tokens_seen, best_val, elapsed_before = 0, 0, math.inf, 0.0
+    state = _State()
     torch.manual_seed(config.seed + d.rank)  # dropout differs per rank, repeatably
     if saved is not None:
-        optimizer.load_state_dict(trainer_state["optimizer"])
-        data_gen.set_state(trainer_state["data_generator"])
-        torch.set_rng_state(trainer_state["torch_rng"])
-        if device.type == "cuda" and "cuda_rng" in trainer_state:
-            torch.cuda.set_rng_state(trainer_state["cuda_rng"], device)
-        if "scaler" in trainer_state and config.dtype == "float16":
-            scaler.load_state_dict(trainer_state["scaler"])
-        step, tokens_seen = saved["step"], saved["tokens"]
-        best_val = saved.get("best_val_loss") or math.inf
-        elapsed_before = saved.get("elapsed_s", 0.0)
+        trainer_state, saved_state = saved
+        _restore(trainer_state, optimizer, data_gen, scaler, device, config)
+        state.load(saved_state)
 
     compiled = torch.compile(model) if config.compile else model
     ddp = compiled
@@ -204,12 +190,10 @@ def _train(model_config, config, device, d: Dist, resume, overwrite, progress, s
     if d.is_main:
         atomic_write_text(out / "train.toml", to_toml(model_config, config))
     autocast = _autocast(device, config.dtype)
-    micro_per_rank = config.grad_accum // d.world
-    T, B = model_config.block_size, config.batch_size
-    tokens_per_step = B * config.grad_accum * T
+    T = model_config.block_size
 
     def elapsed() -> float:
-        return elapsed_before + time.perf_counter() - started
+        return state.elapsed_before + time.perf_counter() - started
 
     def save(last_val: float | None) -> None:
         trainer_state = {
@@ -221,78 +205,225 @@ def _train(model_config, config, device, d: Dist, resume, overwrite, progress, s
             trainer_state["cuda_rng"] = torch.cuda.get_rng_state(device)
         if config.dtype == "float16":
             trainer_state["scaler"] = scaler.state_dict()
-        state = {
-            "step": step,
-            "tokens": tokens_seen,
-            "best_val_loss": None if math.isinf(best_val) else best_val,
+        saved_state = {
+            "step": state.step,
+            "tokens": state.tokens,
+            "best_val_loss": None if math.isinf(state.best_val) else state.best_val,
             "last_val_loss": last_val,
             "elapsed_s": elapsed(),
         }
-        checkpoint.save(out, model, trainer_state, state, tokenizer)
+        checkpoint.save(out, model, trainer_state, saved_state, tokenizer)
 
-    log = _Logger(out, d.is_main, progress, config.max_iters, step)
+    budget = None
+    if config.max_time > 0 and not resume:
+        budget = _Budget(config, started)
+    log = _Logger(out, d.is_main, progress, config.max_iters, state.step)
     last_val = None
     interrupted = False
     step_seconds: list[float] = []
     with _StopRequest() as stop:
-        while step < config.max_iters:
+        while state.step < config.max_iters:
             t_step = time.perf_counter()
-            lr = lr_at(step, config)
+            lr = lr_at(state.step, config)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            starts = data.window_starts("train", B * config.grad_accum, T, data_gen)
-            mine = starts.view(config.grad_accum, B)[d.rank * micro_per_rank :][:micro_per_rank]
-            loss_sum = torch.zeros((), device=device)
-            for micro, micro_starts in enumerate(mine):
-                x, y = data.windows("train", micro_starts, T)
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                last = micro == micro_per_rank - 1
-                sync = contextlib.nullcontext() if last or not d.enabled else ddp.no_sync()
-                with sync:
-                    with autocast:
-                        loss = ddp(x, targets=y).loss / micro_per_rank
-                    scaler.scale(loss).backward()
-                loss_sum += loss.detach()
-            if config.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            tokens_seen += tokens_per_step
-            train_loss = loss_sum.item()
+            loss = _train_step(ddp, model, optimizer, scaler, data, data_gen, config, T, d,
+                               device, autocast)  # fmt: skip
+            state.step += 1
+            state.tokens += config.batch_size * config.grad_accum * T
+            train_loss = loss.item()
             if not math.isfinite(train_loss):
                 raise GptlabError(
-                    f"the loss became {train_loss} at step {step}; stopped without saving "
+                    f"the loss became {train_loss} at step {state.step}; stopped without saving "
                     f"(the last good checkpoint in {out / checkpoint.CHECKPOINT_DIR} is intact). "
                     "Try a lower lr, grad_clip=1.0, or float32"
                 )
             step_seconds.append(time.perf_counter() - t_step)
-            log.step(step, train_loss, lr, tokens_per_step / step_seconds[-1])
+            tokens_per_step = config.batch_size * config.grad_accum * T
+            log.step(state.step, train_loss, lr, tokens_per_step / step_seconds[-1])
 
             stopping = broadcast_flag(d, stop.requested, device)
-            if step % config.eval_interval == 0 or step == config.max_iters or stopping:
+            # (any rank's readiness counts for all, so the ranks plan at the same step)
+            if budget is not None and broadcast_flag(
+                d, budget.ready(state.step, step_seconds) or stopping, device
+            ):
+                # The first steps are timed; max_iters and the schedule are then fixed for
+                # good and recorded in train.toml, before any checkpoint can be written.
+                config = budget.plan(config, model, data, T, device, autocast, step_seconds,
+                                     state.step, d)  # fmt: skip
+                budget = None
+                log.set_total(config.max_iters)
                 if d.is_main:
-                    losses = _estimate_loss(model, data, config, T, device, autocast, step)
+                    atomic_write_text(out / "train.toml", to_toml(model_config, config))
+            if stopping and state.step < config.max_iters:
+                # Ctrl-C: save the weights at once; the evaluation is skipped so that the
+                # command returns within a few seconds.
+                if d.is_main:
+                    save(last_val)
+                d.barrier()
+                interrupted = True
+                break
+            if state.step % config.eval_interval == 0 or state.step == config.max_iters:
+                if d.is_main:
+                    losses = _estimate_loss(model, data, config, T, device, autocast, state.step)
                     last_val = losses["val"]
                     if not math.isfinite(last_val):
-                        raise GptlabError(f"the validation loss became {last_val} at step {step}")
-                    improved = last_val < best_val
-                    best_val = min(best_val, last_val)
-                    log.evaluation(step, losses, lr, tokens_seen, elapsed())
+                        raise GptlabError(
+                            f"the validation loss became {last_val} at step {state.step}"
+                        )
+                    improved = last_val < state.best_val
+                    state.best_val = min(state.best_val, last_val)
+                    log.evaluation(state.step, losses, lr, state.tokens, elapsed())
                     save(last_val)
                     if improved:
                         checkpoint.save_best(out, tokenizer)
                 d.barrier()
             if stopping:
-                interrupted = step < config.max_iters
                 break
     log.close()
     if d.is_main and not interrupted:
         _plot_losses(out)
-    best = None if math.isinf(best_val) else best_val
-    return TrainResult(out, step, interrupted, last_val, best, step_seconds)
+    best = None if math.isinf(state.best_val) else state.best_val
+    return TrainResult(out, state.step, interrupted, last_val, best, step_seconds, config.dtype)
+
+
+def _build_model(model_config, config, data, out, resume):
+    """(model, its config, (trainer state, state) or None): resumed from OUT's checkpoint,
+    fine-tuned from init_from, or new with seeded weights."""
+    if resume:
+        model, trainer_state, saved_state = checkpoint.load(out)
+        return model, model.config, (trainer_state, saved_state)
+    if config.init_from != "scratch":
+        model = GPT.from_pretrained(config.init_from)
+        if model.config.vocab_size != data.vocab_size:
+            raise GptlabError(
+                f"{config.init_from} reads {model.config.vocab_size} ids, but the data was "
+                f"tokenized with a vocabulary of {data.vocab_size}; prepare the data with the "
+                "model's tokenizer (gptlab prepare --tokenizer MODEL)"
+            )
+        if model_config.block_size < model.config.block_size:
+            model = _crop_block_size(model, model_config.block_size)
+        model.config = model.config.replace(dropout=model_config.dropout)
+        _set_dropout(model, model_config.dropout)
+        return model, model.config, None
+    torch.manual_seed(config.seed)
+    model_config = model_config.replace(vocab_size=data.vocab_size)
+    return GPT(model_config), model_config, None
+
+
+def _restore(trainer_state, optimizer, data_gen, scaler, device, config) -> None:
+    """Optimizer moments, the data generator and the RNGs, as the checkpoint left them."""
+    optimizer.load_state_dict(trainer_state["optimizer"])
+    data_gen.set_state(trainer_state["data_generator"])
+    torch.set_rng_state(trainer_state["torch_rng"])
+    if device.type == "cuda" and "cuda_rng" in trainer_state:
+        torch.cuda.set_rng_state(trainer_state["cuda_rng"], device)
+    if "scaler" in trainer_state and config.dtype == "float16":
+        scaler.load_state_dict(trainer_state["scaler"])
+
+
+def _train_step(ddp, model, optimizer, scaler, data, data_gen, config, T, d, device, autocast):
+    """One optimizer step over the global batch (this rank's micro-batches), gradients
+    synchronised on the last micro-batch, clipped, applied. Returns the mean loss (a tensor)."""
+    B = config.batch_size
+    micro_per_rank = config.grad_accum // d.world
+    starts = data.window_starts("train", B * config.grad_accum, T, data_gen)
+    mine = starts.view(config.grad_accum, B)[d.rank * micro_per_rank :][:micro_per_rank]
+    loss_sum = torch.zeros((), device=device)
+    for micro, micro_starts in enumerate(mine):
+        x, y = data.windows("train", micro_starts, T)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        last = micro == micro_per_rank - 1
+        sync = contextlib.nullcontext() if last or not d.enabled else ddp.no_sync()
+        with sync:
+            with autocast:
+                loss = ddp(x, targets=y).loss / micro_per_rank
+            scaler.scale(loss).backward()
+        loss_sum += loss.detach()
+    if config.grad_clip > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_sum
+
+
+class _Budget:
+    """max_time > 0: time the first steps, then fix max_iters (and the cosine's end) so that
+    the whole command, evaluations included, ends within max_time seconds. A max_iters that
+    is reached sooner stays the limit.
+
+    Timing goes on for about 2% of the budget (at least 10 steps) but never past the warmup,
+    whose learning rates do not depend on max_iters: so the planned run trains exactly as a
+    run given that max_iters from the start would, and train.toml records it for resume."""
+
+    MIN_PROBE = 10
+    PROBE_SHARE = 0.02
+    MARGIN = 0.03  # keep 3% of the budget back for what the plan cannot see
+
+    def __init__(self, config: TrainConfig, started: float) -> None:
+        self.started = started
+        self.max_time = config.max_time
+        self.limit = max(2, config.warmup_iters)
+
+    def ready(self, step: int, step_seconds: list[float]) -> bool:
+        if step >= self.limit:
+            return True
+        timed = sum(step_seconds[1:])
+        return step >= self.MIN_PROBE and timed >= self.PROBE_SHARE * self.max_time
+
+    def plan(self, config, model, data, T, device, autocast, step_seconds, step, d):
+        timed = step_seconds[1:] or step_seconds  # the first step pays one-off costs
+        step_s = sum(timed) / len(timed)
+        eval_s = _time_evaluation(model, data, config, T, device, autocast)
+        left = config.max_time * (1 - self.MARGIN) - (time.perf_counter() - self.started)
+        iters = min(plan_iters(left, step_s, eval_s, config.eval_interval, step), config.max_iters)
+        iters = broadcast_int(d, iters, device)  # every rank follows rank 0's plan
+        if d.is_main:
+            print(
+                f"max_time={config.max_time:g}s: {step_s * 1e3:.0f} ms per step, "
+                f"{eval_s:.1f}s per evaluation -> max_iters={iters}",
+                flush=True,
+            )
+        return dataclasses.replace(config, max_iters=iters, lr_decay_iters=iters)
+
+
+def plan_iters(seconds: float, step_s: float, eval_s: float, eval_interval: int, done: int) -> int:
+    """The largest step count n >= done whose remaining steps (n - done) and evaluations (one
+    every eval_interval steps and one at n) fit in `seconds`."""
+
+    def cost(n: int) -> float:
+        evals = n // eval_interval - done // eval_interval + (n % eval_interval != 0)
+        return (n - done) * step_s + evals * eval_s
+
+    low, high = done, done + max(1, int(seconds / max(step_s, 1e-9))) + 1
+    while low < high:  # cost grows with n: binary search for the last n that fits
+        mid = (low + high + 1) // 2
+        if cost(mid) <= seconds:
+            low = mid
+        else:
+            high = mid - 1
+    return max(low, done)
+
+
+@torch.no_grad()
+def _time_evaluation(model, data, config, T, device, autocast) -> float:
+    """Seconds one evaluation takes (2 x eval_iters forward passes, plus a checkpoint save),
+    from a timed forward pass. No random stream is touched."""
+    model.eval()
+    starts = torch.arange(config.batch_size) * T % max(1, len(data.splits["val"]) - T)
+    x, y = data.windows("val", starts, T)
+    x, y = x.to(device), y.to(device)
+    seconds = []
+    for _ in range(2):
+        t = time.perf_counter()
+        with autocast:
+            model(x, targets=y).loss.item()
+        seconds.append(time.perf_counter() - t)
+    model.train()
+    save_s = 0.1 + 3 * sum(p.numel() * 4 for p in model.parameters()) / 200e6  # ~200 MB/s
+    return 2 * config.eval_iters * min(seconds) + save_s
 
 
 def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
@@ -324,6 +455,7 @@ def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
 
 
 def _autocast(device: torch.device, dtype: str):
+    """bfloat16 / float16: autocast (weights stay float32); float32: nothing."""
     if dtype == "float32":
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=getattr(torch, dtype))
@@ -383,6 +515,11 @@ class _Logger:
                 total=total, initial=initial, desc="train", unit="step", mininterval=interval
             )
         self._last_postfix = 0.0
+
+    def set_total(self, total: int) -> None:
+        if self.bar is not None:
+            self.bar.total = total
+            self.bar.refresh()
 
     def step(self, step: int, loss: float, lr: float, tokens_per_s: float) -> None:
         if self.bar is None:
