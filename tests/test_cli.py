@@ -198,5 +198,7 @@ def test_the_readme_main_job_plans_to_its_budget_then_samples(tmp_path, capsys, 
     assert 10 <= n < TRAIN_PRESETS["shakespeare-char"]["max_iters"]
     assert settings["lr_decay_iters"] == n
     assert f"done: {n} steps" in out
+    rows = [json.loads(line) for line in open("out/shakespeare-char/metrics.jsonl")]
+    assert rows[-1]["step"] == n and rows[-1]["elapsed_s"] <= 6 * 1.5 + 2  # the budget held
     assert main(["sample", "out/shakespeare-char", "--max-new-tokens", "20"]) == 0
     assert len(capsys.readouterr().out) >= 20

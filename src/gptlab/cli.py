@@ -138,22 +138,49 @@ def cmd_tokenizer_encode(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
+    import os
+    import shutil
+
     from gptlab.data import prepare
 
     out = Path(args.out)
-    if (out / "meta.json").exists() and not args.overwrite:
-        raise GptlabError(f"{out} already holds prepared data; pass --overwrite to replace it")
+    if out.exists() and not out.is_dir():
+        raise GptlabError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
+        what = "prepared data" if (out / "meta.json").exists() else "files"
+        raise GptlabError(f"{out} already holds {what}; pass --overwrite to replace them")
+    if not 0.0 < args.val_fraction < 1.0:
+        raise GptlabError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
     source = args.input or "shakespeare"
-    data = prepare(
-        source, out, args.tokenizer, args.val_fraction, workers=args.workers, progress=True
-    )
-    m = data.meta
+    # Prepared beside OUT, then moved in: a failure leaves OUT as it was.
+    tmp = out.parent / f".{out.name}.prepare.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        prepare(source, tmp, args.tokenizer, args.val_fraction, workers=args.workers,
+                progress=True)  # fmt: skip
+        out.mkdir(parents=True, exist_ok=True)
+        for name in PREPARED_FILES:  # the previous data's files, tokenizer included
+            (out / name).unlink(missing_ok=True)
+        for path in tmp.iterdir():
+            if path.name != "meta.json":
+                os.replace(path, out / path.name)
+        os.replace(tmp / "meta.json", out / "meta.json")  # last: its presence means complete
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    from gptlab.data import PreparedData
+
+    m = PreparedData(out).meta
     print(
         f"{m['source']}: {m['documents']} document(s), {m['characters']:,} characters -> "
         f"{m['train_tokens']:,} train + {m['val_tokens']:,} val tokens ({m['tokenizer']}, "
         f"vocabulary {m['vocab_size']:,}, {m['dtype']}) in {out}"
     )
     return 0
+
+
+PREPARED_FILES = ("meta.json", "train.bin", "val.bin", "char_vocab.json", "vocab.json",
+                  "merges.txt", "gptlab_tokenizer.json")  # fmt: skip
 
 
 def _train_settings(args: argparse.Namespace):

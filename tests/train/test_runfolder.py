@@ -1,0 +1,190 @@
+"""Saved work is never lost: folders gptlab did not make, overwrites that fail, edited text,
+a vocabulary change on resume, crashes inside a checkpoint swap, two trainings at once."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from gptlab import GPT, GPTConfig, GptlabError
+from gptlab.config import TrainConfig
+from gptlab.train import train
+from gptlab.train.runfolder import LOCK
+
+MODEL = GPTConfig(vocab_size=256, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.1)
+
+
+def settings(data, out, **changes) -> TrainConfig:
+    base = dict(
+        data=str(data), out=str(out), batch_size=4, max_iters=8, eval_interval=4,
+        eval_iters=2, warmup_iters=3, lr_decay_iters=8, lr=3e-3, threads=1, max_time=0,
+    )  # fmt: skip
+    return TrainConfig(**{**base, **changes})
+
+
+def digest(folder) -> dict[str, str]:
+    """Every file under a folder -> a hash of its bytes."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture
+def text(tmp_path):
+    path = tmp_path / "text.txt"
+    path.write_text("to be or not to be that is the question whether tis nobler\n" * 60)
+    return path
+
+
+def test_a_users_data_folder_inside_out_is_never_deleted(text, tmp_path):
+    out = tmp_path / "proj"
+    (out / "data").mkdir(parents=True)
+    (out / "data" / "notes.txt").write_text("my notes " * 100)
+    with pytest.raises(GptlabError, match="a folder gptlab did not create"):
+        train(MODEL, settings(text, out), progress=False)
+    with pytest.raises(GptlabError, match="proj/data: a folder gptlab did not make"):
+        train(MODEL, settings(text, out), overwrite=True, progress=False)
+    # training on that very folder into its parent: the corpus stays
+    with pytest.raises(GptlabError, match="did not make"):
+        train(MODEL, settings(out / "data", out), overwrite=True, progress=False)
+    assert (out / "data" / "notes.txt").read_text() == "my notes " * 100
+
+
+def test_a_failed_overwrite_leaves_the_old_run_whole(text, tmp_path):
+    out = tmp_path / "run"
+    train(MODEL, settings(text, out), progress=False)
+    before = digest(out)
+    for bad in (tmp_path / "missing.txt", tmp_path / "binary.txt"):
+        if bad.name == "binary.txt":
+            bad.write_bytes(b"\xff\xfe\x00garbage")
+        with pytest.raises(GptlabError):
+            train(MODEL, settings(bad, out), overwrite=True, progress=False)
+        assert digest(out) == before
+
+
+def test_overwrite_with_another_tokenizer_leaves_no_old_vocabulary(text, tmp_path):
+    from gptlab import train_bpe
+
+    out = tmp_path / "run"
+    train(MODEL, settings(text, out), progress=False)
+    assert (out / "char_vocab.json").exists()
+    bpe = train_bpe([text.read_text()], 300)
+    bpe.save(tmp_path / "bpe")
+    train(MODEL, settings(text, out, tokenizer=str(tmp_path / "bpe")), overwrite=True,
+          progress=False)  # fmt: skip
+    assert not (out / "char_vocab.json").exists()
+    assert GPT.from_pretrained(out).config.vocab_size == bpe.vocab_size
+    from gptlab.tokenizers import Tokenizer
+
+    assert Tokenizer.from_pretrained(out).vocab_size == bpe.vocab_size
+
+
+def test_edited_text_is_prepared_again(text, tmp_path):
+    out = tmp_path / "run"
+    train(MODEL, settings(text, out), progress=False)
+    first = GPT.from_pretrained(out).config.vocab_size
+    text.write_text("completely different: XYZ 0123456789 !?\n" * 80)  # same path, new text
+    train(MODEL, settings(text, out), overwrite=True, progress=False)
+    assert GPT.from_pretrained(out).config.vocab_size == len(set(text.read_text())) != first
+
+
+def test_resume_refuses_data_of_another_vocabulary(text, tmp_path):
+    out = tmp_path / "run"
+    train(MODEL, settings(text, out, max_iters=4), progress=False)
+    before = digest(out)
+    other = tmp_path / "other.txt"
+    other.write_text("completely different: XYZ 0123456789 !?\n" * 80)
+    with pytest.raises(GptlabError, match="another vocabulary .* a resumed run keeps"):
+        train(MODEL, settings(other, out), resume=True, progress=False)
+    assert digest(out) == before
+
+
+def test_resume_after_a_crash_logs_each_evaluation_once(text, tmp_path):
+    whole, out = tmp_path / "whole", tmp_path / "run"
+    train(MODEL, settings(text, whole, max_iters=12, lr_decay_iters=12), progress=False)
+    train(MODEL, settings(text, out, max_iters=8, lr_decay_iters=12), progress=False)
+    # a crash after logging step 12 but before its checkpoint, mid-way through a line
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": 12, "val_loss": 9.0}) + "\n" + '{"step": 1')
+    train(MODEL, settings(text, out, max_iters=12, lr_decay_iters=12), resume=True,
+          progress=False)  # fmt: skip
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [4, 8, 12]
+    a, b = load_file(whole / "model.safetensors"), load_file(out / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_crash_inside_the_checkpoint_swap_resumes_from_the_previous_one(text, tmp_path):
+    whole, out = tmp_path / "whole", tmp_path / "run"
+    train(MODEL, settings(text, whole), progress=False)
+    train(MODEL, settings(text, out, max_iters=4), progress=False)
+    # the swap renames checkpoint -> .checkpoint.old, then .checkpoint.tmp -> checkpoint:
+    # a crash between the two leaves only the old one
+    os.replace(out / "checkpoint", out / ".checkpoint.old")
+    result = train(MODEL, settings(text, out), resume=True, progress=False)
+    assert result.step == 8
+    a, b = load_file(whole / "model.safetensors"), load_file(out / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_best_is_a_copy_not_a_link(text, tmp_path):
+    out = tmp_path / "run"
+    train(MODEL, settings(text, out), progress=False)
+    best, ckpt = out / "best" / "model.safetensors", out / "checkpoint" / "model.safetensors"
+    assert best.stat().st_ino != ckpt.stat().st_ino
+    assert load_file(best).keys() == load_file(ckpt).keys()
+    ckpt.write_bytes(b"damaged")  # damage to the checkpoint does not reach best/
+    assert GPT.from_pretrained(out / "best").config.n_layer == 2
+
+
+def test_a_second_training_into_the_same_folder_is_refused(text, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / LOCK).write_text(f"{sleeper.pid}\n")
+        with pytest.raises(GptlabError, match=f"another training \\(pid {sleeper.pid}\\)"):
+            train(MODEL, settings(text, out), progress=False)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    # the same lock, now stale (its process is gone): taken over, then released
+    result = train(MODEL, settings(text, out), progress=False)
+    assert result.step == 8 and not (out / LOCK).exists()
+
+
+def gptlab(*args, cwd):
+    return subprocess.run(
+        [sys.executable, "-m", "gptlab", *args], capture_output=True, text=True, cwd=cwd
+    )
+
+
+def test_prepare_never_writes_into_a_run_or_a_foreign_folder_unasked(text, tmp_path):
+    run = tmp_path / "run"
+    train(MODEL, settings(text, run, max_iters=4), progress=False)
+    before = digest(run)
+    result = gptlab("prepare", "--input", str(text), "--out", "run", cwd=tmp_path)
+    assert result.returncode == 2 and "pass --overwrite" in result.stderr
+    assert digest(run) == before
+    # --overwrite onto prepared data of another tokenizer: no stale vocabulary file is left
+    data = tmp_path / "data"
+    assert gptlab("prepare", "--input", str(text), "--out", "data", cwd=tmp_path).returncode == 0
+    assert (data / "char_vocab.json").exists()
+    from gptlab import train_bpe
+
+    train_bpe([text.read_text()], 300).save(tmp_path / "bpe")
+    result = gptlab("prepare", "--input", str(text), "--out", "data", "--tokenizer", "bpe",
+                    "--overwrite", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert not (data / "char_vocab.json").exists()
+    result = gptlab("prepare", "--input", str(text), "--out", "x", "--val-fraction", "1.5",
+                    cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 2 and "--val-fraction must be in (0, 1)" in result.stderr
+    assert not (tmp_path / "x").exists()
