@@ -76,3 +76,38 @@ def test_bad_inputs(tmp_path):
     (tmp_path / "s" / "val.bin").write_bytes(b"")
     with pytest.raises(GptlabError, match="val.bin: missing or not 2 tokens long"):
         PreparedData(tmp_path / "s")
+
+
+def _tricky_text() -> str:
+    """Blank lines, indentation, CRLF, digits, punctuation before newlines, non-ASCII letters:
+    every place where a careless cut changes a token."""
+    lines = []
+    for i in range(400):
+        lines.append(f"ROMEO {i}:\n  But soft! what light  through yonder window breaks?\n\n")
+        lines.append(f"Ça va, Jürgen? 12345 words\r\n\n\n   indented {i}!\n \n")
+    return "".join(lines)
+
+
+@pytest.mark.parametrize("kind", ["char", "gpt2-files", "bpe-gpt2", "bpe-gpt4"])
+@pytest.mark.parametrize("chunk_bytes", [150, 333, 1000])
+def test_chunked_preparation_equals_one_pass_for_every_tokenizer(kind, chunk_bytes, tmp_path):
+    from gptlab.data.corpus import Document
+    from gptlab.data.shards import _pieces
+    from gptlab.tokenizers import Tokenizer
+
+    text = _tricky_text()
+    (tmp_path / "t.txt").write_text(text, newline="")
+    if kind == "char":
+        tok = "char"
+    elif kind == "gpt2-files":
+        tok = Tokenizer.from_pretrained(shared_data("gpt2-tokenizer"))
+        assert tok.encode("a\n\n") == tok.encode("a") + [628]  # the merge a cut could break
+    else:
+        tok = train_bpe([text], vocab_size=420, pattern=kind.removeprefix("bpe-"))
+    one = prepare([str(tmp_path / "t.txt")], tmp_path / "one", tok, progress=False)
+    chunked = prepare([str(tmp_path / "t.txt")], tmp_path / "chunked", tok,
+                      chunk_bytes=chunk_bytes, workers=1, progress=False)  # fmt: skip
+    pieces = list(_pieces([Document("t", text)], chunk_bytes))
+    assert len(pieces) > 20  # the text really was cut, many times
+    for split in ("train", "val"):
+        assert np.array_equal(one.splits[split], chunked.splits[split])

@@ -10,8 +10,8 @@ after each document where the tokenizer has one); the last `val_fraction` of the
 validation split. For one text file that is exactly "the first 90% train, the last 10% val".
 
 Memory is bounded by the chunk size, not the corpus: text is cut into chunks of about
-`chunk_bytes` (between documents, or inside a long one right after a newline that is followed by
-a non-space character, where no pre-tokenizer joins across), chunks are tokenized by a pool of
+`chunk_bytes` (between documents, or inside a long one just after a run of letters, where no
+pre-tokenizer joins across), chunks are tokenized by a pool of
 processes, a bounded number at a time, and written in order as they finish.
 """
 
@@ -48,7 +48,7 @@ Piece = tuple[str, bool]  # (text, this piece ends its document)
 
 def _pieces(documents: Iterable[Document], chunk_bytes: int) -> Iterator[list[Piece]]:
     """Group documents into chunks of about chunk_bytes characters, cutting long documents
-    after a newline that is followed by a non-space character."""
+    where no token changes (`_safe_cut`)."""
     chunk: list[Piece] = []
     size = 0
     for doc in documents:
@@ -71,15 +71,19 @@ def _pieces(documents: Iterable[Document], chunk_bytes: int) -> Iterator[list[Pi
 
 
 def _safe_cut(text: str, near: int) -> int | None:
-    """An index just after a '\\n' that is followed by a non-space character, near `near`."""
-    i = near
-    while True:
-        i = text.find("\n", i)
-        if i < 0 or i + 1 >= len(text):
-            return None
-        if not text[i + 1].isspace():
-            return i + 1
-        i += 1
+    """An index at or after `near` where a cut changes no token: just after a letter that is
+    followed by something else; None if there is none.
+
+    There every pre-tokenizer gptlab has (characters; GPT-2's and GPT-4's patterns) ends a
+    token in one pass over the whole text, since a run of letters takes nothing but letters;
+    the right-hand piece then starts a token exactly where the one pass does (no pattern looks
+    behind). Cuts elsewhere are not safe: whitespace at the end of a piece becomes one token
+    ('\n\n' = 628 in GPT-2) that one pass splits differently, and GPT-4's pattern joins
+    punctuation to the newlines after it."""
+    for i in range(max(near, 1), len(text)):
+        if text[i - 1].isalpha() and not text[i].isalpha():
+            return i
+    return None
 
 
 _WORKER_TOKENIZER: Tokenizer | None = None

