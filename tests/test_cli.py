@@ -25,8 +25,16 @@ def test_convert_round_trip_and_refuses_to_overwrite(tmp_path, capsys):
     model = GPT(GPTConfig.preset("tiny")).eval()
     model.save_pretrained(tmp_path / "a")
     assert main(["convert", str(tmp_path / "a"), str(tmp_path / "b"), "--dtype", "bfloat16"]) == 0
+    from safetensors.torch import load_file
+
+    a_w, b_w = load_file(tmp_path / "a" / "model.safetensors"), load_file(
+        tmp_path / "b" / "model.safetensors"
+    )
+    assert a_w.keys() == b_w.keys() and all(t.dtype == torch.bfloat16 for t in b_w.values())
+    assert all(torch.equal(a_w[k].to(torch.bfloat16), b_w[k]) for k in a_w)  # rounded, no more
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["torch_dtype"] == "bfloat16"
     b = GPT.from_pretrained(tmp_path / "b")
-    assert b.transformer.wte.weight.dtype.is_floating_point
+    assert torch.equal(b.transformer.wte.weight, b_w["transformer.wte.weight"].float())
     before = (tmp_path / "b" / "model.safetensors").read_bytes()
     assert main(["convert", str(tmp_path / "a"), str(tmp_path / "b")]) == 2
     assert "--overwrite" in capsys.readouterr().err
@@ -154,10 +162,31 @@ def test_eval_commands(char_run, tmp_path, capsys):
                  "--stride", "16"]) == 0  # fmt: skip
     result = json.loads(capsys.readouterr().out)
     assert result["tokens"] == len(text.read_text()) - 1 and result["perplexity"] > 1
+    # endings of very different lengths, so that the summed and the per-byte scores disagree
+    examples = [
+        {"ctx": "To be, or", "endings": ["not to be, that is the question", "t"], "label": 0},
+        {"ctx": "To be, or", "endings": ["not to be, that is the question", "t"], "label": 1},
+        {"ctx": "that is", "endings": ["the", "the question. To be, or not"], "label": 1},
+        {"ctx": "that is", "endings": ["the", "the question. To be, or not"], "label": 0},
+        {"ctx": "To be", "endings": [", or not", "q", "is the question"], "label": 2},
+    ]
     mc = tmp_path / "mc.jsonl"
-    mc.write_text(json.dumps({"ctx": "To be, or", "endings": ["not to be", "the"], "label": 0}))
+    mc.write_text("".join(json.dumps(e) + "\n" for e in examples))
     assert main(["eval", "multiple-choice", str(char_run), "--data", str(mc), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["examples"] == 1
+    result = json.loads(capsys.readouterr().out)
+    assert result["examples"] == len(examples)
+
+    def best(values):
+        return max(range(len(values)), key=values.__getitem__)
+
+    acc = acc_norm = 0
+    for ex, score in zip(examples, result["scores"], strict=True):
+        sums = score["logprob_sum"]
+        per_byte = [t / len((" " + e).encode()) for t, e in zip(sums, ex["endings"], strict=True)]
+        acc += best(sums) == ex["label"]
+        acc_norm += best(per_byte) == ex["label"]
+    assert result["acc"] == acc / len(examples) and result["acc_norm"] == acc_norm / len(examples)
+    assert result["acc"] != result["acc_norm"]  # this data tells the two apart
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,6 @@ import torch.nn.functional as F
 from gptlab import GPT, CharTokenizer, GptlabError
 from gptlab.eval import evaluate_multiple_choice, read_examples
 
-transformers = pytest.importorskip("transformers")
-
 ROWS = [
     {"ctx": "A man is sitting on a roof. he", "label": 3, "endings": [
         "is using wrap to wrap a pair of skis.", "is ripping level tiles off.",

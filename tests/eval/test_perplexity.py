@@ -7,8 +7,6 @@ import torch.nn.functional as F
 from gptlab import GPT, GptlabError
 from gptlab.eval import perplexity, windows
 
-transformers = pytest.importorskip("transformers")
-
 
 def direct_with_transformers(hf, ids, L, stride):
     """Score every token t >= 1 once, by the first window (starts 0, stride, ...) whose

@@ -7,12 +7,12 @@ import sys
 
 import pytest
 import torch
+import transformers  # the dev extra requires it: missing, the run fails (never skips)
 from safetensors.torch import load_file, save_file
 
 from gptlab import GPT, GPTConfig, GptlabError
 from gptlab.model.hf import save_pretrained
 
-transformers = pytest.importorskip("transformers")
 from conftest import TINY_HF, make_hf_model  # noqa: E402
 
 

@@ -119,6 +119,16 @@ def test_fine_tune_from_a_saved_model(corpus, tmp_path):
     model = GPT.from_pretrained(tuned)
     assert model.config.block_size == 8 and model.config.n_embd == 32
     assert (tuned / "char_vocab.json").read_text() == (base / "char_vocab.json").read_text()
+    # the weights came from the base run: with a vanishing learning rate they are its own
+    still = tmp_path / "still"
+    train(MODEL.replace(block_size=8), settings(corpus, still, max_iters=2, init_from=str(base),
+          lr=1e-12, min_lr=0.0), progress=False)  # fmt: skip
+    a, b = weights(base), weights(still)
+    a["transformer.wpe.weight"] = a["transformer.wpe.weight"][:8]  # cropped to block_size 8
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in b)
+    fresh = GPT(MODEL.replace(vocab_size=a["transformer.wte.weight"].size(0), block_size=8))
+    assert not torch.allclose(fresh.transformer.h[0].mlp.c_fc.weight,
+                              b["transformer.h.0.mlp.c_fc.weight"], atol=1e-3)  # fmt: skip
 
 
 def test_fine_tune_refuses_data_of_another_vocabulary(corpus, tmp_path):

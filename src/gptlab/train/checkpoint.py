@@ -23,6 +23,7 @@ import torch
 from gptlab.errors import GptlabError
 from gptlab.fileio import atomic_write, atomic_write_json
 from gptlab.model import GPT
+from gptlab.train import faults
 
 CHECKPOINT_DIR = "checkpoint"
 OLD_DIR = ".checkpoint.old"  # the previous checkpoint, while a new one is swapped in
@@ -32,24 +33,41 @@ BEST_DIR = "best"
 def save(
     out: Path, model: GPT, trainer_state: dict[str, Any], state: dict[str, Any], tokenizer=None
 ) -> None:
-    tmp = out / ".checkpoint.tmp"
+    """Write the checkpoint whole into OUT/.checkpoint.tmp, then swap it in: checkpoint/ ->
+    .checkpoint.old/, .checkpoint.tmp/ -> checkpoint/, then drop the old one. At every moment
+    one complete checkpoint exists (checkpoint/, or .checkpoint.old/ mid-swap). A failed write
+    (a full disk, say) is one line and leaves the previous checkpoint as it was."""
+    tmp, final, old = out / ".checkpoint.tmp", out / CHECKPOINT_DIR, out / OLD_DIR
+    if not final.exists() and old.exists():  # a swap was cut short: the old one is current
+        os.replace(old, final)
     if tmp.exists():
         shutil.rmtree(tmp)
-    model.save_pretrained(tmp)
-    atomic_write(tmp / "trainer.pt", lambda path: torch.save(trainer_state, path))
-    atomic_write_json(tmp / "state.json", state)
-    final, old = out / CHECKPOINT_DIR, out / OLD_DIR
+    try:
+        model.save_pretrained(tmp)
+        faults.point("weights-written")
+        atomic_write(tmp / "trainer.pt", lambda path: torch.save(trainer_state, path))
+        atomic_write_json(tmp / "state.json", state)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise GptlabError(
+            f"{out}: could not write the checkpoint at step {state.get('step')} "
+            f"({e.strerror or e}); the previous checkpoint is intact"
+        ) from None
+    faults.point("checkpoint-written")
     if old.exists():
         shutil.rmtree(old)
     if final.exists():
         os.replace(final, old)
+    faults.point("old-moved")
     os.replace(tmp, final)
+    faults.point("new-moved")
     if old.exists():
         shutil.rmtree(old)
     for name in ("model.safetensors", "config.json"):
         _link_into(final / name, out / name)
     if tokenizer is not None:
         tokenizer.save(out)
+    faults.point("linked")
 
 
 def save_best(out: Path, tokenizer=None) -> None:
@@ -77,6 +95,16 @@ def _link_into(src: Path, dst: Path) -> None:
     atomic_write(dst, write)
 
 
+def _check_fields(path: Path, obj, fields: dict[str, type]) -> None:
+    if not isinstance(obj, dict):
+        raise GptlabError(f"{path}: damaged checkpoint (not a dictionary)")
+    for name, kind in fields.items():
+        value = obj.get(name)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            kind_name = kind.__name__
+            raise GptlabError(f"{path}: damaged checkpoint ({name!r} missing or not {kind_name})")
+
+
 def load(out: Path) -> tuple[GPT, dict[str, Any], dict[str, Any]]:
     """(model, trainer state, state) of OUT/checkpoint (or the previous one, if a swap was
     interrupted)."""
@@ -88,7 +116,11 @@ def load(out: Path) -> tuple[GPT, dict[str, Any], dict[str, Any]]:
     try:
         state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
         trainer_state = torch.load(folder / "trainer.pt", map_location="cpu", weights_only=True)
-    except (OSError, ValueError, RuntimeError) as e:
-        raise GptlabError(f"{folder}: cannot read the checkpoint ({e})") from e
+    except Exception as e:  # missing, truncated, garbage: OSError, ValueError, pickle errors
+        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise GptlabError(f"{folder}: cannot read the checkpoint ({text})") from None
+    _check_fields(folder / "state.json", state, {"step": int, "tokens": int})
+    _check_fields(folder / "trainer.pt", trainer_state,
+                  {"optimizer": dict, "data_generator": torch.Tensor})  # fmt: skip
     model = GPT.from_pretrained(folder)
     return model, trainer_state, state

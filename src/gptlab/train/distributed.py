@@ -4,10 +4,16 @@ join the process group (gloo on CPU, nccl on CUDA). Only rank 0 logs and writes 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
+
+from gptlab.errors import GptlabError
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -64,3 +70,45 @@ def broadcast_int(d: Dist, value: int, device: torch.device) -> int:
     t = torch.tensor([value], dtype=torch.int64, device=device)
     dist.broadcast(t, src=0)
     return int(t.item())
+
+
+def on_main(d: Dist, work: Callable[[], T]) -> T | None:
+    """Run `work` on rank 0 while the others wait; a failure there stops every rank at once
+    with the same one-line message (instead of leaving them at a barrier until torchrun's
+    timeout). Returns work's result on rank 0, None elsewhere."""
+    result, error = None, None
+    if d.is_main:
+        try:
+            result = work()
+        except GptlabError as e:
+            error = str(e)
+        except BaseException as e:
+            if d.enabled:  # tell the others, then fail here as usual
+                dist.broadcast_object_list([f"rank 0 failed: {type(e).__name__}: {e}"], src=0)
+            raise
+    if d.enabled:
+        box = [error]
+        dist.broadcast_object_list(box, src=0)
+        error = box[0]
+    if error is not None:
+        raise GptlabError(error)
+    return result
+
+
+def all_mean(d: Dist, value: torch.Tensor) -> torch.Tensor:
+    """The mean of a scalar tensor over ranks (itself with one process). A NaN on any rank
+    makes it NaN on all, so every rank sees a failure together."""
+    if not d.enabled:
+        return value
+    value = value.detach().clone()
+    dist.all_reduce(value, op=dist.ReduceOp.SUM)
+    return value / d.world
+
+
+def gather_objects(d: Dist, obj):
+    """[obj of rank 0, obj of rank 1, ...] on every rank."""
+    if not d.enabled:
+        return [obj]
+    out = [None] * d.world
+    dist.all_gather_object(out, obj)
+    return out

@@ -25,16 +25,19 @@ RUN_FILES = (
     "loss.png", "train.toml", "config.json", "model.safetensors",
     "char_vocab.json", "vocab.json", "merges.txt", "gptlab_tokenizer.json",
 )  # fmt: skip
-RUN_EVIDENCE = ("checkpoint", ".checkpoint.old", "metrics.jsonl", "train.toml")
+# Saved work: weights. A folder with train.toml or metrics.jsonl but no weights holds a start
+# that was cut short before its first checkpoint; a new run may take its place.
+RUN_EVIDENCE = ("checkpoint", ".checkpoint.old", "model.safetensors")
 
 
 def holds_a_run(out: Path) -> bool:
-    """True if OUT holds a run that resuming would continue (or overwriting would replace)."""
+    """True if OUT holds a run's weights (that resuming would continue, overwriting replace)."""
     return any((out / name).exists() for name in RUN_EVIDENCE)
 
 
 def is_ours(out: Path) -> bool:
-    return (out / MARK).exists() or (out / LOCK).exists() or holds_a_run(out)
+    marks = (MARK, LOCK, "train.toml", "metrics.jsonl")
+    return any((out / name).exists() for name in marks) or holds_a_run(out)
 
 
 def check_writable(out: Path, overwrite: bool) -> None:

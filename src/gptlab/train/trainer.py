@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -28,8 +29,17 @@ from gptlab.errors import GptlabError
 from gptlab.fileio import atomic_write_text
 from gptlab.hardware import resolve_device, resolve_dtype
 from gptlab.model import GPT
-from gptlab.train import checkpoint, runfolder
-from gptlab.train.distributed import Dist, broadcast_flag, broadcast_int, cleanup, setup
+from gptlab.train import checkpoint, faults, runfolder
+from gptlab.train.distributed import (
+    Dist,
+    all_mean,
+    broadcast_flag,
+    broadcast_int,
+    cleanup,
+    gather_objects,
+    on_main,
+    setup,
+)
 from gptlab.train.optim import lr_at, make_optimizer
 
 
@@ -64,7 +74,8 @@ def resolve_data(
     tokenizer = config.tokenizer
     if config.init_from != "scratch" and tokenizer == "char":
         tokenizer = config.init_from
-    if d.is_main:
+
+    def refresh_cache() -> None:
         key = data_key(config.data, tokenizer, config.val_fraction)
         meta = _read_meta(cache)
         if meta.get("cache_key") != key:
@@ -89,7 +100,8 @@ def resolve_data(
             if cache.exists():
                 shutil.rmtree(cache)
             os.replace(tmp, cache)
-    d.barrier()
+
+    on_main(d, refresh_cache)  # a failure here (bad text, say) stops every rank with its line
     return PreparedData(cache)
 
 
@@ -243,13 +255,19 @@ def _train(model_config, config, device, d: Dist, resume, overwrite, progress, s
         raise GptlabError(
             f"grad_accum={config.grad_accum} must be a multiple of the {d.world} processes"
         )
-    if d.is_main:
+    lock = runfolder.RunLock(out)
+
+    def take_folder() -> None:
         _check_out(out, resume, overwrite)
         runfolder.claim(out)
-    d.barrier()
-    with runfolder.RunLock(out) if d.is_main else contextlib.nullcontext():
+        lock.__enter__()
+
+    on_main(d, take_folder)  # a refusal on rank 0 stops every rank with its message
+    try:
         return _train_locked(model_config, config, device, d, resume, overwrite, progress,
                              started, out)  # fmt: skip
+    finally:
+        lock.__exit__()
 
 
 def _train_locked(model_config, config, device, d, resume, overwrite, progress, started, out):
@@ -257,8 +275,11 @@ def _train_locked(model_config, config, device, d, resume, overwrite, progress, 
     tokenizer = data.tokenizer()
     model, model_config, saved = _build_model(model_config, config, data, out, resume)
     data.check_block_size(model_config.block_size)
-    if d.is_main and overwrite and not resume and runfolder.holds_a_run(out):
-        runfolder.clear_run(out)  # only now: the new run's settings, data and model are sound
+    if d.is_main and not resume:
+        # only now, with the new run's settings, data and model sound: the previous run's
+        # files go (there is one only if --overwrite was given, or one cut short before its
+        # first checkpoint)
+        runfolder.clear_run(out)
     if d.is_main and resume:
         _drop_metrics_after(out, saved[1]["step"])
     model.to(device)
@@ -271,8 +292,10 @@ def _train_locked(model_config, config, device, d, resume, overwrite, progress, 
     torch.manual_seed(config.seed + d.rank)  # dropout differs per rank, repeatably
     if saved is not None:
         trainer_state, saved_state = saved
-        _restore(trainer_state, optimizer, data_gen, scaler, device, config)
+        note = _restore(trainer_state, optimizer, data_gen, scaler, device, config, d)
         state.load(saved_state)
+        if note and d.is_main:
+            print(note, flush=True)
 
     compiled = torch.compile(model) if config.compile else model
     ddp = compiled
@@ -291,11 +314,12 @@ def _train_locked(model_config, config, device, d, resume, overwrite, progress, 
     def elapsed() -> float:
         return state.elapsed_before + time.perf_counter() - started
 
-    def save(last_val: float | None) -> None:
+    def save(last_val: float | None, rngs: list[dict]) -> None:
         trainer_state = {
             "optimizer": optimizer.state_dict(),
             "data_generator": data_gen.get_state(),
             "torch_rng": torch.get_rng_state(),
+            "rng_per_rank": rngs,  # every rank's dropout stream, in rank order
         }
         if device.type == "cuda":  # dropout on a GPU draws from the GPU's generator
             trainer_state["cuda_rng"] = torch.cuda.get_rng_state(device)
@@ -309,6 +333,20 @@ def _train_locked(model_config, config, device, d, resume, overwrite, progress, 
             "elapsed_s": elapsed(),
         }
         checkpoint.save(out, model, trainer_state, saved_state, tokenizer)
+
+    def evaluate_and_save(config: TrainConfig, lr: float, rngs: list[dict]) -> float:
+        """Rank 0: losses of both splits, a metrics row, the checkpoint, best/ if improved."""
+        losses = _estimate_loss(model, data, config, T, device, autocast, state.step)
+        val = losses["val"]
+        if not math.isfinite(val):
+            raise GptlabError(f"the validation loss became {val} at step {state.step}")
+        improved = val < state.best_val
+        state.best_val = min(state.best_val, val)
+        log.evaluation(state.step, losses, lr, state.tokens, elapsed())
+        save(val, rngs)
+        if improved:
+            checkpoint.save_best(out, tokenizer)
+        return val
 
     budget = None
     if config.max_time > 0 and not resume:
@@ -327,7 +365,7 @@ def _train_locked(model_config, config, device, d, resume, overwrite, progress, 
                                device, autocast)  # fmt: skip
             state.step += 1
             state.tokens += config.batch_size * config.grad_accum * T
-            train_loss = loss.item()
+            train_loss = all_mean(d, loss).item()  # NaN on any rank: NaN on all, all stop
             if not math.isfinite(train_loss):
                 raise GptlabError(
                     f"the loss became {train_loss} at step {state.step}; stopped without saving "
@@ -335,6 +373,7 @@ def _train_locked(model_config, config, device, d, resume, overwrite, progress, 
                     "Try a lower lr, grad_clip=1.0, or float32"
                 )
             step_seconds.append(time.perf_counter() - t_step)
+            faults.step_delay()
             tokens_per_step = config.batch_size * config.grad_accum * T
             log.step(state.step, train_loss, lr, tokens_per_step / step_seconds[-1])
 
@@ -356,26 +395,13 @@ def _train_locked(model_config, config, device, d, resume, overwrite, progress, 
             if stopping and not due:
                 # Ctrl-C: save the weights at once, without an evaluation, so that the
                 # command returns within a few seconds (a scheduled one still runs).
-                if d.is_main:
-                    save(last_val)
-                d.barrier()
+                rngs = gather_objects(d, _rng_states(device))
+                on_main(d, functools.partial(save, last_val, rngs))
                 interrupted = True
                 break
             if due:
-                if d.is_main:
-                    losses = _estimate_loss(model, data, config, T, device, autocast, state.step)
-                    last_val = losses["val"]
-                    if not math.isfinite(last_val):
-                        raise GptlabError(
-                            f"the validation loss became {last_val} at step {state.step}"
-                        )
-                    improved = last_val < state.best_val
-                    state.best_val = min(state.best_val, last_val)
-                    log.evaluation(state.step, losses, lr, state.tokens, elapsed())
-                    save(last_val)
-                    if improved:
-                        checkpoint.save_best(out, tokenizer)
-                d.barrier()
+                rngs = gather_objects(d, _rng_states(device))
+                last_val = on_main(d, functools.partial(evaluate_and_save, config, lr, rngs))
             if stopping:
                 interrupted = state.step < config.max_iters
                 break
@@ -410,15 +436,38 @@ def _build_model(model_config, config, data, out, resume):
     return GPT(model_config), model_config, None
 
 
-def _restore(trainer_state, optimizer, data_gen, scaler, device, config) -> None:
-    """Optimizer moments, the data generator and the RNGs, as the checkpoint left them."""
+def _rng_states(device: torch.device) -> dict:
+    """This process's random streams (dropout draws from them)."""
+    states = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(device)
+    return states
+
+
+def _restore(trainer_state, optimizer, data_gen, scaler, device, config, d) -> str | None:
+    """Optimizer moments, the data generator and each rank's RNGs, as the checkpoint left
+    them. Returns a note when the number of processes changed (the run goes on, but the
+    dropout streams of ranks the checkpoint did not have start afresh from seed + rank)."""
     optimizer.load_state_dict(trainer_state["optimizer"])
     data_gen.set_state(trainer_state["data_generator"])
-    torch.set_rng_state(trainer_state["torch_rng"])
-    if device.type == "cuda" and "cuda_rng" in trainer_state:
-        torch.cuda.set_rng_state(trainer_state["cuda_rng"], device)
+    per_rank = trainer_state.get("rng_per_rank")
+    note = None
+    if per_rank is None:  # a checkpoint from before per-rank states: rank 0's, as it was
+        per_rank = [{"cpu": trainer_state["torch_rng"], "cuda": trainer_state.get("cuda_rng")}]
+    if len(per_rank) != d.world:
+        note = (
+            f"note: the checkpoint was written by {len(per_rank)} process(es), this run has "
+            f"{d.world}: training continues exactly as to weights, optimizer and data, but "
+            "dropout's random streams start afresh"
+        )
+    if d.rank < len(per_rank) and (len(per_rank) == d.world or d.rank == 0):
+        mine = per_rank[d.rank]
+        torch.set_rng_state(mine["cpu"])
+        if device.type == "cuda" and mine.get("cuda") is not None:
+            torch.cuda.set_rng_state(mine["cuda"], device)
     if "scaler" in trainer_state and config.dtype == "float16":
         scaler.load_state_dict(trainer_state["scaler"])
+    return note
 
 
 def _train_step(ddp, model, optimizer, scaler, data, data_gen, config, T, d, device, autocast):
@@ -697,7 +746,14 @@ def _plot_losses(out: Path) -> None:
     path = out / "metrics.jsonl"
     if not path.is_file():
         return
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:  # a line cut short by a crash: the plot skips it
+            continue
+        if isinstance(row, dict) and {"step", "train_loss", "val_loss"} <= row.keys():
+            rows.append(row)
     if not rows:
         return
     import matplotlib

@@ -1,0 +1,161 @@
+"""Fault injection: a training killed at any moment, inside a checkpoint swap included, resumes
+to the very weights of an uninterrupted run, with each evaluation logged once; a full disk is
+one line and loses nothing."""
+
+import errno
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from gptlab import GPTConfig, GptlabError
+from gptlab.config import TrainConfig
+from gptlab.train import train
+
+ARGS = ["--preset", "tiny", "--no-progress", "batch_size=4", "block_size=16", "eval_iters=1",
+        "eval_interval=4", "warmup_iters=2", "max_iters=12", "lr_decay_iters=12", "lr=3e-3",
+        "dropout=0.1", "threads=1"]  # fmt: skip
+STAGES = ["weights-written", "checkpoint-written", "old-moved", "new-moved", "linked"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("faults") / "text.txt"
+    path.write_text("".join(f"line {i}: the quick brown fox, {i * 7 % 13}\n" for i in range(600)))
+    return path
+
+
+def gptlab(cwd, *args, **env):
+    return subprocess.run(
+        [sys.executable, "-m", "gptlab", "train", *args], cwd=cwd, capture_output=True,
+        text=True, env={**os.environ, "OMP_NUM_THREADS": "1", **env}, timeout=120,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def reference(corpus, tmp_path_factory):
+    root = tmp_path_factory.mktemp("reference")
+    assert gptlab(root, *ARGS, "--data", str(corpus), "--out", "run").returncode == 0
+    return load_file(root / "run" / "model.safetensors")
+
+
+def steps_logged(out):
+    return [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def resumable(run) -> bool:
+    """A checkpoint to resume: checkpoint/, or the previous one if a swap was cut short."""
+    return (run / "checkpoint").is_dir() or (run / ".checkpoint.old").is_dir()
+
+
+def same(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_killed_inside_a_checkpoint_swap_resumes_exactly(stage, corpus, reference, tmp_path):
+    died = gptlab(tmp_path, *ARGS, "--data", str(corpus), "--out", "run",
+                  GPTLAB_FAULT=f"{stage}:2")  # dies inside the step-8 checkpoint  # fmt: skip
+    assert died.returncode == 137, died.stderr
+    resumed = gptlab(tmp_path, "--resume", "run", "--no-progress")
+    assert resumed.returncode == 0, resumed.stderr
+    assert same(load_file(tmp_path / "run" / "model.safetensors"), reference)
+    assert steps_logged(tmp_path / "run") == [4, 8, 12]
+    assert not any((tmp_path / "run" / name).exists() for name in (".checkpoint.tmp", ".lock"))
+
+
+def test_random_kills_then_resume_end_where_an_uninterrupted_run_does(
+    corpus, reference, tmp_path
+):
+    rng = random.Random(0)
+    args = [*ARGS, "--data", str(corpus), "--out", "run"]
+    state = tmp_path / "run" / "checkpoint" / "state.json"
+    for _ in range(3):  # three kills
+        resume = ["--resume", "run", "--no-progress"] if resumable(tmp_path / "run") else args
+        proc = subprocess.Popen([sys.executable, "-m", "gptlab", "train", *resume],
+                                cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1",
+                                "GPTLAB_FAULT_STEP_DELAY": "0.05"},
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        deadline = time.time() + 60
+        before = json.loads(state.read_text())["step"] if state.exists() else 0
+        while time.time() < deadline and proc.poll() is None:  # wait for progress, then kill
+            if state.exists() and json.loads(state.read_text())["step"] > before:
+                break
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 0.3))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    while True:  # finish (resuming as often as it takes)
+        resume = ["--resume", "run", "--no-progress"] if resumable(tmp_path / "run") else args
+        result = gptlab(tmp_path, *resume)
+        assert result.returncode == 0, result.stderr
+        if "done:" in result.stdout:
+            break
+    assert same(load_file(tmp_path / "run" / "model.safetensors"), reference)
+    assert steps_logged(tmp_path / "run") == [4, 8, 12]
+
+
+def test_a_full_disk_during_a_checkpoint_is_one_line_and_keeps_the_previous(
+    corpus, tmp_path, monkeypatch
+):
+    from gptlab.train import checkpoint
+
+    model = GPTConfig(vocab_size=256, block_size=16, n_layer=2, n_head=2, n_embd=32)
+    config = TrainConfig(data=str(corpus), out=str(tmp_path / "run"), batch_size=4,
+                         max_iters=8, eval_interval=4, eval_iters=1, lr_decay_iters=8,
+                         threads=1, max_time=0)  # fmt: skip
+    original = checkpoint.atomic_write
+    calls = {"n": 0}
+
+    def full_disk(path, write):
+        if str(path).endswith("trainer.pt"):
+            calls["n"] += 1
+            if calls["n"] == 2:  # the step-8 checkpoint
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return original(path, write)
+
+    monkeypatch.setattr(checkpoint, "atomic_write", full_disk)
+    with pytest.raises(GptlabError, match="No space left on device.*previous checkpoint is"):
+        train(model, config, progress=False)
+    monkeypatch.setattr(checkpoint, "atomic_write", original)
+    out = tmp_path / "run"
+    assert json.loads((out / "checkpoint" / "state.json").read_text())["step"] == 4
+    assert not (out / ".checkpoint.tmp").exists() and not (out / ".lock").exists()
+    result = train(model, config, resume=True, progress=False)
+    assert result.step == 8
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (("checkpoint/trainer.pt", b"garbage"), "cannot read the checkpoint"),
+        (("checkpoint/trainer.pt", b""), "cannot read the checkpoint"),
+        (("checkpoint/state.json", b'{"tokens": 3}'), "'step' missing"),
+        (("checkpoint/state.json", b'{"step": 4,'), "cannot read the checkpoint"),
+        (("checkpoint/model.safetensors", b"\x08\x00\x00\x00\x00\x00\x00\x00{}"),
+         "cannot read safetensors"),
+    ],
+)
+def test_a_damaged_checkpoint_is_one_line_and_best_survives(damage, message, corpus, tmp_path):
+    out = tmp_path / "run"
+    assert gptlab(tmp_path, *ARGS, "--data", str(corpus), "--out", "run",
+                  "max_iters=8").returncode == 0  # fmt: skip
+    best = (out / "best" / "model.safetensors").read_bytes()
+    name, data = damage
+    (out / name).unlink()  # (the run folder's model.safetensors is a link to it)
+    (out / name).write_bytes(data)
+    result = gptlab(tmp_path, "--resume", "run", "--no-progress")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert (out / "best" / "model.safetensors").read_bytes() == best
+    sample = subprocess.run([sys.executable, "-m", "gptlab", "sample", "run/best",
+                             "--max-new-tokens", "5"], cwd=tmp_path, capture_output=True,
+                            text=True)  # fmt: skip
+    assert sample.returncode == 0, sample.stderr
