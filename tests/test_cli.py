@@ -218,16 +218,16 @@ def test_the_readme_main_job_plans_to_its_budget_then_samples(tmp_path, capsys, 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "text.txt").write_text("ROMEO:\nBut soft, what light through yonder window.\n" * 60)
     assert TRAIN_PRESETS["shakespeare-char"]["max_time"] > 0
-    assert main(["train", "--data", "text.txt", "--no-progress", "max_time=6"]) == 0
+    assert main(["train", "--data", "text.txt", "--no-progress", "max_time=12"]) == 0
     out = capsys.readouterr().out
-    assert "max_time=6s:" in out and "done:" in out
+    assert "max_time=12s:" in out and "done:" in out
     settings = load_toml("out/shakespeare-char/train.toml")
     assert settings["dtype"] == resolve_dtype("auto", torch.device("cpu"))
     n = settings["max_iters"]
-    assert 10 <= n < TRAIN_PRESETS["shakespeare-char"]["max_iters"]
+    assert 2 <= n < TRAIN_PRESETS["shakespeare-char"]["max_iters"]
     assert settings["lr_decay_iters"] == n
     assert f"done: {n} steps" in out
     rows = [json.loads(line) for line in open("out/shakespeare-char/metrics.jsonl")]
-    assert rows[-1]["step"] == n and rows[-1]["elapsed_s"] <= 6 * 1.5 + 2  # the budget held
+    assert rows[-1]["step"] == n and rows[-1]["elapsed_s"] <= 12 * 1.5  # the budget held
     assert main(["sample", "out/shakespeare-char", "--max-new-tokens", "20"]) == 0
     assert len(capsys.readouterr().out) >= 20

@@ -142,13 +142,24 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     import shutil
 
     from gptlab.data import prepare
+    from gptlab.train import runfolder
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise GptlabError(f"{out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
-        what = "prepared data" if (out / "meta.json").exists() else "files"
-        raise GptlabError(f"{out} already holds {what}; pass --overwrite to replace them")
+    if out.is_dir() and runfolder.is_ours(out):
+        raise GptlabError(f"{out} is a training run's folder; prepare data into another one")
+    prepared = (out / "meta.json").is_file()
+    if out.is_dir() and any(out.iterdir()):
+        if not args.overwrite:
+            what = "prepared data" if prepared else "files"
+            raise GptlabError(f"{out} already holds {what}; pass --overwrite to replace them")
+        clash = [n for n in PREPARED_FILES if (out / n).exists()]
+        if clash and not prepared:  # not ours: --overwrite must not replace a user's files
+            raise GptlabError(
+                f"{out} holds {', '.join(clash)} but no prepared data; --overwrite replaces "
+                "prepared data only: choose another folder"
+            )
     if not 0.0 < args.val_fraction < 1.0:
         raise GptlabError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
     source = args.input or "shakespeare"
@@ -160,8 +171,9 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         prepare(source, tmp, args.tokenizer, args.val_fraction, workers=args.workers,
                 progress=True)  # fmt: skip
         out.mkdir(parents=True, exist_ok=True)
-        for name in PREPARED_FILES:  # the previous data's files, tokenizer included
-            (out / name).unlink(missing_ok=True)
+        if prepared:  # the previous data's files, tokenizer included
+            for name in PREPARED_FILES:
+                (out / name).unlink(missing_ok=True)
         for path in tmp.iterdir():
             if path.name != "meta.json":
                 os.replace(path, out / path.name)
@@ -197,12 +209,30 @@ def _train_settings(args: argparse.Namespace):
 
     overrides = parse_overrides(args.settings)
     if args.resume:
+        # what cannot apply to a run that exists already is refused, not ignored
+        given = [flag for flag, value in (("--preset", args.preset), ("--config", args.config),
+                 ("--data", args.data), ("--out", args.out), ("--overwrite", args.overwrite))
+                 if value]  # fmt: skip
+        if given:
+            raise GptlabError(
+                f"--resume continues the run as it was set up, so {', '.join(given)} cannot "
+                "apply (a setting may change with key=value, e.g. max_iters=N)"
+            )
+        import dataclasses
+
+        shape = [k for k in overrides if k in {f.name for f in dataclasses.fields(GPTConfig)}]
+        if shape:
+            raise GptlabError(
+                f"--resume keeps the network's shape; {', '.join(shape)} cannot change "
+                "(start a new run, or fine-tune from this one with init_from=RUN)"
+            )
         toml = Path(args.resume) / "train.toml"
         if not toml.is_file():
             raise GptlabError(f"{args.resume}: not a training run (no train.toml)")
         model, train = apply_settings(GPTConfig(), TrainConfig(), load_toml(str(toml)))
         train = apply_settings(model, train, {"out": args.resume})[1]
         return apply_settings(model, train, overrides)
+    args.preset = args.preset or "shakespeare-char"
     if args.preset not in PRESETS:
         raise GptlabError(f"unknown preset {args.preset!r}; known presets: {', '.join(PRESETS)}")
     model = GPTConfig.preset(args.preset)
@@ -408,7 +438,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_prepare)
 
     p = sub.add_parser("train", help="train or fine-tune a GPT (the main job)")
-    p.add_argument("--preset", default="shakespeare-char", help="model + training preset")
+    p.add_argument(
+        "--preset", default=None, help="model + training preset (default: shakespeare-char)"
+    )
     p.add_argument("--config", metavar="FILE.toml", help="settings file ([model], [train])")
     p.add_argument("--data", help="prepared data folder, text file/folder, or 'shakespeare'")
     p.add_argument("--out", help="run folder")

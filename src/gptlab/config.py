@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from gptlab.errors import GptlabError
@@ -31,6 +32,15 @@ class GPTConfig:
     padded_vocab_size: int | None = None
 
     def __post_init__(self) -> None:
+        # types first: a config.json edited by hand may hold "64", 2.5, null or true
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            _require(name, getattr(self, name), int)
+        _require("padded_vocab_size", self.padded_vocab_size, int, none_ok=True)
+        _require("dropout", self.dropout, float)
+        _require("layer_norm_eps", self.layer_norm_eps, float)
+        _require("bias", self.bias, bool)
+        if not self.layer_norm_eps > 0:
+            raise GptlabError(f"layer_norm_eps must be > 0, got {self.layer_norm_eps}")
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
             if getattr(self, name) < 1:
                 raise GptlabError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -65,6 +75,23 @@ class GPTConfig:
 
     def replace(self, **changes) -> GPTConfig:
         return dataclasses.replace(self, **changes)
+
+
+def _require(name: str, value, kind: type, none_ok: bool = False) -> None:
+    """One clear line unless value is of the field's type (ints count as floats; a bool is not
+    a number) and, for numbers, finite."""
+    if value is None and none_ok:
+        return
+    if kind is bool:
+        ok = isinstance(value, bool)
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        ok = ok and math.isfinite(value)
+    if not ok:
+        what = {bool: "true or false", int: "an integer", float: "a finite number"}[kind]
+        raise GptlabError(f"{name} must be {what}, got {value!r}")
 
 
 PRESETS: dict[str, GPTConfig] = {

@@ -46,6 +46,15 @@ def reference(corpus, tmp_path_factory):
     return load_file(root / "run" / "model.safetensors")
 
 
+@pytest.fixture(scope="module")
+def trained(corpus, tmp_path_factory):
+    """A finished 8-step run folder, to be copied and damaged."""
+    root = tmp_path_factory.mktemp("trained")
+    result = gptlab(root, *ARGS, "--data", str(corpus), "--out", "run", "max_iters=8")
+    assert result.returncode == 0, result.stderr
+    return root / "run"
+
+
 def steps_logged(out):
     return [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
 
@@ -137,16 +146,22 @@ def test_a_full_disk_during_a_checkpoint_is_one_line_and_keeps_the_previous(
     [
         (("checkpoint/trainer.pt", b"garbage"), "cannot read the checkpoint"),
         (("checkpoint/trainer.pt", b""), "cannot read the checkpoint"),
-        (("checkpoint/state.json", b'{"tokens": 3}'), "'step' missing"),
+        (("checkpoint/state.json", b'{"tokens": 3}'), "damaged checkpoint (step = None)"),
+        (("checkpoint/state.json", b'{"step": -5, "tokens": 3}'), "(step = -5)"),
+        (("checkpoint/state.json", b'{"step": 8, "tokens": 3, "elapsed_s": "b"}'),
+         "(elapsed_s = 'b')"),
+        (("checkpoint/state.json", b'{"step": 8, "tokens": 3, "best_val_loss": "z"}'),
+         "(best_val_loss = 'z')"),
         (("checkpoint/state.json", b'{"step": 4,'), "cannot read the checkpoint"),
         (("checkpoint/model.safetensors", b"\x08\x00\x00\x00\x00\x00\x00\x00{}"),
          "cannot read safetensors"),
     ],
 )
-def test_a_damaged_checkpoint_is_one_line_and_best_survives(damage, message, corpus, tmp_path):
+def test_a_damaged_checkpoint_is_one_line_and_best_survives(damage, message, trained, tmp_path):
+    import shutil
+
     out = tmp_path / "run"
-    assert gptlab(tmp_path, *ARGS, "--data", str(corpus), "--out", "run",
-                  "max_iters=8").returncode == 0  # fmt: skip
+    shutil.copytree(trained, out)
     best = (out / "best" / "model.safetensors").read_bytes()
     name, data = damage
     (out / name).unlink()  # (the run folder's model.safetensors is a link to it)

@@ -69,6 +69,23 @@ def test_a_failed_overwrite_leaves_the_old_run_whole(text, tmp_path):
         assert digest(out) == before
 
 
+def test_a_failed_overwrite_keeps_the_runs_prepared_data(text, tmp_path):
+    out = tmp_path / "run"
+    train(MODEL, settings(text, out), progress=False)
+    before = digest(out)
+    short = tmp_path / "short.txt"
+    short.write_text("ab")  # prepares fine, then is too short for block_size
+    with pytest.raises(GptlabError, match="fewer than block_size"):
+        train(MODEL, settings(short, out), overwrite=True, progress=False)
+    assert digest(out) == before and not (out / ".data.tmp").exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    with pytest.raises(GptlabError, match="fewer than block_size"):
+        train(MODEL, settings(short, mine), overwrite=True, progress=False)
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]  # no mark, no data/ left
+
+
 def test_overwrite_with_another_tokenizer_leaves_no_old_vocabulary(text, tmp_path):
     from gptlab import train_bpe
 
@@ -170,9 +187,18 @@ def test_prepare_never_writes_into_a_run_or_a_foreign_folder_unasked(text, tmp_p
     run = tmp_path / "run"
     train(MODEL, settings(text, run, max_iters=4), progress=False)
     before = digest(run)
-    result = gptlab("prepare", "--input", str(text), "--out", "run", cwd=tmp_path)
-    assert result.returncode == 2 and "pass --overwrite" in result.stderr
-    assert digest(run) == before
+    for extra in ([], ["--overwrite"]):  # a run's folder is never prepared into
+        result = gptlab("prepare", "--input", str(text), "--out", "run", *extra, cwd=tmp_path)
+        assert result.returncode == 2 and "a training run's folder" in result.stderr
+        assert digest(run) == before
+    # a folder of the user's with a vocabulary of its own: --overwrite does not take it
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "vocab.json").write_text('{"mine": 0}')
+    result = gptlab("prepare", "--input", str(text), "--out", "mine", "--overwrite",
+                    cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 2 and "holds vocab.json but no prepared data" in result.stderr
+    assert (tmp_path / "mine" / "vocab.json").read_text() == '{"mine": 0}'
+
     # --overwrite onto prepared data of another tokenizer: no stale vocabulary file is left
     data = tmp_path / "data"
     assert gptlab("prepare", "--input", str(text), "--out", "data", cwd=tmp_path).returncode == 0

@@ -173,6 +173,14 @@ def test_sigterm_saves_a_checkpoint_and_resume_finishes(corpus, tmp_path):
                     cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert f"done: {step + 3} steps" in result.stdout
+    for extra, message in [(["--data", "x.txt"], "--data cannot apply"),
+                           (["--out", "elsewhere"], "--out cannot apply"),
+                           (["--overwrite"], "--overwrite cannot apply"),
+                           (["n_layer=4"], "n_layer cannot change")]:  # fmt: skip
+        refused = gptlab("train", "--resume", "run", *extra, cwd=tmp_path)
+        assert refused.returncode == 2 and message in refused.stderr
+    refused = gptlab("train", "--resume", "nowhere", cwd=tmp_path)
+    assert refused.returncode == 2 and "nowhere: not a training run" in refused.stderr
 
 
 @pytest.mark.parametrize(
@@ -184,7 +192,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_finishes(corpus, tmp_path):
         (["--data", "latin1.txt"], "latin1.txt: not UTF-8 text (byte 3, line 1)"),
         (["--data", "missing.txt"], "missing.txt: no such file or folder"),
         (["--out", "afile/run", "--data", "short.txt"], "afile/run"),
-        (["--resume", "nowhere"], "nowhere: not a training run"),
+        (["--resume", "nowhere"], "so --preset cannot apply"),
         (["n_layers=2"], "did you mean 'n_layer'"),
     ],
 )

@@ -74,7 +74,16 @@ def config_from_hf(hf: dict, source: str = "config.json") -> GPTConfig:
             f"{source}: n_inner={n_inner} is not supported (gptlab's MLP is 4 * n_embd = "
             f"{4 * hf['n_embd']} wide)"
         )
-    extra = hf.get("gptlab", {})
+    extra = hf.get("gptlab") or {}
+    if not isinstance(extra, dict):
+        raise GptlabError(f"{source}: 'gptlab' must be an object, got {extra!r}")
+    try:
+        return _gpt_config(hf, extra)
+    except GptlabError as e:
+        raise GptlabError(f"{source}: {e}") from None
+
+
+def _gpt_config(hf: dict, extra: dict) -> GPTConfig:
     return GPTConfig(
         vocab_size=hf["vocab_size"],
         block_size=hf.get("n_positions", hf.get("n_ctx")),

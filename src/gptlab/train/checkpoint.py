@@ -13,6 +13,7 @@ checkpoint's, replaced atomically.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -95,14 +96,32 @@ def _link_into(src: Path, dst: Path) -> None:
     atomic_write(dst, write)
 
 
-def _check_fields(path: Path, obj, fields: dict[str, type]) -> None:
-    if not isinstance(obj, dict):
-        raise GptlabError(f"{path}: damaged checkpoint (not a dictionary)")
-    for name, kind in fields.items():
-        value = obj.get(name)
-        if not isinstance(value, kind) or isinstance(value, bool):
-            kind_name = kind.__name__
-            raise GptlabError(f"{path}: damaged checkpoint ({name!r} missing or not {kind_name})")
+def _check_state(path: Path, state) -> None:
+    """state.json as the trainer wrote it: counters that are whole and not negative, times
+    and losses that are numbers (a loss may be null)."""
+    if not isinstance(state, dict):
+        raise GptlabError(f"{path}: damaged checkpoint (not a JSON object)")
+
+    def number(v) -> bool:
+        return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+    checks = {
+        "step": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+        "tokens": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+        "elapsed_s": lambda v: v is None or (number(v) and v >= 0),
+        "best_val_loss": lambda v: v is None or number(v),
+        "last_val_loss": lambda v: v is None or number(v),
+    }
+    for name, ok in checks.items():
+        if (name in ("step", "tokens") and name not in state) or not ok(state.get(name)):
+            raise GptlabError(f"{path}: damaged checkpoint ({name} = {state.get(name)!r})")
+
+
+def _check_trainer_state(path: Path, trainer_state) -> None:
+    if not isinstance(trainer_state, dict) or not isinstance(
+        trainer_state.get("optimizer"), dict
+    ) or not isinstance(trainer_state.get("data_generator"), torch.Tensor):
+        raise GptlabError(f"{path}: damaged checkpoint (optimizer or data state missing)")
 
 
 def load(out: Path) -> tuple[GPT, dict[str, Any], dict[str, Any]]:
@@ -117,10 +136,12 @@ def load(out: Path) -> tuple[GPT, dict[str, Any], dict[str, Any]]:
         state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
         trainer_state = torch.load(folder / "trainer.pt", map_location="cpu", weights_only=True)
     except Exception as e:  # missing, truncated, garbage: OSError, ValueError, pickle errors
-        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise GptlabError(f"{folder}: cannot read the checkpoint ({text})") from None
-    _check_fields(folder / "state.json", state, {"step": int, "tokens": int})
-    _check_fields(folder / "trainer.pt", trainer_state,
-                  {"optimizer": dict, "data_generator": torch.Tensor})  # fmt: skip
+        if isinstance(e, OSError | ValueError):  # a file's or JSON's own words
+            why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        else:  # torch.load's text suggests unsafe loading: not advice to repeat
+            why = "trainer.pt is not a checkpoint PyTorch can read safely"
+        raise GptlabError(f"{folder}: cannot read the checkpoint ({why})") from None
+    _check_state(folder / "state.json", state)
+    _check_trainer_state(folder / "trainer.pt", trainer_state)
     model = GPT.from_pretrained(folder)
     return model, trainer_state, state

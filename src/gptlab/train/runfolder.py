@@ -53,12 +53,16 @@ def check_writable(out: Path, overwrite: bool) -> None:
 
 
 def claim(out: Path) -> None:
-    """Create OUT if needed and mark it as a gptlab run; one clear line if that fails."""
+    """Create OUT if needed (one clear line if that fails); mark() makes it a run later."""
     try:
         out.mkdir(parents=True, exist_ok=True)
-        (out / MARK).write_text("a gptlab training run; see train.toml\n", encoding="utf-8")
     except OSError as e:
         raise GptlabError(f"{out}: cannot write there ({e.strerror or e})") from None
+
+
+def mark(out: Path) -> None:
+    """Mark OUT as a gptlab run: from now on gptlab may write there without --overwrite."""
+    (out / MARK).write_text("a gptlab training run; see train.toml\n", encoding="utf-8")
 
 
 def clear_run(out: Path) -> None:

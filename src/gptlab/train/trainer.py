@@ -56,53 +56,74 @@ class TrainResult:
 
 def resolve_data(
     config: TrainConfig, out: Path, d: Dist, progress: bool, resume: bool = False
-) -> PreparedData:
-    """A prepared folder as it is; a built-in name or text files prepared into OUT/data, a
+) -> _Data:
+    """A prepared folder as it is; a built-in name or text files prepared for OUT/data, a
     cache reused while its key (the text's content, the tokenizer, the split) is unchanged.
 
+    Newly prepared data waits in OUT/.data.tmp until the run commits to it (`_Data.commit`,
+    once model and settings are checked too), so a run that fails leaves OUT/data as it was.
     OUT/data is replaced only when gptlab made it (its meta.json carries the key); a resumed
     run refuses data whose vocabulary differs from the run's own."""
     path = Path(config.data)
     if (path / META_FILE).is_file():
         if resume:
             _check_same_vocabulary(path, out, config.data)
-        return PreparedData(path)
+        return _Data(PreparedData(path), d)
     if config.data not in BUILTIN and not path.exists() and not config.data.startswith("hf:"):
         raise GptlabError(f"{config.data}: no such file or folder (nor a built-in corpus)")
-    cache = out / "data"
+    cache, tmp = out / "data", out / ".data.tmp"
     # Fine-tuning reads text with the pretrained model's own tokenizer unless told otherwise.
     tokenizer = config.tokenizer
     if config.init_from != "scratch" and tokenizer == "char":
         tokenizer = config.init_from
 
-    def refresh_cache() -> None:
+    def refresh() -> None:
         key = data_key(config.data, tokenizer, config.val_fraction)
-        meta = _read_meta(cache)
-        if meta.get("cache_key") != key:
-            if cache.exists() and not _is_our_cache(cache):
-                raise GptlabError(
-                    f"{cache}: a folder gptlab did not make; it is where this run keeps its "
-                    "prepared data, so move it away or train into another --out"
-                )
-            tmp = out / ".data.tmp"
-            if tmp.exists():
-                shutil.rmtree(tmp)
-            try:
-                prepare(config.data, tmp, tokenizer, config.val_fraction, progress=progress)
-                meta = _read_meta(tmp)
-                meta.update(tokenizer_name=tokenizer, cache_key=key)
-                atomic_write_text(tmp / META_FILE, json.dumps(meta, indent=2) + "\n")
-                if resume:
-                    _check_same_vocabulary(tmp, out, config.data)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
-            if cache.exists():
-                shutil.rmtree(cache)
-            os.replace(tmp, cache)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        if _read_meta(cache).get("cache_key") == key:
+            return
+        if cache.exists() and not _is_our_cache(cache):
+            raise GptlabError(
+                f"{cache}: a folder gptlab did not make; it is where this run keeps its "
+                "prepared data, so move it away or train into another --out"
+            )
+        try:
+            prepare(config.data, tmp, tokenizer, config.val_fraction, progress=progress)
+            meta = _read_meta(tmp)
+            meta.update(tokenizer_name=tokenizer, cache_key=key)
+            atomic_write_text(tmp / META_FILE, json.dumps(meta, indent=2) + "\n")
+            if resume:
+                _check_same_vocabulary(tmp, out, config.data)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
-    on_main(d, refresh_cache)  # a failure here (bad text, say) stops every rank with its line
-    return PreparedData(cache)
+    on_main(d, refresh)  # a failure here (bad text, say) stops every rank with its line
+    pending = tmp.is_dir()
+    return _Data(PreparedData(tmp if pending else cache), d, (tmp, cache) if pending else None)
+
+
+class _Data:
+    """The run's prepared data, and the move that makes newly prepared data the run's own."""
+
+    def __init__(self, data: PreparedData, d: Dist, move: tuple[Path, Path] | None = None):
+        self.data, self.d, self.move = data, d, move
+
+    def commit(self) -> PreparedData:
+        if self.move is not None:
+            tmp, cache = self.move
+            if self.d.is_main:
+                if cache.exists():
+                    shutil.rmtree(cache)
+                os.replace(tmp, cache)
+            self.d.barrier()
+            self.data, self.move = PreparedData(cache), None
+        return self.data
+
+    def discard(self) -> None:
+        if self.move is not None and self.d.is_main:
+            shutil.rmtree(self.move[0], ignore_errors=True)
 
 
 def data_key(source: str, tokenizer: str, val_fraction: float) -> str:
@@ -271,14 +292,22 @@ def _train(model_config, config, device, d: Dist, resume, overwrite, progress, s
 
 
 def _train_locked(model_config, config, device, d, resume, overwrite, progress, started, out):
-    data = resolve_data(config, out, d, progress and d.is_main, resume)
-    tokenizer = data.tokenizer()
-    model, model_config, saved = _build_model(model_config, config, data, out, resume)
-    data.check_block_size(model_config.block_size)
+    pending = resolve_data(config, out, d, progress and d.is_main, resume)
+    try:
+        data = pending.data
+        tokenizer = data.tokenizer()
+        model, model_config, saved = _build_model(model_config, config, data, out, resume)
+        data.check_block_size(model_config.block_size)
+    except BaseException:
+        pending.discard()
+        raise
+    # Only now, with the new run's settings, data and model sound, does anything change in
+    # OUT: the data moves in, and the previous run's files go (there is one only if
+    # --overwrite was given, or one cut short before its first checkpoint).
+    data = pending.commit()
+    if d.is_main:
+        runfolder.mark(out)
     if d.is_main and not resume:
-        # only now, with the new run's settings, data and model sound: the previous run's
-        # files go (there is one only if --overwrite was given, or one cut short before its
-        # first checkpoint)
         runfolder.clear_run(out)
     if d.is_main and resume:
         _drop_metrics_after(out, saved[1]["step"])
