@@ -38,3 +38,55 @@ def test_toml_round_trip(tmp_path):
     (tmp_path / "bad.toml").write_text("lr = = 1")
     with pytest.raises(GptlabError, match="bad.toml: not valid TOML"):
         load_toml(str(tmp_path / "bad.toml"))
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("lr", "nan", "lr must be a finite number"),
+        ("lr", "inf", "lr must be a finite number"),
+        ("weight_decay", "nan", "weight_decay must be a finite number"),
+        ("beta1", "2", "beta1 must be in [0, 1)"),
+        ("beta2", "-0.1", "beta2 must be in [0, 1)"),
+        ("threads", "-3", "threads must be >= 0"),
+        ("grad_clip", "-1", "grad_clip must be >= 0"),
+        ("warmup_iters", "-1", "warmup_iters must be >= 0"),
+        ("max_time", "nan", "max_time must be a finite number"),
+        ("layer_norm_eps", "-1", "layer_norm_eps must be > 0"),
+        ("dropout", "nan", "dropout must be a finite number"),
+        ("n_layer", "2.5", "n_layer must be an integer"),
+    ],
+)
+def test_every_field_is_checked_where_it_is_set(key, value, message):
+    with pytest.raises(GptlabError) as info:
+        apply_settings(GPTConfig(), TrainConfig(), {key: value})
+    assert message in str(info.value)
+
+
+def test_toml_values_of_the_wrong_type_are_one_line(tmp_path):
+    for line, message in [('n_layer = "two"', "n_layer must be an integer"),
+                          ("lr = true", "lr must be a finite number"),
+                          ("out = 5", "out must be text")]:  # fmt: skip
+        (tmp_path / "t.toml").write_text(line + "\n")
+        with pytest.raises(GptlabError, match=message):
+            apply_settings(GPTConfig(), TrainConfig(), load_toml(str(tmp_path / "t.toml")))
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+FIELDS = ["lr", "n_layer", "dropout", "beta1", "max_iters", "compile", "dtype", "max_time",
+          "padded_vocab_size", "threads", "out", "nonsense"]  # fmt: skip
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.sampled_from(FIELDS), st.one_of(st.text(max_size=12),
+       st.integers(), st.floats(), st.booleans(), st.none()), max_size=4))  # fmt: skip
+def test_any_settings_give_a_config_or_one_clear_error(pairs):
+    """key=value text or TOML values of any kind: valid configs, or a GptlabError."""
+    try:
+        model, train = apply_settings(GPTConfig.preset("tiny"), TrainConfig(), pairs)
+    except GptlabError as e:
+        assert "\n" not in str(e)
+        return
+    assert isinstance(model, GPTConfig) and isinstance(train, TrainConfig)

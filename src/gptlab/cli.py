@@ -259,11 +259,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         started=started,
     )
-    if result.interrupted:
+    if result.interrupted:  # exit 130, as an interrupted sample: `train && eval` stops here
         print(
             f"stopped at step {result.step}; checkpoint saved. Resume with: "
             f"gptlab train --resume {result.out}"
         )
+        return 130
     else:
         val = f", val loss {result.last_val_loss:.4f}" if result.last_val_loss else ""
         print(f"done: {result.step} steps{val}; model in {result.out}")

@@ -153,6 +153,22 @@ class TrainConfig:
     seed: int = 1337
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # types first (TOML and key=value both reach here)
+            kind = {"int": int, "float": float, "bool": bool, "str": str}.get(str(f.type))
+            if kind is str:
+                if not isinstance(getattr(self, f.name), str):
+                    raise GptlabError(f"{f.name} must be text, got {getattr(self, f.name)!r}")
+            elif kind is not None:
+                _require(f.name, getattr(self, f.name), kind)
+        for name in ("warmup_iters", "lr_decay_iters", "log_interval", "threads", "seed"):
+            if getattr(self, name) < 0:
+                raise GptlabError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise GptlabError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        for name in ("weight_decay", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise GptlabError(f"{name} must be >= 0, got {getattr(self, name)}")
         positive = ("batch_size", "grad_accum", "max_iters", "eval_interval", "eval_iters")
         for name in positive:
             if getattr(self, name) < 1:
