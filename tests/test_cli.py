@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 
@@ -231,3 +232,12 @@ def test_the_readme_main_job_plans_to_its_budget_then_samples(tmp_path, capsys, 
     assert rows[-1]["step"] == n and rows[-1]["elapsed_s"] <= 12 * 1.5  # the budget held
     assert main(["sample", "out/shakespeare-char", "--max-new-tokens", "20"]) == 0
     assert len(capsys.readouterr().out) >= 20
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/mem"), reason="needs Linux's /proc")
+def test_an_unreadable_special_file_is_one_line(char_run, capsys):
+    """Reading /proc/self/mem fails with EIO: an OSError that is not 'no such file'."""
+    argv = ["sample", str(char_run), "--prompt-file", "/proc/self/mem", "--max-new-tokens", "1"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gptlab: error: /proc/self/mem") and err.count("\n") == 1

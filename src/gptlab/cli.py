@@ -549,8 +549,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GptlabError as e:
         print(f"gptlab: error: {e}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as e:
-        print(f"gptlab: error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+    except OSError as e:  # any file the user named: missing, unreadable, a device, a full disk
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"gptlab: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("gptlab: interrupted", file=sys.stderr)

@@ -114,7 +114,12 @@ def text_files(paths: Sequence[str | Path]) -> list[Path]:
 
 def read_text(path: Path) -> str:
     """A file as UTF-8; a file that is not says which byte is wrong and on which line."""
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except (FileNotFoundError, PermissionError, IsADirectoryError):
+        raise
+    except OSError as e:  # a device or special file that cannot be read as a whole
+        raise GptlabError(f"{path}: cannot read it ({e.strerror or e})") from None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
