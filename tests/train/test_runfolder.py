@@ -214,3 +214,14 @@ def test_prepare_never_writes_into_a_run_or_a_foreign_folder_unasked(text, tmp_p
                     cwd=tmp_path)  # fmt: skip
     assert result.returncode == 2 and "--val-fraction must be in (0, 1)" in result.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_a_state_json_with_nulls_still_resumes(text, tmp_path):
+    """Optional numbers may be null (as an older or hand-edited state.json has them)."""
+    out = tmp_path / "run"
+    train(MODEL, settings(text, out, max_iters=4), progress=False)
+    path = out / "checkpoint" / "state.json"
+    state = json.loads(path.read_text())
+    state.update(elapsed_s=None, best_val_loss=None, last_val_loss=None)
+    path.write_text(json.dumps(state))
+    assert train(MODEL, settings(text, out), resume=True, progress=False).step == 8

@@ -267,7 +267,7 @@ class _State:
     def load(self, saved: dict) -> None:
         self.step, self.tokens = saved["step"], saved["tokens"]
         self.best_val = saved.get("best_val_loss") or math.inf
-        self.elapsed_before = saved.get("elapsed_s", 0.0)
+        self.elapsed_before = saved.get("elapsed_s") or 0.0
 
 
 def _train(model_config, config, device, d: Dist, resume, overwrite, progress, started):
