@@ -154,7 +154,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         if not args.overwrite:
             what = "prepared data" if prepared else "files"
             raise GptlabError(f"{out} already holds {what}; pass --overwrite to replace them")
-        clash = [n for n in PREPARED_FILES if (out / n).exists()]
+        clash = [n for n in _prepared_files() if (out / n).exists()]
         if clash and not prepared:  # not ours: --overwrite must not replace a user's files
             raise GptlabError(
                 f"{out} holds {', '.join(clash)} but no prepared data; --overwrite replaces "
@@ -172,7 +172,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
                 progress=True)  # fmt: skip
         out.mkdir(parents=True, exist_ok=True)
         if prepared:  # the previous data's files, tokenizer included
-            for name in PREPARED_FILES:
+            for name in _prepared_files():
                 (out / name).unlink(missing_ok=True)
         for path in tmp.iterdir():
             if path.name != "meta.json":
@@ -191,8 +191,10 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-PREPARED_FILES = ("meta.json", "train.bin", "val.bin", "char_vocab.json", "vocab.json",
-                  "merges.txt", "gptlab_tokenizer.json")  # fmt: skip
+def _prepared_files() -> tuple[str, ...]:
+    from gptlab.tokenizers import TOKENIZER_FILES
+
+    return ("meta.json", "train.bin", "val.bin", *TOKENIZER_FILES)
 
 
 def _train_settings(args: argparse.Namespace):

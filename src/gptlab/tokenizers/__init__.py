@@ -5,11 +5,16 @@ from gptlab.tokenizers.base import IncrementalDecoder, Tokenizer
 from gptlab.tokenizers.bpe import PATTERNS, BPETokenizer, train_bpe
 from gptlab.tokenizers.char import CharTokenizer
 
+# Every file a tokenizer of any kind may be saved as or read from (what a folder's tokenizer is).
+TOKENIZER_FILES = ("char_vocab.json", "vocab.json", "merges.txt", "encoder.json", "vocab.bpe",
+                   "gptlab_tokenizer.json")  # fmt: skip
+
 __all__ = [
     "BPETokenizer",
     "CharTokenizer",
     "IncrementalDecoder",
     "PATTERNS",
+    "TOKENIZER_FILES",
     "Tokenizer",
     "train_bpe",
 ]

@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 from gptlab.errors import GptlabError
+from gptlab.tokenizers import TOKENIZER_FILES
 
 MARK = ".gptlab-run"
 LOCK = ".lock"
@@ -22,8 +23,7 @@ LOCK = ".lock"
 # handled by the trainer's resolve_data, which deletes it only when it made it).
 RUN_FILES = (
     "checkpoint", ".checkpoint.old", ".checkpoint.tmp", "best", "tb", "metrics.jsonl",
-    "loss.png", "train.toml", "config.json", "model.safetensors",
-    "char_vocab.json", "vocab.json", "merges.txt", "gptlab_tokenizer.json",
+    "loss.png", "train.toml", "config.json", "model.safetensors", *TOKENIZER_FILES,
 )  # fmt: skip
 # Saved work: weights. A folder with train.toml or metrics.jsonl but no weights holds a start
 # that was cut short before its first checkpoint; a new run may take its place.

@@ -29,6 +29,7 @@ from gptlab.errors import GptlabError
 from gptlab.fileio import atomic_write_text
 from gptlab.hardware import resolve_device, resolve_dtype
 from gptlab.model import GPT
+from gptlab.tokenizers import TOKENIZER_FILES
 from gptlab.train import checkpoint, faults, runfolder
 from gptlab.train.distributed import (
     Dist,
@@ -156,10 +157,6 @@ def data_key(source: str, tokenizer: str, val_fraction: float) -> str:
                 add(name)
                 h.update((folder / name).read_bytes())
     return h.hexdigest()
-
-
-TOKENIZER_FILES = ("char_vocab.json", "vocab.json", "merges.txt", "encoder.json", "vocab.bpe",
-                   "gptlab_tokenizer.json")  # fmt: skip
 
 
 def _is_our_cache(cache: Path) -> bool:
