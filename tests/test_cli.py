@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from gptlab import GPT, GPTConfig
+from gptlab import GPT, GPTConfig, Tokenizer, train_bpe
 from gptlab.cli import main
 
 
@@ -241,3 +241,82 @@ def test_an_unreadable_special_file_is_one_line(char_run, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("gptlab: error: /proc/self/mem") and err.count("\n") == 1
+
+
+def test_convert_carries_the_tokenizer_so_the_copy_can_sample(char_run, tmp_path, capsys):
+    out = tmp_path / "converted"
+    assert main(["convert", str(char_run), str(out)]) == 0
+    assert (out / "char_vocab.json").read_bytes() == (char_run / "char_vocab.json").read_bytes()
+    argv = ["sample", "{}", "--prompt", "To be", "--max-new-tokens", "20", "--seed", "5"]
+    capsys.readouterr()
+    assert main([a.format(char_run) for a in argv]) == 0
+    original = capsys.readouterr().out
+    assert main([a.format(out) for a in argv]) == 0
+    assert capsys.readouterr().out == original  # the same model and vocabulary
+    # --overwrite with a model that has another vocabulary leaves none of the old one behind
+    other = tmp_path / "bpe_model"
+    tok = train_bpe(["To be, or not to be\n" * 20], 270)
+    GPT(GPTConfig.preset("tiny", vocab_size=tok.vocab_size)).save_pretrained(other)
+    tok.save(other)
+    assert main(["convert", str(other), str(out), "--overwrite"]) == 0
+    assert not (out / "char_vocab.json").exists() and (out / "vocab.json").is_file()
+
+
+def test_convert_without_a_tokenizer_says_so(tmp_path, capsys):
+    GPT(GPTConfig.preset("tiny")).save_pretrained(tmp_path / "a")
+    assert main(["convert", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    assert "note: no tokenizer saved" in capsys.readouterr().out
+
+
+def test_a_prompt_longer_than_the_block_is_one_note_line(char_run, capsys):
+    argv = ["sample", str(char_run), "--prompt", "To be, or not " * 10, "--max-new-tokens", "2"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    note = "the prompt has 140 tokens; the model reads only the last 32 (its block_size)"
+    assert err == f"gptlab: note: {note}\n"
+
+
+def test_help_version_and_list_settings(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0
+    from gptlab import __version__
+
+    assert capsys.readouterr().out.startswith(f"gptlab {__version__} ")
+    with pytest.raises(SystemExit):
+        main(["sample", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for shown in ("(default: 500)", "(default: 0.8)", "(default: 1337)", "downloaded"):
+        assert shown in text
+    assert main(["train", "--list-settings", "--preset", "tiny", "n_layer=3", "lr=2e-3"]) == 0
+    rows = {line.split()[0]: line.split()[1] for line in capsys.readouterr().out.splitlines()
+            if line.startswith("  ")}  # fmt: skip
+    assert rows["n_layer"] == "3" and rows["lr"] == "0.002" and rows["out"] == "out/tiny"
+    import dataclasses
+
+    from gptlab.config import GPTConfig as G
+    from gptlab.config import TrainConfig
+
+    fields = [f.name for c in (G, TrainConfig) for f in dataclasses.fields(c)]
+    assert sorted(rows) == sorted(fields)  # every setting, each once
+
+
+def test_tokenizer_train_special_alone_means_none(tmp_path, capsys):
+    (tmp_path / "t.txt").write_text("to be or not to be\n" * 10)
+    out = tmp_path / "tok"
+    argv = ["tokenizer", "train", "--input", str(tmp_path / "t.txt"), "--vocab-size", "260",
+            "--out", str(out), "--special"]  # fmt: skip
+    assert main(argv) == 0
+    tok = Tokenizer.from_pretrained(out)
+    assert tok.special_tokens == {} and tok.eot_id is None
+
+
+def test_attention_redraws_its_own_figures_and_keeps_a_users_files(tmp_path, capsys):
+    figs = tmp_path / "figs"
+    assert main(["attention", "positional", "--out", str(figs), "--quick"]) == 0
+    assert main(["attention", "positional", "--out", str(figs), "--quick"]) == 0  # its own: fine
+    (figs / "mine.txt").write_text("keep me")
+    assert main(["attention", "positional", "--out", str(figs), "--quick"]) == 2
+    assert main(["attention", "positional", "--out", str(figs), "--quick", "--overwrite"]) == 0
+    assert (figs / "mine.txt").read_text() == "keep me"
+    assert sorted(p.name for p in figs.iterdir()) == ["mine.txt", "positional.png"]

@@ -14,8 +14,27 @@ DTYPES = ("float32", "bfloat16", "float16")
 RUN_DTYPES = ("auto", *DTYPES)  # auto: bfloat16 where the hardware computes it natively
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Help that shows each option's default, unless there is none or the text says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            default not in (None, False, argparse.SUPPRESS)
+            and "default" not in text
+            and action.option_strings
+        ):
+            text += " (default: %(default)s)"
+        return text
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one line (not usage + error) and exit code 2."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise GptlabError(f"{message} (see {self.prog} --help)")
@@ -25,6 +44,36 @@ def _dtype(name: str):
     import torch
 
     return getattr(torch, name)
+
+
+def _output_folder(
+    out: str, overwrite: bool, writes: Sequence[str], ask_to_replace: bool = True
+) -> Path:
+    """Check, before any work, that a command may write the files `writes` into OUT: OUT is
+    new, empty, or holds only such files (replacing them takes --overwrite where
+    `ask_to_replace`); a folder holding anything else is written to only with --overwrite,
+    which replaces `writes` and touches nothing else. A training run's folder is refused."""
+    from gptlab.train import runfolder
+
+    folder = Path(out)
+    if folder.exists() and not folder.is_dir():
+        raise GptlabError(f"{folder}: exists and is not a folder")
+    if not folder.is_dir():
+        return folder
+    if runfolder.is_training_run(folder):
+        raise GptlabError(f"{folder} is a training run's folder; write into another folder")
+    present = {p.name for p in folder.iterdir()}
+    foreign = sorted(present - set(writes))
+    if foreign and not overwrite:
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise GptlabError(
+            f"{folder} holds files gptlab did not write ({shown}); choose a new or empty folder, "
+            "or pass --overwrite to write into it (only gptlab's own files are replaced)"
+        )
+    ours = sorted(present & set(writes))
+    if ours and ask_to_replace and not overwrite:
+        raise GptlabError(f"{folder} already holds {', '.join(ours)}; pass --overwrite to replace")
+    return folder
 
 
 # ----------------------------------------------------------------------------- info
@@ -79,13 +128,29 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     from gptlab.model import GPT
+    from gptlab.tokenizers import TOKENIZER_FILES, Tokenizer
 
-    out = Path(args.out)
-    if (out / "model.safetensors").exists() and not args.overwrite:
-        raise GptlabError(f"{out} already holds model.safetensors; pass --overwrite to replace it")
+    out = _output_folder(
+        args.out, args.overwrite, ("config.json", "model.safetensors", *TOKENIZER_FILES)
+    )
     model = GPT.from_pretrained(args.model, dtype=_dtype(args.dtype))
+    try:
+        tok = Tokenizer.from_pretrained(args.model)
+    except GptlabError as e:  # weights without a vocabulary: convert them, and say so
+        tok, missing = None, e
+    if tok is not None and tok.vocab_size > model.config.vocab_size:
+        raise GptlabError(
+            f"{args.model}: the tokenizer has {tok.vocab_size} ids but the model only "
+            f"{model.config.vocab_size}"
+        )
     model.save_pretrained(out)
+    if tok is not None:
+        for name in TOKENIZER_FILES:  # the old vocabulary must not outlive an --overwrite
+            (out / name).unlink(missing_ok=True)
+        tok.save(out)
     print(f"saved {model.num_params():,} parameters ({args.dtype}) to {out}")
+    if tok is None:
+        print(f"note: no tokenizer saved ({missing}); {out} cannot sample text until one is")
     return 0
 
 
@@ -102,16 +167,16 @@ def read_texts(paths: Sequence[str]) -> list[tuple[Path, str]]:
 def cmd_tokenizer_train(args: argparse.Namespace) -> int:
     import time
 
-    from gptlab.tokenizers import train_bpe
+    from gptlab.tokenizers import TOKENIZER_FILES, train_bpe
 
-    out = Path(args.out)
-    if (out / "vocab.json").exists() and not args.overwrite:
-        raise GptlabError(f"{out} already holds vocab.json; pass --overwrite to replace it")
+    out = _output_folder(args.out, args.overwrite, TOKENIZER_FILES)
     texts = read_texts(args.input)
     start = time.perf_counter()
     specials = args.special if args.special is not None else ["<|endoftext|>"]
     tok = train_bpe((t for _, t in texts), args.vocab_size, specials, args.pattern)
     seconds = time.perf_counter() - start
+    for name in TOKENIZER_FILES:  # an --overwrite leaves no file of the old vocabulary
+        (out / name).unlink(missing_ok=True)
     tok.save(out)
     size = sum(len(t.encode("utf-8")) for _, t in texts)
     print(
@@ -162,6 +227,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
             )
     if not 0.0 < args.val_fraction < 1.0:
         raise GptlabError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
+    if args.workers is not None and args.workers < 1:
+        raise GptlabError(f"--workers must be at least 1, got {args.workers}")
     source = args.input or "shakespeare"
     # Prepared beside OUT, then moved in: a failure leaves OUT as it was.
     tmp = out.parent / f".{out.name}.prepare.tmp"
@@ -253,6 +320,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     model_config, train_config = _train_settings(args)
+    if args.list_settings:
+        return _list_settings(args, model_config, train_config)
     result = train(
         model_config,
         train_config,
@@ -273,6 +342,28 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _list_settings(args: argparse.Namespace, model_config, train_config) -> int:
+    """Print every setting with the value this command line gives it, and what it means."""
+    from gptlab.config import PRESETS, describe_settings
+
+    rows = describe_settings(model_config, train_config)
+    width = max(len(name) for _, name, _, _ in rows)
+    where = f"the run in {args.resume}" if args.resume else f"preset {args.preset}"
+    print(f"settings for {where}, with this command's changes (set any with key=value):")
+    section = None
+    for part, name, value, meaning in rows:
+        if part != section:
+            print(f"[{part}]")
+            section = part
+        shown = {True: "true", False: "false", None: "unset"}.get(value, value)  # TOML's words
+        print(f"  {name:<{width}}  {shown!s:<22} {meaning}")
+    print(f"presets: {', '.join(PRESETS)}")
+    return 0
+
+
+MAX_SAMPLES = 1000  # one command's limit: a typo such as 100000000 should not run for a day
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
@@ -284,8 +375,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     check_sampling(args.temperature, args.top_k, args.top_p)
     if args.max_new_tokens < 0:
         raise GptlabError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
-    if args.num_samples < 1:
-        raise GptlabError(f"--num-samples must be at least 1, got {args.num_samples}")
+    if not 1 <= args.num_samples <= MAX_SAMPLES:
+        raise GptlabError(f"--num-samples must be in 1..{MAX_SAMPLES}, got {args.num_samples}")
     device = resolve_device(args.device)
     dtype = _dtype(resolve_dtype(args.dtype, device))
     model = GPT.from_pretrained(args.model, device=device, dtype=dtype)
@@ -351,6 +442,8 @@ def cmd_eval_perplexity(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise GptlabError(f"--batch-size must be at least 1, got {args.batch_size}")
     path = Path(args.input)
+    if path.is_dir():
+        raise GptlabError(f"{path}: is a folder; --input takes one text file")
     if not path.is_file():
         raise GptlabError(f"{path}: no such file")
     model, tok = _model_and_tokenizer(args)
@@ -393,6 +486,8 @@ def cmd_attention(args: argparse.Namespace) -> int:
     names = [args.demo] if args.demo != "all" else [n for n in DEMOS if n != "gpt2"]
     if args.demo == "all" and args.model:
         names.append("gpt2")
+    # figures are cheap to redraw: a folder of them is replaced without asking
+    _output_folder(args.out, args.overwrite, [f"{n}.png" for n in DEMOS], ask_to_replace=False)
     for name in names:
         kwargs = {"quick": args.quick}
         if name == "gpt2":
@@ -405,13 +500,32 @@ def cmd_attention(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- main
 
 
+HUB_HELP = (
+    "run or model folder, or a hub name (gpt2, gpt2-medium, ...: OpenAI's weights, downloaded "
+    "from the Hugging Face hub once)"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    import platform
+
+    from gptlab import __version__
+
     parser = _Parser(prog="gptlab", description=__doc__)
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"gptlab {__version__} (Python {platform.python_version()})",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
     p = sub.add_parser("info", help="shape and parameter count of a preset or a model folder")
-    p.add_argument("model", help="preset name (gpt2, gpt2-medium, ...) or model folder")
+    p.add_argument(
+        "model",
+        help="preset name (gpt2, gpt2-medium, ...: the shape only, nothing is downloaded) or "
+        "model folder",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=cmd_info)
 
@@ -419,7 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
         "convert",
         help="a Hugging Face folder, hub name or gptlab folder -> a folder both can load",
     )
-    p.add_argument("model", help="model folder or hub name (gpt2, gpt2-medium, ...)")
+    p.add_argument("model", help=HUB_HELP)
     p.add_argument("out", help="output folder (config.json + model.safetensors)")
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="weights' dtype on disk")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model in OUT")
@@ -442,7 +556,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train or fine-tune a GPT (the main job)")
     p.add_argument(
-        "--preset", default=None, help="model + training preset (default: shakespeare-char)"
+        "--preset",
+        default=None,
+        help="model + training preset (default: shakespeare-char); the gpt2 presets are shapes "
+        "trained from scratch: to fine-tune OpenAI's weights, set init_from=gpt2",
     )
     p.add_argument("--config", metavar="FILE.toml", help="settings file ([model], [train])")
     p.add_argument("--data", help="prepared data folder, text file/folder, or 'shakespeare'")
@@ -450,6 +567,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="OUT", help="continue the run in OUT")
     p.add_argument("--overwrite", action="store_true", help="replace the run in OUT")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--list-settings",
+        action="store_true",
+        help="print every setting with its value for this command line, then exit",
+    )
     p.add_argument(
         "settings",
         nargs="*",
@@ -459,15 +581,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_train)
 
     p = sub.add_parser("sample", help="generate text from a run folder or a pretrained model")
-    p.add_argument("model", help="run/model folder, or a hub name (gpt2, ...)")
+    p.add_argument("model", help=HUB_HELP)
     p.add_argument("--prompt", default="", help="text to continue (default: start afresh)")
-    p.add_argument("--prompt-file", help="read the prompt from a file")
-    p.add_argument("--num-samples", type=int, default=1)
-    p.add_argument("--max-new-tokens", type=int, default=500)
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--prompt-file", help="read the prompt from a UTF-8 file")
+    p.add_argument(
+        "--num-samples", type=int, default=1, help=f"samples to draw, at most {MAX_SAMPLES}"
+    )
+    p.add_argument("--max-new-tokens", type=int, default=500, help="tokens to add per sample")
+    p.add_argument(
+        "--temperature", type=float, default=0.8, help="0 = greedy; higher = more varied"
+    )
+    p.add_argument("--top-k", type=int, default=None, help="sample from the k likeliest tokens")
+    p.add_argument(
+        "--top-p", type=float, default=None, help="sample from the smallest set holding mass p"
+    )
+    p.add_argument("--seed", type=int, default=1337, help="random seed of the sampler")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
     p.add_argument(
         "--dtype",
@@ -486,7 +614,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("multiple-choice", "HellaSwag-format accuracy", cmd_eval_multiple_choice),
     ):
         e = esub.add_parser(name, help=helptext)
-        e.add_argument("model", help="run/model folder, or a hub name (gpt2, ...)")
+        e.add_argument("model", help=HUB_HELP)
         e.add_argument("--json", action="store_true", help="print one JSON object")
         e.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
         e.add_argument(
@@ -515,6 +643,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="gpt2 demo: run folder or pretrained name (default gpt2)")
     p.add_argument("--prompt", default="", help="gpt2 demo: the text to look at")
     p.add_argument("--layer", type=int, default=0, help="gpt2 demo: which layer")
+    p.add_argument(
+        "--overwrite", action="store_true", help="draw into a folder that holds other files too"
+    )
     p.set_defaults(run=cmd_attention)
 
     p = sub.add_parser("tokenizer", help="train a BPE vocabulary, or encode text with one")
@@ -525,7 +656,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--vocab-size", type=int, required=True, help="ids in all (>= 256 + specials)")
     t.add_argument("--out", required=True, help="folder for vocab.json + merges.txt")
     t.add_argument(
-        "--special", nargs="*", metavar="TOKEN", help="special tokens (default: <|endoftext|>)"
+        "--special",
+        nargs="*",
+        metavar="TOKEN",
+        help="special tokens (default: <|endoftext|>; --special alone: none)",
     )
     t.add_argument("--pattern", choices=("gpt2", "gpt4"), default="gpt2", help="pre-tokenizer")
     t.add_argument("--overwrite", action="store_true", help="replace a vocabulary in OUT")
@@ -538,23 +672,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+def _say(line: str) -> None:
+    """One line on stderr, on a line of its own: progress bars still drawn are closed first."""
     try:
-        args, extra = parser.parse_known_args(argv)
-        # key=value settings may come between or after options (argparse alone wants them last)
-        if extra and hasattr(args, "settings") and not any(a.startswith("-") for a in extra):
-            args.settings = [*args.settings, *extra]
-        elif extra:
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        return args.run(args)
-    except GptlabError as e:
-        print(f"gptlab: error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # any file the user named: missing, unreadable, a device, a full disk
-        where = f"{e.filename}: " if e.filename else ""
-        print(f"gptlab: error: {where}{e.strerror or e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("gptlab: interrupted", file=sys.stderr)
-        return 130
+        from tqdm import tqdm
+
+        for bar in list(getattr(tqdm, "_instances", ())):
+            bar.close()
+    except Exception:  # never let tidying up hide the message itself
+        pass
+    print(line, file=sys.stderr, flush=True)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning is one line (`gptlab: note: ...`), not Python's two lines of source."""
+    origin = "" if "gptlab" in str(filename) else f"{category.__name__}: "
+    _say(f"gptlab: note: {origin}{message}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import warnings
+
+    parser = build_parser()
+    with warnings.catch_warnings():  # restored on return: main() may run inside a program
+        warnings.showwarning = _show_warning
+        try:
+            args, extra = parser.parse_known_args(argv)
+            # key=value settings may come between or after options (argparse wants them last)
+            if extra and hasattr(args, "settings") and not any(a.startswith("-") for a in extra):
+                args.settings = [*args.settings, *extra]
+            elif extra:
+                parser.error(f"unrecognized arguments: {' '.join(extra)}")
+            return args.run(args)
+        except GptlabError as e:
+            _say(f"gptlab: error: {e}")
+            return 2
+        except OSError as e:  # any file the user named: missing, unreadable, a device, full disk
+            where = f"{e.filename}: " if e.filename else ""
+            _say(f"gptlab: error: {where}{e.strerror or e}")
+            return 2
+        except KeyboardInterrupt:
+            _say("gptlab: interrupted")
+            return 130

@@ -119,37 +119,34 @@ class TrainConfig:
     """Everything about a training run except the network's shape (that is GPTConfig).
 
     The global batch of one optimizer step is batch_size x grad_accum sequences of block_size
-    tokens, however many processes share it.
+    tokens, however many processes share it. SETTINGS_HELP says what each field means
+    (`gptlab train --list-settings` prints it).
     """
 
-    data: str = "shakespeare"  # built-in corpus name, text file/folder, or prepared data folder
-    tokenizer: str = "char"  # char, gpt2, or a tokenizer folder (for text that needs preparing)
-    val_fraction: float = 0.1  # the last 10% of the token stream is the validation split
+    data: str = "shakespeare"
+    tokenizer: str = "char"
+    val_fraction: float = 0.1
     out: str = "out/shakespeare-char"
-    init_from: str = "scratch"  # or a pretrained name / model folder to fine-tune
+    init_from: str = "scratch"
     batch_size: int = 12
     grad_accum: int = 1
     lr: float = 1e-3
     min_lr: float = 1e-4
     warmup_iters: int = 100
-    lr_decay_iters: int = 2000  # cosine from lr to min_lr, reached at this step
-    weight_decay: float = 0.1  # on 2-D weights only (matrices, embeddings)
+    lr_decay_iters: int = 2000
+    weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.99
-    grad_clip: float = 1.0  # 0 = off
+    grad_clip: float = 1.0
     max_iters: int = 2000
     eval_interval: int = 250
     eval_iters: int = 20
     log_interval: int = 10
-    # seconds for the whole command, data preparation included; > 0 times the first steps and
-    # then sets max_iters (at most the one given) and lr_decay_iters to fit. 0 = no budget.
     max_time: float = 0.0
-    # auto: bfloat16 autocast where the hardware computes it natively, else float32 (hardware.py);
-    # or float32, bfloat16, float16 (CUDA only, with a grad scaler)
     dtype: str = "auto"
     compile: bool = False
-    device: str = "auto"  # auto: cuda, then mps, then cpu
-    threads: int = 0  # CPU threads for torch; 0 = torch's default
+    device: str = "auto"
+    threads: int = 0
     seed: int = 1337
 
     def __post_init__(self) -> None:
@@ -183,6 +180,56 @@ class TrainConfig:
             raise GptlabError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.lr <= 0 or self.min_lr < 0:
             raise GptlabError(f"lr must be > 0 and min_lr >= 0, got {self.lr}, {self.min_lr}")
+
+
+# One line per setting, for `gptlab train --list-settings` and for readers of the dataclasses.
+SETTINGS_HELP: dict[str, str] = {
+    "vocab_size": "token ids the model reads and predicts (set from the data when training)",
+    "block_size": "longest sequence the model reads (Hugging Face: n_positions)",
+    "n_layer": "transformer blocks",
+    "n_head": "attention heads per block (n_embd must divide by it)",
+    "n_embd": "width of the residual stream",
+    "dropout": "dropout probability while training, in [0, 1)",
+    "bias": "biases in linear layers and LayerNorms (GPT-2: true)",
+    "layer_norm_eps": "LayerNorm's epsilon",
+    "padded_vocab_size": "a larger embedding table (e.g. 50304) for faster matmuls; unset = none",
+    "data": "built-in corpus name, text file/folder, prepared data folder, or hf:NAME",
+    "tokenizer": "char, gpt2, or a tokenizer folder (for text that needs preparing)",
+    "val_fraction": "the last part of the token stream held out for validation, in (0, 1)",
+    "out": "the run folder",
+    "init_from": "scratch, or a pretrained name / model folder to fine-tune",
+    "batch_size": "sequences per forward pass on each process",
+    "grad_accum": "forward passes per optimizer step",
+    "lr": "peak learning rate",
+    "min_lr": "learning rate at the end of the cosine decay",
+    "warmup_iters": "steps of linear warmup",
+    "lr_decay_iters": "step at which the cosine decay reaches min_lr",
+    "weight_decay": "AdamW weight decay, on 2-D weights only (matrices, embeddings)",
+    "beta1": "AdamW beta1, in [0, 1)",
+    "beta2": "AdamW beta2, in [0, 1)",
+    "grad_clip": "clip the gradient norm to this; 0 = off",
+    "max_iters": "optimizer steps",
+    "eval_interval": "steps between evaluations and checkpoints",
+    "eval_iters": "batches per evaluation",
+    "log_interval": "steps between progress lines",
+    "max_time": "seconds for the whole command (the first steps are timed and max_iters fitted"
+    "); 0 = none",
+    "dtype": "auto (bfloat16 where the hardware computes it natively, else float32), float32, "
+    "bfloat16, or float16 (CUDA only)",
+    "compile": "torch.compile the model",
+    "device": "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps",
+    "threads": "CPU threads for torch; 0 = torch's default",
+    "seed": "random seed (data order, initialisation, dropout)",
+}
+
+
+def describe_settings(model: GPTConfig, train: TrainConfig) -> list[tuple[str, str, object, str]]:
+    """Every setting as (section, name, value, help), in the order of the dataclasses."""
+    return [
+        (section, f.name, getattr(config, f.name), SETTINGS_HELP[f.name])
+        for section, config in (("model", model), ("train", train))
+        for f in dataclasses.fields(config)
+    ]
 
 
 # Training settings of the presets (the model side is PRESETS[name]). dtype is left at auto:
@@ -304,10 +351,16 @@ def load_toml(path: str) -> dict:
         raise GptlabError(f"{path}: no such file") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise GptlabError(f"{path}: not valid TOML ({e})") from None
+    import difflib
+
     flat = {}
     for key, value in data.items():
         if isinstance(value, dict) and key in ("model", "train"):
             flat.update(value)
+        elif isinstance(value, dict):  # a table: only [model] and [train] exist
+            close = difflib.get_close_matches(key, ["model", "train"], n=1)
+            hint = f"; did you mean [{close[0]}]?" if close else ""
+            raise GptlabError(f"{path}: unknown section [{key}] (sections: [model], [train]){hint}")
         else:
             flat[key] = value
     return flat

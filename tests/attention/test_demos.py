@@ -1,10 +1,16 @@
-"""Each demo draws a real PNG of the expected size (tiny training budgets)."""
+"""Each demo draws what it says: the numbers behind every panel are checked (rows of attention
+weights sum to 1, causal maps are zero above the diagonal, the positional table is the sine /
+cosine formula), and the PNG is written at its fixed size with a picture in it."""
 
+import math
 import struct
 
+import numpy as np
 import pytest
+import torch
 
 from gptlab import GPT, CharTokenizer, GPTConfig
+from gptlab.attention import demos
 from gptlab.attention.demos import DEMOS, DPI, FIGSIZES
 from gptlab.cli import main
 
@@ -22,23 +28,129 @@ def expected(name):
     return round(w * DPI), round(h * DPI)
 
 
-@pytest.mark.parametrize("name", ["pooling", "scoring", "multihead", "positional", "bahdanau"])
-def test_toolkit_demo_draws_a_png(name, tmp_path):
-    path = DEMOS[name](tmp_path, quick=True)
-    assert path == tmp_path / f"{name}.png"
+@pytest.fixture
+def drawn(monkeypatch):
+    """The matplotlib figures the demos save, kept for inspection: {name: figure}."""
+    figures = {}
+    save = demos._save
+
+    def keep(fig, out, name):
+        figures[name] = fig
+        return save(fig, out, name)
+
+    monkeypatch.setattr(demos, "_save", keep)
+    return figures
+
+
+def heatmaps(fig):
+    """The arrays of every heatmap panel (NaN where the panel leaves a cell blank)."""
+    return [np.ma.filled(ax.images[0].get_array().astype(float), np.nan)
+            for ax in fig.axes if ax.images]  # fmt: skip
+
+
+def assert_rows_are_distributions(weights):
+    w = np.nan_to_num(weights, nan=0.0)
+    assert (w >= 0).all()
+    np.testing.assert_allclose(w.sum(axis=-1), 1.0, atol=1e-5)
+
+
+def assert_causal(weights):
+    assert np.allclose(np.triu(weights, k=1), 0.0), "a query attends to a later key"
+
+
+def assert_a_picture(path, name):
+    import matplotlib.pyplot as plt
+
     assert png_size(path) == expected(name)
-    assert path.stat().st_size > 10_000  # drawn, not blank
+    pixels = plt.imread(path)[..., :3].reshape(-1, 3)
+    colours = np.unique((pixels * 255).astype(np.uint8), axis=0)
+    assert len(colours) > 50, "the image is (nearly) blank"
 
 
-def test_gpt2_demo_on_a_run_folder(tmp_path, capsys):
+def test_pooling_draws_the_regression_and_its_weights(tmp_path, drawn):
+    from gptlab.attention.pooling import synthetic_task
+
+    path = DEMOS["pooling"](tmp_path, quick=True)
+    assert_a_picture(path, "pooling")
+    fig = drawn["pooling"]
+    _, _, x_test, truth = synthetic_task()
+    line = next(ln for ln in fig.axes[0].lines if ln.get_label() == "truth")
+    np.testing.assert_allclose(line.get_ydata(), truth.numpy(), rtol=1e-6)
+    plain, learned = heatmaps(fig)
+    assert plain.shape == learned.shape == (len(x_test), 50)
+    assert_rows_are_distributions(plain)
+    assert_rows_are_distributions(learned)
+    # a Gaussian kernel puts each query's largest weight on the nearest training x
+    assert np.abs(np.diff(plain.argmax(axis=1))).max() <= 3
+
+
+def test_scoring_masks_the_padded_keys(tmp_path, drawn):
+    path = DEMOS["scoring"](tmp_path, quick=True)
+    assert_a_picture(path, "scoring")
+    additive, dot = heatmaps(drawn["scoring"])
+    for weights in (additive, dot):
+        assert weights.shape == (4, 10)
+        assert np.isnan(weights[:, 6:]).all() and not np.isnan(weights[:, :6]).any()
+        assert_rows_are_distributions(weights)
+    assert not np.allclose(additive[:, :6], dot[:, :6])  # two scoring functions, two pictures
+
+
+def test_multihead_heads_are_causal_and_differ(tmp_path, drawn):
+    path = DEMOS["multihead"](tmp_path, quick=True)
+    assert_a_picture(path, "multihead")
+    maps = heatmaps(drawn["multihead"])
+    assert len(maps) == 4
+    for weights in maps:
+        assert weights.shape == (12, 12)
+        assert_causal(weights)
+        assert_rows_are_distributions(weights)
+    assert not np.allclose(maps[0], maps[1])
+
+
+def test_positional_table_is_the_sine_cosine_formula(tmp_path, drawn):
+    path = DEMOS["positional"](tmp_path, quick=True)
+    assert_a_picture(path, "positional")
+    table, similarity = heatmaps(drawn["positional"])
+    assert table.shape == (64, 32)
+    pos, i = 5, 3
+    angle = pos / 10000 ** (2 * i / 32)
+    assert table[pos, 2 * i] == pytest.approx(math.sin(angle), abs=1e-6)
+    assert table[pos, 2 * i + 1] == pytest.approx(math.cos(angle), abs=1e-6)
+    # the similarity of two positions depends only on how far apart they are
+    np.testing.assert_allclose(similarity[10, 13], similarity[40, 43], rtol=1e-5)
+    np.testing.assert_allclose(similarity, table @ table.T, rtol=1e-5, atol=1e-5)
+
+
+def test_bahdanau_alignments_are_distributions_over_the_source(tmp_path, drawn):
+    path = DEMOS["bahdanau"](tmp_path, quick=True)
+    assert_a_picture(path, "bahdanau")
+    fig = drawn["bahdanau"]
+    maps = heatmaps(fig)
+    assert [m.shape[1] for m in maps] == [4, 3, 2, 4]  # one column per digit of 4072 913 58 1600
+    for weights in maps:
+        assert_rows_are_distributions(weights)
+    assert "held-out exact match" in fig._suptitle.get_text()
+
+
+def test_gpt2_demo_on_a_run_folder(tmp_path, capsys, drawn):
     folder = tmp_path / "model"
     tok = CharTokenizer.from_text("To be, or not to be, that is the question")
-    GPT(GPTConfig.preset("tiny", vocab_size=tok.vocab_size, n_head=4)).save_pretrained(folder)
+    model = GPT(GPTConfig.preset("tiny", vocab_size=tok.vocab_size, n_head=4)).eval()
+    model.save_pretrained(folder)
     tok.save(folder)
+    prompt = "To be, or not"
     argv = ["attention", "gpt2", "--model", str(folder), "--out", str(tmp_path / "fig"),
-            "--prompt", "To be, or not"]  # fmt: skip
+            "--prompt", prompt, "--layer", "1"]  # fmt: skip
     assert main(argv) == 0
-    path = tmp_path / "fig" / "gpt2.png"
-    assert png_size(path) == expected("gpt2") and path.stat().st_size > 10_000
-    assert main(argv + ["--layer", "9"]) == 2
+    assert_a_picture(tmp_path / "fig" / "gpt2.png", "gpt2")
+    maps = heatmaps(drawn["gpt2"])
+    want = model.attention_maps(torch.tensor([tok.encode(prompt)]))[1][0]
+    assert len(maps) == 4
+    for h, weights in enumerate(maps):
+        assert_causal(weights)
+        assert_rows_are_distributions(weights)
+        np.testing.assert_allclose(weights, want[h].numpy(), rtol=1e-5, atol=1e-6)
+    labels = [t.get_text() for t in drawn["gpt2"].axes[0].get_xticklabels()]
+    assert labels == list(prompt)
+    assert main(argv[:-1] + ["9"]) == 2
     assert "layer must be in [0, 1]" in capsys.readouterr().err

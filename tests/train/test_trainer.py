@@ -102,11 +102,15 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(corpus, tmp_path, mon
         return result
 
     monkeypatch.setattr(GPT, "forward", forward)
-    with pytest.raises(GptlabError, match="the loss became nan at step 7; stopped without saving"):
+    with pytest.raises(GptlabError, match="the loss became nan at step 7; stopped") as raised:
         train(MODEL, settings(corpus, out), progress=False)
+    assert "the last good checkpoint in" in str(raised.value)
     state = json.loads((out / "checkpoint" / "state.json").read_text())
     assert state["step"] == 4
     assert torch.isfinite(next(iter(weights(out / "checkpoint").values()))).all()
+    calls["n"] = 6  # the next run's first step is already NaN: there is no checkpoint to name
+    with pytest.raises(GptlabError, match=r"at step 1; .*\(no checkpoint had been saved yet\)"):
+        train(MODEL, settings(corpus, tmp_path / "other"), progress=False)
 
 
 def test_fine_tune_from_a_saved_model(corpus, tmp_path):
@@ -273,3 +277,27 @@ def test_time_budget_fixes_max_iters_and_trains_as_that_many_steps_would(corpus,
     train(MODEL, settings(corpus, tmp_path / "plain", **explicit), progress=False)
     a, b = weights(tmp_path / "budget"), weights(tmp_path / "plain")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_trains_on_a_saved_hf_dataset_and_its_cache_follows_the_content(tmp_path, monkeypatch):
+    """data=hf:FOLDER (a dataset saved by `datasets`): trained on, and the prepared cache is
+    keyed by the dataset's content, so an edited dataset is prepared again."""
+    import datasets  # in the dev extra: a missing one fails, never skips
+
+    from gptlab.train.trainer import data_key
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    saved = tmp_path / "saved"
+
+    def save(text: str) -> None:
+        datasets.Dataset.from_dict({"text": [text] * 30}).save_to_disk(str(saved))
+
+    save("to be or not to be\n")
+    key = data_key(f"hf:{saved}", "char", 0.1)
+    out = tmp_path / "run"
+    config = settings(f"hf:{saved}", out, max_iters=2, eval_interval=2)
+    train(GPTConfig(block_size=8, n_layer=1, n_head=2, n_embd=16), config, progress=False)
+    chars = json.loads((out / "char_vocab.json").read_text())["chars"]
+    assert chars == sorted(set("to be or not to be\n"))  # the dataset's text, nothing else
+    save("a wholly different text\n")
+    assert data_key(f"hf:{saved}", "char", 0.1) != key

@@ -128,8 +128,11 @@ def read_text(path: Path) -> str:
 
 
 def iter_documents(source: str | Sequence[str]) -> Iterator[Document]:
-    """Documents of a source: "shakespeare", "hf:NAME[:SPLIT[:COLUMN]]" (needs the optional
-    `datasets` package and a network), or text files and folders (read one at a time)."""
+    """Documents of a source: "shakespeare", "hf:NAME[:SPLIT[:COLUMN]]" (see
+    parse_hub_source; needs the optional `datasets` package, and a network for hub names), or
+    text files and folders (read one at a time)."""
+    if not isinstance(source, str) and len(source) == 1:  # `--input hf:NAME` comes as a list
+        source = str(source[0])
     if isinstance(source, str):
         if source in BUILTIN:
             yield from shakespeare()
@@ -142,17 +145,61 @@ def iter_documents(source: str | Sequence[str]) -> Iterator[Document]:
         yield Document(str(path), read_text(path))
 
 
+def parse_hub_source(source: str) -> dict[str, str | None]:
+    """A source "hf:NAME[:SPLIT[:COLUMN]]", where any part after NAME may also be written key=value
+    (config=, split=, column=) -> {"name", "config", "split", "column"}.
+    hf:wikitext:config=wikitext-2-raw-v1:split=test reads WikiText-2's test split."""
+    name, *parts = source.removeprefix("hf:").split(":")
+    spec: dict[str, str | None] = {"name": name, "config": None, "split": "train",
+                                   "column": "text"}  # fmt: skip
+    positional = ["split", "column"]
+    for part in parts:
+        key, eq, value = part.partition("=")
+        if not eq:
+            if not positional:
+                raise GptlabError(f"{source}: too many parts (hf:NAME[:SPLIT[:COLUMN]])")
+            key, value = positional.pop(0), part
+        elif key not in ("config", "split", "column"):
+            raise GptlabError(f"{source}: unknown part {key!r} (config=, split=, column=)")
+        elif key in positional:
+            positional.remove(key)
+        if not value:
+            raise GptlabError(f"{source}: empty {key}")
+        spec[key] = value
+    if not name:
+        raise GptlabError(f"{source}: no dataset name (hf:NAME[:SPLIT[:COLUMN]])")
+    return spec
+
+
 def _hub_dataset(source: str) -> Iterator[Document]:
-    name, split, column = (source.removeprefix("hf:").split(":") + ["train", "text"])[:3]
+    """Rows of a Hugging Face dataset: a hub name, a local dataset folder, or a folder written
+    by `datasets`' save_to_disk."""
+    spec = parse_hub_source(source)
+    name, split, column = spec["name"], spec["split"], spec["column"]
     try:
         import datasets
     except ImportError:
-        raise GptlabError(f"{source}: reading a hub dataset needs `pip install datasets`") from None
+        raise GptlabError(
+            f"{source}: reading a Hugging Face dataset needs the `datasets` package "
+            "(pip install 'gptlab[datasets]')"
+        ) from None
     try:
-        rows = datasets.load_dataset(name, split=split, streaming=True)
-    except Exception as e:  # offline, unknown name, ...
+        saved = Path(name)
+        if (saved / "dataset_dict.json").is_file() or (saved / "state.json").is_file():
+            rows = datasets.load_from_disk(str(saved))  # save_to_disk's folder
+            if isinstance(rows, datasets.DatasetDict):
+                if split not in rows:
+                    raise GptlabError(f"{source}: no split {split!r} (has {', '.join(rows)})")
+                rows = rows[split]
+        else:
+            rows = datasets.load_dataset(name, spec["config"], split=split, streaming=True)
+    except GptlabError:
+        raise
+    except Exception as e:  # offline, unknown name, a configuration needed, ...
         raise GptlabError(f"{source}: cannot load the dataset ({type(e).__name__}: {e})") from e
     for i, row in enumerate(rows):
         if column not in row:
             raise GptlabError(f"{source}: rows have no column {column!r} ({', '.join(row)})")
+        if not isinstance(row[column], str):
+            raise GptlabError(f"{source}: column {column!r} is not text")
         yield Document(f"{name}[{i}]", row[column])

@@ -133,6 +133,10 @@ def prepare(
     """Tokenize a source ("shakespeare", text files or folders, "hf:NAME") into `out_dir`."""
     from tqdm import tqdm
 
+    if workers is not None and (isinstance(workers, bool) or workers < 1):
+        raise GptlabError(f"workers must be at least 1 (or None: every core), got {workers}")
+    if not 0.0 < val_fraction < 1.0:
+        raise GptlabError(f"val_fraction must be in (0, 1), got {val_fraction}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if not isinstance(tokenizer, Tokenizer):

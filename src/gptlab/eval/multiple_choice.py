@@ -37,7 +37,13 @@ class Example:
 
 
 def read_examples(path: str | Path, limit: int | None = None) -> list[Example]:
+    """The examples of a HellaSwag-format JSONL file (the first `limit`, if given); any bad
+    line is a GptlabError naming the file and the line."""
     path = Path(path)
+    if limit is not None and limit < 1:
+        raise GptlabError(f"--limit must be at least 1, got {limit}")
+    if path.is_dir():
+        raise GptlabError(f"{path}: is a folder, not a JSONL file")
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
@@ -69,9 +75,12 @@ def read_examples(path: str | Path, limit: int | None = None) -> list[Example]:
             raise GptlabError(f"{where}: 'endings' must be a list of at least 2 strings")
         if not all(isinstance(e, str) for e in endings) or not isinstance(context, str):
             raise GptlabError(f"{where}: context and endings must be strings")
+        empty = [i for i, e in enumerate(endings) if not e.strip()]
+        if empty:  # nothing to score: every model would "choose" it with probability 1
+            raise GptlabError(f"{where}: ending {empty[0]} is empty")
         if isinstance(label, str) and label.isdigit():
             label = int(label)
-        if not isinstance(label, int) or not 0 <= label < len(endings):
+        if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label < len(endings):
             raise GptlabError(
                 f"{where}: label {label!r} is not an index into the {len(endings)} endings"
             )

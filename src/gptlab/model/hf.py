@@ -172,7 +172,12 @@ def _read_weight_file(path: Path) -> dict[str, torch.Tensor]:
         except RuntimeError:  # legacy (pre-zip) format cannot be memory-mapped
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise GptlabError(f"{path}: cannot read PyTorch weights ({_first_line(e)})") from e
+        # torch's own message may advise weights_only=False, i.e. running the file's code: a
+        # corrupt or untrusted file is exactly where that must not be suggested
+        reason = _first_line(e)
+        if "weights_only" in reason or "Weights only" in reason:
+            reason = "not a plain PyTorch checkpoint of tensors: corrupt, or holds code"
+        raise GptlabError(f"{path}: cannot read PyTorch weights ({reason})") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise GptlabError(f"{path}: expected a dictionary of tensors")
     return state

@@ -64,7 +64,7 @@ class BPETokenizer(Tokenizer):
         self.merges = list(merges)
         self.special_tokens = dict(special_tokens or {})
         self.pattern = pattern
-        self._regex = regex.compile(PATTERNS.get(pattern, pattern))
+        self._regex = _compile_pattern(pattern)
         missing = [b for b in range(256) if bytes([b]) not in self.ranks]
         if missing:
             raise GptlabError(f"a byte-level vocabulary needs all 256 bytes; missing {missing[:5]}")
@@ -85,7 +85,10 @@ class BPETokenizer(Tokenizer):
         self._eot_id = self.special_tokens.get(eot_token) if eot_token else None
         self._merge_rank = {pair: i for i, pair in enumerate(self.merges)}
         self._cache: dict[str, list[int]] = {}
-        self._core = self._tiktoken_encoding()
+        try:
+            self._core = self._tiktoken_encoding()
+        except ValueError as e:  # tiktoken's regex engine refuses a few valid `regex` patterns
+            raise GptlabError(f"pattern {pattern!r}: tiktoken cannot use it ({e})") from None
 
     # ------------------------------------------------------------------ interface
 
@@ -235,12 +238,7 @@ class BPETokenizer(Tokenizer):
             raise GptlabError(f"{directory}: no BPE files (looked for {names})")
         vocab_path, merges_path = files
         vocab = gpt2.read_vocab(vocab_path)
-        settings = {}
-        if (directory / CONFIG_FILE).is_file():
-            try:
-                settings = json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8"))
-            except ValueError as e:
-                raise GptlabError(f"{directory / CONFIG_FILE}: not valid JSON ({e})") from e
+        settings = _read_settings(directory / CONFIG_FILE, vocab)
         merges: list[tuple[bytes, bytes]] = []
         made: set[str] = set()
         for line, a, b in gpt2.read_merges(merges_path):
@@ -296,6 +294,64 @@ class _BytesDecoder(IncrementalDecoder):
         return self._utf8.decode(b"", final=True)
 
 
+# Text every pre-tokenizer pattern must cut into pieces that join back to it whole: a pattern
+# that skips any of it would make encode() drop text without a word.
+_COVERAGE_PROBE = "It's 2024: naïve café, 北京 €5.\n\n\tx  y \r\n'LL 123456 ?!... end "
+
+
+def _compile_pattern(pattern: str) -> regex.Pattern:
+    """A key of PATTERNS or a regular expression, checked to cover all text."""
+    if not isinstance(pattern, str) or not pattern:
+        raise GptlabError(f"pattern must be {' or '.join(PATTERNS)} or a regular expression")
+    try:
+        compiled = regex.compile(PATTERNS.get(pattern, pattern))
+    except regex.error as e:
+        raise GptlabError(f"pattern {pattern!r} is not a regular expression ({e})") from None
+    pieces = compiled.findall(_COVERAGE_PROBE)
+    if not all(isinstance(p, str) for p in pieces) or "".join(pieces) != _COVERAGE_PROBE:
+        raise GptlabError(
+            f"pattern {pattern!r} does not cover all text (encode would drop what it skips; "
+            f"known patterns: {', '.join(PATTERNS)})"
+        )
+    return compiled
+
+
+def _read_settings(path: Path, vocab: dict[str, int]) -> dict:
+    """gptlab_tokenizer.json, checked: {"pattern": str, "special_tokens": {token: id},
+    "eot_token": token or null}; {} where the file is absent (GPT-2's own files)."""
+    if not path.is_file():
+        return {}
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise GptlabError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(settings, dict):
+        raise GptlabError(f"{path}: expected a JSON object, got {type(settings).__name__}")
+    unknown = sorted(set(settings) - {"kind", "pattern", "special_tokens", "eot_token"})
+    if unknown:
+        raise GptlabError(f"{path}: unknown entries {unknown}")
+    if settings.get("kind", "bpe") != "bpe":
+        raise GptlabError(f"{path}: kind must be 'bpe', got {settings['kind']!r}")
+    if not isinstance(settings.get("pattern", "gpt2"), str):
+        raise GptlabError(f"{path}: pattern must be a string")
+    specials = settings.get("special_tokens")
+    if specials is not None:
+        if isinstance(specials, list) and all(isinstance(t, str) for t in specials):
+            specials = {t: vocab.get(t) for t in specials}
+        if not isinstance(specials, dict) or not all(
+            isinstance(t, str) and i is not None and vocab.get(t) == i for t, i in specials.items()
+        ):
+            raise GptlabError(
+                f"{path}: special_tokens must map tokens of the vocabulary to their ids"
+            )
+    eot = settings.get("eot_token", gpt2.EOT)
+    if eot is not None and not isinstance(eot, str):
+        raise GptlabError(f"{path}: eot_token must be a token or null")
+    if specials is not None and eot is not None and eot not in specials:
+        raise GptlabError(f"{path}: eot_token {eot!r} is not one of the special tokens")
+    return settings
+
+
 def _merge(parts: list, pair: tuple, new) -> list:
     """Replace every non-overlapping occurrence of `pair` in `parts`, left to right."""
     out = []
@@ -330,7 +386,12 @@ def train_bpe(
     Ids: 0-255 are the bytes themselves, merge i makes id 256 + i, special tokens come last.
     If the corpus runs out of pairs first, the vocabulary is smaller than asked.
     """
-    special_tokens = list(dict.fromkeys(special_tokens))
+    special_tokens = list(special_tokens)
+    if not all(isinstance(t, str) and t for t in special_tokens):
+        raise GptlabError("a special token must be a non-empty string")
+    twice = sorted({t for t in special_tokens if special_tokens.count(t) > 1})
+    if twice:
+        raise GptlabError(f"special token {twice[0]!r} is given more than once")
     if vocab_size < 256 + len(special_tokens):
         raise GptlabError(
             f"vocab_size={vocab_size} is too small: 256 byte tokens + {len(special_tokens)} "

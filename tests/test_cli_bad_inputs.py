@@ -1,0 +1,189 @@
+"""Bad input to every command: one line on stderr, exit 2, and nothing on disk changed.
+
+Each case runs `gptlab` in a workspace that holds a trained run, prepared data, a tokenizer, a
+user's own folder and files, and damaged copies of gptlab's files. The digest of every file in
+the workspace (names and bytes) must be the same after the command as before: a bad input
+neither deletes nor creates anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from gptlab.cli import main
+from gptlab.config import GPTConfig
+
+TEXT = "To be, or not to be: that is the question.\n" * 40
+
+
+def digest(root: Path) -> dict[str, str]:
+    """relative path -> sha256 of every file (and '<dir>' for every folder) under root."""
+    out = {}
+    for path in sorted(root.rglob("*")):
+        rel = str(path.relative_to(root))
+        out[rel] = "<dir>" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    from gptlab.config import TrainConfig
+    from gptlab.data import prepare
+    from gptlab.tokenizers import train_bpe
+    from gptlab.train import train
+
+    ws = tmp_path_factory.mktemp("workspace")
+    (ws / "text.txt").write_text(TEXT)
+    (ws / "other.txt").write_text("Zebras quietly jump over xylophones!\n" * 20)
+    (ws / "empty.txt").write_text("")
+    (ws / "latin1.txt").write_bytes("café".encode("latin-1"))
+    (ws / "afile").write_text("a user's file\n")
+    (ws / "notes").mkdir()
+    (ws / "notes" / "mine.txt").write_text("a user's notes\n")
+    config = TrainConfig(
+        data=str(ws / "text.txt"), out=str(ws / "run"), batch_size=4, max_iters=2,
+        eval_interval=2, eval_iters=1, threads=1,
+    )  # fmt: skip
+    train(GPTConfig.preset("tiny", block_size=32), config, progress=False)
+    prepare(str(ws / "text.txt"), ws / "prep", "char", progress=False)
+    train_bpe([TEXT], 280).save(ws / "tok")
+    for name, settings in {
+        "tok_list": [1, 2],
+        "tok_regex": {"pattern": "(["},
+        "tok_nope": {"pattern": "nope"},
+        "tok_eot": {"eot_token": "<|nothere|>", "special_tokens": {}},
+    }.items():
+        shutil.copytree(ws / "tok", ws / name)
+        (ws / name / "gptlab_tokenizer.json").write_text(json.dumps(settings))
+    (ws / "hfbad").mkdir()
+    shutil.copy(ws / "run" / "config.json", ws / "hfbad" / "config.json")
+    (ws / "hfbad" / "pytorch_model.bin").write_bytes(b"\x80\x02garbage" * 50)
+    example = {"ctx": "To be", "endings": [" or not", " the end"], "label": 0}
+    (ws / "mc.jsonl").write_text(json.dumps(example) + "\n")
+    (ws / "mc_empty.jsonl").write_text(json.dumps({**example, "endings": ["", " x"]}) + "\n")
+    (ws / "mc_bool.jsonl").write_text(json.dumps({**example, "label": True}) + "\n")
+    (ws / "typo.toml").write_text("[modle]\nn_layer = 2\n")
+    (ws / "nan.toml").write_text("[train]\nlr = nan\n")
+    return ws
+
+
+CASES = [
+    # info, convert
+    (["info", "gpt3"], "neither a preset"),
+    (["convert", "run", "afile"], "afile: exists and is not a folder"),
+    (["convert", "run", "notes"], "notes holds files gptlab did not write (mine.txt)"),
+    (["convert", "run", "run"], "run is a training run's folder"),
+    (["convert", "./missing", "o"], "missing: no such folder"),
+    (["convert", "hfbad", "o"], "not a plain PyTorch checkpoint"),
+    # prepare
+    (["prepare", "--input", "text.txt", "--out", "run"], "run is a training run's folder"),
+    (["prepare", "--input", "text.txt", "--out", "prep"], "prep already holds prepared data"),
+    (["prepare", "--input", "text.txt", "--out", "notes"], "notes already holds files"),
+    (["prepare", "--input", "text.txt", "--out", "afile"], "afile: exists and is not a folder"),
+    (["prepare", "--input", "text.txt", "--out", "o", "--val-fraction", "1.5"], "(0, 1)"),
+    (["prepare", "--input", "text.txt", "--out", "o", "--val-fraction", "0"], "(0, 1)"),
+    (["prepare", "--input", "text.txt", "--out", "o", "--workers", "0"], "--workers must be"),
+    (["prepare", "--input", "nope.txt", "--out", "o"], "nope.txt: no such file or folder"),
+    (["prepare", "--input", "latin1.txt", "--out", "o"], "latin1.txt: not UTF-8 text"),
+    (["prepare", "--input", "empty.txt", "--out", "o"], "empty"),
+    (["prepare", "--input", "hf:a:b:c:d", "--out", "o"], "too many parts"),
+    (["prepare", "--input", "hf:x:colour=red", "--out", "o"], "unknown part 'colour'"),
+    (["prepare", "--input", "text.txt", "--out", "o", "--tokenizer", "tok_nope"], "cover"),
+    # train
+    (["train", "--data", "nope.txt", "--out", "o"], "nope.txt: no such file or folder"),
+    (["train", "--data", "text.txt", "--out", "notes"], "a folder gptlab did not create"),
+    (["train", "--data", "nope.txt", "--out", "run", "--overwrite"], "no such file"),
+    (["train", "--data", "latin1.txt", "--out", "run", "--overwrite"], "not UTF-8"),
+    (["train", "--config", "typo.toml"], "did you mean [model]?"),
+    (["train", "--config", "nan.toml"], "lr"),
+    (["train", "--preset", "gpt5"], "unknown preset 'gpt5'"),
+    (["train", "lr=nan"], "lr"),
+    (["train", "lr=inf"], "lr"),
+    (["train", "beta1=2"], "beta1 must be in [0, 1)"),
+    (["train", "threads=-3"], "threads must be >= 0"),
+    (["train", "weight_decay=nan"], "weight_decay"),
+    (["train", "layer_norm_eps=-1"], "layer_norm_eps must be > 0"),
+    (["train", "grad_clip=-1"], "grad_clip must be >= 0"),
+    (["train", "warmup_iters=-1"], "warmup_iters must be >= 0"),
+    (["train", "n_embd=30", "n_head=4"], "not divisible"),
+    (["train", "learning_rate=1"], "did you mean 'lr'?"),
+    (["train", "--bogus"], "unrecognized arguments: --bogus"),
+    (["train", "--resume", "run", "--out", "x"], "--out cannot apply"),
+    (["train", "--resume", "run", "n_layer=4"], "n_layer cannot change"),
+    (["train", "--resume", "notes"], "not a training run"),
+    (["train", "--resume", "run", "data=other.txt"], "vocabulary"),
+    # sample
+    (["sample", "run", "--num-samples", "0"], "--num-samples must be in 1..1000"),
+    (["sample", "run", "--num-samples", "100000000"], "--num-samples must be in 1..1000"),
+    (["sample", "run", "--temperature", "-1"], "temperature must be >= 0"),
+    (["sample", "run", "--top-p", "1.5"], "top_p must be in (0, 1]"),
+    (["sample", "run", "--prompt", "Zebra"], "'Z' at position 0 is not in the vocabulary"),
+    (["sample", "run", "--prompt-file", "notes"], "notes"),
+    (["sample", "run", "--prompt-file", "nope.txt"], "nope.txt"),
+    (["sample", "run", "--prompt-file", "latin1.txt"], "not UTF-8"),
+    (["sample", "notes"], "no config.json"),
+    (["sample", "./missing"], "missing: no such folder"),
+    (["sample", "run", "--dtype", "int4"], "invalid choice: 'int4'"),
+    # eval
+    (["eval", "multiple-choice", "run", "--data", "mc.jsonl", "--limit", "0"], "--limit"),
+    (["eval", "multiple-choice", "run", "--data", "mc.jsonl", "--limit", "-1"], "--limit"),
+    (["eval", "multiple-choice", "run", "--data", "mc_empty.jsonl"], "ending 0 is empty"),
+    (["eval", "multiple-choice", "run", "--data", "mc_bool.jsonl"], "label True"),
+    (["eval", "multiple-choice", "run", "--data", "notes"], "notes: is a folder"),
+    (["eval", "perplexity", "run", "--input", "notes"], "notes: is a folder"),
+    (["eval", "perplexity", "run", "--input", "text.txt", "--stride", "0"], "stride"),
+    # attention
+    (["attention", "pooling", "--out", "afile"], "afile: exists and is not a folder"),
+    (["attention", "pooling", "--out", "notes"], "notes holds files gptlab did not write"),
+    (["attention", "gpt2", "--model", "./missing", "--out", "o"], "missing"),
+    # tokenizer
+    (["tokenizer", "train", "--input", "text.txt", "--vocab-size", "300", "--out", "afile"],
+     "afile: exists and is not a folder"),
+    (["tokenizer", "train", "--input", "text.txt", "--vocab-size", "300", "--out", "notes"],
+     "notes holds files gptlab did not write"),
+    (["tokenizer", "train", "--input", "text.txt", "--vocab-size", "300", "--out", "tok"],
+     "tok already holds"),
+    (["tokenizer", "train", "--input", "text.txt", "--vocab-size", "300", "--out", "run"],
+     "training run's folder"),
+    (["tokenizer", "train", "--input", "text.txt", "--vocab-size", "300", "--out", "o",
+      "--special", ""], "non-empty string"),
+    (["tokenizer", "train", "--input", "text.txt", "--vocab-size", "300", "--out", "o",
+      "--special", "<a>", "<a>"], "'<a>' is given more than once"),
+    (["tokenizer", "train", "--input", "text.txt", "--vocab-size", "10", "--out", "o"],
+     "too small"),
+    (["tokenizer", "encode", "tok_list", "hi"], "expected a JSON object, got list"),
+    (["tokenizer", "encode", "tok_regex", "hi"], "not a regular expression"),
+    (["tokenizer", "encode", "tok_nope", "hi"], "does not cover all text"),
+    (["tokenizer", "encode", "tok_eot", "hi"], "eot_token"),
+    (["tokenizer", "encode", "notes", "hi"], "no tokenizer files"),
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("argv, message", CASES, ids=[" ".join(a) for a, _ in CASES])
+def test_bad_input_is_one_line_exit_2_and_changes_nothing(
+    workspace, argv, message, capsys, monkeypatch
+):
+    monkeypatch.chdir(workspace)
+    before = digest(workspace)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    shown = err.split("\r")[-1]  # what a terminal shows: a progress bar is cleared by \r first
+    assert shown.startswith("gptlab: error: ") and err.count("\n") == 1, err
+    assert message in shown
+    assert digest(workspace) == before, "a bad input changed the workspace"
+
+
+def test_every_command_has_bad_input_cases():
+    """The table covers every sub-command the parser offers."""
+    from gptlab.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    tried = {argv[0] for argv, _ in CASES}
+    assert set(commands) <= tried
