@@ -251,7 +251,7 @@ def test_threads_setting_does_not_leak_out_of_train(corpus, tmp_path):
 
 
 def test_plan_iters_fits_steps_and_evaluations():
-    from gptlab.train.trainer import plan_iters
+    from gptlab.train.budget import plan_iters
 
     # 0.1 s a step, 1 s an evaluation (every 20 steps, and one at the end)
     def cost(n, done):
@@ -284,7 +284,7 @@ def test_trains_on_a_saved_hf_dataset_and_its_cache_follows_the_content(tmp_path
     keyed by the dataset's content, so an edited dataset is prepared again."""
     import datasets  # in the dev extra: a missing one fails, never skips
 
-    from gptlab.train.trainer import data_key
+    from gptlab.train.rundata import data_key
 
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     saved = tmp_path / "saved"
