@@ -367,10 +367,10 @@ MAX_SAMPLES = 1000  # one command's limit: a typo such as 100000000 should not r
 def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
-    from gptlab.generate import check_sampling, stream
+    from gptlab.generate import check_sampling, start_ids, stream
     from gptlab.hardware import resolve_device, resolve_dtype
     from gptlab.model import GPT
-    from gptlab.tokenizers import CharTokenizer, Tokenizer
+    from gptlab.tokenizers import Tokenizer
 
     check_sampling(args.temperature, args.top_k, args.top_p)
     if args.max_new_tokens < 0:
@@ -387,14 +387,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         prompt = read_text(Path(args.prompt_file))
     else:
         prompt = args.prompt
-    if prompt:
-        ids = tok.encode(prompt)
-    elif tok.eot_id is not None:  # GPT-2 vocabularies: start as after a document's end
-        ids = [tok.eot_id]
-    elif isinstance(tok, CharTokenizer) and "\n" in tok.chars:  # start as after a line
-        ids = tok.encode("\n")
-    else:
-        ids = [0]
+    ids = start_ids(tok, prompt)
     generator = torch.Generator(device=device).manual_seed(args.seed)
     idx = torch.tensor([ids], dtype=torch.long, device=device)
     for i in range(args.num_samples):

@@ -24,6 +24,20 @@ from gptlab.errors import GptlabError
 from gptlab.model.gpt import GPT, KVCache, few_rows_matmul
 
 
+def start_ids(tokenizer, prompt: str) -> list[int]:
+    """The ids sampling starts from: the prompt's, or, for no prompt, what a text starts
+    after (GPT-2's end-of-text token; a newline for a character vocabulary that has one)."""
+    from gptlab.tokenizers import CharTokenizer
+
+    if prompt:
+        return tokenizer.encode(prompt)
+    if tokenizer.eot_id is not None:
+        return [tokenizer.eot_id]
+    if isinstance(tokenizer, CharTokenizer) and "\n" in tokenizer.chars:
+        return tokenizer.encode("\n")
+    return [0]
+
+
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
     if temperature < 0:
         raise GptlabError(f"temperature must be >= 0, got {temperature}")
@@ -44,7 +58,15 @@ def sample_next(
     likeliest tokens; top_p keeps the smallest set whose probability reaches p."""
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
-    logits = logits.float() / temperature
+    probs = F.softmax(sample_filter(logits.float() / temperature, top_k, top_p), dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator)
+
+
+def sample_filter(
+    logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None
+) -> torch.Tensor:
+    """logits (B, V) -> the same with -inf outside the tokens top_k / top_p keep (what
+    sampling draws from, after temperature)."""
     if top_k is not None and top_k < logits.size(-1):
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -55,8 +77,7 @@ def sample_next(
         drop = probs.cumsum(dim=-1) - probs >= top_p
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    probs = F.softmax(logits, dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator)
+    return logits
 
 
 class _Head:

@@ -68,14 +68,22 @@ def same(a, b):
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.parametrize("save", [2, 3], ids=["step-8 save", "final save"])
 @pytest.mark.parametrize("stage", STAGES)
-def test_killed_inside_a_checkpoint_swap_resumes_exactly(stage, corpus, reference, tmp_path):
+def test_killed_inside_a_checkpoint_swap_resumes_exactly(
+    stage, save, corpus, reference, tmp_path
+):
+    """Killed inside the step-8 checkpoint, or inside the last one (after which the resumed
+    command has no step left to run, yet must leave the final weights in place)."""
     died = gptlab(tmp_path, *ARGS, "--data", str(corpus), "--out", "run",
-                  GPTLAB_FAULT=f"{stage}:2")  # dies inside the step-8 checkpoint  # fmt: skip
+                  GPTLAB_FAULT=f"{stage}:{save}")  # fmt: skip
     assert died.returncode == 137, died.stderr
     resumed = gptlab(tmp_path, "--resume", "run", "--no-progress")
     assert resumed.returncode == 0, resumed.stderr
     assert same(load_file(tmp_path / "run" / "model.safetensors"), reference)
+    state = json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())
+    if state["best_val_loss"] == state["last_val_loss"]:  # the final weights are the best
+        assert same(load_file(tmp_path / "run" / "best" / "model.safetensors"), reference)
     assert steps_logged(tmp_path / "run") == [4, 8, 12]
     assert not any((tmp_path / "run" / name).exists() for name in (".checkpoint.tmp", ".lock"))
 

@@ -327,6 +327,19 @@ class GPT(nn.Module):
             x = block(x)
         return maps
 
+    @torch.no_grad()
+    def residual_stream(self, idx: torch.Tensor) -> list[torch.Tensor]:
+        """The residual stream for ids (B, T): n_layer + 1 tensors (B, T, C), the embeddings
+        first, then the stream after each block (the last one before ln_f). The logit lens
+        reads each through ln_f and the head."""
+        pos = torch.arange(idx.size(1), device=idx.device)
+        x = self.transformer.wte(idx) + self.transformer.wpe(pos)
+        states = [x]
+        for block in self.transformer.h:
+            x = block(x)
+            states.append(x)
+        return states
+
     @classmethod
     def from_pretrained(
         cls,

@@ -39,8 +39,7 @@ def save(
     one complete checkpoint exists (checkpoint/, or .checkpoint.old/ mid-swap). A failed write
     (a full disk, say) is one line and leaves the previous checkpoint as it was."""
     tmp, final, old = out / ".checkpoint.tmp", out / CHECKPOINT_DIR, out / OLD_DIR
-    if not final.exists() and old.exists():  # a swap was cut short: the old one is current
-        os.replace(old, final)
+    _undo_cut_swap(out)
     if tmp.exists():
         shutil.rmtree(tmp)
     try:
@@ -71,6 +70,22 @@ def save(
     faults.point("linked")
 
 
+def finish_interrupted_save(out: Path, state: dict[str, Any], tokenizer=None) -> None:
+    """On resume: complete what a save killed after its swap may have left undone. The run
+    folder's model.safetensors and config.json are linked to the checkpoint again (a run
+    killed after the swap of its final checkpoint would otherwise keep the previous weights
+    there, since a finished run saves nothing more), and best/ is refreshed when the
+    checkpoint is the best (state.json says so before best/ is copied)."""
+    _undo_cut_swap(out)
+    for name in ("model.safetensors", "config.json"):
+        _link_into(out / CHECKPOINT_DIR / name, out / name)
+    if tokenizer is not None:
+        tokenizer.save(out)
+    best, last = state.get("best_val_loss"), state.get("last_val_loss")
+    if best is not None and best == last:
+        save_best(out, tokenizer)
+
+
 def save_best(out: Path, tokenizer=None) -> None:
     """Copy the current checkpoint's weights to OUT/best (a model folder of its own: a copy,
     not a link, so that damage to one file cannot reach the other)."""
@@ -81,6 +96,13 @@ def save_best(out: Path, tokenizer=None) -> None:
         atomic_write(best / name, lambda tmp, src=src: shutil.copyfile(src, tmp))
     if tokenizer is not None:
         tokenizer.save(best)
+
+
+def _undo_cut_swap(out: Path) -> None:
+    """A swap cut short after checkpoint/ moved aside: the old one is current again."""
+    final, old = out / CHECKPOINT_DIR, out / OLD_DIR
+    if not final.exists() and old.exists():
+        os.replace(old, final)
 
 
 def _link_into(src: Path, dst: Path) -> None:

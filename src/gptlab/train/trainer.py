@@ -175,6 +175,7 @@ def _train_locked(model_config, config, device, d, resume, overwrite, progress, 
         runfolder.mark(out)
         if resume:
             _drop_metrics_after(out, saved[1]["step"])
+            checkpoint.finish_interrupted_save(out, saved[1], data.tokenizer())
         else:
             runfolder.clear_run(out)
     run = _Run(model, model_config, config, data, saved, device, d, out, started)

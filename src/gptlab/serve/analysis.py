@@ -1,0 +1,197 @@
+"""What the web page shows, computed with the model's own code (no web here): tokens, the
+next-token table, attention maps, the logit lens, head diagnostics and head ablation.
+
+Every function takes a `Lab` (a model, its tokenizer and a lock) and token ids; the lock
+serialises the model's use, so one request's ablation hooks never reach another's forward.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from gptlab.errors import GptlabError
+from gptlab.generate import sample_filter
+from gptlab.model import GPT
+from gptlab.tokenizers import Tokenizer
+
+TOP = 10  # candidates in the next-token table
+
+
+@dataclass
+class Lab:
+    """One model the page looks at."""
+
+    model: GPT
+    tokenizer: Tokenizer
+    name: str
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.transformer.wte.weight.device
+
+    def tensor(self, ids: Sequence[int]) -> torch.Tensor:
+        return torch.tensor([list(ids)], dtype=torch.long, device=self.device)
+
+    def piece(self, i: int) -> str:
+        return self.tokenizer.decode([i])
+
+
+def tokens(lab: Lab, ids: Sequence[int]) -> list[dict]:
+    """Each id with the text it stands for: [{"id", "piece"}]."""
+    return [{"id": int(i), "piece": lab.piece(int(i))} for i in ids]
+
+
+@contextlib.contextmanager
+def ablated(model: GPT, heads: Sequence[tuple[int, int]]) -> Iterator[None]:
+    """Zero the output of each (layer, head) while inside: that head's slice of the input of
+    its layer's attention projection c_proj (B, T, C) is set to 0."""
+    hs = model.config.n_embd // model.config.n_head
+    by_layer: dict[int, list[int]] = {}
+    for layer, head in heads:
+        by_layer.setdefault(layer, []).append(head)
+
+    def hook_for(chosen: list[int]):
+        def zero_heads(module, args):
+            (y,) = args
+            y = y.clone()
+            for h in chosen:
+                y[..., h * hs : (h + 1) * hs] = 0
+            return (y,)
+
+        return zero_heads
+
+    handles = [
+        model.transformer.h[layer].attn.c_proj.register_forward_pre_hook(hook_for(chosen))
+        for layer, chosen in by_layer.items()
+    ]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@torch.no_grad()
+def next_tokens(
+    lab: Lab,
+    ids: Sequence[int],
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    position: int | None = None,
+    ablate: Sequence[tuple[int, int]] = (),
+) -> dict:
+    """The top candidates for the token after `position` (default: the last): each with its
+    probability as the model gives it and after temperature / top-k / top-p, as sampling
+    would draw it."""
+    position = len(ids) - 1 if position is None else position
+    with lab.lock, ablated(lab.model, ablate):
+        logits = lab.model(lab.tensor(ids[: position + 1])).logits[0, -1].float()
+    probs = torch.softmax(logits, dim=-1)
+    if temperature == 0:  # greedy: all of the mass on the argmax
+        after = torch.zeros_like(probs)
+        after[probs.argmax()] = 1.0
+    else:
+        after = torch.softmax(sample_filter(logits[None] / temperature, top_k, top_p)[0], -1)
+    top = torch.topk(probs, min(TOP, probs.numel()))
+    return {
+        "position": position,
+        "candidates": [
+            {"id": int(i), "piece": lab.piece(int(i)), "p": float(p), "p_sampled": float(after[i])}
+            for p, i in zip(top.values, top.indices, strict=True)
+        ],
+        "logits": logits,  # for callers in Python (the API drops it)
+    }
+
+
+@torch.no_grad()
+def attention(lab: Lab, ids: Sequence[int], layer: int) -> torch.Tensor:
+    """Layer `layer`'s attention weights for ids: (n_head, T, T), rows summing to 1."""
+    check_layer(lab, layer)
+    with lab.lock:
+        return lab.model.attention_maps(lab.tensor(ids))[layer][0].float()
+
+
+def shrink(maps: torch.Tensor, size: int) -> torch.Tensor:
+    """(nh, T, T) -> (nh, S, S) with S = min(T, size): the largest weight of each cell's
+    block (a thumbnail keeps a sharp diagonal visible)."""
+    T = maps.size(-1)
+    if T <= size:
+        return maps
+    edges = torch.linspace(0, T, size + 1).round().long().tolist()
+    rows = torch.stack([maps[:, a:b].amax(1) for a, b in zip(edges, edges[1:], strict=False)], 1)
+    return torch.stack([rows[..., a:b].amax(-1) for a, b in zip(edges, edges[1:], strict=False)], -1)
+
+
+@torch.no_grad()
+def logit_lens(lab: Lab, ids: Sequence[int]) -> list[list[dict]]:
+    """For the embeddings and each block's output: at each position, the token the model
+    would predict if the stream ended there (ln_f, then the head) and its probability.
+    (n_layer + 1) rows of T entries {"id", "piece", "p"}; the last row is the model's own."""
+    model = lab.model
+    with lab.lock:
+        states = model.residual_stream(lab.tensor(ids))
+        rows = []
+        for x in states:
+            logits = model.lm_head(model.transformer.ln_f(x))[0, :, : model.config.vocab_size]
+            p, top = torch.softmax(logits.float(), -1).max(-1)
+            rows.append([
+                {"id": int(i), "piece": lab.piece(int(i)), "p": round(float(q), 5)}
+                for q, i in zip(p, top, strict=True)
+            ])  # fmt: skip
+    return rows
+
+
+def _induction_sequence(lab: Lab, n: int) -> list[int]:
+    g = torch.Generator().manual_seed(0)
+    vocab = lab.model.config.vocab_size
+    half = torch.randint(vocab, (n,), generator=g).tolist()
+    return half + half
+
+
+@torch.no_grad()
+def head_scores(lab: Lab, ids: Sequence[int]) -> list[dict]:
+    """Per head, on ids: mean attention entropy (nats), previous-token score (mean weight on
+    position i - 1), sink score (mean weight on position 0); and, on a random sequence
+    repeated twice, the induction score (mean weight from position i of the repeat on the
+    token after i's earlier occurrence)."""
+    if len(ids) < 2:
+        raise GptlabError("head diagnostics need at least 2 tokens")
+    with lab.lock:
+        maps = lab.model.attention_maps(lab.tensor(ids))
+        n = max(2, min(50, lab.model.config.block_size // 2))
+        repeat = lab.model.attention_maps(lab.tensor(_induction_sequence(lab, n)))
+    rows = []
+    for layer, (a, r) in enumerate(zip(maps, repeat, strict=True)):
+        a, r = a[0].float(), r[0].float()  # (nh, T, T), (nh, 2n, 2n)
+        entropy = -(a * torch.log(a.clamp_min(1e-12))).sum(-1).mean(-1)
+        prev = a.diagonal(offset=-1, dim1=1, dim2=2).mean(-1)
+        sink = a[:, 1:, 0].mean(-1)
+        q = torch.arange(n, 2 * n)
+        induction = r[:, q, q - n + 1].mean(-1)
+        for h in range(a.size(0)):
+            rows.append({
+                "layer": layer, "head": h, "entropy": round(float(entropy[h]), 5),
+                "prev": round(float(prev[h]), 5), "sink": round(float(sink[h]), 5),
+                "induction": round(float(induction[h]), 5),
+            })  # fmt: skip
+    return rows
+
+
+def check_layer(lab: Lab, layer: int) -> None:
+    n = lab.model.config.n_layer
+    if not 0 <= layer < n:
+        raise GptlabError(f"layer must be in [0, {n - 1}], got {layer}")
+
+
+def check_head(lab: Lab, head: int) -> None:
+    n = lab.model.config.n_head
+    if not 0 <= head < n:
+        raise GptlabError(f"head must be in [0, {n - 1}], got {head}")
+
