@@ -161,6 +161,12 @@ CASES = [
     (["tokenizer", "encode", "tok_nope", "hi"], "does not cover all text"),
     (["tokenizer", "encode", "tok_eot", "hi"], "eot_token"),
     (["tokenizer", "encode", "notes", "hi"], "no tokenizer files"),
+    # serve (refused before anything listens)
+    (["serve", "./missing"], "missing: no such folder"),
+    (["serve", "notes"], "no config.json"),
+    (["serve", "run", "--port", "0"], "--port must be in 1..65535"),
+    (["serve", "run", "--max-generations", "0"], "--max-generations must be at least 1"),
+    (["serve", "run", "--compare", "./missing"], "missing: no such folder"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
 ]  # fmt: skip
 

@@ -490,6 +490,43 @@ def cmd_attention(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- serve
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import ipaddress
+
+    try:
+        import uvicorn
+
+        from gptlab.serve.app import Server, load_lab
+    except ImportError as e:
+        raise GptlabError(
+            f"gptlab serve needs the web extra (pip install 'gptlab[web]'): {e}"
+        ) from None
+    if not 1 <= args.port <= 65535:
+        raise GptlabError(f"--port must be in 1..65535, got {args.port}")
+    if args.max_generations < 1:
+        raise GptlabError(f"--max-generations must be at least 1, got {args.max_generations}")
+    models = [args.model, *([args.compare] if args.compare else [])]
+    labs = [load_lab(m, args.device, args.dtype) for m in models]
+    try:
+        loopback = ipaddress.ip_address(args.host).is_loopback
+    except ValueError:
+        loopback = args.host == "localhost"
+    if not loopback:
+        print(f"note: serving on {args.host}, not loopback: anyone who can reach this machine "
+              "can use the page and its API")  # fmt: skip
+    names = " and ".join(lab.name for lab in labs)
+    print(f"gptlab serve: {names} at http://{args.host}:{args.port}/ (Ctrl-C stops)", flush=True)
+    app = Server(labs, max_generations=args.max_generations).app()
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    except SystemExit as e:  # uvicorn exits when it cannot bind
+        raise GptlabError(f"cannot serve on {args.host}:{args.port} (in use?)") from e
+    return 0
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -640,6 +677,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true", help="draw into a folder that holds other files too"
     )
     p.set_defaults(run=cmd_attention)
+
+    p = sub.add_parser("serve", help="a local web page: generate and look inside the model")
+    p.add_argument("model", help=HUB_HELP)
+    p.add_argument("--compare", metavar="MODEL2", help="a second model, side by side")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback only)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
+    p.add_argument("--dtype", choices=RUN_DTYPES, default="auto", help="weights' dtype")
+    p.add_argument(
+        "--max-generations", type=int, default=2, help="generations at once (more get 429)"
+    )
+    p.set_defaults(run=cmd_serve)
 
     p = sub.add_parser("tokenizer", help="train a BPE vocabulary, or encode text with one")
     tsub = p.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)

@@ -125,8 +125,9 @@ def shrink(maps: torch.Tensor, size: int) -> torch.Tensor:
     if T <= size:
         return maps
     edges = torch.linspace(0, T, size + 1).round().long().tolist()
-    rows = torch.stack([maps[:, a:b].amax(1) for a, b in zip(edges, edges[1:], strict=False)], 1)
-    return torch.stack([rows[..., a:b].amax(-1) for a, b in zip(edges, edges[1:], strict=False)], -1)
+    cells = list(zip(edges, edges[1:], strict=False))
+    rows = torch.stack([maps[:, a:b].amax(1) for a, b in cells], 1)  # (nh, S, T)
+    return torch.stack([rows[..., a:b].amax(-1) for a, b in cells], -1)  # (nh, S, S)
 
 
 @torch.no_grad()

@@ -1,0 +1,374 @@
+"""`gptlab serve`: the JSON API and the page, as one ASGI app (Starlette).
+
+Every request that computes is a POST whose JSON body uses the command line's option names
+(FIELDS); a wrong type or value is a 422 with a one-line reason. The model is fixed when the
+app is made: no request names a file or a path. Generation streams server-sent events, at most
+`max_generations` at once (more get 429), and stops when the client goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import torch
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from gptlab.errors import GptlabError
+from gptlab.generate import check_sampling, start_ids, stream
+from gptlab.serve import analysis
+from gptlab.serve.analysis import Lab
+
+STATIC = Path(__file__).parent / "static"
+DOCS = Path(__file__).resolve().parents[3] / "docs"  # present in a source checkout
+THUMB = 48  # cells per side of a grid thumbnail
+
+# name -> (JSON type, default, description). The one list the validator, the OpenAPI schema and
+# the page share.
+FIELDS: dict[str, tuple[str, Any, str]] = {
+    "prompt": ("string", "", "the text (default: start afresh, as gptlab sample does)"),
+    "model": ("integer", 0, "0 = MODEL, 1 = the --compare model"),
+    "max_new_tokens": ("integer", 64, "tokens to generate, at most the model's block_size"),
+    "temperature": ("number", 0.8, "0 = greedy"),
+    "top_k": ("integer", None, "sample from the k likeliest tokens"),
+    "top_p": ("number", None, "sample from the smallest set holding mass p"),
+    "seed": ("integer", 1337, "random seed of the sampler"),
+    "layer": ("integer", 0, "a layer, from 0"),
+    "head": ("integer", None, "a head, from 0 (attention: all heads if absent)"),
+    "position": ("integer", None, "a position in the text (default: the last)"),
+    "thumb": ("boolean", False, "attention: small thumbnails (at most 48 x 48) of every head"),
+    "ablate": ("array", [], "heads to switch off, as [layer, head] pairs"),
+}
+ENDPOINTS: dict[str, tuple[str, list[str]]] = {
+    "/api/tokenize": ("the text's tokens", ["prompt", "model"]),
+    "/api/next": ("the next-token table", ["prompt", "model", "temperature", "top_k", "top_p",
+                                           "position", "ablate"]),  # fmt: skip
+    "/api/generate": ("generated tokens as server-sent events", ["prompt", "model",
+                      "max_new_tokens", "temperature", "top_k", "top_p", "seed"]),  # fmt: skip
+    "/api/attention": ("one layer's attention weights", ["prompt", "model", "layer", "head",
+                                                         "thumb"]),  # fmt: skip
+    "/api/lens": ("the logit lens", ["prompt", "model"]),
+    "/api/heads": ("per-head diagnostics", ["prompt", "model"]),
+}
+
+
+class BadRequest(Exception):
+    def __init__(self, message: str, status: int = 422) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _typed(name: str, value: Any) -> Any:
+    kind = FIELDS[name][0]
+    ok = {
+        "string": isinstance(value, str),
+        "integer": isinstance(value, int) and not isinstance(value, bool),
+        "number": isinstance(value, int | float) and not isinstance(value, bool),
+        "boolean": isinstance(value, bool),
+        "array": isinstance(value, list),
+    }[kind]
+    if value is None and FIELDS[name][1] is None:
+        return None
+    if not ok:
+        raise BadRequest(f"{name} must be a{'n' if kind[0] in 'aei' else ''} {kind}")
+    return float(value) if kind == "number" else value
+
+
+async def _body(request: Request, allowed: list[str]) -> dict[str, Any]:
+    """The JSON body, checked: known fields of the right type, defaults filled in."""
+    try:
+        raw = await request.json() if await request.body() else {}
+    except ValueError:
+        raise BadRequest("the body is not JSON") from None
+    if not isinstance(raw, dict):
+        raise BadRequest("the body must be a JSON object")
+    unknown = sorted(set(raw) - set(allowed))
+    if unknown:
+        raise BadRequest(f"unknown field {unknown[0]!r} (fields: {', '.join(allowed)})")
+    return {name: _typed(name, raw.get(name, FIELDS[name][1])) for name in allowed}
+
+
+class Server:
+    """The models and the limits; `app()` makes the ASGI app."""
+
+    def __init__(self, labs: list[Lab], max_generations: int = 2) -> None:
+        self.labs = labs
+        self.max_generations = max_generations
+        self.running = 0
+        self._count = threading.Lock()
+
+    # ------------------------------------------------------------------ helpers
+
+    def lab(self, body: dict) -> Lab:
+        i = body.get("model", 0)
+        if not 0 <= i < len(self.labs):
+            raise BadRequest(f"model must be in [0, {len(self.labs) - 1}], got {i}")
+        return self.labs[i]
+
+    def ids(self, lab: Lab, body: dict) -> list[int]:
+        try:
+            ids = start_ids(lab.tokenizer, body["prompt"])
+        except GptlabError as e:
+            raise BadRequest(str(e), 400) from None
+        block = lab.model.config.block_size
+        if len(ids) > block:
+            raise BadRequest(
+                f"the prompt has {len(ids)} tokens; this model reads at most {block}", 400
+            )
+        return ids
+
+    # ------------------------------------------------------------------ endpoints
+
+    async def info(self, request: Request) -> Response:
+        import dataclasses
+
+        return JSONResponse({
+            "models": [{"name": lab.name, **dataclasses.asdict(lab.model.config),
+                        "parameters": lab.model.num_params(),
+                        "tokenizer": lab.tokenizer.kind} for lab in self.labs],
+            "fields": {k: {"type": t, "default": d, "description": s}
+                       for k, (t, d, s) in FIELDS.items()},
+        })  # fmt: skip
+
+    async def tokenize(self, request: Request, body: dict) -> Any:
+        lab = self.lab(body)
+        return {"tokens": analysis.tokens(lab, self.ids(lab, body))}
+
+    async def next(self, request: Request, body: dict) -> Any:
+        lab = self.lab(body)
+        ids = self.ids(lab, body)
+        self._sampling(body)
+        position = body["position"]
+        if position is not None and not 0 <= position < len(ids):
+            raise BadRequest(f"position must be in [0, {len(ids) - 1}], got {position}", 400)
+        heads = self._heads(lab, body["ablate"])
+        table = await asyncio.to_thread(
+            analysis.next_tokens, lab, ids, body["temperature"], body["top_k"], body["top_p"],
+            position, heads,
+        )  # fmt: skip
+        table.pop("logits")
+        return table
+
+    async def attention(self, request: Request, body: dict) -> Any:
+        lab = self.lab(body)
+        ids = self.ids(lab, body)
+        try:
+            analysis.check_layer(lab, body["layer"])
+            if body["head"] is not None:
+                analysis.check_head(lab, body["head"])
+        except GptlabError as e:
+            raise BadRequest(str(e), 400) from None
+        maps = await asyncio.to_thread(analysis.attention, lab, ids, body["layer"])
+        if body["head"] is not None:
+            maps = maps[body["head"] : body["head"] + 1]
+        if body["thumb"]:
+            maps = analysis.shrink(maps, THUMB)
+        data = maps.contiguous().numpy().astype("<f4").tobytes()
+        return {
+            "layer": body["layer"],
+            "heads": [body["head"]] if body["head"] is not None else list(range(maps.size(0))),
+            "shape": list(maps.shape),
+            "tokens": len(ids),
+            "weights_f32": base64.b64encode(data).decode("ascii"),
+        }
+
+    async def lens(self, request: Request, body: dict) -> Any:
+        lab = self.lab(body)
+        ids = self.ids(lab, body)
+        return {"rows": await asyncio.to_thread(analysis.logit_lens, lab, ids)}
+
+    async def heads(self, request: Request, body: dict) -> Any:
+        lab = self.lab(body)
+        ids = self.ids(lab, body)
+        try:
+            return {"heads": await asyncio.to_thread(analysis.head_scores, lab, ids)}
+        except GptlabError as e:
+            raise BadRequest(str(e), 400) from None
+
+    async def generate(self, request: Request, body: dict) -> Response:
+        lab = self.lab(body)
+        ids = self.ids(lab, body)
+        self._sampling(body)
+        block = lab.model.config.block_size
+        n = body["max_new_tokens"]
+        if not 0 <= n <= block:
+            raise BadRequest(f"max_new_tokens must be in [0, {block}], got {n}", 400)
+        with self._count:
+            if self.running >= self.max_generations:
+                raise BadRequest(
+                    f"busy: {self.running} generations are running; try again shortly", 429
+                )
+            self.running += 1
+        return StreamingResponse(self._events(request, lab, ids, body),
+                                 media_type="text/event-stream")  # fmt: skip
+
+    async def _events(self, request: Request, lab: Lab, ids: list[int], body: dict):
+        """One event per token: {"id", "text"}, then {"done": true}. As `gptlab sample`:
+        the same generator, seed and decoder, so the same text for the same settings."""
+        try:
+            generator = torch.Generator(device=lab.device).manual_seed(body["seed"])
+            idx = lab.tensor(ids)
+            tokens = stream(lab.model, idx, body["max_new_tokens"], body["temperature"],
+                            body["top_k"], body["top_p"], eos_id=lab.tokenizer.eot_id,
+                            generator=generator)  # fmt: skip
+            decoder = lab.tokenizer.decoder()
+
+            def step():
+                with lab.lock:
+                    return next(tokens, None)
+
+            while True:
+                if await request.is_disconnected():
+                    break  # the client left: stop computing
+                nxt = await asyncio.to_thread(step)
+                if nxt is None:
+                    break
+                token = int(nxt[0])
+                if token == lab.tokenizer.eot_id:
+                    break
+                event = {"id": token, "text": decoder.step([token])}
+                yield f"data: {json.dumps(event)}\n\n"
+            tail = decoder.flush()
+            yield f"data: {json.dumps({'done': True, 'text': tail})}\n\n"
+        finally:
+            with self._count:
+                self.running -= 1
+
+    async def docs(self, request: Request) -> Response:
+        """The concepts guide the views link to, where gptlab runs from its source folder."""
+        name = request.path_params["name"]
+        if name not in ("concepts.md", "concepts.zh-CN.md") or not (DOCS / name).is_file():
+            return JSONResponse({"error": "the concepts guide is docs/concepts.md in gptlab's "
+                                 "repository"}, status_code=404)  # fmt: skip
+        return FileResponse(DOCS / name, media_type="text/plain; charset=utf-8")
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _sampling(self, body: dict) -> None:
+        try:
+            check_sampling(body["temperature"], body["top_k"], body["top_p"])
+        except GptlabError as e:
+            raise BadRequest(str(e), 400) from None
+
+    def _heads(self, lab: Lab, pairs: list) -> list[tuple[int, int]]:
+        heads = []
+        for pair in pairs:
+            whole = isinstance(pair, list) and len(pair) == 2
+            if not whole or not all(isinstance(v, int) and not isinstance(v, bool) for v in pair):
+                raise BadRequest("ablate must be a list of [layer, head] pairs")
+            try:
+                analysis.check_layer(lab, pair[0])
+                analysis.check_head(lab, pair[1])
+            except GptlabError as e:
+                raise BadRequest(str(e), 400) from None
+            heads.append((pair[0], pair[1]))
+        return heads
+
+    def _endpoint(self, method, allowed: list[str]):
+        async def handle(request: Request) -> Response:
+            try:
+                body = await _body(request, allowed)
+                result = await method(request, body)
+            except BadRequest as e:
+                return JSONResponse({"error": str(e)}, status_code=e.status)
+            return result if isinstance(result, Response) else JSONResponse(result)
+
+        return handle
+
+    def openapi(self) -> dict:
+        def schema(names):
+            return {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    n: {"type": FIELDS[n][0], "description": FIELDS[n][2],
+                        **({"default": FIELDS[n][1]} if FIELDS[n][1] is not None else {})}
+                    for n in names
+                },
+            }  # fmt: skip
+
+        paths = {
+            path: {"post": {
+                "summary": summary,
+                "requestBody": {"content": {"application/json": {"schema": schema(names)}}},
+                "responses": {"200": {"description": summary},
+                              "400": {"description": "a value out of range: {\"error\": ...}"},
+                              "422": {"description": "a wrong field or type: {\"error\": ...}"}},
+            }}
+            for path, (summary, names) in ENDPOINTS.items()
+        }  # fmt: skip
+        paths["/api/info"] = {"get": {"summary": "the models and the request fields",
+                                      "responses": {"200": {"description": "info"}}}}  # fmt: skip
+        from gptlab import __version__
+
+        return {"openapi": "3.1.0", "info": {"title": "gptlab serve", "version": __version__},
+                "paths": paths}  # fmt: skip
+
+    def app(self) -> Starlette:
+        methods = {
+            "/api/tokenize": self.tokenize, "/api/next": self.next,
+            "/api/generate": self.generate, "/api/attention": self.attention,
+            "/api/lens": self.lens, "/api/heads": self.heads,
+        }  # fmt: skip
+        routes = [
+            Route("/", lambda request: FileResponse(STATIC / "index.html")),
+            Route("/api/info", self.info),
+            Route("/openapi.json", lambda request: JSONResponse(self.openapi())),
+            *[Route(path, self._endpoint(methods[path], names), methods=["POST"])
+              for path, (_, names) in ENDPOINTS.items()],  # fmt: skip
+            Route("/docs/{name}", self.docs),
+            Mount("/static", StaticFiles(directory=STATIC), name="static"),
+        ]
+        return Starlette(routes=routes)
+
+
+def load_lab(name: str, device: str = "auto", dtype: str = "auto") -> Lab:
+    """A model and its tokenizer, as `gptlab sample` loads them."""
+    from gptlab.hardware import resolve_device, resolve_dtype
+    from gptlab.model import GPT
+    from gptlab.tokenizers import Tokenizer
+
+    dev = resolve_device(device)
+    model = GPT.from_pretrained(name, device=dev, dtype=getattr(torch, resolve_dtype(dtype, dev)))
+    return Lab(model.eval(), Tokenizer.from_pretrained(name), name)
+
+
+class Background:
+    """The app served on a free loopback port from a thread, for a with-block (notebooks,
+    tests, screenshots): `with Background(labs) as url: ...`."""
+
+    def __init__(self, labs: list[Lab], max_generations: int = 2) -> None:
+        import socket
+
+        import uvicorn
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        config = uvicorn.Config(Server(labs, max_generations).app(), host="127.0.0.1",
+                                port=self.port, log_level="warning")  # fmt: skip
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> str:
+        import time
+
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise GptlabError(f"the server did not start on port {self.port}")
+            time.sleep(0.05)
+        return f"http://127.0.0.1:{self.port}/"
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)

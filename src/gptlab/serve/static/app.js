@@ -1,0 +1,474 @@
+// gptlab serve: the page. Plain JavaScript, no libraries, no build step; everything it shows
+// comes from the JSON API (/openapi.json describes it).
+"use strict";
+
+const I18N = {
+  en: {
+    generate: "Generate", prompt_placeholder: "Type a prompt (empty: start afresh)",
+    temperature: "temperature", max_new_tokens: "max new tokens", seed: "seed",
+    generate_button: "Generate", stop: "Stop", analyse: "Analyse text",
+    download_json: "Download JSON", download_png: "Download PNG",
+    chip_hint: "Click a token to choose the position the views below look at.",
+    next_table: "Next token", token: "token", p_sampled: "p (sampled)",
+    next_hint: "The likeliest next tokens after the chosen position: as the model gives them, and as sampling draws them (after temperature, top-k, top-p). Click one to continue from it.",
+    attention: "Attention", layer: "layer", head: "head",
+    grid_hint: "Every head (rows: layers, columns: heads). Click one.",
+    shade_hint: "The chosen query token's attention, as shading over the text:",
+    lens: "Logit lens",
+    lens_hint: "The token each layer would predict at each position if the residual stream went straight to ln_f and the head. The last row is the model's own prediction.",
+    heads: "Heads",
+    heads_hint: "Computed on the current text (induction: on a random sequence repeated twice). Click a column to sort, a row to see its heatmap; tick \"off\" to ablate the head.",
+    entropy: "entropy", prev: "previous token", sink: "first token", induction: "induction",
+    off: "off", embeddings: "embeddings", ablated: "switched off:", busy: "busy",
+    readout: (q, k, w) => `query ${q} → key ${k}: ${w}`,
+  },
+  zh: {
+    generate: "生成", prompt_placeholder: "输入提示（留空：从头开始）",
+    temperature: "温度", max_new_tokens: "最多新词元", seed: "随机种子",
+    generate_button: "生成", stop: "停止", analyse: "分析文本",
+    download_json: "下载 JSON", download_png: "下载 PNG",
+    chip_hint: "点击一个词元，选择下面各视图查看的位置。",
+    next_table: "下一个词元", token: "词元", p_sampled: "p（采样）",
+    next_hint: "所选位置之后最可能的词元：模型给出的概率，以及采样实际使用的概率（经过温度、top-k、top-p）。点击一个从它继续。",
+    attention: "注意力", layer: "层", head: "头",
+    grid_hint: "所有的头（行：层，列：头）。点击一个。",
+    shade_hint: "所选查询词元的注意力，以文本上的深浅显示：",
+    lens: "Logit lens（逻辑透镜）",
+    lens_hint: "如果残差流直接经过 ln_f 和输出头，每一层在每个位置会预测的词元。最后一行是模型自己的预测。",
+    heads: "注意力头",
+    heads_hint: "在当前文本上计算（归纳分数：在重复两次的随机序列上）。点击列名排序，点击一行查看其热图；勾选“关闭”以消融该头。",
+    entropy: "熵", prev: "前一个词元", sink: "第一个词元", induction: "归纳",
+    off: "关闭", embeddings: "嵌入", ablated: "已关闭：", busy: "忙",
+    readout: (q, k, w) => `查询 ${q} → 键 ${k}：${w}`,
+  },
+};
+
+const $ = (id) => document.getElementById(id);
+const state = {
+  lang: "en", info: null, tokens: [], position: null, layer: 0, head: 0,
+  ablate: [], generated: [], abort: null, big: null, results: {}, sortKey: "layer",
+};
+const t = (key) => I18N[state.lang][key];
+
+function say(message) {
+  $("status").textContent = message || "";
+}
+
+async function post(path, body) {
+  const response = await fetch(path, {
+    method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body),
+  });
+  const data = await response.json();
+  if (!response.ok) {
+    say(data.error || response.statusText);
+    throw new Error(data.error || response.statusText);
+  }
+  return data;
+}
+
+function settings() {
+  const num = (id) => ($(id).value === "" ? null : Number($(id).value));
+  return {
+    temperature: num("temperature") ?? 0.8, top_k: num("top_k"), top_p: num("top_p"),
+    max_new_tokens: num("max_new_tokens") ?? 64, seed: num("seed") ?? 1337,
+  };
+}
+
+function text(i = 0) {
+  return $("prompt").value + (state.generated[i] || "");
+}
+
+// ------------------------------------------------------------------- URL state, language
+
+function saveUrl() {
+  const s = settings();
+  const params = new URLSearchParams({ prompt: $("prompt").value, layer: state.layer,
+    head: state.head, lang: state.lang });
+  for (const [k, v] of Object.entries(s)) if (v !== null) params.set(k, v);
+  history.replaceState(null, "", "?" + params.toString());
+}
+
+function loadUrl() {
+  const params = new URLSearchParams(location.search);
+  if (params.has("prompt")) $("prompt").value = params.get("prompt");
+  for (const id of ["temperature", "top_k", "top_p", "max_new_tokens", "seed"]) {
+    if (params.has(id)) $(id).value = params.get(id);
+  }
+  state.layer = Number(params.get("layer") || 0);
+  state.head = Number(params.get("head") || 0);
+  state.lang = params.get("lang") === "zh" ? "zh" : "en";
+}
+
+function applyLanguage() {
+  document.documentElement.lang = state.lang === "zh" ? "zh-CN" : "en";
+  for (const el of document.querySelectorAll("[data-i18n]")) el.textContent = t(el.dataset.i18n);
+  for (const el of document.querySelectorAll("[data-i18n-placeholder]")) {
+    el.placeholder = t(el.dataset.i18nPlaceholder);
+  }
+  $("lang").textContent = state.lang === "en" ? "中文" : "English";
+}
+
+// ------------------------------------------------------------------- tokens and generation
+
+function panes() {
+  const box = $("panes");
+  box.innerHTML = "";
+  state.info.models.forEach((m, i) => {
+    const pane = document.createElement("div");
+    pane.className = "pane";
+    pane.id = `pane-${i}`;
+    pane.innerHTML = `<h3>${escapeHtml(m.name)}</h3><div class="chips"></div>`;
+    box.appendChild(pane);
+  });
+}
+
+function escapeHtml(s) {
+  return s.replace(/[&<>"]/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" })[c]);
+}
+
+function chip(piece, id, cls, index) {
+  const el = document.createElement("span");
+  el.className = `chip ${cls}`;
+  el.style.setProperty("--h", (index * 47) % 360);
+  el.textContent = piece;
+  const sub = document.createElement("sub");
+  sub.textContent = id;
+  el.appendChild(sub);
+  el.title = `#${index} id ${id}`;
+  el.dataset.index = index;
+  return el;
+}
+
+function showTokens(tokens) {
+  state.tokens = tokens;
+  const chips = document.querySelector("#pane-0 .chips");
+  chips.innerHTML = "";
+  const promptCount = state.promptCount ?? tokens.length;
+  tokens.forEach((tok, i) => {
+    const el = chip(tok.piece, tok.id, i < promptCount ? "prompt" : "new", i);
+    if (i === state.position) el.classList.add("selected");
+    el.onclick = () => selectPosition(i);
+    chips.appendChild(el);
+  });
+}
+
+async function generate() {
+  say("");
+  const s = settings();
+  state.generated = state.info.models.map(() => "");
+  state.abort = new AbortController();
+  $("go").disabled = true;
+  $("stop").disabled = false;
+  saveUrl();
+  const first = await post("/api/tokenize", { prompt: $("prompt").value });
+  state.promptCount = first.tokens.length;
+  state.position = null;
+  showTokens(first.tokens);
+  for (let i = 1; i < state.info.models.length; i++) {
+    document.querySelector(`#pane-${i} .chips`).textContent = $("prompt").value;
+  }
+  try {
+    await Promise.all(state.info.models.map((_, i) => streamInto(i, s)));
+  } catch (e) {
+    if (e.name !== "AbortError") say(e.message);
+  } finally {
+    $("go").disabled = false;
+    $("stop").disabled = true;
+    state.abort = null;
+  }
+  await analyse();
+}
+
+async function streamInto(i, s) {
+  const response = await fetch("/api/generate", {
+    method: "POST", headers: { "content-type": "application/json" }, signal: state.abort.signal,
+    body: JSON.stringify({ prompt: $("prompt").value, model: i, ...s }),
+  });
+  if (!response.ok) {
+    const message = (await response.json()).error;
+    say(message);
+    throw new Error(message);
+  }
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  let count = 0;
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buffer += decoder.decode(value, { stream: true });
+    let cut;
+    while ((cut = buffer.indexOf("\n\n")) >= 0) {
+      const line = buffer.slice(0, cut);
+      buffer = buffer.slice(cut + 2);
+      if (!line.startsWith("data: ")) continue;
+      const event = JSON.parse(line.slice(6));
+      state.generated[i] += event.text || "";
+      if (event.done) continue;
+      count += 1;
+      if (i === 0) {
+        const chips = document.querySelector("#pane-0 .chips");
+        const index = chips.children.length;
+        const el = chip(event.text, event.id, "new", index);
+        el.onclick = () => selectPosition(index);
+        chips.appendChild(el);
+        if (count % 16 === 0) drawGrid(); // the grid grows with the text
+      } else {
+        document.querySelector(`#pane-${i} .chips`).textContent = text(i);
+      }
+    }
+  }
+}
+
+// ------------------------------------------------------------------- the views
+
+async function analyse() {
+  saveUrl();
+  const body = { prompt: text(0) };
+  const tokenized = await post("/api/tokenize", body);
+  showTokens(tokenized.tokens);
+  if (state.position === null || state.position >= tokenized.tokens.length) {
+    state.position = tokenized.tokens.length - 1;
+  }
+  await Promise.all([nextTable(), drawBig(), drawGrid(), lens(), heads()]);
+}
+
+function selectPosition(i) {
+  state.position = i;
+  for (const el of document.querySelectorAll("#pane-0 .chip")) {
+    el.classList.toggle("selected", Number(el.dataset.index) === i);
+  }
+  nextTable();
+  shade();
+}
+
+async function nextTable() {
+  const s = settings();
+  const table = await post("/api/next", { prompt: text(0), temperature: s.temperature,
+    top_k: s.top_k, top_p: s.top_p, position: state.position, ablate: state.ablate });
+  state.results.next = table;
+  const body = $("next-table").querySelector("tbody");
+  body.innerHTML = "";
+  for (const c of table.candidates) {
+    const row = document.createElement("tr");
+    row.innerHTML = `<td class="chip">${escapeHtml(JSON.stringify(c.piece))}</td><td>${c.id}</td>` +
+      `<td>${c.p.toFixed(4)}</td><td>${c.p_sampled.toFixed(4)}</td>`;
+    row.onclick = () => continueWith(c.piece);
+    body.appendChild(row);
+  }
+  $("ablated").textContent = state.ablate.length
+    ? `${t("ablated")} ${state.ablate.map(([l, h]) => `L${l}H${h}`).join(", ")}` : "";
+}
+
+function continueWith(piece) {
+  const upTo = state.tokens.slice(0, state.position + 1).map((tk) => tk.piece).join("");
+  $("prompt").value = upTo + piece;
+  state.generated = [];
+  generate();
+}
+
+function decode(b64, n) {
+  const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+  return new Float32Array(bytes.buffer, 0, n);
+}
+
+function heat(ctx, weights, size, x0, y0, cell) {
+  const max = Math.max(1e-9, ...weights);
+  for (let i = 0; i < size; i++) {
+    for (let j = 0; j <= i && j < size; j++) {
+      const w = weights[i * size + j] / max;
+      if (w <= 0) continue;
+      ctx.fillStyle = `rgba(180, 20, 20, ${Math.min(1, w)})`;
+      ctx.fillRect(x0 + j * cell, y0 + i * cell, Math.ceil(cell), Math.ceil(cell));
+    }
+  }
+}
+
+async function drawGrid() {
+  const { n_layer, n_head } = state.info.models[0];
+  const canvas = $("grid");
+  const ctx = canvas.getContext("2d");
+  const cell = Math.floor(canvas.width / Math.max(n_layer, n_head));
+  ctx.clearRect(0, 0, canvas.width, canvas.height);
+  const prompt = text(0);
+  for (let layer = 0; layer < n_layer; layer++) { // one request per layer: rows appear in turn
+    const data = await post("/api/attention", { prompt, layer, thumb: true });
+    const [heads, size] = data.shape;
+    const all = decode(data.weights_f32, heads * size * size);
+    for (let h = 0; h < heads; h++) {
+      heat(ctx, all.subarray(h * size * size, (h + 1) * size * size), size, h * cell,
+        layer * cell, (cell - 2) / size);
+    }
+  }
+  ctx.strokeStyle = "#06c";
+  ctx.lineWidth = 2;
+  ctx.strokeRect(state.head * cell, state.layer * cell, cell - 1, cell - 1);
+  canvas.onclick = (e) => {
+    const r = canvas.getBoundingClientRect();
+    const h = Math.floor((e.clientX - r.left) / cell);
+    const l = Math.floor((e.clientY - r.top) / cell);
+    if (h < n_head && l < n_layer) chooseHead(l, h);
+  };
+}
+
+function chooseHead(layer, head) {
+  state.layer = layer;
+  state.head = head;
+  $("layer").value = layer;
+  $("head").value = head;
+  saveUrl();
+  drawBig();
+  drawGrid();
+}
+
+async function drawBig() {
+  const data = await post("/api/attention", { prompt: text(0), layer: state.layer,
+    head: state.head });
+  const T = data.tokens;
+  const weights = decode(data.weights_f32, T * T);
+  state.big = { T, weights };
+  state.results.attention = { layer: state.layer, head: state.head, tokens: T,
+    weights: Array.from(weights) };
+  const canvas = $("big");
+  const ctx = canvas.getContext("2d");
+  ctx.fillStyle = "#fff";
+  ctx.fillRect(0, 0, canvas.width, canvas.height);
+  const cell = canvas.width / T;
+  heat(ctx, weights, T, 0, 0, cell);
+  canvas.onmousemove = (e) => {
+    const r = canvas.getBoundingClientRect();
+    const j = Math.floor((e.clientX - r.left) / cell);
+    const i = Math.floor((e.clientY - r.top) / cell);
+    if (i < 0 || j < 0 || i >= T || j >= T) return;
+    const piece = (k) => JSON.stringify(state.tokens[k] ? state.tokens[k].piece : "?");
+    $("readout").textContent = t("readout")(`#${i} ${piece(i)}`, `#${j} ${piece(j)}`,
+      weights[i * T + j].toFixed(4));
+  };
+  canvas.onclick = (e) => {
+    const r = canvas.getBoundingClientRect();
+    const i = Math.floor((e.clientY - r.top) / cell);
+    if (i >= 0 && i < T) selectPosition(i);
+  };
+  shade();
+}
+
+function shade() {
+  const box = $("shade");
+  box.innerHTML = "";
+  if (!state.big || state.position === null) return;
+  const { T, weights } = state.big;
+  const q = Math.min(state.position, T - 1);
+  state.tokens.forEach((tok, j) => {
+    const span = document.createElement("span");
+    span.textContent = tok.piece;
+    const w = j <= q ? weights[q * T + j] : 0;
+    span.style.background = `rgba(180, 20, 20, ${w})`;
+    span.title = w.toFixed(4);
+    if (j === q) span.style.outline = "1px solid #c00";
+    box.appendChild(span);
+  });
+}
+
+async function lens() {
+  const data = await post("/api/lens", { prompt: text(0) });
+  state.results.lens = data.rows;
+  const table = $("lens-table");
+  const T = data.rows[0].length;
+  const first = Math.max(0, T - 48); // the last 48 positions fit on a screen
+  let html = "<tr><th></th>" + state.tokens.slice(first).map((tk) =>
+    `<th>${escapeHtml(JSON.stringify(tk.piece))}</th>`).join("") + "</tr>";
+  data.rows.forEach((row, layer) => {
+    const name = layer === 0 ? t("embeddings") : `${t("layer")} ${layer - 1}`;
+    html += `<tr><th>${name}</th>` + row.slice(first).map((c) =>
+      `<td style="background: rgba(20, 100, 200, ${c.p})" title="p ${c.p}">` +
+      `${escapeHtml(JSON.stringify(c.piece))}</td>`).join("") + "</tr>";
+  });
+  table.innerHTML = html;
+}
+
+async function heads() {
+  if (state.tokens.length < 2) return;
+  const data = await post("/api/heads", { prompt: text(0) });
+  state.results.heads = data.heads;
+  renderHeads();
+}
+
+function renderHeads() {
+  const rows = [...(state.results.heads || [])];
+  const key = state.sortKey;
+  rows.sort((a, b) => (key === "layer" || key === "head" ? a[key] - b[key] : b[key] - a[key]));
+  const body = $("heads-table").querySelector("tbody");
+  body.innerHTML = "";
+  for (const r of rows) {
+    const tr = document.createElement("tr");
+    const off = state.ablate.some(([l, h]) => l === r.layer && h === r.head);
+    tr.innerHTML = `<td>${r.layer}</td><td>${r.head}</td><td>${r.entropy.toFixed(3)}</td>` +
+      `<td>${r.prev.toFixed(3)}</td><td>${r.sink.toFixed(3)}</td>` +
+      `<td>${r.induction.toFixed(3)}</td><td><input type="checkbox" ${off ? "checked" : ""}></td>`;
+    tr.onclick = (e) => {
+      if (e.target.tagName === "INPUT") {
+        state.ablate = state.ablate.filter(([l, h]) => !(l === r.layer && h === r.head));
+        if (e.target.checked) state.ablate.push([r.layer, r.head]);
+        nextTable();
+      } else {
+        chooseHead(r.layer, r.head);
+      }
+    };
+    body.appendChild(tr);
+  }
+}
+
+function download(name, blob) {
+  const a = document.createElement("a");
+  a.href = URL.createObjectURL(blob);
+  a.download = name;
+  a.click();
+  setTimeout(() => URL.revokeObjectURL(a.href), 1000);
+}
+
+// ------------------------------------------------------------------- start
+
+async function start() {
+  loadUrl();
+  applyLanguage();
+  state.info = await (await fetch("/api/info")).json();
+  const m = state.info.models[0];
+  $("model-name").textContent = state.info.models.map((x) =>
+    `${x.name} (${x.n_layer} × ${x.n_head} heads, ${x.parameters.toLocaleString()} parameters)`).join("  |  ");
+  for (const [id, n] of [["layer", m.n_layer], ["head", m.n_head]]) {
+    $(id).innerHTML = Array.from({ length: n }, (_, i) => `<option>${i}</option>`).join("");
+  }
+  state.layer = Math.min(state.layer, m.n_layer - 1);
+  state.head = Math.min(state.head, m.n_head - 1);
+  $("layer").value = state.layer;
+  $("head").value = state.head;
+  $("layer").onchange = () => chooseHead(Number($("layer").value), state.head);
+  $("head").onchange = () => chooseHead(state.layer, Number($("head").value));
+  $("go").onclick = generate;
+  $("stop").onclick = () => state.abort && state.abort.abort();
+  $("analyse").onclick = () => { state.generated = []; state.promptCount = null; analyse(); };
+  $("lang").onclick = () => {
+    state.lang = state.lang === "en" ? "zh" : "en";
+    applyLanguage();
+    renderHeads();
+    saveUrl();
+  };
+  $("download-png").onclick = () => $("big").toBlob((b) =>
+    download(`attention-layer${state.layer}-head${state.head}.png`, b));
+  $("download-json").onclick = () => download("gptlab-analysis.json", new Blob([JSON.stringify({
+    model: m.name, text: text(0), settings: settings(), position: state.position,
+    tokens: state.tokens, ablate: state.ablate, ...state.results,
+  }, null, 1)], { type: "application/json" }));
+  for (const th of document.querySelectorAll("#heads-table th[data-key]")) {
+    th.onclick = () => { state.sortKey = th.dataset.key; renderHeads(); };
+  }
+  panes();
+  try {
+    await analyse();
+  } catch (e) {
+    say(e.message);
+  }
+  document.body.dataset.ready = "1"; // for tests: the first analysis is drawn
+}
+
+start();

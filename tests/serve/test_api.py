@@ -1,0 +1,204 @@
+"""The web page's API, in-process (Starlette's TestClient): the numbers it serves are the
+model's own, and bad requests get a 4xx with a one-line reason."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from gptlab import GPT
+from gptlab.cli import main
+from gptlab.serve import analysis
+from gptlab.serve.analysis import Lab
+from gptlab.serve.app import Server, load_lab
+
+
+@pytest.fixture(scope="module")
+def lab(folder) -> Lab:
+    return load_lab(str(folder), device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def client(lab):
+    from starlette.testclient import TestClient
+
+    with TestClient(Server([lab, lab]).app()) as c:
+        yield c
+
+
+def weights(response) -> np.ndarray:
+    data = response.json()
+    flat = np.frombuffer(base64.b64decode(data["weights_f32"]), dtype="<f4")
+    return flat.reshape(data["shape"])
+
+
+def events(response) -> list[dict]:
+    return [json.loads(line[6:]) for line in response.text.split("\n\n") if line.startswith("data")]
+
+
+def test_generation_streams_what_gptlab_sample_prints(client, folder, capsys):
+    settings = {"prompt": "To be", "max_new_tokens": 25, "temperature": 0.9, "top_k": 20,
+                "seed": 7}  # fmt: skip
+    with client.stream("POST", "/api/generate", json=settings) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        response.read()
+    got = events(response)
+    assert got[-1]["done"] is True and len(got) == 26
+    streamed = "To be" + "".join(e["text"] for e in got)
+    assert main(["sample", str(folder), "--prompt", "To be", "--max-new-tokens", "25",
+                 "--temperature", "0.9", "--top-k", "20", "--seed", "7"]) == 0  # fmt: skip
+    assert capsys.readouterr().out == streamed + "\n"
+
+
+def test_attention_is_the_models_own(client, lab):
+    ids = lab.tokenizer.encode("To be, or not")
+    want = lab.model.attention_maps(torch.tensor([ids]))
+    for layer in range(2):
+        got = weights(client.post("/api/attention", json={"prompt": "To be, or not",
+                                                           "layer": layer}))  # fmt: skip
+        assert got.shape == (4, len(ids), len(ids))
+        np.testing.assert_allclose(got.sum(-1), 1.0, atol=1e-5)
+        np.testing.assert_allclose(got, want[layer][0].numpy(), atol=1e-6)
+    one = weights(client.post("/api/attention", json={"prompt": "To be, or not", "layer": 1,
+                                                       "head": 2}))  # fmt: skip
+    np.testing.assert_allclose(one[0], want[1][0, 2].numpy(), atol=1e-6)
+
+
+def test_thumbnails_keep_each_blocks_largest_weight(lab):
+    maps = torch.rand(3, 100, 100)
+    small = analysis.shrink(maps, 48)
+    assert small.shape == (3, 48, 48)
+    assert torch.equal(small.amax((-1, -2)), maps.amax((-1, -2)))  # no peak lost
+    assert torch.equal(analysis.shrink(maps[:, :20, :20], 48), maps[:, :20, :20])
+
+
+def test_logit_lens_last_layer_is_the_models_prediction(client, lab):
+    prompt = "that is the question"
+    rows = client.post("/api/lens", json={"prompt": prompt}).json()["rows"]
+    assert len(rows) == lab.model.config.n_layer + 1
+    with torch.no_grad():
+        logits = lab.model(torch.tensor([lab.tokenizer.encode(prompt)])).logits[0]
+    probs = torch.softmax(logits, -1)
+    assert [c["id"] for c in rows[-1]] == probs.argmax(-1).tolist()
+    np.testing.assert_allclose([c["p"] for c in rows[-1]], probs.max(-1).values, atol=1e-5)
+
+
+def test_ablating_a_head_is_zeroing_its_slice_of_c_proj(client, lab):
+    prompt = "To be, or not to"
+    table = client.post("/api/next", json={"prompt": prompt, "ablate": [[1, 2]]}).json()
+    ids = torch.tensor([lab.tokenizer.encode(prompt)])
+    model = GPT(lab.model.config)
+    model.load_state_dict(lab.model.state_dict())
+    model.eval()
+    hs = model.config.n_embd // model.config.n_head
+    with torch.no_grad():  # c_proj computes y @ W (W stored (in, out)): head 2's rows of W
+        model.transformer.h[1].attn.c_proj.weight[2 * hs : 3 * hs] = 0
+        probs = torch.softmax(model(ids).logits[0, -1], -1)
+    top = torch.topk(probs, 10)
+    assert [c["id"] for c in table["candidates"]] == top.indices.tolist()
+    np.testing.assert_allclose([c["p"] for c in table["candidates"]], top.values, atol=1e-6)
+    plain = client.post("/api/next", json={"prompt": prompt}).json()
+    assert plain["candidates"] != table["candidates"]  # the head mattered
+    again = analysis.next_tokens(lab, ids[0].tolist())  # and the hooks are gone afterwards
+    assert [c["p"] for c in again["candidates"]] == [c["p"] for c in plain["candidates"]]
+
+
+def test_next_table_after_sampling_filters(client):
+    table = client.post("/api/next", json={"prompt": "To be", "top_k": 3,
+                                            "temperature": 0.5}).json()  # fmt: skip
+    sampled = [c["p_sampled"] for c in table["candidates"]]
+    assert sum(sampled[:3]) == pytest.approx(1.0, abs=1e-5) and sampled[3:] == [0.0] * 7
+    assert table["candidates"][0]["p_sampled"] > table["candidates"][0]["p"]  # sharper
+
+
+def test_head_scores(client, lab):
+    heads = client.post("/api/heads", json={"prompt": "To be, or not to be"}).json()["heads"]
+    assert len(heads) == 2 * 4
+    ids = torch.tensor([lab.tokenizer.encode("To be, or not to be")])
+    a = lab.model.attention_maps(ids)[0][0, 1]
+    row = next(h for h in heads if h["layer"] == 0 and h["head"] == 1)
+    assert row["prev"] == pytest.approx(float(a.diagonal(-1).mean()), abs=1e-4)
+    assert row["sink"] == pytest.approx(float(a[1:, 0].mean()), abs=1e-4)
+    assert 0 <= row["induction"] <= 1 and row["entropy"] >= 0
+
+
+def test_planted_heads_get_their_scores(lab, monkeypatch):
+    """Attention built by hand: head 0 looks at the previous token, head 1 at the first,
+    head 2 at the token after the current token's earlier occurrence (on the repeated
+    sequence), head 3 evenly at everything before it."""
+
+    def planted(idx):
+        T = idx.size(1)
+        n = T // 2
+        maps = torch.zeros(1, 4, T, T)
+        for i in range(T):
+            maps[0, 0, i, max(i - 1, 0)] = 1
+            maps[0, 1, i, 0] = 1
+            maps[0, 2, i, i - n + 1 if i >= n else 0] = 1
+            maps[0, 3, i, : i + 1] = 1 / (i + 1)
+        return [maps, maps]
+
+    monkeypatch.setattr(lab.model, "attention_maps", planted)
+    ids = lab.tokenizer.encode("To be, or not to be")
+    rows = {h["head"]: h for h in analysis.head_scores(lab, ids) if h["layer"] == 0}
+    assert rows[0]["prev"] == 1 and rows[1]["sink"] == 1 and rows[2]["induction"] == 1
+    assert rows[0]["entropy"] == 0 and rows[3]["entropy"] > 1
+    assert rows[3]["induction"] < 0.2 and rows[0]["induction"] == 0
+
+
+def test_tokenize_info_and_openapi(client):
+    tokens = client.post("/api/tokenize", json={"prompt": "To be"}).json()["tokens"]
+    assert [t["piece"] for t in tokens] == list("To be")
+    info = client.get("/api/info").json()
+    assert [m["n_layer"] for m in info["models"]] == [2, 2]
+    schema = client.get("/openapi.json").json()
+    assert {"/api/generate", "/api/attention", "/api/lens", "/api/heads", "/api/tokenize",
+            "/api/info", "/api/next"} <= schema["paths"].keys()  # fmt: skip
+    page = client.get("/")
+    assert page.status_code == 200 and "/static/app.js" in page.text
+    assert "http" not in client.get("/static/app.js").text.split("fetch(")[1][:20]  # no CDN
+
+
+@pytest.mark.parametrize(
+    "path, body, status, message",
+    [
+        ("/api/generate", {"prompt": "To be " * 10}, 400, "reads at most 32"),
+        ("/api/generate", {"max_new_tokens": 33}, 400, "max_new_tokens must be in [0, 32]"),
+        ("/api/generate", {"top_k": -1}, 400, "top_k must be at least 1"),
+        ("/api/generate", {"temperature": "hot"}, 422, "temperature must be a number"),
+        ("/api/next", {"prompt": "Zebra"}, 400, "'Z' at position 0 is not in the vocabulary"),
+        ("/api/next", {"ablate": [[5, 0]]}, 400, "layer must be in [0, 1]"),
+        ("/api/next", {"ablate": [1, 2]}, 422, "[layer, head] pairs"),
+        ("/api/next", {"position": 99, "prompt": "To"}, 400, "position must be in [0, 1]"),
+        ("/api/attention", {"layer": 7}, 400, "layer must be in [0, 1]"),
+        ("/api/attention", {"head": 4}, 400, "head must be in [0, 3]"),
+        ("/api/attention", {"file": "/etc/passwd"}, 422, "unknown field 'file'"),
+        ("/api/lens", {"model": 2}, 422, "model must be in [0, 1]"),
+        ("/api/heads", {"prompt": ""}, 400, "at least 2 tokens"),
+        ("/api/tokenize", [1, 2], 422, "must be a JSON object"),
+    ],
+)  # fmt: skip
+def test_bad_requests_are_4xx_with_one_line(client, path, body, status, message):
+    response = client.post(path, json=body)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert message in error and "\n" not in error
+
+
+def test_generations_beyond_the_limit_get_429(lab):
+    from starlette.testclient import TestClient
+
+    server = Server([lab], max_generations=1)
+    server.running = 1  # one generation is streaming
+    with TestClient(server.app()) as c:
+        response = c.post("/api/generate", json={"max_new_tokens": 2})
+    assert response.status_code == 429 and "busy" in response.json()["error"]
+    server.running = 0
+    with TestClient(server.app()) as c:
+        assert c.post("/api/generate", json={"max_new_tokens": 2}).status_code == 200
+    assert server.running == 0  # released when the stream ended

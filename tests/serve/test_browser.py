@@ -1,0 +1,76 @@
+"""The page in a real browser: Debian's Chromium, driven by Playwright (never a browser that a
+tool downloads). Skips, saying why, only where no Chromium is installed."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from gptlab.serve.app import Background, load_lab
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="no Chromium here (apt-get install chromium; .ci/run does)"
+)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield b
+        b.close()
+
+
+INKED = """(id) => {
+    const c = document.getElementById(id);
+    const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+    let n = 0;
+    for (let i = 0; i < d.length; i += 4) {
+        if (d[i + 3] > 0 && (d[i] < 250 || d[i + 1] < 250 || d[i + 2] < 250)) n++;
+    }
+    return n;
+}"""
+
+
+def wait_until_drawn(page, canvas_id: str, pixels: int = 100) -> None:
+    """Wait until the canvas holds at least `pixels` pixels that are neither blank nor white
+    (the grid is drawn a layer at a time, as its requests return)."""
+    page.wait_for_function(f"({INKED})({canvas_id!r}) >= {pixels}", timeout=30_000)
+
+
+def test_generate_look_inside_and_switch_language(browser, folder, tmp_path):
+    labs = [load_lab(str(folder), device="cpu", dtype="float32") for _ in range(2)]
+    with Background(labs) as url:
+        page = browser.new_page(viewport={"width": 1280, "height": 1600})
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(url + "?prompt=To%20be&max_new_tokens=12&seed=3&layer=1&head=2")
+        page.wait_for_selector("body[data-ready='1']", timeout=30_000)
+        assert page.locator("#pane-0 .chip").count() == len("To be")
+        assert page.input_value("#layer") == "1" and page.input_value("#head") == "2"
+        page.fill("#prompt", "To be, or")
+        page.click("#go")
+        page.wait_for_function(
+            "document.querySelectorAll('#pane-0 .chip.new').length === 12", timeout=30_000
+        )
+        page.wait_for_function("!document.getElementById('go').disabled", timeout=30_000)
+        assert len(page.inner_text("#pane-1 .chips")) > len("To be, or")  # the compared model
+        page.wait_for_function("document.querySelectorAll('#heads-table tbody tr').length === 8")
+        wait_until_drawn(page, "big")
+        wait_until_drawn(page, "grid", 8 * 100)  # 8 heads, each drawn
+        assert page.locator("#next-table tbody tr").count() == 10
+        assert page.locator("#lens-table tr").count() == 1 + 3  # header, embeddings, 2 layers
+        assert "prompt=To+be%2C+or" in page.url  # the state is in the URL
+        page.click("#lang")
+        assert page.inner_text("#attention-view h2").startswith("注意力")
+        assert "lang=zh" in page.url
+        page.screenshot(path=str(tmp_path / "serve.png"), full_page=True)
+        page.fill("#max_new_tokens", "99")  # past the block: the server's reason, on the page
+        page.click("#go")
+        page.wait_for_function("document.getElementById('status').textContent !== ''")
+        assert "max_new_tokens must be in [0, 32]" in page.inner_text("#status")
+        assert not [e for e in errors if "max_new_tokens" not in e], errors
