@@ -143,7 +143,7 @@ def test_planted_heads_get_their_scores(lab, monkeypatch):
             maps[0, 3, i, : i + 1] = 1 / (i + 1)
         return [maps, maps]
 
-    monkeypatch.setattr(lab.model, "attention_maps", planted)
+    monkeypatch.setattr(lab.model, "iter_attention_maps", lambda idx: iter(planted(idx)))
     ids = lab.tokenizer.encode("To be, or not to be")
     rows = {h["head"]: h for h in analysis.head_scores(lab, ids) if h["layer"] == 0}
     assert rows[0]["prev"] == 1 and rows[1]["sink"] == 1 and rows[2]["induction"] == 1
@@ -202,3 +202,33 @@ def test_generations_beyond_the_limit_get_429(lab):
     with TestClient(server.app()) as c:
         assert c.post("/api/generate", json={"max_new_tokens": 2}).status_code == 200
     assert server.running == 0  # released when the stream ended
+
+
+def test_a_client_that_leaves_stops_its_generation(folder):
+    """Over a real socket: read the first token of a slow generation (50 ms per step), hang
+    up, and the server stops computing: far fewer than 32 steps are ever made, and the one
+    generation slot is free again."""
+    import time
+
+    import httpx
+
+    from gptlab.serve.app import Background
+
+    lab = load_lab(str(folder), device="cpu", dtype="float32")
+    steps = {"n": 0}
+    original = lab.model.hidden_states
+
+    def slow(*args, **kwargs):
+        steps["n"] += 1
+        time.sleep(0.05)
+        return original(*args, **kwargs)
+
+    lab.model.hidden_states = slow
+    with Background([lab], max_generations=1) as url:
+        body = {"max_new_tokens": 32, "temperature": 1.0}
+        with httpx.stream("POST", url + "api/generate", json=body, timeout=30) as response:
+            assert next(line for line in response.iter_lines() if line.startswith("data"))
+        left = steps["n"]
+        time.sleep(1.0)  # time for 20 more steps, were the generation still running
+        assert steps["n"] <= left + 2
+        assert httpx.post(url + "api/generate", json={"max_new_tokens": 1}).status_code == 200

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from os import PathLike
 
@@ -319,13 +320,17 @@ class GPT(nn.Module):
     def attention_maps(self, idx: torch.Tensor) -> list[torch.Tensor]:
         """The attention weights of every layer for ids (B, T): a list of n_layer tensors
         (B, nh, T, T), row i = how much position i attends to each position <= i."""
+        return list(self.iter_attention_maps(idx))
+
+    @torch.no_grad()
+    def iter_attention_maps(self, idx: torch.Tensor) -> Iterator[torch.Tensor]:
+        """attention_maps one layer at a time (B, nh, T, T): stop early, or keep one layer in
+        memory at a time (a 1,024-token text has 50 MB of weights per layer of GPT-2 small)."""
         pos = torch.arange(idx.size(1), device=idx.device)
         x = self.transformer.wte(idx) + self.transformer.wpe(pos)
-        maps = []
         for block in self.transformer.h:
-            maps.append(block.attn.weights(block.ln_1(x)))
+            yield block.attn.weights(block.ln_1(x))
             x = block(x)
-        return maps
 
     @torch.no_grad()
     def residual_stream(self, idx: torch.Tensor) -> list[torch.Tensor]:

@@ -8,6 +8,7 @@ serialises the model's use, so one request's ablation hooks never reach another'
 from __future__ import annotations
 
 import contextlib
+import itertools
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -114,8 +115,9 @@ def next_tokens(
 def attention(lab: Lab, ids: Sequence[int], layer: int) -> torch.Tensor:
     """Layer `layer`'s attention weights for ids: (n_head, T, T), rows summing to 1."""
     check_layer(lab, layer)
-    with lab.lock:
-        return lab.model.attention_maps(lab.tensor(ids))[layer][0].float()
+    with lab.lock:  # the blocks up to `layer` only, one layer's maps in memory
+        maps = lab.model.iter_attention_maps(lab.tensor(ids))
+        return next(itertools.islice(maps, layer, None))[0].float()
 
 
 def shrink(maps: torch.Tensor, size: int) -> torch.Tensor:
@@ -164,25 +166,30 @@ def head_scores(lab: Lab, ids: Sequence[int]) -> list[dict]:
     token after i's earlier occurrence)."""
     if len(ids) < 2:
         raise GptlabError("head diagnostics need at least 2 tokens")
-    with lab.lock:
-        maps = lab.model.attention_maps(lab.tensor(ids))
-        n = max(2, min(50, lab.model.config.block_size // 2))
-        repeat = lab.model.attention_maps(lab.tensor(_induction_sequence(lab, n)))
+    n = max(2, min(50, lab.model.config.block_size // 2))
     rows = []
-    for layer, (a, r) in enumerate(zip(maps, repeat, strict=True)):
-        a, r = a[0].float(), r[0].float()  # (nh, T, T), (nh, 2n, 2n)
-        entropy = -(a * torch.log(a.clamp_min(1e-12))).sum(-1).mean(-1)
-        prev = a.diagonal(offset=-1, dim1=1, dim2=2).mean(-1)
-        sink = a[:, 1:, 0].mean(-1)
-        q = torch.arange(n, 2 * n)
-        induction = r[:, q, q - n + 1].mean(-1)
-        for h in range(a.size(0)):
-            rows.append({
-                "layer": layer, "head": h, "entropy": round(float(entropy[h]), 5),
-                "prev": round(float(prev[h]), 5), "sink": round(float(sink[h]), 5),
-                "induction": round(float(induction[h]), 5),
-            })  # fmt: skip
+    with lab.lock:  # a layer at a time: memory for one layer's maps, whatever the length
+        maps = lab.model.iter_attention_maps(lab.tensor(ids))
+        repeat = lab.model.iter_attention_maps(lab.tensor(_induction_sequence(lab, n)))
+        for layer, (a, r) in enumerate(zip(maps, repeat, strict=True)):
+            rows += _scores(layer, a[0].float(), r[0].float(), n)
     return rows
+
+
+def _scores(layer: int, a: torch.Tensor, r: torch.Tensor, n: int) -> list[dict]:
+    """One layer's head diagnostics from its maps on the text a (nh, T, T) and on the
+    repeated sequence r (nh, 2n, 2n)."""
+    entropy = -(a * torch.log(a.clamp_min(1e-12))).sum(-1).mean(-1)
+    prev = a.diagonal(offset=-1, dim1=1, dim2=2).mean(-1)
+    sink = a[:, 1:, 0].mean(-1)
+    q = torch.arange(n, 2 * n)
+    induction = r[:, q, q - n + 1].mean(-1)
+    return [
+        {"layer": layer, "head": h, "entropy": round(float(entropy[h]), 5),
+         "prev": round(float(prev[h]), 5), "sink": round(float(sink[h]), 5),
+         "induction": round(float(induction[h]), 5)}
+        for h in range(a.size(0))
+    ]  # fmt: skip
 
 
 def check_layer(lab: Lab, layer: int) -> None:

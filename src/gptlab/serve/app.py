@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
@@ -207,10 +208,19 @@ class Server:
                     f"busy: {self.running} generations are running; try again shortly", 429
                 )
             self.running += 1
-        return StreamingResponse(self._events(request, lab, ids, body),
-                                 media_type="text/event-stream")  # fmt: skip
+        released = threading.Event()
 
-    async def _events(self, request: Request, lab: Lab, ids: list[int], body: dict):
+        def release() -> None:  # once, whether the stream ended, failed or never started
+            with self._count:
+                if not released.is_set():
+                    released.set()
+                    self.running -= 1
+
+        return StreamingResponse(self._events(request, lab, ids, body, release),
+                                 media_type="text/event-stream",
+                                 background=BackgroundTask(release))  # fmt: skip
+
+    async def _events(self, request: Request, lab: Lab, ids: list[int], body: dict, release):
         """One event per token: {"id", "text"}, then {"done": true}. As `gptlab sample`:
         the same generator, seed and decoder, so the same text for the same settings."""
         try:
@@ -239,8 +249,7 @@ class Server:
             tail = decoder.flush()
             yield f"data: {json.dumps({'done': True, 'text': tail})}\n\n"
         finally:
-            with self._count:
-                self.running -= 1
+            release()
 
     async def docs(self, request: Request) -> Response:
         """The concepts guide the views link to, where gptlab runs from its source folder."""
@@ -353,8 +362,9 @@ class Background:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
-        config = uvicorn.Config(Server(labs, max_generations).app(), host="127.0.0.1",
-                                port=self.port, log_level="warning")  # fmt: skip
+        self.api = Server(labs, max_generations)
+        config = uvicorn.Config(self.api.app(), host="127.0.0.1", port=self.port,
+                                log_level="warning")  # fmt: skip
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

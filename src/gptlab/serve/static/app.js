@@ -272,16 +272,24 @@ function decode(b64, n) {
   return new Float32Array(bytes.buffer, 0, n);
 }
 
+// A size x size map as pixels (one per weight, white to red, scaled to its largest weight),
+// drawn enlarged at (x0, y0): a 1,024-token map is one putImageData, not a million rectangles.
 function heat(ctx, weights, size, x0, y0, cell) {
-  const max = Math.max(1e-9, ...weights);
-  for (let i = 0; i < size; i++) {
-    for (let j = 0; j <= i && j < size; j++) {
-      const w = weights[i * size + j] / max;
-      if (w <= 0) continue;
-      ctx.fillStyle = `rgba(180, 20, 20, ${Math.min(1, w)})`;
-      ctx.fillRect(x0 + j * cell, y0 + i * cell, Math.ceil(cell), Math.ceil(cell));
-    }
+  let max = 1e-9;
+  for (let k = 0; k < size * size; k++) if (weights[k] > max) max = weights[k];
+  const image = new ImageData(size, size);
+  for (let k = 0; k < size * size; k++) {
+    const w = Math.min(1, weights[k] / max);
+    image.data[4 * k] = 255 - 75 * w;
+    image.data[4 * k + 1] = 255 - 235 * w;
+    image.data[4 * k + 2] = 255 - 235 * w;
+    image.data[4 * k + 3] = 255;
   }
+  const tile = document.createElement("canvas");
+  tile.width = tile.height = size;
+  tile.getContext("2d").putImageData(image, 0, 0);
+  ctx.imageSmoothingEnabled = false;
+  ctx.drawImage(tile, x0, y0, size * cell, size * cell);
 }
 
 async function drawGrid() {
@@ -289,10 +297,12 @@ async function drawGrid() {
   const canvas = $("grid");
   const ctx = canvas.getContext("2d");
   const cell = Math.floor(canvas.width / Math.max(n_layer, n_head));
-  ctx.clearRect(0, 0, canvas.width, canvas.height);
   const prompt = text(0);
+  const drawing = (state.gridDrawing = {}); // a newer call takes over from an older one
+  ctx.clearRect(0, 0, canvas.width, canvas.height);
   for (let layer = 0; layer < n_layer; layer++) { // one request per layer: rows appear in turn
     const data = await post("/api/attention", { prompt, layer, thumb: true });
+    if (state.gridDrawing !== drawing) return;
     const [heads, size] = data.shape;
     const all = decode(data.weights_f32, heads * size * size);
     for (let h = 0; h < heads; h++) {
