@@ -3,6 +3,7 @@ tool downloads). Skips, saying why, only where no Chromium is installed."""
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -65,6 +66,15 @@ def test_generate_look_inside_and_switch_language(browser, folder, tmp_path):
         assert page.locator("#next-table tbody tr").count() == 10
         assert page.locator("#lens-table tr").count() == 1 + 3  # header, embeddings, 2 layers
         assert "prompt=To+be%2C+or" in page.url  # the state is in the URL
+        with page.expect_download() as png:
+            page.click("#download-png")
+        data = open(png.value.path(), "rb").read()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[16:24] == (480).to_bytes(4, "big") * 2
+        with page.expect_download() as saved:
+            page.click("#download-json")
+        analysis = json.load(open(saved.value.path()))
+        assert analysis["text"].startswith("To be, or") and len(analysis["lens"]) == 3
+        assert analysis["attention"]["layer"] == 1 and analysis["attention"]["head"] == 2
         page.click("#lang")
         assert page.inner_text("#attention-view h2").startswith("注意力")
         assert "lang=zh" in page.url

@@ -8,6 +8,7 @@ const I18N = {
     temperature: "temperature", max_new_tokens: "max new tokens", seed: "seed",
     generate_button: "Generate", stop: "Stop", analyse: "Analyse text",
     download_json: "Download JSON", download_png: "Download PNG",
+    download_grid: "Download grid PNG",
     chip_hint: "Click a token to choose the position the views below look at.",
     next_table: "Next token", token: "token", p_sampled: "p (sampled)",
     next_hint: "The likeliest next tokens after the chosen position: as the model gives them, and as sampling draws them (after temperature, top-k, top-p). Click one to continue from it.",
@@ -26,7 +27,7 @@ const I18N = {
     generate: "生成", prompt_placeholder: "输入提示（留空：从头开始）",
     temperature: "温度", max_new_tokens: "最多新词元", seed: "随机种子",
     generate_button: "生成", stop: "停止", analyse: "分析文本",
-    download_json: "下载 JSON", download_png: "下载 PNG",
+    download_json: "下载 JSON", download_png: "下载 PNG", download_grid: "下载全部热图 PNG",
     chip_hint: "点击一个词元，选择下面各视图查看的位置。",
     next_table: "下一个词元", token: "词元", p_sampled: "p（采样）",
     next_hint: "所选位置之后最可能的词元：模型给出的概率，以及采样实际使用的概率（经过温度、top-k、top-p）。点击一个从它继续。",
@@ -465,6 +466,7 @@ async function start() {
   };
   $("download-png").onclick = () => $("big").toBlob((b) =>
     download(`attention-layer${state.layer}-head${state.head}.png`, b));
+  $("download-grid").onclick = () => $("grid").toBlob((b) => download("attention-grid.png", b));
   $("download-json").onclick = () => download("gptlab-analysis.json", new Blob([JSON.stringify({
     model: m.name, text: text(0), settings: settings(), position: state.position,
     tokens: state.tokens, ablate: state.ablate, ...state.results,
