@@ -116,6 +116,7 @@ CASES = [
     (["train", "--resume", "run", "--out", "x"], "--out cannot apply"),
     (["train", "--resume", "run", "n_layer=4"], "n_layer cannot change"),
     (["train", "--resume", "notes"], "not a training run"),
+    (["train", "--resume", "run", "max_time=60"], "set max_iters=N"),
     (["train", "--resume", "run", "data=other.txt"], "vocabulary"),
     # sample
     (["sample", "run", "--num-samples", "0"], "--num-samples must be in 1..1000"),

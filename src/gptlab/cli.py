@@ -295,6 +295,11 @@ def _train_settings(args: argparse.Namespace):
                 f"--resume keeps the network's shape; {', '.join(shape)} cannot change "
                 "(start a new run, or fine-tune from this one with init_from=RUN)"
             )
+        if "max_time" in overrides:  # the budget plans a run once, from its start
+            raise GptlabError(
+                "--resume follows the plan max_time made when the run began; to train longer "
+                "or shorter, set max_iters=N"
+            )
         toml = Path(args.resume) / "train.toml"
         if not toml.is_file():
             raise GptlabError(f"{args.resume}: not a training run (no train.toml)")
