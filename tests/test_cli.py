@@ -160,9 +160,12 @@ def test_eval_commands(char_run, tmp_path, capsys):
     text = tmp_path / "t.txt"
     text.write_text("To be, or not to be: that is the question.\n" * 3)
     assert main(["eval", "perplexity", str(char_run), "--input", str(text), "--json",
-                 "--stride", "16"]) == 0  # fmt: skip
+                 "--method", "gptlab", "--stride", "16"]) == 0  # fmt: skip
     result = json.loads(capsys.readouterr().out)
     assert result["tokens"] == len(text.read_text()) - 1 and result["perplexity"] > 1
+    # the default, lm-eval, needs an end-of-text token, which a character vocabulary lacks
+    assert main(["eval", "perplexity", str(char_run), "--input", str(text)]) == 2
+    assert "end-of-text token" in capsys.readouterr().err
     # endings of very different lengths, so that the summed and the per-byte scores disagree
     examples = [
         {"ctx": "To be, or", "endings": ["not to be, that is the question", "t"], "label": 0},
@@ -183,9 +186,9 @@ def test_eval_commands(char_run, tmp_path, capsys):
     acc = acc_norm = 0
     for ex, score in zip(examples, result["scores"], strict=True):
         sums = score["logprob_sum"]
-        per_byte = [t / len((" " + e).encode()) for t, e in zip(sums, ex["endings"], strict=True)]
+        per_char = [t / len(e) for t, e in zip(sums, ex["endings"], strict=True)]  # lm-eval's
         acc += best(sums) == ex["label"]
-        acc_norm += best(per_byte) == ex["label"]
+        acc_norm += best(per_char) == ex["label"]
     assert result["acc"] == acc / len(examples) and result["acc_norm"] == acc_norm / len(examples)
     assert result["acc"] != result["acc_norm"]  # this data tells the two apart
 
@@ -194,7 +197,8 @@ def test_eval_commands(char_run, tmp_path, capsys):
     "argv, message",
     [
         (["perplexity", "RUN", "--input", "missing.txt"], "missing.txt: no such file"),
-        (["perplexity", "RUN", "--input", "t.txt", "--stride", "0"], "stride must be in [1,"),
+        (["perplexity", "RUN", "--input", "t.txt", "--method", "gptlab", "--stride", "0"],
+         "stride must be in [1,"),
         (["multiple-choice", "RUN", "--data", "bad.jsonl"], "bad.jsonl, line 1: missing field"),
     ],
 )

@@ -444,16 +444,23 @@ def cmd_eval_perplexity(args: argparse.Namespace) -> int:
         raise GptlabError(f"{path}: is a folder; --input takes one text file")
     if not path.is_file():
         raise GptlabError(f"{path}: no such file")
+    if args.method == "lm-eval" and args.stride is not None:
+        raise GptlabError("--stride applies to --method hf-guide and gptlab (lm-eval's windows "
+                          "follow one another)")  # fmt: skip
     model, tok = _model_and_tokenizer(args)
-    result = perplexity(model, tok.encode(read_text(path)), args.stride, args.batch_size)
+    text = read_text(path)
+    result = perplexity(model, tok.encode(text), args.stride, args.batch_size, args.method,
+                        prefix_id=tok.eot_id, text=text)  # fmt: skip
     result = {**result, "model": args.model, "input": str(path)}
     if args.json:
         print(json.dumps(result))
     else:
+        how = "" if args.method == "lm-eval" else f", stride {result['stride']}"
         print(
-            f"perplexity {result['perplexity']:.4f} (mean nll {result['nll']:.4f} nats) over "
-            f"{result['tokens']:,} tokens, {result['windows']} windows of "
-            f"{result['block_size']}, stride {result['stride']}"
+            f"{args.method}: token perplexity {result['perplexity']:.4f} (mean nll "
+            f"{result['nll']:.4f} nats) over {result['tokens']:,} tokens, word perplexity "
+            f"{result['word_perplexity']:.4f}, bits per byte {result['bits_per_byte']:.4f}; "
+            f"{result['windows']} windows of {result['block_size']}{how}"
         )
     return 0
 
@@ -461,17 +468,37 @@ def cmd_eval_perplexity(args: argparse.Namespace) -> int:
 def cmd_eval_multiple_choice(args: argparse.Namespace) -> int:
     from gptlab.eval import evaluate_multiple_choice, read_examples
 
-    examples = read_examples(args.data, args.limit)
+    examples = read_examples(args.data, args.limit, hellaswag=args.hellaswag)
+    if args.batch_size < 1:
+        raise GptlabError(f"--batch-size must be at least 1, got {args.batch_size}")
     model, tok = _model_and_tokenizer(args)
-    result = evaluate_multiple_choice(model, tok, examples, progress=not args.json)
+    result = evaluate_multiple_choice(model, tok, examples, progress=not args.json,
+                                      batch_size=args.batch_size)  # fmt: skip
     if not args.json:
         result.pop("scores")
         print(
-            f"{result['examples']} examples: acc {result['acc']:.4f}, acc_norm_token "
-            f"{result['acc_norm_token']:.4f}, acc_norm {result['acc_norm']:.4f}"
+            f"{result['examples']} examples: acc {result['acc']:.4f}, acc_norm "
+            f"{result['acc_norm']:.4f}, acc_bytes {result['acc_bytes']:.4f}, acc_norm_token "
+            f"{result['acc_norm_token']:.4f}"
         )
     else:
         print(json.dumps({**result, "model": args.model, "data": args.data}))
+    return 0
+
+
+def cmd_eval_last_word(args: argparse.Namespace) -> int:
+    from gptlab.eval.multiple_choice import evaluate_last_word, read_last_words
+
+    passages = read_last_words(args.data, args.limit)
+    if args.batch_size < 1:
+        raise GptlabError(f"--batch-size must be at least 1, got {args.batch_size}")
+    model, tok = _model_and_tokenizer(args)
+    result = evaluate_last_word(model, tok, passages, args.batch_size)
+    if args.json:
+        print(json.dumps({**result, "model": args.model, "data": args.data}))
+    else:
+        print(f"{result['examples']} passages: acc {result['acc']:.4f}, perplexity "
+              f"{result['perplexity']:.4f}")  # fmt: skip
     return 0
 
 
@@ -645,8 +672,9 @@ def build_parser() -> argparse.ArgumentParser:
     esub = p.add_subparsers(dest="what", metavar="WHAT", parser_class=_Parser)
     esub.required = True
     for name, helptext, run in (
-        ("perplexity", "perplexity of a text file (sliding windows)", cmd_eval_perplexity),
+        ("perplexity", "perplexity of a text file (docs/evaluation.md)", cmd_eval_perplexity),
         ("multiple-choice", "HellaSwag-format accuracy", cmd_eval_multiple_choice),
+        ("last-word", "LAMBADA-style last-word accuracy (greedy)", cmd_eval_last_word),
     ):
         e = esub.add_parser(name, help=helptext)
         e.add_argument("model", help=HUB_HELP)
@@ -660,12 +688,31 @@ def build_parser() -> argparse.ArgumentParser:
         )
         e.set_defaults(run=run)
         if name == "perplexity":
+            from gptlab.eval.perplexity import METHODS
+
             e.add_argument("--input", required=True, help="UTF-8 text file")
-            e.add_argument("--stride", type=int, default=None, help="default: block_size")
+            e.add_argument(
+                "--method",
+                choices=METHODS,
+                default="lm-eval",
+                help="lm-eval: the harness's rolling windows (comparable with its tables); "
+                "hf-guide: transformers' docs recipe; gptlab: each token once, sliding",
+            )
+            e.add_argument(
+                "--stride", type=int, default=None, help="hf-guide, gptlab (default: block_size)"
+            )
             e.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
         else:
-            e.add_argument("--data", required=True, help="JSONL: ctx, endings, label")
+            what = "JSONL: ctx, endings, label" if name == "multiple-choice" else 'JSONL: "text"'
+            e.add_argument("--data", required=True, help=what)
             e.add_argument("--limit", type=int, default=None, help="first N examples only")
+            e.add_argument("--batch-size", type=int, default=8, help="examples per forward pass")
+        if name == "multiple-choice":
+            e.add_argument(
+                "--hellaswag",
+                action="store_true",
+                help="rows of the raw HellaSwag dataset, cleaned as the harness does",
+            )
 
     p = sub.add_parser("attention", help="draw the attention toolkit's figures (PNG)")
     p.add_argument(

@@ -71,3 +71,29 @@ def test_not_json_and_limit(tmp_path, data):
     bad.write_text("{oops\n")
     with pytest.raises(GptlabError, match="line 1: not valid JSON"):
         read_examples(bad)
+
+
+def test_batched_scoring_equals_one_at_a_time(tmp_path, data):
+    from conftest import make_hf_model
+
+    make_hf_model(seed=3, n_positions=128).save_pretrained(tmp_path / "model")
+    model = GPT.from_pretrained(tmp_path / "model")
+    tok = CharTokenizer(string.printable[:95])
+    examples = read_examples(data) * 3
+    one = evaluate_multiple_choice(model, tok, examples, batch_size=1)
+    many = evaluate_multiple_choice(model, tok, examples, batch_size=4)
+    for a, b in zip(one["scores"], many["scores"], strict=True):
+        assert a["choice"] == b["choice"]
+        assert a["logprob_sum"] == pytest.approx(b["logprob_sum"], rel=1e-6)
+
+
+def test_hellaswag_rows_are_cleaned_as_the_harness_does(tmp_path):
+    row = {"activity_label": "Roof shingle removal", "ctx_a": "A man is sitting on a roof.",
+           "ctx_b": "he", "endings": ["is using wrap [title] to wrap a pair of skis.",
+                                      "is ripping  level tiles off."], "label": "1"}  # fmt: skip
+    path = tmp_path / "hs.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    (ex,) = read_examples(path, hellaswag=True)
+    assert ex.context == "Roof shingle removal: A man is sitting on a roof. He"
+    assert ex.endings == ["is using wrap. to wrap a pair of skis.", "is ripping level tiles off."]
+    assert ex.label == 1

@@ -1,6 +1,22 @@
-"""Measuring a model: perplexity on a text, and multiple-choice scoring (HellaSwag format)."""
+"""Measuring a model: perplexity (three methods), multiple-choice and last-word accuracy, as
+lm-evaluation-harness scores them (docs/evaluation.md)."""
 
-from gptlab.eval.multiple_choice import Example, evaluate_multiple_choice, read_examples
-from gptlab.eval.perplexity import perplexity, windows
+from gptlab.eval.multiple_choice import (
+    Example,
+    evaluate_last_word,
+    evaluate_multiple_choice,
+    read_examples,
+    read_last_words,
+)
+from gptlab.eval.perplexity import METHODS, perplexity, windows
 
-__all__ = ["Example", "evaluate_multiple_choice", "perplexity", "read_examples", "windows"]
+__all__ = [
+    "METHODS",
+    "Example",
+    "evaluate_last_word",
+    "evaluate_multiple_choice",
+    "perplexity",
+    "read_examples",
+    "read_last_words",
+    "windows",
+]

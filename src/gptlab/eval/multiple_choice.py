@@ -1,22 +1,26 @@
-"""Multiple-choice scoring in HellaSwag's format: which ending does the model find likeliest?
+"""Multiple-choice scoring in HellaSwag's format, and last-word accuracy (LAMBADA), scored as
+lm-evaluation-harness scores them.
 
-Each line of the JSONL file is {"ctx": ..., "endings": [...], "label": i} (or "ctx_a" and
-"ctx_b" instead of "ctx", joined by a space). Context and ending are tokenized separately and
-concatenated, the ending with its own leading space (" " + ending), as llm.c's HellaSwag script
-does. An ending's score is the log-probability of its tokens given the context and the tokens
-of the ending before them. Three accuracies:
+Each line of a multiple-choice JSONL file is {"ctx": ..., "endings": [...], "label": i} (or
+"ctx_a" and "ctx_b", joined by a space; `hellaswag=True` applies the harness's HellaSwag
+clean-up to the raw dataset's rows). An ending is the continuation " " + ending of the
+context, tokenized as the harness does: context + continuation encoded whole, the context's
+own tokens cut off the front (spaces ending the context move to the continuation). Its score
+is the summed log-probability of its tokens. The harness's metrics:
 
 - acc: the highest summed log-probability wins;
-- acc_norm_token: the highest mean log-probability per token (llm.c's and nanoGPT's scripts);
-- acc_norm: the summed log-probability divided by the ending's length in UTF-8 bytes (" " +
-  ending), as lm-evaluation-harness normalises.
+- acc_norm: the sum divided by the ending's length in characters (without the space);
+- acc_bytes: the sum divided by the ending's length in UTF-8 bytes;
+- acc_norm_token (gptlab's, as llm.c's HellaSwag script): the mean per token.
 
-A context + ending longer than block_size keeps its last block_size tokens.
+A context + ending longer than block_size keeps its last block_size + 1 tokens.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,9 +40,12 @@ class Example:
     line: int
 
 
-def read_examples(path: str | Path, limit: int | None = None) -> list[Example]:
+def read_examples(
+    path: str | Path, limit: int | None = None, hellaswag: bool = False
+) -> list[Example]:
     """The examples of a HellaSwag-format JSONL file (the first `limit`, if given); any bad
-    line is a GptlabError naming the file and the line."""
+    line is a GptlabError naming the file and the line. hellaswag: rows of the raw dataset
+    (activity_label, ctx_a, ctx_b, endings), prepared as the harness's hellaswag task does."""
     path = Path(path)
     if limit is not None and limit < 1:
         raise GptlabError(f"--limit must be at least 1, got {limit}")
@@ -61,7 +68,13 @@ def read_examples(path: str | Path, limit: int | None = None) -> list[Example]:
             raise GptlabError(f"{where}: not valid JSON ({e})") from None
         if not isinstance(row, dict):
             raise GptlabError(f"{where}: expected a JSON object")
-        if "ctx" in row:
+        if hellaswag:
+            for field in ("activity_label", "ctx_a", "ctx_b"):
+                if not isinstance(row.get(field), str):
+                    raise GptlabError(f"{where}: missing text field {field!r} (raw HellaSwag)")
+            ctx = row["ctx_a"] + " " + row["ctx_b"].capitalize()
+            context = hellaswag_clean(row["activity_label"] + ": " + ctx)
+        elif "ctx" in row:
             context = row["ctx"]
         elif "ctx_a" in row and "ctx_b" in row:
             context = f"{row['ctx_a']} {row['ctx_b']}".rstrip()
@@ -75,6 +88,8 @@ def read_examples(path: str | Path, limit: int | None = None) -> list[Example]:
             raise GptlabError(f"{where}: 'endings' must be a list of at least 2 strings")
         if not all(isinstance(e, str) for e in endings) or not isinstance(context, str):
             raise GptlabError(f"{where}: context and endings must be strings")
+        if hellaswag:
+            endings = [hellaswag_clean(e) for e in endings]
         empty = [i for i, e in enumerate(endings) if not e.strip()]
         if empty:  # nothing to score: every model would "choose" it with probability 1
             raise GptlabError(f"{where}: ending {empty[0]} is empty")
@@ -92,54 +107,145 @@ def read_examples(path: str | Path, limit: int | None = None) -> list[Example]:
     return examples
 
 
+def encode_pair(tokenizer: Tokenizer, context: str, continuation: str):
+    """(context ids, continuation ids) as the harness splits them (its _encode_pair)."""
+    spaces = len(context) - len(context.rstrip())
+    if spaces:
+        context, continuation = context[:-spaces], context[-spaces:] + continuation
+    whole = tokenizer.encode(context + continuation)
+    ctx = tokenizer.encode(context)
+    return ctx, whole[len(ctx) :]
+
+
 @torch.no_grad()
-def score_endings(
-    model: GPT, tokenizer: Tokenizer, example: Example
-) -> list[tuple[float, int, int]]:
-    """(summed log-probability, number of tokens, bytes) of each ending given the context."""
+def loglikelihoods(
+    model: GPT, requests: list[tuple[list[int], list[int]]], batch_size: int = 8
+) -> list[tuple[float, bool]]:
+    """For each (context ids, continuation ids): the continuation's summed log-probability and
+    whether greedy decoding would produce it (every token the argmax), as the harness's
+    loglikelihood. Padded batches of `batch_size` requests give the same numbers as one at a
+    time: padding sits to the right, where a causal model never looks."""
     model.eval()
     device = model.transformer.wte.weight.device
-    ctx = tokenizer.encode(example.context)
-    rows, spans = [], []
-    for ending in example.endings:
-        end = tokenizer.encode(" " + ending)
-        if not end:
-            raise GptlabError(f"line {example.line}: an ending is empty")
-        seq = (ctx + end)[-model.config.block_size :]
-        rows.append(seq)
-        spans.append(min(len(end), len(seq) - 1))
-    width = max(len(r) for r in rows)
-    x = torch.zeros(len(rows), width, dtype=torch.long)
-    for i, r in enumerate(rows):  # right-padded: positions after a row's end are ignored
-        x[i, : len(r)] = torch.tensor(r)
-    logprobs = F.log_softmax(model(x.to(device)).logits.float(), dim=-1)
+    L = model.config.block_size
     out = []
-    for i, (r, n) in enumerate(zip(rows, spans, strict=True)):
-        targets = torch.tensor(r[len(r) - n :], device=device)
-        positions = torch.arange(len(r) - n - 1, len(r) - 1, device=device)  # predict targets
-        total = logprobs[i, positions, targets].sum().item()
-        out.append((total, n, len((" " + example.endings[i]).encode("utf-8"))))
+    for i in range(0, len(requests), batch_size):
+        group = requests[i : i + batch_size]
+        rows = [(ctx + cont)[-(L + 1) :][:-1] for ctx, cont in group]
+        x = torch.zeros(len(rows), max(map(len, rows)), dtype=torch.long)
+        for j, r in enumerate(rows):
+            x[j, : len(r)] = torch.tensor(r)
+        logp = F.log_softmax(model(x.to(device)).logits.double(), dim=-1)
+        for j, ((_, cont), r) in enumerate(zip(group, rows, strict=True)):
+            if not cont:
+                raise GptlabError("a continuation has no tokens")
+            picked = logp[j, len(r) - len(cont) : len(r)]  # the positions that predict cont
+            target = torch.tensor(cont, device=device)
+            total = picked.gather(-1, target[:, None]).sum().item()
+            out.append((total, bool((picked.argmax(-1) == target).all())))
     return out
 
 
 def evaluate_multiple_choice(
-    model: GPT, tokenizer: Tokenizer, examples: list[Example], progress: bool = False
+    model: GPT,
+    tokenizer: Tokenizer,
+    examples: list[Example],
+    progress: bool = False,
+    batch_size: int = 8,
 ) -> dict:
-    """{"acc", "acc_norm_token", "acc_norm", "examples", "scores": per example}."""
+    """{"acc", "acc_norm", "acc_bytes", "acc_norm_token", "examples", "scores": per example}.
+    batch_size: examples per forward pass (all their endings in one padded batch)."""
     from tqdm import tqdm
 
-    hits = {"acc": 0, "acc_norm_token": 0, "acc_norm": 0}
+    if batch_size < 1:
+        raise GptlabError(f"batch_size must be at least 1, got {batch_size}")
+    hits = {"acc": 0, "acc_norm": 0, "acc_bytes": 0, "acc_norm_token": 0}
     scores = []
-    for ex in tqdm(examples, desc="multiple choice", disable=not progress, leave=False):
-        s = score_endings(model, tokenizer, ex)
-        by = {
-            "acc": [t for t, _, _ in s],
-            "acc_norm_token": [t / n for t, n, _ in s],
-            "acc_norm": [t / b for t, _, b in s],
-        }
-        for key, values in by.items():
-            hits[key] += int(max(range(len(values)), key=values.__getitem__) == ex.label)
-        scores.append({"line": ex.line, "label": ex.label, "logprob_sum": by["acc"],
-                       "tokens": [n for _, n, _ in s]})  # fmt: skip
+    bar = tqdm(total=len(examples), desc="multiple choice", disable=not progress, leave=False)
+    for i in range(0, len(examples), batch_size):
+        group = examples[i : i + batch_size]
+        requests = [encode_pair(tokenizer, ex.context, " " + e) for ex in group
+                    for e in ex.endings]  # fmt: skip
+        lls = iter(loglikelihoods(model, requests, batch_size=len(requests)))
+        pairs = iter(requests)
+        for ex in group:
+            sums = [next(lls)[0] for _ in ex.endings]
+            tokens = [len(next(pairs)[1]) for _ in ex.endings]
+            by = {
+                "acc": sums,
+                "acc_norm": [t / len(e) for t, e in zip(sums, ex.endings, strict=True)],
+                "acc_bytes": [t / len(e.encode("utf-8")) for t, e in
+                              zip(sums, ex.endings, strict=True)],  # fmt: skip
+                "acc_norm_token": [t / n for t, n in zip(sums, tokens, strict=True)],
+            }
+            choice = {k: max(range(len(v)), key=v.__getitem__) for k, v in by.items()}
+            for key, picked in choice.items():
+                hits[key] += int(picked == ex.label)
+            scores.append({"line": ex.line, "label": ex.label, "logprob_sum": sums,
+                           "tokens": tokens, "choice": choice})  # fmt: skip
+        bar.update(len(group))
+    bar.close()
     n = len(examples)
     return {**{k: v / n for k, v in hits.items()}, "examples": n, "scores": scores}
+
+
+def hellaswag_clean(text: str) -> str:
+    """The harness's HellaSwag clean-up: strip, WikiHow's " [title]" -> ". ", other bracketed
+    artefacts dropped, double spaces made single."""
+    text = text.strip().replace(" [title]", ". ")
+    text = re.sub(r"\[.*?\]", "", text)
+    return text.replace("  ", " ")
+
+
+def read_last_words(path: str | Path, limit: int | None = None) -> list[tuple[str, str, int]]:
+    """LAMBADA-format JSONL ({"text": ...}) -> (context, " " + last word, line) per passage,
+    split at the last space, as the harness's lambada_openai task does."""
+    path = Path(path)
+    if limit is not None and limit < 1:
+        raise GptlabError(f"--limit must be at least 1, got {limit}")
+    if path.is_dir():
+        raise GptlabError(f"{path}: is a folder, not a JSONL file")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise GptlabError(f"{path}: no such file") from None
+    except UnicodeDecodeError as e:
+        raise GptlabError(f"{path}: not UTF-8 text ({e})") from None
+    out = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as e:
+            raise GptlabError(f"{path}, line {number}: not valid JSON ({e})") from None
+        text = row.get("text") if isinstance(row, dict) else None
+        if not isinstance(text, str) or " " not in text.strip():
+            raise GptlabError(f"{path}, line {number}: expected {{\"text\": \"... word\"}}")
+        context, last = text.rsplit(" ", 1)
+        if not context or not last:
+            raise GptlabError(f"{path}, line {number}: the text must end in a word")
+        out.append((context, " " + last, number))
+        if limit is not None and len(out) >= limit:
+            break
+    if not out:
+        raise GptlabError(f"{path}: no passages")
+    return out
+
+
+def evaluate_last_word(
+    model: GPT, tokenizer: Tokenizer, passages: list[tuple[str, str, int]], batch_size: int = 8
+) -> dict:
+    """{"acc" (greedy decoding gives the last word exactly), "perplexity" (of the last words:
+    exp of minus the mean of their summed log-probabilities, as the harness aggregates),
+    "examples", "scores"}."""
+    requests = [encode_pair(tokenizer, c, w) for c, w, _ in passages]
+    results = loglikelihoods(model, requests, batch_size)
+    n = len(results)
+    return {
+        "acc": sum(greedy for _, greedy in results) / n,
+        "perplexity": math.exp(-sum(ll for ll, _ in results) / n),
+        "examples": n,
+        "scores": [{"line": line, "logprob_sum": ll, "greedy": greedy}
+                   for (ll, greedy), (_, _, line) in zip(results, passages, strict=True)],
+    }  # fmt: skip
