@@ -137,6 +137,13 @@ CASES = [
     (["eval", "multiple-choice", "run", "--data", "mc_bool.jsonl"], "label True"),
     (["eval", "multiple-choice", "run", "--data", "notes"], "notes: is a folder"),
     (["eval", "perplexity", "run", "--input", "notes"], "notes: is a folder"),
+    (["eval", "perplexity", "run", "--input", "text.txt"], "end-of-text token"),
+    (["eval", "perplexity", "run", "--input", "text.txt", "--stride", "4"], "--stride applies"),
+    (["eval", "last-word", "run", "--data", "mc.jsonl"], 'line 1: expected {"text"'),
+    (["eval", "last-word", "run", "--data", "mc.jsonl", "--limit", "0"], "--limit"),
+    (["eval", "multiple-choice", "run", "--data", "mc.jsonl", "--hellaswag"], "activity_label"),
+    (["eval", "multiple-choice", "run", "--data", "mc.jsonl", "--batch-size", "0"],
+     "--batch-size must be at least 1"),
     (["eval", "perplexity", "run", "--input", "text.txt", "--stride", "0"], "stride"),
     # attention
     (["attention", "pooling", "--out", "afile"], "afile: exists and is not a folder"),

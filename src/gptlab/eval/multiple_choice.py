@@ -40,13 +40,8 @@ class Example:
     line: int
 
 
-def read_examples(
-    path: str | Path, limit: int | None = None, hellaswag: bool = False
-) -> list[Example]:
-    """The examples of a HellaSwag-format JSONL file (the first `limit`, if given); any bad
-    line is a GptlabError naming the file and the line. hellaswag: rows of the raw dataset
-    (activity_label, ctx_a, ctx_b, endings), prepared as the harness's hellaswag task does."""
-    path = Path(path)
+def _jsonl_objects(path: Path, limit: int | None):
+    """(line number, JSON object) for each non-blank line; a bad line names file and line."""
     if limit is not None and limit < 1:
         raise GptlabError(f"--limit must be at least 1, got {limit}")
     if path.is_dir():
@@ -57,17 +52,28 @@ def read_examples(
         raise GptlabError(f"{path}: no such file") from None
     except UnicodeDecodeError as e:
         raise GptlabError(f"{path}: not UTF-8 text ({e})") from None
-    examples = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
-        where = f"{path}, line {number}"
         try:
             row = json.loads(line)
         except ValueError as e:
-            raise GptlabError(f"{where}: not valid JSON ({e})") from None
+            raise GptlabError(f"{path}, line {number}: not valid JSON ({e})") from None
         if not isinstance(row, dict):
-            raise GptlabError(f"{where}: expected a JSON object")
+            raise GptlabError(f"{path}, line {number}: expected a JSON object")
+        yield number, row
+
+
+def read_examples(
+    path: str | Path, limit: int | None = None, hellaswag: bool = False
+) -> list[Example]:
+    """The examples of a HellaSwag-format JSONL file (the first `limit`, if given); any bad
+    line is a GptlabError naming the file and the line. hellaswag: rows of the raw dataset
+    (activity_label, ctx_a, ctx_b, endings), prepared as the harness's hellaswag task does."""
+    path = Path(path)
+    examples = []
+    for number, row in _jsonl_objects(path, limit):
+        where = f"{path}, line {number}"
         if hellaswag:
             for field in ("activity_label", "ctx_a", "ctx_b"):
                 if not isinstance(row.get(field), str):
@@ -201,25 +207,9 @@ def read_last_words(path: str | Path, limit: int | None = None) -> list[tuple[st
     """LAMBADA-format JSONL ({"text": ...}) -> (context, " " + last word, line) per passage,
     split at the last space, as the harness's lambada_openai task does."""
     path = Path(path)
-    if limit is not None and limit < 1:
-        raise GptlabError(f"--limit must be at least 1, got {limit}")
-    if path.is_dir():
-        raise GptlabError(f"{path}: is a folder, not a JSONL file")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise GptlabError(f"{path}: no such file") from None
-    except UnicodeDecodeError as e:
-        raise GptlabError(f"{path}: not UTF-8 text ({e})") from None
     out = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as e:
-            raise GptlabError(f"{path}, line {number}: not valid JSON ({e})") from None
-        text = row.get("text") if isinstance(row, dict) else None
+    for number, row in _jsonl_objects(path, limit):
+        text = row.get("text")
         if not isinstance(text, str) or " " not in text.strip():
             raise GptlabError(f"{path}, line {number}: expected {{\"text\": \"... word\"}}")
         context, last = text.rsplit(" ", 1)
