@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from gptlab import GPT, CharTokenizer, GPTConfig
+
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 TINY_HF = dict(
@@ -52,3 +54,16 @@ def shared_data(name: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is absent (the shared test data lies beside the repository)")
     return path
+
+
+@pytest.fixture(scope="module")
+def serve_folder(tmp_path_factory):
+    """A small random character-level model folder (weights and tokenizer) for the web page's
+    tests."""
+    root = tmp_path_factory.mktemp("serve") / "model"
+    tok = CharTokenizer.from_text("To be, or not to be: that is the question.\n")
+    torch.manual_seed(0)
+    config = GPTConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=2, n_head=4, n_embd=32)
+    GPT(config).save_pretrained(root)
+    tok.save(root)
+    return root

@@ -292,10 +292,14 @@ def test_help_version_and_list_settings(capsys):
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
     for shown in ("(default: 500)", "(default: 0.8)", "(default: 1337)", "downloaded"):
         assert shown in text
-    assert main(["train", "--list-settings", "--preset", "tiny", "n_layer=3", "lr=2e-3"]) == 0
+    argv = ["train", "--list-settings", "--preset", "tiny", "n_layer=3", "lr=2e-3", "seed=0",
+            "max_iters=1", "compile=true"]  # fmt: skip
+    assert main(argv) == 0
     rows = {line.split()[0]: line.split()[1] for line in capsys.readouterr().out.splitlines()
             if line.startswith("  ")}  # fmt: skip
     assert rows["n_layer"] == "3" and rows["lr"] == "0.002" and rows["out"] == "out/tiny"
+    assert rows["seed"] == "0" and rows["max_iters"] == "1" and rows["compile"] == "true"
+    assert rows["padded_vocab_size"] == "unset"
     import dataclasses
 
     from gptlab.config import GPTConfig as G

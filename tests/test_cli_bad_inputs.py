@@ -45,6 +45,9 @@ def workspace(tmp_path_factory) -> Path:
     (ws / "afile").write_text("a user's file\n")
     (ws / "notes").mkdir()
     (ws / "notes" / "mine.txt").write_text("a user's notes\n")
+    for name in ("best", "tb"):  # a user's folders that happen to bear a run's names
+        (ws / "owned" / name).mkdir(parents=True)
+        (ws / "owned" / name / "essay.md").write_text("mine\n")
     config = TrainConfig(
         data=str(ws / "text.txt"), out=str(ws / "run"), batch_size=4, max_iters=2,
         eval_interval=2, eval_iters=1, threads=1,
@@ -112,6 +115,14 @@ CASES = [
     (["train", "warmup_iters=-1"], "warmup_iters must be >= 0"),
     (["train", "n_embd=30", "n_head=4"], "not divisible"),
     (["train", "learning_rate=1"], "did you mean 'lr'?"),
+    (["train", "--list-settings", "max_iters=1e400"], "max_iters must be an integer"),
+    (["train", "n_layer=2.7e0"], "n_layer must be an integer"),
+    (["train", "seed=99999999999999999999999"], "seed must be below 2**63"),
+    (["train", "--data", "text.txt", "--out", "o", "device=meta"], "device must be auto"),
+    (["train", "--data", "text.txt", "--out", "owned", "--overwrite"],
+     "is not a gptlab run, yet holds best, tb"),
+    (["train", "--resume", "run", "val_fraction=0.5"], "val_fraction cannot change"),
+    (["train", "--resume", "run", "init_from=run"], "init_from cannot change"),
     (["train", "--bogus"], "unrecognized arguments: --bogus"),
     (["train", "--resume", "run", "--out", "x"], "--out cannot apply"),
     (["train", "--resume", "run", "n_layer=4"], "n_layer cannot change"),
@@ -130,6 +141,14 @@ CASES = [
     (["sample", "notes"], "no config.json"),
     (["sample", "./missing"], "missing: no such folder"),
     (["sample", "run", "--dtype", "int4"], "invalid choice: 'int4'"),
+    (["sample", "run", "--seed", "99999999999999999999999"], "--seed must be in [0, 2**63)"),
+    (["sample", "run", "--device", "meta"], "device must be auto"),
+    (["sample", "run", "--temperature", "nan"], "temperature must be >= 0 and finite"),
+    (["sample", "run", "--temperature", "inf"], "temperature must be >= 0 and finite"),
+    (["sample", "run", "--prompt", "To", "--prompt-file", "text.txt"], "not both"),
+    (["sample", "run", "--prompt", "R\udcffO"], "is not valid UTF-8 text"),
+    (["prepare", "--input", "text.txt", "--out", "o", "--val-fraction", "0.9999"],
+     "leaves no training tokens"),
     # eval
     (["eval", "multiple-choice", "run", "--data", "mc.jsonl", "--limit", "0"], "--limit"),
     (["eval", "multiple-choice", "run", "--data", "mc.jsonl", "--limit", "-1"], "--limit"),

@@ -21,7 +21,10 @@ class _HelpFormatter(argparse.HelpFormatter):
         text = action.help or ""
         default = action.default
         if (
-            default not in (None, False, argparse.SUPPRESS)
+            default is not None
+            and default is not False  # a flag's "off"
+            and default != argparse.SUPPRESS
+            and default != ""
             and "default" not in text
             and action.option_strings
         ):
@@ -289,6 +292,13 @@ def _train_settings(args: argparse.Namespace):
             )
         import dataclasses
 
+        fixed = ("init_from", "val_fraction", "tokenizer")  # what the run's data and start were
+        refused = [k for k in overrides if k in fixed]
+        if refused:
+            raise GptlabError(
+                f"--resume continues the run's data and start; {', '.join(refused)} cannot "
+                "change (start a new run, or fine-tune from this one with init_from=RUN)"
+            )
         shape = [k for k in overrides if k in {f.name for f in dataclasses.fields(GPTConfig)}]
         if shape:
             raise GptlabError(
@@ -360,7 +370,9 @@ def _list_settings(args: argparse.Namespace, model_config, train_config) -> int:
         if part != section:
             print(f"[{part}]")
             section = part
-        shown = {True: "true", False: "false", None: "unset"}.get(value, value)  # TOML's words
+        shown = value  # TOML's words for booleans and None (0 and 1 stay numbers)
+        if value is None or isinstance(value, bool):
+            shown = "unset" if value is None else str(value).lower()
         print(f"  {name:<{width}}  {shown!s:<22} {meaning}")
     print(f"presets: {', '.join(PRESETS)}")
     return 0
@@ -380,12 +392,16 @@ def cmd_sample(args: argparse.Namespace) -> int:
     check_sampling(args.temperature, args.top_k, args.top_p)
     if args.max_new_tokens < 0:
         raise GptlabError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    if not 0 <= args.seed < 2**63:  # torch's generators take a signed 64-bit seed
+        raise GptlabError(f"--seed must be in [0, 2**63), got {args.seed}")
     if not 1 <= args.num_samples <= MAX_SAMPLES:
         raise GptlabError(f"--num-samples must be in 1..{MAX_SAMPLES}, got {args.num_samples}")
     device = resolve_device(args.device)
     dtype = _dtype(resolve_dtype(args.dtype, device))
     model = GPT.from_pretrained(args.model, device=device, dtype=dtype)
     tok = Tokenizer.from_pretrained(args.model)
+    if args.prompt_file and args.prompt:
+        raise GptlabError("give --prompt or --prompt-file, not both")
     if args.prompt_file:
         from gptlab.data.corpus import read_text
 
@@ -723,7 +739,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="figures", help="folder for the PNG files")
     p.add_argument("--quick", action="store_true", help="tiny training budgets (for tests)")
     p.add_argument("--model", help="gpt2 demo: run folder or pretrained name (default gpt2)")
-    p.add_argument("--prompt", default="", help="gpt2 demo: the text to look at")
+    p.add_argument(
+        "--prompt",
+        default="",
+        help="gpt2 demo: the text to look at (default: 'To be, or not to be, that is the "
+        "question')",
+    )
     p.add_argument("--layer", type=int, default=0, help="gpt2 demo: which layer")
     p.add_argument(
         "--overwrite", action="store_true", help="draw into a folder that holds other files too"
@@ -788,9 +809,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     import warnings
 
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     with warnings.catch_warnings():  # restored on return: main() may run inside a program
         warnings.showwarning = _show_warning
         try:
+            for arg in argv:  # bytes that are not UTF-8 reach Python as lone surrogates
+                try:
+                    arg.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise GptlabError(
+                        f"argument {arg!r} is not valid UTF-8 text"
+                    ) from None
             args, extra = parser.parse_known_args(argv)
             # key=value settings may come between or after options (argparse wants them last)
             if extra and hasattr(args, "settings") and not any(a.startswith("-") for a in extra):

@@ -160,6 +160,8 @@ class TrainConfig:
         for name in ("warmup_iters", "lr_decay_iters", "log_interval", "threads", "seed"):
             if getattr(self, name) < 0:
                 raise GptlabError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.seed >= 2**63:  # torch's generators take a signed 64-bit seed
+            raise GptlabError(f"seed must be below 2**63, got {self.seed}")
         for name in ("beta1", "beta2"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise GptlabError(f"{name} must be in [0, 1), got {getattr(self, name)}")
@@ -303,8 +305,14 @@ def _convert(name: str, text, kind):
         value = lowered in ("true", "1", "yes")
     elif kind in (int, "int"):
         try:
-            value = int(float(text)) if "e" in text.lower() else int(text)
-        except ValueError:
+            if "e" in text.lower():  # 5e3 is 5000; 2.7e0 is not a whole number
+                number = float(text)
+                if not number.is_integer():
+                    raise ValueError
+                value = int(number)
+            else:
+                value = int(text)
+        except (ValueError, OverflowError):
             raise GptlabError(f"{name} must be an integer, got {text!r}") from None
     elif kind in (float, "float"):
         try:

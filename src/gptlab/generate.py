@@ -39,8 +39,8 @@ def start_ids(tokenizer, prompt: str) -> list[int]:
 
 
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
-    if temperature < 0:
-        raise GptlabError(f"temperature must be >= 0, got {temperature}")
+    if not 0 <= temperature < float("inf"):  # also refuses nan
+        raise GptlabError(f"temperature must be >= 0 and finite, got {temperature}")
     if top_k is not None and top_k < 1:
         raise GptlabError(f"top_k must be at least 1, got {top_k}")
     if top_p is not None and not 0.0 < top_p <= 1.0:

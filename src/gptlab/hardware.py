@@ -88,7 +88,9 @@ def resolve_device(name: str = "auto") -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise GptlabError(f"device must be auto, cpu, cuda, cuda:N or mps, got {name!r}") from None
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):  # meta, xpu, ...: not ours
+        raise GptlabError(f"device must be auto, cpu, cuda, cuda:N or mps, got {name!r}")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise GptlabError("device=cuda, but no CUDA GPU is available")
     if device.type == "mps" and not (

@@ -18,8 +18,8 @@ from gptlab.serve.app import Server, load_lab
 
 
 @pytest.fixture(scope="module")
-def lab(folder) -> Lab:
-    return load_lab(str(folder), device="cpu", dtype="float32")
+def lab(serve_folder) -> Lab:
+    return load_lab(str(serve_folder), device="cpu", dtype="float32")
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def events(response) -> list[dict]:
     return [json.loads(line[6:]) for line in response.text.split("\n\n") if line.startswith("data")]
 
 
-def test_generation_streams_what_gptlab_sample_prints(client, folder, capsys):
+def test_generation_streams_what_gptlab_sample_prints(client, serve_folder, capsys):
     settings = {"prompt": "To be", "max_new_tokens": 25, "temperature": 0.9, "top_k": 20,
                 "seed": 7}  # fmt: skip
     with client.stream("POST", "/api/generate", json=settings) as response:
@@ -50,7 +50,7 @@ def test_generation_streams_what_gptlab_sample_prints(client, folder, capsys):
     got = events(response)
     assert got[-1]["done"] is True and len(got) == 26
     streamed = "To be" + "".join(e["text"] for e in got)
-    assert main(["sample", str(folder), "--prompt", "To be", "--max-new-tokens", "25",
+    assert main(["sample", str(serve_folder), "--prompt", "To be", "--max-new-tokens", "25",
                  "--temperature", "0.9", "--top-k", "20", "--seed", "7"]) == 0  # fmt: skip
     assert capsys.readouterr().out == streamed + "\n"
 
@@ -204,7 +204,7 @@ def test_generations_beyond_the_limit_get_429(lab):
     assert server.running == 0  # released when the stream ended
 
 
-def test_a_client_that_leaves_stops_its_generation(folder):
+def test_a_client_that_leaves_stops_its_generation(serve_folder):
     """Over a real socket: read the first token of a slow generation (50 ms per step), hang
     up, and the server stops computing: far fewer than 32 steps are ever made, and the one
     generation slot is free again."""
@@ -214,7 +214,7 @@ def test_a_client_that_leaves_stops_its_generation(folder):
 
     from gptlab.serve.app import Background
 
-    lab = load_lab(str(folder), device="cpu", dtype="float32")
+    lab = load_lab(str(serve_folder), device="cpu", dtype="float32")
     steps = {"n": 0}
     original = lab.model.hidden_states
 

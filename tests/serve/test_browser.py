@@ -43,8 +43,8 @@ def wait_until_drawn(page, canvas_id: str, pixels: int = 100) -> None:
     page.wait_for_function(f"({INKED})({canvas_id!r}) >= {pixels}", timeout=30_000)
 
 
-def test_generate_look_inside_and_switch_language(browser, folder, tmp_path):
-    labs = [load_lab(str(folder), device="cpu", dtype="float32") for _ in range(2)]
+def test_generate_look_inside_and_switch_language(browser, serve_folder, tmp_path):
+    labs = [load_lab(str(serve_folder), device="cpu", dtype="float32") for _ in range(2)]
     with Background(labs) as url:
         page = browser.new_page(viewport={"width": 1280, "height": 1600})
         errors = []

@@ -182,3 +182,28 @@ def test_a_damaged_checkpoint_is_one_line_and_best_survives(damage, message, tra
                              "--max-new-tokens", "5"], cwd=tmp_path, capture_output=True,
                             text=True)  # fmt: skip
     assert sample.returncode == 0, sample.stderr
+
+
+@pytest.mark.parametrize("damage", ["moment shape", "no param_groups", "data generator"])
+def test_a_damaged_trainer_state_is_one_line_not_a_crash(damage, trained, tmp_path):
+    """An optimizer moment of the wrong shape once reached AdamW's fused kernel and killed the
+    process (exit 139); every damage to trainer.pt is now a line naming the file."""
+    import shutil
+
+    from gptlab.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    path = run / "checkpoint" / "trainer.pt"
+    state = torch.load(path, weights_only=True)
+    if damage == "moment shape":
+        first = next(iter(state["optimizer"]["state"].values()))
+        first["exp_avg"] = torch.zeros(2)
+    elif damage == "no param_groups":
+        del state["optimizer"]["param_groups"]
+    else:
+        state["data_generator"] = torch.zeros(3, dtype=torch.uint8)
+    torch.save(state, path)
+    toml = (run / "train.toml").read_text()
+    assert main(["train", "--resume", str(run), "--no-progress", "max_iters=12"]) == 2
+    assert (run / "train.toml").read_text() == toml  # a failed resume records nothing

@@ -111,6 +111,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(corpus, tmp_path, mon
     calls["n"] = 6  # the next run's first step is already NaN: there is no checkpoint to name
     with pytest.raises(GptlabError, match=r"at step 1; .*\(no checkpoint had been saved yet\)"):
         train(MODEL, settings(corpus, tmp_path / "other"), progress=False)
+    assert not (tmp_path / "other").exists()  # a new folder that never held a checkpoint goes
 
 
 def test_fine_tune_from_a_saved_model(corpus, tmp_path):

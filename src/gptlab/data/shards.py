@@ -184,6 +184,11 @@ def prepare(
             raise GptlabError(f"{_describe(source)}: the corpus is empty")
         n_train = min(int(total * (1 - val_fraction)), total - 1)  # as nanoGPT: int(n * 0.9)
         n_val = total - n_train
+        if n_train < 1:
+            raise GptlabError(
+                f"{_describe(source)}: val_fraction={val_fraction} leaves no training tokens "
+                f"of {total}"
+            )
         tokens = np.memmap(tmp, dtype=dtype, mode="r")
         with open(out / "val.bin.tmp", "wb") as f:
             f.write(tokens[n_train:].tobytes())
@@ -236,8 +241,15 @@ class PreparedData:
             raise GptlabError(f"{self.directory}: not prepared data (no {META_FILE})") from None
         except ValueError as e:
             raise GptlabError(f"{path}: not valid JSON ({e})") from None
+        if not isinstance(self.meta, dict):
+            raise GptlabError(f"{path}: damaged (not a JSON object); prepare again")
         if self.meta.get("format") != FORMAT:
             raise GptlabError(f"{path}: unknown format {self.meta.get('format')!r}")
+        whole = ("vocab_size", "train_tokens", "val_tokens")
+        if not all(isinstance(self.meta.get(k), int) and self.meta[k] > 0 for k in whole) or (
+            self.meta.get("dtype") not in ("uint16", "uint32")
+        ):
+            raise GptlabError(f"{path}: damaged ({', '.join(whole)}, dtype); prepare again")
         dtype = np.dtype(self.meta["dtype"])
         self.splits: dict[str, np.ndarray] = {}
         for split in ("train", "val"):
@@ -252,7 +264,14 @@ class PreparedData:
         return self.meta["vocab_size"]
 
     def tokenizer(self) -> Tokenizer:
-        return Tokenizer.from_pretrained(self.directory)
+        """The tokenizer the tokens were made with; it must have meta.json's vocabulary."""
+        tok = Tokenizer.from_pretrained(self.directory)
+        if tok.vocab_size != self.vocab_size:
+            raise GptlabError(
+                f"{self.directory}: meta.json says {self.vocab_size} ids, the tokenizer files "
+                f"{tok.vocab_size}; prepare again"
+            )
+        return tok
 
     def check_block_size(self, block_size: int) -> None:
         for split, data in self.splits.items():

@@ -55,7 +55,13 @@ class CharTokenizer(Tokenizer):
         return self.encode_array(text, replacement).tolist()
 
     def encode_array(self, text: str, replacement: str | None = None) -> np.ndarray:
-        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        try:
+            codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        except UnicodeEncodeError as e:  # a lone surrogate: not a character of any text
+            raise GptlabError(
+                f"the text holds {text[e.start]!r} at position {e.start}, which is not a "
+                "character (invalid UTF-8 or a lone surrogate)"
+            ) from None
         ids = np.searchsorted(self._codes, codes)
         known = self._codes[np.minimum(ids, len(self._codes) - 1)] == codes
         if not known.all():

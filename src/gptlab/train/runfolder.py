@@ -51,6 +51,13 @@ def check_writable(out: Path, overwrite: bool) -> None:
     --overwrite)."""
     if out.exists() and not out.is_dir():
         raise GptlabError(f"{out}: exists and is not a folder")
+    if out.is_dir() and overwrite and not is_ours(out):
+        clash = [name for name in RUN_FILES if (out / name).exists()]
+        if clash:  # --overwrite would delete them, and they are the user's, not a run's
+            raise GptlabError(
+                f"{out} is not a gptlab run, yet holds {', '.join(clash)}, which a run writes "
+                "(and --overwrite would replace): choose another folder"
+            )
     if out.is_dir() and not overwrite and not is_ours(out) and any(out.iterdir()):
         raise GptlabError(
             f"{out}: a folder gptlab did not create, and not empty; choose an empty or new "

@@ -153,7 +153,9 @@ def _train(model_config, config, device, d: Dist, resume, overwrite, progress, s
                              started, out)  # fmt: skip
     finally:
         lock.__exit__()
-        if created and not (out / runfolder.MARK).exists():  # failed before it began: as it was
+        # a run this command created that never saved a checkpoint: leave no folder behind
+        saved = any((out / n).exists() for n in (checkpoint.CHECKPOINT_DIR, checkpoint.OLD_DIR))
+        if created and d.is_main and not saved:
             shutil.rmtree(out, ignore_errors=True)
 
 
@@ -162,6 +164,7 @@ def _train_locked(model_config, config, device, d, resume, overwrite, progress, 
     pending = resolve_data(config, out, d, progress and d.is_main, resume)
     try:
         data = pending.data
+        data.tokenizer()  # readable, and of the data's vocabulary
         model, model_config, saved = _build_model(model_config, config, data, out, resume)
         data.check_block_size(model_config.block_size)
     except BaseException:
@@ -203,8 +206,17 @@ class _Run:
         torch.manual_seed(config.seed + d.rank)  # dropout differs per rank, repeatably
         if saved is not None:
             trainer_state, saved_state = saved
-            note = _restore(trainer_state, self.optimizer, self.data_gen, self.scaler, device,
-                            config, d)  # fmt: skip
+            where = out / checkpoint.CHECKPOINT_DIR / "trainer.pt"
+            try:
+                _check_optimizer_state(trainer_state["optimizer"], self.optimizer)
+                note = _restore(trainer_state, self.optimizer, self.data_gen, self.scaler,
+                                device, config, d)  # fmt: skip
+            except (AttributeError, KeyError, IndexError, TypeError, ValueError,
+                    RuntimeError) as e:  # fmt: skip
+                raise GptlabError(
+                    f"{where}: damaged checkpoint ({type(e).__name__}: {str(e)[:120]}); the "
+                    "previous weights are in model.safetensors"
+                ) from None
             self.state.load(saved_state)
             if note and d.is_main:
                 print(note, flush=True)
@@ -215,7 +227,8 @@ class _Run:
             self.net = DistributedDataParallel(
                 self.net, device_ids=[d.local_rank] if device.type == "cuda" else None
             )
-        self.write_settings()
+        if saved is None:  # a resumed run records changed settings with its next checkpoint
+            self.write_settings()
 
     def write_settings(self) -> None:
         if self.d.is_main:
@@ -273,6 +286,7 @@ class _Run:
             "elapsed_s": self.elapsed(),
         }
         checkpoint.save(self.out, self.model, trainer_state, saved_state, self.tokenizer)
+        self.write_settings()  # the settings that led to this checkpoint
 
     def evaluate_and_save(self, lr: float, rngs: list[dict]) -> float:
         """Losses of both splits, a metrics row, the checkpoint, best/ if improved."""
@@ -387,6 +401,25 @@ def _rng_states(device: torch.device) -> dict:
     return states
 
 
+def _check_optimizer_state(saved: dict, optimizer: torch.optim.Optimizer) -> None:
+    """AdamW's saved moments have the shapes of the parameters they belong to (a mismatch
+    would reach a fused kernel unchecked, and crash the process)."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    groups = saved.get("param_groups")
+    if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
+        raise ValueError("no parameter groups")
+    ids = [i for g in groups for i in g.get("params", [])]
+    if len(ids) != len(params):
+        raise ValueError(f"{len(ids)} parameters saved, the model has {len(params)}")
+    state = saved.get("state")
+    if not isinstance(state, dict):
+        raise ValueError("no optimizer state")
+    for i, p in zip(ids, params, strict=True):
+        for name, value in state.get(i, {}).items():
+            if name != "step" and (not isinstance(value, torch.Tensor) or value.shape != p.shape):
+                raise ValueError(f"{name} of parameter {i} does not have its shape")
+
+
 def _restore(trainer_state, optimizer, data_gen, scaler, device, config, d) -> str | None:
     """Optimizer moments, the data generator and each rank's RNGs, as the checkpoint left
     them. Returns a note when the number of processes changed (the run goes on, but the
@@ -466,9 +499,10 @@ def _drop_metrics_after(out: Path, step: int) -> None:
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             row = json.loads(line)
-            keep = isinstance(row, dict) and row.get("step", step + 1) <= step
         except ValueError:
-            keep = False
+            row = None
+        at = row.get("step") if isinstance(row, dict) else None
+        keep = isinstance(at, int) and not isinstance(at, bool) and at <= step
         if keep:
             kept.append(line)
         else:
