@@ -81,6 +81,9 @@ CASES = [
     (["convert", "run", "afile"], "afile: exists and is not a folder"),
     (["convert", "run", "notes"], "notes holds files gptlab did not write (mine.txt)"),
     (["convert", "run", "run"], "run is a training run's folder"),
+    (["convert", "run", "run/checkpoint", "--overwrite"], "is inside the training run"),
+    (["tokenizer", "train", "--input", "text.txt", "--vocab-size", "300", "--out", "run/best"],
+     "is inside the training run"),
     (["convert", "./missing", "o"], "missing: no such folder"),
     (["convert", "hfbad", "o"], "not a plain PyTorch checkpoint"),
     # prepare
@@ -99,6 +102,7 @@ CASES = [
     (["prepare", "--input", "text.txt", "--out", "o", "--tokenizer", "tok_nope"], "cover"),
     # train
     (["train", "--data", "nope.txt", "--out", "o"], "nope.txt: no such file or folder"),
+    (["train", "--data", "text.txt", "--out", "new/a/b", "block_size=5000"], "block_size"),
     (["train", "--data", "text.txt", "--out", "notes"], "a folder gptlab did not create"),
     (["train", "--data", "nope.txt", "--out", "run", "--overwrite"], "no such file"),
     (["train", "--data", "latin1.txt", "--out", "run", "--overwrite"], "not UTF-8"),

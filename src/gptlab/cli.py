@@ -61,6 +61,9 @@ def _output_folder(
     folder = Path(out)
     if folder.exists() and not folder.is_dir():
         raise GptlabError(f"{folder}: exists and is not a folder")
+    parent = folder.absolute().parent
+    if any((parent / n).exists() for n in (runfolder.MARK, "train.toml")):  # RUN/checkpoint...
+        raise GptlabError(f"{folder} is inside the training run {parent}; write elsewhere")
     if not folder.is_dir():
         return folder
     if runfolder.is_training_run(folder):

@@ -143,7 +143,8 @@ def _train(model_config, config, device, d: Dist, resume, overwrite, progress, s
     def take_folder() -> None:
         nonlocal created
         _check_out(out, resume, overwrite)
-        created = not out.exists()
+        missing = [p for p in (out, *out.absolute().parents) if not p.exists()]
+        created = missing[-1] if missing else False  # the outermost folder this run makes
         runfolder.claim(out)
         lock.__enter__()
 
@@ -156,7 +157,7 @@ def _train(model_config, config, device, d: Dist, resume, overwrite, progress, s
         # a run this command created that never saved a checkpoint: leave no folder behind
         saved = any((out / n).exists() for n in (checkpoint.CHECKPOINT_DIR, checkpoint.OLD_DIR))
         if created and d.is_main and not saved:
-            shutil.rmtree(out, ignore_errors=True)
+            shutil.rmtree(created, ignore_errors=True)
 
 
 def _train_locked(model_config, config, device, d, resume, overwrite, progress, started, out):
