@@ -95,6 +95,8 @@ CASES = [
     (["prepare", "--input", "text.txt", "--out", "o", "--val-fraction", "0"], "(0, 1)"),
     (["prepare", "--input", "text.txt", "--out", "o", "--workers", "0"], "--workers must be"),
     (["prepare", "--input", "nope.txt", "--out", "o"], "nope.txt: no such file or folder"),
+    (["prepare", "--input", "nope.txt", "--out", "new/a/b"], "nope.txt: no such file or folder"),
+    (["prepare", "--input", "text.txt", "--out", "run/mydata"], "is inside the training run"),
     (["prepare", "--input", "latin1.txt", "--out", "o"], "latin1.txt: not UTF-8 text"),
     (["prepare", "--input", "empty.txt", "--out", "o"], "empty"),
     (["prepare", "--input", "hf:a:b:c:d", "--out", "o"], "too many parts"),

@@ -220,6 +220,11 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         raise GptlabError(f"{out}: exists and is not a folder")
     if out.is_dir() and runfolder.is_ours(out):
         raise GptlabError(f"{out} is a training run's folder; prepare data into another one")
+    parent = out.absolute().parent
+    if any((parent / n).exists() for n in (runfolder.MARK, "train.toml")):
+        raise GptlabError(f"{out} is inside the training run {parent}; prepare data elsewhere")
+    # the outermost folder this command creates: a failure removes it again
+    missing = [p for p in out.absolute().parents if not p.exists()]
     prepared = (out / "meta.json").is_file()
     if out.is_dir() and any(out.iterdir()):
         if not args.overwrite:
@@ -251,6 +256,10 @@ def cmd_prepare(args: argparse.Namespace) -> int:
             if path.name != "meta.json":
                 os.replace(path, out / path.name)
         os.replace(tmp / "meta.json", out / "meta.json")  # last: its presence means complete
+    except BaseException:
+        if missing:
+            shutil.rmtree(missing[-1], ignore_errors=True)
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     from gptlab.data import PreparedData
