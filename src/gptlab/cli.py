@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -357,15 +358,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         started=started,
     )
+    say = print if os.environ.get("RANK", "0") == "0" else (lambda *a: None)  # torchrun
     if result.interrupted:  # exit 130, as an interrupted sample: `train && eval` stops here
-        print(
+        say(
             f"stopped at step {result.step}; checkpoint saved. Resume with: "
             f"gptlab train --resume {result.out}"
         )
         return 130
     else:
         val = f", val loss {result.last_val_loss:.4f}" if result.last_val_loss else ""
-        print(f"done: {result.step} steps{val}; model in {result.out}")
+        say(f"done: {result.step} steps{val}; model in {result.out}")
     return 0
 
 

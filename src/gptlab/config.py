@@ -148,6 +148,10 @@ class TrainConfig:
     device: str = "auto"
     threads: int = 0
     seed: int = 1337
+    parallel: str = "ddp"
+    activation_checkpointing: bool = False
+    cpu_offload: bool = False
+    peak_tflops: float = 0.0
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):  # types first (TOML and key=value both reach here)
@@ -182,6 +186,17 @@ class TrainConfig:
             raise GptlabError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.lr <= 0 or self.min_lr < 0:
             raise GptlabError(f"lr must be > 0 and min_lr >= 0, got {self.lr}, {self.min_lr}")
+        if self.parallel not in ("ddp", "fsdp"):
+            raise GptlabError(f"parallel must be ddp or fsdp, got {self.parallel!r}")
+        if self.parallel == "fsdp" and self.dtype == "float16":
+            raise GptlabError(
+                "parallel=fsdp trains in float32 or bfloat16 (float16 needs a gradient scaler "
+                "that sharded training does not have here); use dtype=bfloat16"
+            )
+        if self.cpu_offload and self.parallel != "fsdp":
+            raise GptlabError("cpu_offload=true needs parallel=fsdp")
+        if not 0 <= self.peak_tflops < float("inf"):
+            raise GptlabError(f"peak_tflops must be >= 0 (0 = auto), got {self.peak_tflops}")
 
 
 # One line per setting, for `gptlab train --list-settings` and for readers of the dataclasses.
@@ -222,6 +237,13 @@ SETTINGS_HELP: dict[str, str] = {
     "device": "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps",
     "threads": "CPU threads for torch; 0 = torch's default",
     "seed": "random seed (data order, initialisation, dropout)",
+    "parallel": "under torchrun: ddp (a full copy of the model per process) or fsdp (each "
+    "process keeps 1/N of the weights, gradients and AdamW state)",
+    "activation_checkpointing": "keep only each block's input and recompute the block in the "
+    "backward pass: less memory, about a third more compute",
+    "cpu_offload": "fsdp on CUDA: keep weights and AdamW state in CPU memory between uses",
+    "peak_tflops": "the device's peak TFLOP/s for the MFU figure; 0 = a table for known GPUs, "
+    "a matmul probe on CPU",
 }
 
 

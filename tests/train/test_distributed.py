@@ -1,6 +1,5 @@
 """torchrun with 2 CPU processes (gloo) trains exactly what one process trains."""
 
-import json
 import os
 import re
 import subprocess
@@ -8,43 +7,12 @@ import sys
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
-ARGS = ["--preset", "tiny", "--no-progress", "batch_size=2", "grad_accum=2", "block_size=16",
-        "eval_interval=2", "eval_iters=1", "warmup_iters=2", "lr_decay_iters=8", "lr=3e-3",
-        "threads=1", "dropout=0.0"]  # fmt: skip
+from _torchrun import ARGS, assert_close, final, rows, run, write_corpus
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ddp") / "text.txt"
-    path.write_text("".join(f"line {i}: the quick brown fox, {i * 7 % 13}\n" for i in range(800)))
-    return path
-
-
-def run(cwd, *args, procs=1):
-    if procs == 1:
-        cmd = [sys.executable, "-m", "gptlab", "train", *args]
-    else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc_per_node={procs}", "-m", "gptlab", "train", *args]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
-
-
-def final(folder):
-    rows = (folder / "metrics.jsonl").read_text().splitlines()
-    return load_file(folder / "model.safetensors"), json.loads(rows[-1])
-
-
-def assert_close(a, b):
-    (wa, ma), (wb, mb) = a, b
-    assert abs(ma["train_loss"] - mb["train_loss"]) <= 1e-5
-    assert abs(ma["val_loss"] - mb["val_loss"]) <= 1e-5
-    worst = max((wa[k] - wb[k]).abs().max().item() for k in wa)
-    assert worst <= 1e-5, f"max |weight diff| = {worst}"
+    return write_corpus(tmp_path_factory.mktemp("ddp") / "text.txt")
 
 
 def test_two_processes_equal_one_and_checkpoints_cross_over(corpus, tmp_path):
@@ -54,16 +22,15 @@ def test_two_processes_equal_one_and_checkpoints_cross_over(corpus, tmp_path):
     run(tmp_path, *ARGS, *data, "--out", "mixed", "max_iters=4")
     one = final(tmp_path / "one")
     # the 2-process run at step 4 against the 1-process run's metrics at step 4
-    rows = [json.loads(r) for r in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
-    two_rows = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
-    at4 = next(r for r in rows if r["step"] == 4)
-    assert abs(json.loads(two_rows[-1])["val_loss"] - at4["val_loss"]) <= 1e-5
+    one_rows = rows(tmp_path / "one")
+    at4 = next(r for r in one_rows if r["step"] == 4)
+    assert abs(rows(tmp_path / "two")[-1]["val_loss"] - at4["val_loss"]) <= 1e-5
     # torchrun checkpoint -> resumed in one process; 1-process checkpoint -> resumed by torchrun
     run(tmp_path, "--resume", "two", "--no-progress", "max_iters=8")
     run(tmp_path, "--resume", "mixed", "--no-progress", "max_iters=8", procs=2)
     assert_close(final(tmp_path / "two"), one)
     assert_close(final(tmp_path / "mixed"), one)
-    assert rows[-1]["val_loss"] < rows[0]["val_loss"] - 0.1  # and they did learn
+    assert one_rows[-1]["val_loss"] < one_rows[0]["val_loss"] - 0.1  # and they did learn
 
 
 def test_each_rank_keeps_its_own_dropout_stream_across_a_resume(corpus, tmp_path):

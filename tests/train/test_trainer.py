@@ -58,7 +58,8 @@ def test_run_folder_holds_what_design_lists(corpus, tmp_path):
     assert list((out / "tb").iterdir())
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [4, 8, 12]
-    assert set(rows[0]) == {"step", "train_loss", "val_loss", "lr", "tokens", "elapsed_s"}
+    assert set(rows[0]) == {"step", "train_loss", "val_loss", "lr", "tokens", "elapsed_s",
+                            "tokens_per_s", "mfu"}  # fmt: skip
     assert rows[-1]["tokens"] == 12 * 4 * 16
     assert rows[-1]["val_loss"] < rows[0]["val_loss"]
     model = GPT.from_pretrained(out)

@@ -15,6 +15,7 @@ from os import PathLike
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from gptlab.config import GPTConfig
@@ -225,6 +226,9 @@ class GPT(nn.Module):
         )
         self.lm_head = nn.Linear(config.n_embd, config.embedding_rows, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # weight tying: one matrix, two uses
+        # Training on little memory: keep only each block's input in the forward pass and
+        # recompute the block during the backward pass (the trainer's activation_checkpointing).
+        self.activation_checkpointing = False
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -269,8 +273,8 @@ class GPT(nn.Module):
             logits = logits[..., : self.config.vocab_size]  # padded ids are never predicted
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(
-                logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100
+            loss = F.cross_entropy(  # in float32 even where the logits are bfloat16
+                logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-100
             )
         return GPTOutput(logits=logits, loss=loss)
 
@@ -304,8 +308,14 @@ class GPT(nn.Module):
             attn_mask = causal_padding_mask(real, past)
         x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C)
         x = self.transformer.drop(x)
+        recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         for i, block in enumerate(self.transformer.h):
-            x = block(x, attn_mask, cache, i)
+            if recompute:
+                x = torch.utils.checkpoint.checkpoint(
+                    block, x, attn_mask, cache, i, use_reentrant=False
+                )
+            else:
+                x = block(x, attn_mask, cache, i)
         if cache is not None:
             cache.advance(T)
         return self.transformer.ln_f(x)

@@ -8,6 +8,7 @@ import time
 import torch
 
 from gptlab.config import TrainConfig
+from gptlab.train import sharding
 from gptlab.train.distributed import broadcast_int
 
 
@@ -47,7 +48,7 @@ class Budget:
     def plan(self, config, model, data, T, device, autocast, step_seconds, step, d):
         timed = step_seconds[1:] or step_seconds  # the first step pays one-off costs
         step_s = sum(timed) / len(timed)
-        eval_s = _time_evaluation(model, data, config, T, device, autocast)
+        eval_s = _time_evaluation(model, data, config, T, device, autocast, d.world)
         left = config.max_time * (1 - self.MARGIN) - (time.perf_counter() - self.started)
         if step % config.eval_interval == 0:
             left -= eval_s  # the evaluation due at this very step
@@ -83,9 +84,10 @@ def plan_iters(seconds: float, step_s: float, eval_s: float, eval_interval: int,
 
 
 @torch.no_grad()
-def _time_evaluation(model, data, config, T, device, autocast) -> float:
-    """Seconds one evaluation takes (2 x eval_iters forward passes, plus a checkpoint save),
-    from a timed forward pass. No random stream is touched."""
+def _time_evaluation(model, data, config, T, device, autocast, world: int = 1) -> float:
+    """Seconds one evaluation takes (2 x eval_iters forward passes shared by `world`
+    processes, plus a checkpoint save), from a timed forward pass. No random stream is
+    touched."""
     model.eval()
     starts = torch.arange(config.batch_size) * T % max(1, len(data.splits["val"]) - T)
     x, y = data.windows("val", starts, T)
@@ -96,6 +98,7 @@ def _time_evaluation(model, data, config, T, device, autocast) -> float:
         with autocast:
             model(x, targets=y).loss.item()
         seconds.append(time.perf_counter() - t)
+    sharding.reshard(model)
     model.train()
     save_s = 0.1 + 3 * sum(p.numel() * 4 for p in model.parameters()) / 200e6  # ~200 MB/s
-    return 2 * config.eval_iters * min(seconds) + save_s
+    return 2 * -(-config.eval_iters // world) * min(seconds) + save_s

@@ -25,23 +25,40 @@ from gptlab.errors import GptlabError
 from gptlab.fileio import atomic_write, atomic_write_json
 from gptlab.model import GPT
 from gptlab.train import faults
+from gptlab.train.sharding import OPTIMIZER_DIR
 
 CHECKPOINT_DIR = "checkpoint"
+TMP_DIR = ".checkpoint.tmp"  # the next checkpoint, while it is written
 OLD_DIR = ".checkpoint.old"  # the previous checkpoint, while a new one is swapped in
 BEST_DIR = "best"
 
 
+def begin(out: Path) -> Path:
+    """An empty OUT/.checkpoint.tmp for the next checkpoint (after undoing a cut swap)."""
+    tmp = out / TMP_DIR
+    _undo_cut_swap(out)
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    return tmp
+
+
 def save(
-    out: Path, model: GPT, trainer_state: dict[str, Any], state: dict[str, Any], tokenizer=None
+    out: Path,
+    model: GPT,
+    trainer_state: dict[str, Any],
+    state: dict[str, Any],
+    tokenizer=None,
+    begun: bool = False,
 ) -> None:
     """Write the checkpoint whole into OUT/.checkpoint.tmp, then swap it in: checkpoint/ ->
     .checkpoint.old/, .checkpoint.tmp/ -> checkpoint/, then drop the old one. At every moment
     one complete checkpoint exists (checkpoint/, or .checkpoint.old/ mid-swap). A failed write
-    (a full disk, say) is one line and leaves the previous checkpoint as it was."""
-    tmp, final, old = out / ".checkpoint.tmp", out / CHECKPOINT_DIR, out / OLD_DIR
-    _undo_cut_swap(out)
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    (a full disk, say) is one line and leaves the previous checkpoint as it was. begun: the
+    folder was made by `begin` and already holds parts (fsdp's sharded optimizer state)."""
+    tmp, final, old = out / TMP_DIR, out / CHECKPOINT_DIR, out / OLD_DIR
+    if not begun:
+        begin(out)
     try:
         model.save_pretrained(tmp)
         faults.point("weights-written")
@@ -140,9 +157,14 @@ def _check_state(path: Path, state) -> None:
 
 
 def _check_trainer_state(path: Path, trainer_state) -> None:
-    if not isinstance(trainer_state, dict) or not isinstance(
-        trainer_state.get("optimizer"), dict
-    ) or not isinstance(trainer_state.get("data_generator"), torch.Tensor):
+    """The optimizer state is in trainer.pt, or (parallel=fsdp) in a sharded folder beside it."""
+    ok = isinstance(trainer_state, dict) and isinstance(
+        trainer_state.get("data_generator"), torch.Tensor
+    )
+    if ok and not isinstance(trainer_state.get("optimizer"), dict):
+        sharded = trainer_state.get("sharded_optimizer")
+        ok = sharded == OPTIMIZER_DIR and (path.parent / sharded / ".metadata").is_file()
+    if not ok:
         raise GptlabError(f"{path}: damaged checkpoint (optimizer or data state missing)")
 
 

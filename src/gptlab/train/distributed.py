@@ -105,6 +105,15 @@ def all_mean(d: Dist, value: torch.Tensor) -> torch.Tensor:
     return value / d.world
 
 
+def all_sum(d: Dist, value: float, device: torch.device) -> float:
+    """The sum of a number over ranks, in float64 (itself with one process)."""
+    if not d.enabled:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return float(t.item())
+
+
 def gather_objects(d: Dist, obj):
     """[obj of rank 0, obj of rank 1, ...] on every rank."""
     if not d.enabled:

@@ -33,18 +33,22 @@ class Logger:
             self.bar.total = total
             self.bar.refresh()
 
-    def step(self, step: int, loss: float, lr: float, tokens_per_s: float) -> None:
+    def step(
+        self, step: int, loss: float, lr: float, tokens_per_s: float, mfu: float | None = None
+    ) -> None:
         if self.bar is None:
             return
         self.bar.update(1)
         now = time.perf_counter()
         if now - self._last_postfix > 0.5:  # refreshing text every step costs time
-            self.bar.set_postfix(
-                loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}", refresh=False
-            )
+            shown = dict(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}")
+            if mfu is not None:
+                shown["mfu"] = f"{100 * mfu:.1f}%"
+            self.bar.set_postfix(**shown, refresh=False)
             self._last_postfix = now
 
-    def evaluation(self, step, losses, lr, tokens, elapsed_s) -> None:
+    def evaluation(self, step, losses, lr, tokens, elapsed_s, speed: dict | None = None) -> None:
+        """A metrics.jsonl row; speed: tokens_per_s and mfu over the steps since the last."""
         record = {
             "step": step,
             "train_loss": round(losses["train"], 6),
@@ -52,6 +56,7 @@ class Logger:
             "lr": lr,
             "tokens": tokens,
             "elapsed_s": round(elapsed_s, 3),
+            **(speed or {}),
         }
         with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
@@ -59,8 +64,9 @@ class Logger:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(self.out / "tb"))
-        for key in ("train_loss", "val_loss", "lr"):
-            self.writer.add_scalar(key, record[key], step)
+        for key in ("train_loss", "val_loss", "lr", "tokens_per_s", "mfu"):
+            if key in record:
+                self.writer.add_scalar(key, record[key], step)
         self.writer.flush()
         self.message(
             f"step {step}: train loss {record['train_loss']:.4f}, "

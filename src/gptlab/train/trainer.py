@@ -26,11 +26,12 @@ from gptlab.errors import GptlabError
 from gptlab.fileio import atomic_write_text
 from gptlab.hardware import resolve_device, resolve_dtype
 from gptlab.model import GPT
-from gptlab.train import checkpoint, faults, runfolder
+from gptlab.train import checkpoint, faults, mfu, runfolder, sharding
 from gptlab.train.budget import Budget
 from gptlab.train.distributed import (
     Dist,
     all_mean,
+    all_sum,
     broadcast_flag,
     cleanup,
     gather_objects,
@@ -197,21 +198,34 @@ class _Run:
         self.device, self.d, self.out, self.started = device, d, out, started
         self.tokenizer = data.tokenizer()
         self.T = model_config.block_size
-        self.autocast = _autocast(device, config.dtype)
+        # fsdp with one process has nothing to shard: it trains the plain model, and writes
+        # checkpoints in the sharded format so that more processes can take the run over
+        self.sharded = config.parallel == "fsdp" and d.enabled
+        # under fsdp, bfloat16 is FSDP's mixed precision (sharding.shard), not autocast
+        by_fsdp = self.sharded and config.dtype == "bfloat16"
+        self.autocast = contextlib.nullcontext() if by_fsdp else _autocast(device, config.dtype)
         model.to(device)
         model.train()
+        model.activation_checkpointing = config.activation_checkpointing
+        trainer_state = saved[0] if saved is not None else None
+        full_moments = None  # a ddp checkpoint's AdamW state, for a run that now shards
+        if trainer_state is not None and self.sharded and "optimizer" in trainer_state:
+            full_moments = self._full_optimizer_state(trainer_state["optimizer"])
+        if self.sharded:
+            sharding.shard(model, config, device)
         self.optimizer = make_optimizer(model, config, device.type)
         self.scaler = torch.amp.GradScaler("cuda", enabled=config.dtype == "float16")
         self.data_gen = torch.Generator().manual_seed(config.seed)
         self.state = _State()
         torch.manual_seed(config.seed + d.rank)  # dropout differs per rank, repeatably
         if saved is not None:
-            trainer_state, saved_state = saved
+            saved_state = saved[1]
             where = out / checkpoint.CHECKPOINT_DIR / "trainer.pt"
             try:
-                _check_optimizer_state(trainer_state["optimizer"], self.optimizer)
-                note = _restore(trainer_state, self.optimizer, self.data_gen, self.scaler,
-                                device, config, d)  # fmt: skip
+                self._restore_optimizer(trainer_state, full_moments)
+                note = _restore(trainer_state, self.data_gen, self.scaler, device, config, d)
+            except GptlabError:
+                raise
             except (AttributeError, KeyError, IndexError, TypeError, ValueError,
                     RuntimeError) as e:  # fmt: skip
                 raise GptlabError(
@@ -222,14 +236,47 @@ class _Run:
             if note and d.is_main:
                 print(note, flush=True)
         self.net = torch.compile(model) if config.compile else model  # what the step calls
-        if d.enabled:
+        if d.enabled and not self.sharded:
             from torch.nn.parallel import DistributedDataParallel
 
             self.net = DistributedDataParallel(
                 self.net, device_ids=[d.local_rank] if device.type == "cuda" else None
             )
+        self.flops = mfu.Throughput(model_config, model, config, device, d.world)
         if saved is None:  # a resumed run records changed settings with its next checkpoint
             self.write_settings()
+
+    def _full_optimizer_state(self, saved: dict) -> dict:
+        """A checkpoint of an unsharded run (its AdamW state keyed by parameter number),
+        resumed with parallel=fsdp: the state keyed by parameter name, whole, so that each
+        rank can take its shards of it once the model is sharded."""
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_optimizer_state_dict,
+        )
+
+        plain = make_optimizer(self.model, self.config, self.device.type)
+        _check_optimizer_state(saved, plain)
+        plain.load_state_dict(saved)
+        options = StateDictOptions(full_state_dict=True)
+        return get_optimizer_state_dict(self.model, plain, options=options)
+
+    def _restore_optimizer(self, trainer_state: dict, full_moments: dict | None) -> None:
+        if full_moments is not None:
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                set_optimizer_state_dict,
+            )
+
+            options = StateDictOptions(full_state_dict=True)
+            set_optimizer_state_dict(self.model, self.optimizer, full_moments, options=options)
+        elif "optimizer" in trainer_state:
+            _check_optimizer_state(trainer_state["optimizer"], self.optimizer)
+            self.optimizer.load_state_dict(trainer_state["optimizer"])
+        else:  # a checkpoint with sharded AdamW state (parallel=fsdp wrote it)
+            self.d.barrier()  # rank 0 has finished any interrupted save first
+            folder = self.out / checkpoint.CHECKPOINT_DIR
+            sharding.load_optimizer(folder, self.model, self.optimizer)
 
     def write_settings(self) -> None:
         if self.d.is_main:
@@ -248,7 +295,7 @@ class _Run:
             group["lr"] = lr
         loss = _train_step(self.net, self.model, self.optimizer, self.scaler, self.data,
                            self.data_gen, config, self.T, self.d, self.device,
-                           self.autocast)  # fmt: skip
+                           self.autocast, self.sharded)  # fmt: skip
         state.step += 1
         state.tokens += config.batch_size * config.grad_accum * self.T
         train_loss = all_mean(self.d, loss).item()  # NaN on any rank: NaN on all, all stop
@@ -265,15 +312,19 @@ class _Run:
             )
         return train_loss, lr
 
-    # ------------------------------------------------------------------ checkpoints (rank 0)
+    # ------------------------------------------------------------------ checkpoints
 
     def save(self, last_val: float | None, rngs: list[dict]) -> None:
+        """The checkpoint (every rank calls: under fsdp each writes its optimizer shards)."""
         trainer_state = {
-            "optimizer": self.optimizer.state_dict(),
             "data_generator": self.data_gen.get_state(),
             "torch_rng": torch.get_rng_state(),
             "rng_per_rank": rngs,  # every rank's dropout stream, in rank order
         }
+        if self.config.parallel == "fsdp":
+            trainer_state["sharded_optimizer"] = sharding.OPTIMIZER_DIR
+        else:
+            trainer_state["optimizer"] = self.optimizer.state_dict()
         if self.device.type == "cuda":  # dropout on a GPU draws from the GPU's generator
             trainer_state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         if self.config.dtype == "float16":
@@ -286,31 +337,46 @@ class _Run:
             "last_val_loss": last_val,
             "elapsed_s": self.elapsed(),
         }
-        checkpoint.save(self.out, self.model, trainer_state, saved_state, self.tokenizer)
-        self.write_settings()  # the settings that led to this checkpoint
+        d, out, weights = self.d, self.out, self.model
+        if self.config.parallel == "fsdp":
+            on_main(d, functools.partial(checkpoint.begin, out))  # an empty .checkpoint.tmp
+            sharding.save_optimizer(out / checkpoint.TMP_DIR, self.model, self.optimizer)
+            if self.sharded:  # the weights, gathered on rank 0
+                weights = sharding.consolidated(self.model, d.is_main)
 
-    def evaluate_and_save(self, lr: float, rngs: list[dict]) -> float:
-        """Losses of both splits, a metrics row, the checkpoint, best/ if improved."""
+        def write() -> None:
+            begun = self.config.parallel == "fsdp"
+            checkpoint.save(out, weights, trainer_state, saved_state, self.tokenizer, begun)
+            self.write_settings()  # the settings that led to this checkpoint
+
+        on_main(d, write)
+
+    def evaluate(self, lr: float) -> tuple[float, bool]:
+        """Losses of both splits (each rank evaluates its share of the batches) and a metrics
+        row -> (val loss, whether it is the best so far)."""
         state = self.state
         losses = _estimate_loss(self.model, self.data, self.config, self.T, self.device,
-                                self.autocast, state.step)  # fmt: skip
+                                self.autocast, state.step, self.d, self.sharded)  # fmt: skip
         val = losses["val"]
-        if not math.isfinite(val):
+        if not math.isfinite(val):  # the same sum on every rank: all stop together
             raise GptlabError(f"the validation loss became {val} at step {state.step}")
         improved = val < state.best_val
         state.best_val = min(state.best_val, val)
-        self.log.evaluation(state.step, losses, lr, state.tokens, self.elapsed())
-        self.save(val, rngs)
-        if improved:
-            checkpoint.save_best(self.out, self.tokenizer)
-        return val
+        speed = self.flops.take()
+        on_main(self.d, lambda: self.log.evaluation(state.step, losses, lr, state.tokens,
+                                                    self.elapsed(), speed))  # fmt: skip
+        return val, improved
 
     def checkpoint_all_ranks(self, last_val: float | None, lr: float, evaluate: bool):
-        """Every rank hands rank 0 its random state; rank 0 evaluates (or not) and saves."""
+        """Every rank hands rank 0 its random state; all evaluate (or not), then save, and
+        best/ is refreshed if the loss improved."""
         rngs = gather_objects(self.d, _rng_states(self.device))
+        improved = False
         if evaluate:
-            return on_main(self.d, functools.partial(self.evaluate_and_save, lr, rngs))
-        on_main(self.d, functools.partial(self.save, last_val, rngs))
+            last_val, improved = self.evaluate(lr)
+        self.save(last_val, rngs)
+        if improved:
+            on_main(self.d, functools.partial(checkpoint.save_best, self.out, self.tokenizer))
         return last_val
 
     # ------------------------------------------------------------------ the time budget
@@ -340,7 +406,9 @@ class _Run:
                 step_seconds.append(time.perf_counter() - t_step)
                 faults.step_delay()
                 tokens = self.config.batch_size * self.config.grad_accum * self.T
-                self.log.step(state.step, train_loss, lr, tokens / step_seconds[-1])
+                self.flops.add(tokens, step_seconds[-1])
+                rate = tokens / step_seconds[-1]
+                self.log.step(state.step, train_loss, lr, rate, self.flops.mfu(rate))
 
                 stopping = broadcast_flag(d, stop.requested, self.device)
                 # (any rank's readiness counts for all, so the ranks plan at the same step)
@@ -421,11 +489,10 @@ def _check_optimizer_state(saved: dict, optimizer: torch.optim.Optimizer) -> Non
                 raise ValueError(f"{name} of parameter {i} does not have its shape")
 
 
-def _restore(trainer_state, optimizer, data_gen, scaler, device, config, d) -> str | None:
-    """Optimizer moments, the data generator and each rank's RNGs, as the checkpoint left
-    them. Returns a note when the number of processes changed (the run goes on, but the
-    dropout streams of ranks the checkpoint did not have start afresh from seed + rank)."""
-    optimizer.load_state_dict(trainer_state["optimizer"])
+def _restore(trainer_state, data_gen, scaler, device, config, d) -> str | None:
+    """The data generator and each rank's RNGs, as the checkpoint left them. Returns a note
+    when the number of processes changed (the run goes on, but the dropout streams of ranks
+    the checkpoint did not have start afresh from seed + rank)."""
     data_gen.set_state(trainer_state["data_generator"])
     per_rank = trainer_state.get("rng_per_rank")
     note = None
@@ -447,7 +514,8 @@ def _restore(trainer_state, optimizer, data_gen, scaler, device, config, d) -> s
     return note
 
 
-def _train_step(ddp, model, optimizer, scaler, data, data_gen, config, T, d, device, autocast):
+def _train_step(net, model, optimizer, scaler, data, data_gen, config, T, d, device, autocast,
+                sharded=False):  # fmt: skip
     """One optimizer step over the global batch (this rank's micro-batches), gradients
     synchronised on the last micro-batch, clipped, applied. Returns the mean loss (a tensor)."""
     B = config.batch_size
@@ -459,10 +527,9 @@ def _train_step(ddp, model, optimizer, scaler, data, data_gen, config, T, d, dev
         x, y = data.windows("train", micro_starts, T)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         last = micro == micro_per_rank - 1
-        sync = contextlib.nullcontext() if last or not d.enabled else ddp.no_sync()
-        with sync:
+        with sharding.gradient_sync(model if sharded else net, sharded, d.enabled, last):
             with autocast:
-                loss = ddp(x, targets=y).loss / micro_per_rank
+                loss = net(x, targets=y).loss / micro_per_rank
             scaler.scale(loss).backward()
         loss_sum += loss.detach()
     if config.grad_clip > 0:
@@ -520,20 +587,32 @@ def _autocast(device: torch.device, dtype: str):
 
 
 @torch.no_grad()
-def _estimate_loss(model, data, config, T, device, autocast, step) -> dict[str, float]:
+def _estimate_loss(model, data, config, T, device, autocast, step, d=None, sharded=False):
     """Mean loss over eval_iters batches of each split. The batches come from a generator
-    seeded by (seed, step), so evaluating never disturbs training's random streams."""
+    seeded by (seed, step), so evaluating never disturbs training's random streams.
+
+    With N processes, rank r evaluates batches r, r + N, ... and the sums are added up over
+    ranks: the same batches and mean as one process, N times sooner. Sharded, every rank runs
+    the same number of forward passes (each gathers weights from all ranks): one with no batch
+    left repeats its last and drops the loss."""
+    d = d or Dist()
     model.eval()
     out = {}
     for i, split in enumerate(("train", "val")):
         gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step * 2 + i)
-        losses = []
-        for _ in range(config.eval_iters):
-            starts = data.window_starts(split, config.batch_size, T, gen)
+        batches = [data.window_starts(split, config.batch_size, T, gen)
+                   for _ in range(config.eval_iters)]  # fmt: skip
+        mine = batches[d.rank :: d.world]
+        rounds = -(-config.eval_iters // d.world) if sharded else len(mine)
+        total = 0.0
+        for r in range(rounds):
+            starts = mine[min(r, len(mine) - 1)] if mine else batches[0]
             x, y = data.windows(split, starts, T)
             with autocast:
-                losses.append(model(x.to(device), targets=y.to(device)).loss.float().item())
-        out[split] = sum(losses) / len(losses)
+                loss = model(x.to(device), targets=y.to(device)).loss.float().item()
+            total += loss if r < len(mine) else 0.0
+        out[split] = all_sum(d, total, device) / config.eval_iters
+    sharding.reshard(model)
     model.train()
     return out
 

@@ -1,0 +1,124 @@
+"""Model FLOPs utilisation (MFU): the share of the hardware's peak arithmetic that the model's
+own FLOPs use, tokens/s x FLOPs per token / peak FLOP/s.
+
+A trained token costs 6N FLOPs for the N weights of the matrix products (a multiply and an
+add per weight forward, twice that backward), plus attention's scores and weighted sums,
+12 x n_layer x n_embd x T (PaLM, appendix B). Recomputation (activation checkpointing) is not
+counted: MFU measures the model's work, not the hardware's.
+
+The peak: `peak_tflops=` when given; for known GPUs a table of datasheet figures (dense, per
+GPU, for the run's dtype); on a CPU a matrix-product probe in the run's dtype measured once
+per process, so CPU MFU reads "of what this CPU's matmul reaches", not of a datasheet.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import torch
+
+from gptlab.config import GPTConfig, TrainConfig
+
+# (name as torch.cuda.get_device_name contains it, float32 TFLOP/s, bfloat16/float16 TFLOP/s):
+# NVIDIA datasheets, dense (no sparsity), float32 without TF32 (gptlab leaves TF32 off).
+# More specific names first ("H100 PCIe" before "H100").
+GPU_PEAK_TFLOPS: tuple[tuple[str, float, float], ...] = (
+    ("H200", 67.0, 989.0),
+    ("H100 PCIe", 51.0, 756.0),
+    ("H100 NVL", 60.0, 835.0),
+    ("H100", 67.0, 989.0),  # SXM
+    ("A100", 19.5, 312.0),
+    ("L40S", 91.6, 362.0),
+    ("L4", 30.3, 121.0),
+    ("RTX 4090", 82.6, 165.2),
+    ("V100", 15.7, 125.0),  # float16 only
+    ("T4", 8.1, 65.0),  # float16 only
+)
+
+
+def flops_per_token(config: GPTConfig, n_matmul_params: int) -> int:
+    """Training FLOPs per token: 6N + 12 L C T (forward and backward)."""
+    return 6 * n_matmul_params + 12 * config.n_layer * config.n_embd * config.block_size
+
+
+def gpu_peak_tflops(name: str, dtype: str) -> float | None:
+    """The table's peak for a GPU name and dtype, or None for a GPU it does not know."""
+    for key, fp32, half in GPU_PEAK_TFLOPS:
+        if key.lower() in name.lower():
+            return fp32 if dtype == "float32" else half
+    return None
+
+
+@functools.cache
+def cpu_matmul_tflops(dtype: str, threads: int, size: int = 1024) -> float:
+    """The best TFLOP/s of a size^3 matrix product in `dtype` on this CPU with `threads`
+    threads (three timed runs after a warm-up; about 0.1-1 s)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        gen = torch.Generator().manual_seed(0)  # never the global stream that dropout draws
+        a = torch.randn(size, size, generator=gen).to(getattr(torch, dtype))
+        b = torch.randn(size, size, generator=gen).to(getattr(torch, dtype))
+        a @ b
+        best = float("inf")
+        for _ in range(3):
+            t = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - t)
+    finally:
+        torch.set_num_threads(before)
+    return 2 * size**3 / best / 1e12
+
+
+def peak_tflops(config: TrainConfig, device: torch.device) -> tuple[float | None, str]:
+    """(peak TFLOP/s of one device for this run, where the figure comes from)."""
+    if config.peak_tflops > 0:
+        return config.peak_tflops, "peak_tflops="
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        peak = gpu_peak_tflops(name, config.dtype)
+        return peak, (f"{name} datasheet" if peak else f"{name}: unknown, pass peak_tflops=")
+    if device.type == "cpu":
+        return cpu_matmul_tflops(config.dtype, torch.get_num_threads()), "cpu matmul probe"
+    return None, f"{device.type}: pass peak_tflops="
+
+
+class Throughput:
+    """Tokens/s and MFU of the whole run (all processes) from the steps' own wall time."""
+
+    def __init__(self, model_config: GPTConfig, model, config: TrainConfig, device, world: int):
+        n = model.num_params(include_position_embedding=False)  # wpe is a lookup, not a matmul
+        self.per_token = flops_per_token(model_config, n)
+        self.config, self.device, self.world = config, device, world
+        self._peak: tuple[float | None, str] | None = None
+        self.tokens = 0
+        self.seconds = 0.0
+
+    @property
+    def peak(self) -> tuple[float | None, str]:
+        if self._peak is None:  # probed on first use, after the run's threads are set
+            self._peak = peak_tflops(self.config, self.device)
+        return self._peak
+
+    def mfu(self, tokens_per_s: float) -> float | None:
+        peak = self.peak[0]
+        if not peak:
+            return None
+        return tokens_per_s * self.per_token / (peak * 1e12 * self.world)
+
+    def add(self, tokens: int, seconds: float) -> None:
+        self.tokens += tokens
+        self.seconds += seconds
+
+    def take(self) -> dict[str, float]:
+        """{tokens_per_s, mfu} over the steps since the last call (for metrics.jsonl)."""
+        if self.seconds <= 0:
+            return {}
+        rate = self.tokens / self.seconds
+        self.tokens, self.seconds = 0, 0.0
+        out = {"tokens_per_s": round(rate, 1)}
+        mfu = self.mfu(rate)
+        if mfu is not None:
+            out["mfu"] = round(mfu, 5)
+        return out

@@ -1,0 +1,154 @@
+"""How the model is spread over the processes of a torchrun: parallel=ddp or parallel=fsdp.
+
+ddp (DistributedDataParallel): every process holds the whole model, its gradients and
+AdamW's two moments, and gradients are averaged by an all-reduce. Per process that is
+4 + 4 + 8 = 16 bytes per parameter in float32 before any activation.
+
+fsdp (FSDP2, `torch.distributed.fsdp.fully_shard`): each process keeps 1/N of every
+parameter, gradient and moment. A block's full weights exist only while the block runs (an
+all-gather before, freed after) and gradients are reduce-scattered back to their shards, so
+per process it is about 16/N bytes per parameter plus one block's weights in flight. Each
+Block is a unit of its own, then the root (embeddings, final LayerNorm and the tied head,
+which stay one parameter).
+
+Checkpoints under fsdp (see `save_optimizer` / `load_optimizer`): the weights are gathered to
+rank 0 and written once, as the usual model.safetensors that `gptlab sample` and transformers
+read; AdamW's moments (twice the weights' bytes) go through `torch.distributed.checkpoint`,
+each rank writing its own shards. That format reshards on load, so a run saved by N processes
+resumes on M.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from gptlab.config import TrainConfig
+from gptlab.errors import GptlabError
+from gptlab.model import GPT
+
+OPTIMIZER_DIR = "optimizer"  # inside a checkpoint folder: AdamW's state, sharded
+
+
+def shard(model: GPT, config: TrainConfig, device: torch.device) -> None:
+    """fully_shard each block, then the whole model, in place (its parameters become DTensors
+    holding this rank's rows). dtype=bfloat16: blocks compute in bfloat16 from float32 shards
+    and gradients are reduced in float32 (FSDP's mixed precision, instead of autocast)."""
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+
+    kwargs = {}
+    if config.dtype == "bfloat16":
+        kwargs["mp_policy"] = MixedPrecisionPolicy(
+            param_dtype=torch.bfloat16, reduce_dtype=torch.float32
+        )
+    if config.cpu_offload and device.type == "cuda":
+        kwargs["offload_policy"] = CPUOffloadPolicy()
+    for block in model.transformer.h:
+        fully_shard(block, **kwargs)
+    fully_shard(model, **kwargs)
+
+
+def reshard(model: nn.Module) -> None:
+    """After forward passes without a backward (evaluation): free the root's gathered weights.
+    FSDP keeps the root's full weights after its forward, for the backward that usually
+    follows; its parameters are then not the sharded ones the optimizer holds."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if isinstance(model, FSDPModule):
+        model.reshard()
+
+
+def gradient_sync(net: nn.Module, sharded: bool, enabled: bool, sync: bool):
+    """A context for one micro-batch's backward: gradients are exchanged only on the last
+    micro-batch of a step (`sync`), the others accumulate locally. enabled: more than one
+    process."""
+    if not enabled or sync:
+        if sharded:
+            net.set_requires_gradient_sync(True)
+        return contextlib.nullcontext()
+    if sharded:
+        net.set_requires_gradient_sync(False)
+        return contextlib.nullcontext()
+    return net.no_sync()
+
+
+def consolidated(model: GPT, main: bool) -> GPT | None:
+    """The sharded model's full weights as a plain GPT on rank 0's CPU (None elsewhere).
+    Every rank must call it: the shards are gathered."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    full = get_model_state_dict(model, options=options)
+    if not main:
+        return None
+    with torch.device("meta"):
+        plain = GPT(model.config)
+    plain.load_state_dict(full, assign=True)
+    plain.lm_head.weight = plain.transformer.wte.weight  # tied again after assign
+    return plain
+
+
+def save_optimizer(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """AdamW's state into folder/optimizer, each rank writing its shards (every rank calls)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    state = get_optimizer_state_dict(model, optimizer)
+    try:
+        with _quiet():
+            dcp.save({"optimizer": state}, checkpoint_id=folder / OPTIMIZER_DIR)
+    except _errors() as e:  # DCP raises the same error on every rank
+        raise GptlabError(
+            f"{folder}: could not write the sharded optimizer state ({_first_line(e)}); the "
+            "previous checkpoint is intact"
+        ) from None
+
+
+def load_optimizer(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Load folder/optimizer into this run's optimizer, whatever number of processes wrote it
+    (DCP reads each rank's part of every tensor; one process reads them whole)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        get_optimizer_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    state = {"optimizer": get_optimizer_state_dict(model, optimizer)}  # shapes to fill
+    try:
+        with _quiet():
+            dcp.load(state, checkpoint_id=folder / OPTIMIZER_DIR)
+    except _errors() as e:
+        raise GptlabError(
+            f"{folder / OPTIMIZER_DIR}: damaged checkpoint ({_first_line(e)}); the weights are "
+            "in model.safetensors"
+        ) from None
+    set_optimizer_state_dict(model, optimizer, optim_state_dict=state["optimizer"])
+
+
+def _errors() -> tuple[type[BaseException], ...]:
+    """What a failed DCP read or write raises (its CheckpointException is a BaseException)."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    return (Exception, CheckpointException)
+
+
+def _first_line(e: BaseException) -> str:
+    failures = getattr(e, "failures", None)  # CheckpointException: {rank: its exception}
+    if isinstance(failures, dict) and failures:
+        e = next(iter(failures.values()))
+        e = e[0] if isinstance(e, tuple) else e  # (exception, traceback)
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}"[:200] if text else type(e).__name__
+
+
+@contextlib.contextmanager
+def _quiet():
+    """DCP warns when it runs without a process group (one process): that is intended here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        yield

@@ -1,0 +1,48 @@
+"""Running `gptlab train` as one process or under torchrun with N CPU processes (gloo), and
+comparing the runs' final weights and losses."""
+
+import json
+import os
+import subprocess
+import sys
+
+from safetensors.torch import load_file
+
+ARGS = ["--preset", "tiny", "--no-progress", "batch_size=2", "grad_accum=2", "block_size=16",
+        "eval_interval=2", "eval_iters=1", "warmup_iters=2", "lr_decay_iters=8", "lr=3e-3",
+        "threads=1", "dropout=0.0"]  # fmt: skip
+
+
+def write_corpus(path):
+    path.write_text("".join(f"line {i}: the quick brown fox, {i * 7 % 13}\n" for i in range(800)))
+    return path
+
+
+def run(cwd, *args, procs=1):
+    if procs == 1:
+        cmd = [sys.executable, "-m", "gptlab", "train", *args]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={procs}", "-m", "gptlab", "train", *args]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def final(folder):
+    """(the run folder's weights, its last metrics row)."""
+    rows = (folder / "metrics.jsonl").read_text().splitlines()
+    return load_file(folder / "model.safetensors"), json.loads(rows[-1])
+
+
+def rows(folder):
+    return [json.loads(r) for r in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_close(a, b, tol=1e-5):
+    (wa, ma), (wb, mb) = a, b
+    assert abs(ma["train_loss"] - mb["train_loss"]) <= tol
+    assert abs(ma["val_loss"] - mb["val_loss"]) <= tol
+    worst = max((wa[k] - wb[k]).abs().max().item() for k in wa)
+    assert worst <= tol, f"max |weight diff| = {worst}"
