@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _data import print_machine
+from _data import SHARED_DATA, print_machine
 
 HERE = Path(__file__).resolve().parent
 
@@ -44,6 +44,12 @@ def peak_of(mode: str, preset: str, steps: int, block: int, data: Path, out: Pat
     return peaks
 
 
+def gpt2_tokenizer() -> str:
+    """GPT-2's tokenizer: the files beside the repo where present, else the hub's."""
+    local = SHARED_DATA / "gpt2-tokenizer"
+    return str(local) if (local / "vocab.bpe").is_file() else "gpt2"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="gpt2-medium")
@@ -60,7 +66,7 @@ def main() -> None:
         text.write_text("".join(f"line {i}: the quick brown fox, {i % 97}\n" for i in range(3000)))
         data = tmp / "prep"
         subprocess.run([sys.executable, "-m", "gptlab", "prepare", "--input", str(text),
-                        "--out", str(data), "--tokenizer", "gpt2"], check=True,
+                        "--out", str(data), "--tokenizer", gpt2_tokenizer()], check=True,
                        capture_output=True)  # fmt: skip
         import torch
 

@@ -9,8 +9,10 @@
 # 16 x 1024 (20 steps, compiled, bfloat16), and with 2+ GPUs ddp and fsdp over nccl (their
 # losses must agree) and the fsdp memory benchmark.
 #
-# GPU_CHECK_DEVICE=cpu runs the same steps smaller on a CPU (float16 and compile are skipped
-# there): what the test suite uses to check that every command in this script is valid.
+# GPT2_TOKENIZER=FOLDER: GPT-2's tokenizer files, where the hub cannot be reached (by default
+# ../shared/data/gpt2-tokenizer when it is there).
+# GPU_CHECK_DEVICE=cpu runs the same commands, small, on a CPU (float16 and compile skipped):
+# the test suite does, to check that every command in this script is valid.
 set -u
 DEVICE=${GPU_CHECK_DEVICE:-cuda}
 if [ "$DEVICE" = cuda ] && ! python -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
@@ -20,6 +22,11 @@ fi
 W=${1:-$(mktemp -d)}
 mkdir -p "$W"
 cd "$(dirname "$0")/.."
+# GPT-2's vocabulary: from the hub, or (machines without it) the tokenizer files beside the repo
+GPT2_TOKENIZER=${GPT2_TOKENIZER:-gpt2}
+if [ "$GPT2_TOKENIZER" = gpt2 ] && [ -f ../shared/data/gpt2-tokenizer/vocab.bpe ]; then
+    GPT2_TOKENIZER=../shared/data/gpt2-tokenizer
+fi
 GPUS=$(python -c "import torch; print(torch.cuda.device_count())")
 SUMMARY=()
 FAILED=0
@@ -42,17 +49,20 @@ last_row() {  # the last metrics.jsonl row of a run, as "key=value ..."
     python -c "import json, sys; r = json.loads(open(sys.argv[1] + '/metrics.jsonl').read().splitlines()[-1]); print(' '.join(f'{k}={v}' for k, v in r.items() if k in ('step', 'val_loss', 'tokens_per_s', 'mfu')))" "$1"
 }
 
+printf 'To be, or not to be, that is the question.\n%.0s' {1..40} >"$W/eval.txt"
 if [ "$DEVICE" = cuda ]; then
+    INPUT=()  # the built-in corpus
     SPEED=(--preset gpt2 batch_size=16 block_size=1024 max_iters=20 eval_interval=10 eval_iters=2 compile=true)
     TINY=(max_iters=60 eval_interval=30 eval_iters=5)
 else  # the smoke run: the same commands, small
+    INPUT=(--input "$W/eval.txt")
     SPEED=(--preset tiny batch_size=2 block_size=32 max_iters=4 eval_interval=2 eval_iters=1)
     TINY=(max_iters=4 eval_interval=2 eval_iters=1 threads=1)
 fi
 COMMON=(--no-progress "device=$DEVICE" --preset tiny block_size=64 batch_size=8)
 
-step prepare-char python -m gptlab prepare --out "$W/char"
-step prepare-gpt2 python -m gptlab prepare --out "$W/gpt2" --tokenizer gpt2
+step prepare-char python -m gptlab prepare "${INPUT[@]}" --out "$W/char"
+step prepare-gpt2 python -m gptlab prepare "${INPUT[@]}" --out "$W/gpt2" --tokenizer "$GPT2_TOKENIZER"
 if [ "$DEVICE" = cuda ]; then
     step train-float16 python -m gptlab train "${COMMON[@]}" "${TINY[@]}" --data "$W/char" --out "$W/fp16" dtype=float16
     step train-compile python -m gptlab train "${COMMON[@]}" "${TINY[@]}" --data "$W/char" --out "$W/compiled" dtype=bfloat16 compile=true
@@ -64,8 +74,7 @@ else
 fi
 step train-bfloat16 python -m gptlab train "${COMMON[@]}" "${TINY[@]}" --data "$W/char" --out "$W/bf16" "dtype=$BF16"
 step sample python -m gptlab sample "$W/bf16" --device "$DEVICE" --num-samples 2 --max-new-tokens 64 --seed 1
-printf 'To be, or not to be, that is the question.\n%.0s' {1..40} >"$W/eval.txt"
-step eval python -m gptlab eval perplexity "$W/bf16" --device "$DEVICE" --input "$W/eval.txt"
+step eval python -m gptlab eval perplexity "$W/bf16" --device "$DEVICE" --input "$W/eval.txt" --method gptlab
 step speed-gpt2 python -m gptlab train "${SPEED[@]}" --no-progress "device=$DEVICE" "dtype=$BF16" --data "$W/gpt2" --out "$W/speed"
 if [ "$GPUS" -ge 2 ]; then
     for mode in ddp fsdp; do

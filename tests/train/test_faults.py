@@ -207,3 +207,19 @@ def test_a_damaged_trainer_state_is_one_line_not_a_crash(damage, trained, tmp_pa
     toml = (run / "train.toml").read_text()
     assert main(["train", "--resume", str(run), "--no-progress", "max_iters=12"]) == 2
     assert (run / "train.toml").read_text() == toml  # a failed resume records nothing
+
+
+@pytest.mark.parametrize("stage", ["weights-written", "new-moved"])
+def test_a_sharded_checkpoint_killed_mid_save_resumes_exactly(stage, corpus, tmp_path):
+    """parallel=fsdp writes AdamW's state sharded into the same temporary folder, swapped in
+    with the rest: a kill in the step-8 save resumes to the uninterrupted run's weights."""
+    args = [*ARGS, "--data", str(corpus), "parallel=fsdp"]
+    assert gptlab(tmp_path, *args, "--out", "whole").returncode == 0
+    died = gptlab(tmp_path, *args, "--out", "run", GPTLAB_FAULT=f"{stage}:2")
+    assert died.returncode == 137, died.stderr
+    resumed = gptlab(tmp_path, "--resume", "run", "--no-progress")
+    assert resumed.returncode == 0, resumed.stderr
+    whole = load_file(tmp_path / "whole" / "model.safetensors")
+    assert same(load_file(tmp_path / "run" / "model.safetensors"), whole)
+    assert (tmp_path / "run" / "checkpoint" / "optimizer" / ".metadata").is_file()
+    assert not (tmp_path / "run" / ".checkpoint.tmp").exists()

@@ -7,6 +7,7 @@ import torch
 from _torchrun import ARGS, assert_close, final, rows, run, write_corpus
 
 from gptlab.config import GPTConfig, TrainConfig
+from gptlab.errors import GptlabError
 from gptlab.model import GPT
 from gptlab.train import train
 from gptlab.train import trainer as trainer_module
@@ -112,3 +113,34 @@ def test_a_sharded_checkpoint_with_a_damaged_optimizer_is_one_line(corpus, tmp_p
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "damaged checkpoint" in err[0], err
     assert (tmp_path / "r" / "model.safetensors").read_bytes() == before
+
+
+def test_a_model_that_cannot_fit_is_refused_with_advice_before_any_work(monkeypatch, tmp_path):
+    """16 bytes per parameter for weights, gradients and AdamW state: more than the device
+    holds is one line that suggests fsdp, and the run folder is not created."""
+    from gptlab.train import sharding
+
+    (tmp_path / "t.txt").write_text("the quick brown fox jumps over the lazy dog\n" * 100)
+    model_config = GPTConfig.preset("tiny", block_size=16)
+    n = GPT(model_config.replace(vocab_size=28)).num_params()
+    monkeypatch.setattr(sharding, "device_memory", lambda device: 16 * n - 1)
+    config = TrainConfig(data=str(tmp_path / "t.txt"), out=str(tmp_path / "r"), max_iters=1,
+                         eval_iters=1, threads=1)  # fmt: skip
+    with pytest.raises(GptlabError, match=r"more than this machine's RAM .*parallel=fsdp"):
+        train(model_config, config, progress=False)
+    assert not (tmp_path / "r").exists()
+    monkeypatch.setattr(sharding, "device_memory", lambda device: 16 * n)  # just fits
+    train(model_config, config, progress=False)
+
+
+def test_running_out_of_memory_is_one_line_with_advice(monkeypatch, tmp_path):
+    (tmp_path / "t.txt").write_text("the quick brown fox jumps over the lazy dog\n" * 100)
+
+    def no_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(trainer_module, "_train_step", no_memory)
+    config = TrainConfig(data=str(tmp_path / "t.txt"), out=str(tmp_path / "r"), max_iters=1,
+                         eval_iters=1, threads=1)  # fmt: skip
+    with pytest.raises(GptlabError, match=r"^out of memory on cpu .*try parallel=fsdp"):
+        train(GPTConfig.preset("tiny", block_size=16), config, progress=False)

@@ -21,6 +21,7 @@ resumes on M.
 from __future__ import annotations
 
 import contextlib
+import os
 import warnings
 from pathlib import Path
 
@@ -32,6 +33,45 @@ from gptlab.errors import GptlabError
 from gptlab.model import GPT
 
 OPTIMIZER_DIR = "optimizer"  # inside a checkpoint folder: AdamW's state, sharded
+
+
+BYTES_PER_PARAMETER = 16  # float32 weight, gradient and AdamW's two moments
+
+
+def device_memory(device: torch.device) -> int | None:
+    """Bytes of memory on the device (a CPU: the machine's RAM), or None where unknown."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    if device.type == "cpu":
+        try:
+            return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (AttributeError, ValueError, OSError):  # not on this system
+            return None
+    return None
+
+
+def check_fits(n_params: int, config: TrainConfig, device: torch.device, world: int) -> None:
+    """Refuse, before any work, a run whose weights, gradients and AdamW state alone exceed
+    the device's memory (on a CPU: all of this machine's processes together in its RAM),
+    and say what would fit. Activations come on top, so passing this is no promise."""
+    total = device_memory(device)
+    if total is None:
+        return
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if device.type == "cpu" else 1
+    shards = world if config.parallel == "fsdp" else 1
+    need = BYTES_PER_PARAMETER * n_params * local / shards
+    if need <= total:
+        return
+    where = "this machine's RAM" if device.type == "cpu" else f"{device}'s memory"
+    if config.parallel == "ddp":
+        advice = "parallel=fsdp under torchrun shares them out (each process keeps 1/N)"
+    else:
+        advice = "more processes (each keeps 1/N), or cpu_offload=true on CUDA"
+    raise GptlabError(
+        f"{n_params / 1e6:,.0f}M parameters need {need / 2**30:.1f} GiB for weights, gradients "
+        f"and AdamW state (16 bytes each, parallel={config.parallel}), more than "
+        f"{where} ({total / 2**30:.1f} GiB): {advice}"
+    )
 
 
 def shard(model: GPT, config: TrainConfig, device: torch.device) -> None:

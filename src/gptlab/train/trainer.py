@@ -112,6 +112,13 @@ def train(
         if config.threads:
             torch.set_num_threads(config.threads)
         return _train(model_config, config, device, d, resume, overwrite, progress, started)
+    except torch.OutOfMemoryError:
+        advice = "parallel=fsdp under torchrun, " if config.parallel == "ddp" else ""
+        raise GptlabError(
+            f"out of memory on {device} (batch_size={config.batch_size}); try {advice}"
+            "activation_checkpointing=true, or a smaller batch_size with a larger grad_accum "
+            "(files already saved are unchanged)"
+        ) from None
     finally:
         torch.set_num_threads(threads_before)
         cleanup(d)
@@ -204,6 +211,8 @@ class _Run:
         # under fsdp, bfloat16 is FSDP's mixed precision (sharding.shard), not autocast
         by_fsdp = self.sharded and config.dtype == "bfloat16"
         self.autocast = contextlib.nullcontext() if by_fsdp else _autocast(device, config.dtype)
+        if not (config.cpu_offload and device.type == "cuda"):
+            sharding.check_fits(model.num_params(), config, device, d.world)
         model.to(device)
         model.train()
         model.activation_checkpointing = config.activation_checkpointing
