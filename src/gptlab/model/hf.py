@@ -311,7 +311,10 @@ def state_dict_to_hf(model: GPT) -> dict[str, torch.Tensor]:
         tensor = tensor.detach()
         if key == "transformer.wte.weight":
             tensor = tensor[: config.vocab_size]
-        out[key] = tensor.to("cpu").contiguous().clone()
+        tensor = tensor.to("cpu").contiguous()
+        if tensor.untyped_storage().nbytes() != tensor.nbytes:  # a view into a larger tensor
+            tensor = tensor.clone()  # (safetensors writes whole tensors; no copy otherwise)
+        out[key] = tensor
     if not config.bias:
         dtype = model.transformer.wte.weight.dtype
         for key, shape in _expected_shapes(config.replace(bias=True)).items():
