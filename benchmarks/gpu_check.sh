@@ -7,7 +7,7 @@
 # What it runs: a tiny training in float16 (gradient scaler) and in bfloat16, one with
 # compile=true, sampling and evaluation on CUDA, the gpt2 preset's tokens/s and MFU at batch
 # 16 x 1024 (20 steps, compiled, bfloat16), and with 2+ GPUs ddp and fsdp over nccl (their
-# losses must agree) and the fsdp memory benchmark.
+# final losses within 0.05) and the fsdp memory benchmark.
 #
 # GPT2_TOKENIZER=FOLDER: GPT-2's tokenizer files, where the hub cannot be reached (by default
 # ../shared/data/gpt2-tokenizer when it is there).
@@ -21,6 +21,7 @@ if [ "$DEVICE" = cuda ] && ! python -c "import sys, torch; sys.exit(not torch.cu
 fi
 W=${1:-$(mktemp -d)}
 mkdir -p "$W"
+W=$(cd "$W" && pwd)  # absolute: the script moves to the repository next
 cd "$(dirname "$0")/.."
 # GPT-2's vocabulary: from the hub, or (machines without it) the tokenizer files beside the repo
 GPT2_TOKENIZER=${GPT2_TOKENIZER:-gpt2}
@@ -51,7 +52,7 @@ last_row() {  # the last metrics.jsonl row of a run, as "key=value ..."
 
 printf 'To be, or not to be, that is the question.\n%.0s' {1..40} >"$W/eval.txt"
 if [ "$DEVICE" = cuda ]; then
-    INPUT=()  # the built-in corpus
+    INPUT=(--input shakespeare)  # the built-in corpus
     SPEED=(--preset gpt2 batch_size=16 block_size=1024 max_iters=20 eval_interval=10 eval_iters=2 compile=true)
     TINY=(max_iters=60 eval_interval=30 eval_iters=5)
 else  # the smoke run: the same commands, small
@@ -81,18 +82,24 @@ if [ "$GPUS" -ge 2 ]; then
         step "torchrun-$mode" python -m torch.distributed.run --standalone --nproc_per_node=2 -m gptlab train \
             "${COMMON[@]}" "${TINY[@]}" grad_accum=2 --data "$W/char" --out "$W/$mode" dtype=bfloat16 "parallel=$mode"
     done
+    step torchrun-fsdp-offload python -m torch.distributed.run --standalone --nproc_per_node=2 -m gptlab train \
+        "${COMMON[@]}" "${TINY[@]}" grad_accum=2 --data "$W/char" --out "$W/offload" dtype=bfloat16 parallel=fsdp cpu_offload=true
+    # the two runs' final losses (bfloat16: FSDP's mixed precision and autocast differ a little)
+    step ddp-vs-fsdp python -c "import json, sys; a, b = (json.loads(open(f'$W/{m}/metrics.jsonl').read().splitlines()[-1])['val_loss'] for m in ('ddp', 'fsdp')); print(f'ddp {a:.4f} fsdp {b:.4f}'); sys.exit(abs(a - b) > 0.05)"
     step fsdp-memory python benchmarks/fsdp_memory.py
 else
     skip torchrun "needs 2 GPUs, found $GPUS"
+    skip fsdp-memory "needs 2 GPUs, found $GPUS"
 fi
 
 echo
 echo "gpu_check summary ($W)"
 python -c "import torch, gptlab; d = torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu'; print(f'gptlab {gptlab.__version__}, torch {torch.__version__}, {d} x {torch.cuda.device_count()}')"
 printf '%s\n' "${SUMMARY[@]}"
-for run in fp16 compiled bf16 speed ddp fsdp; do
+for run in fp16 compiled bf16 speed ddp fsdp offload; do
     [ -f "$W/$run/metrics.jsonl" ] && echo "$run: $(last_row "$W/$run")"
 done
 [ -f "$W/eval.log" ] && echo "eval: $(tail -n 1 "$W/eval.log")"
-[ -f "$W/fsdp-memory.log" ] && tail -n 4 "$W/fsdp-memory.log"
+[ -f "$W/ddp-vs-fsdp.log" ] && echo "ddp vs fsdp val loss: $(cat "$W/ddp-vs-fsdp.log")"
+[ -f "$W/fsdp-memory.log" ] && sed -n '/^rank/,$p' "$W/fsdp-memory.log"
 exit $FAILED

@@ -117,20 +117,26 @@ def test_a_sharded_checkpoint_with_a_damaged_optimizer_is_one_line(corpus, tmp_p
 
 def test_a_model_that_cannot_fit_is_refused_with_advice_before_any_work(monkeypatch, tmp_path):
     """16 bytes per parameter for weights, gradients and AdamW state: more than the device
-    holds is one line that suggests fsdp, and the run folder is not created."""
+    holds is one line that suggests fsdp, before OUT changes (an --overwrite keeps the old
+    run whole)."""
     from gptlab.train import sharding
 
     (tmp_path / "t.txt").write_text("the quick brown fox jumps over the lazy dog\n" * 100)
     model_config = GPTConfig.preset("tiny", block_size=16)
     n = GPT(model_config.replace(vocab_size=28)).num_params()
-    monkeypatch.setattr(sharding, "device_memory", lambda device: 16 * n - 1)
     config = TrainConfig(data=str(tmp_path / "t.txt"), out=str(tmp_path / "r"), max_iters=1,
                          eval_iters=1, threads=1)  # fmt: skip
+    monkeypatch.setattr(sharding, "device_memory", lambda device: 16 * n - 1)
     with pytest.raises(GptlabError, match=r"more than this machine's RAM .*parallel=fsdp"):
         train(model_config, config, progress=False)
     assert not (tmp_path / "r").exists()
     monkeypatch.setattr(sharding, "device_memory", lambda device: 16 * n)  # just fits
     train(model_config, config, progress=False)
+    before = (tmp_path / "r" / "model.safetensors").read_bytes()
+    bigger = model_config.replace(n_layer=3)
+    with pytest.raises(GptlabError, match="more than this machine's RAM"):
+        train(bigger, config, overwrite=True, progress=False)
+    assert (tmp_path / "r" / "model.safetensors").read_bytes() == before
 
 
 def test_running_out_of_memory_is_one_line_with_advice(monkeypatch, tmp_path):

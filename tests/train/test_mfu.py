@@ -25,6 +25,9 @@ def test_flops_per_token_of_gpt2_small():
     ("NVIDIA L4", "float16", 121.0),
     ("NVIDIA L40S", "bfloat16", 362.0),
     ("Tesla T4", "float16", 65.0),
+    ("Tesla T4", "bfloat16", None),  # no bfloat16 tensor cores
+    ("NVIDIA L40", "bfloat16", 181.0),  # not the L4
+    ("NVIDIA H200 NVL", "bfloat16", 835.0),
     ("NVIDIA GeForce RTX 3060", "bfloat16", None),
 ])  # fmt: skip
 def test_gpu_peaks_come_from_the_table_by_name(name, dtype, peak):

@@ -35,15 +35,20 @@ class Dist:
             dist.barrier()
 
 
-def setup(device_type: str) -> Dist:
-    """Join the process group when started by torchrun with more than one process."""
+def setup(device_type: str, cpu_tensors_too: bool = False) -> Dist:
+    """Join the process group when started by torchrun with more than one process.
+    cpu_tensors_too (CUDA): also a gloo backend, for collectives on CPU tensors (fsdp's
+    cpu_offload keeps gradients there, and clipping all-reduces their norm)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist()
     rank = int(os.environ["RANK"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+        backend = "gloo"
+        if device_type == "cuda":
+            backend = "cpu:gloo,cuda:nccl" if cpu_tensors_too else "nccl"
+        dist.init_process_group(backend=backend)
     if device_type == "cuda":
         torch.cuda.set_device(local_rank)
     return Dist(rank=rank, world=world, local_rank=local_rank)

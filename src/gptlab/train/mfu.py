@@ -14,26 +14,30 @@ per process, so CPU MFU reads "of what this CPU's matmul reaches", not of a data
 from __future__ import annotations
 
 import functools
+import re
 import time
 
 import torch
 
 from gptlab.config import GPTConfig, TrainConfig
 
-# (name as torch.cuda.get_device_name contains it, float32 TFLOP/s, bfloat16/float16 TFLOP/s):
-# NVIDIA datasheets, dense (no sparsity), float32 without TF32 (gptlab leaves TF32 off).
-# More specific names first ("H100 PCIe" before "H100").
-GPU_PEAK_TFLOPS: tuple[tuple[str, float, float], ...] = (
-    ("H200", 67.0, 989.0),
-    ("H100 PCIe", 51.0, 756.0),
-    ("H100 NVL", 60.0, 835.0),
-    ("H100", 67.0, 989.0),  # SXM
-    ("A100", 19.5, 312.0),
-    ("L40S", 91.6, 362.0),
-    ("L4", 30.3, 121.0),
-    ("RTX 4090", 82.6, 165.2),
-    ("V100", 15.7, 125.0),  # float16 only
-    ("T4", 8.1, 65.0),  # float16 only
+# (name as a word of torch.cuda.get_device_name, float32, bfloat16, float16 TFLOP/s): NVIDIA
+# datasheets, dense (no sparsity), float32 without TF32 (gptlab leaves TF32 off); None where
+# the GPU has no tensor cores for that dtype. More specific names first ("H100 PCIe" before
+# "H100"); names match as whole words, so "L4" is not "L40".
+GPU_PEAK_TFLOPS: tuple[tuple[str, float, float | None, float], ...] = (
+    ("H200 NVL", 60.0, 835.0, 835.0),
+    ("H200", 67.0, 989.0, 989.0),  # SXM
+    ("H100 PCIe", 51.0, 756.0, 756.0),
+    ("H100 NVL", 60.0, 835.0, 835.0),
+    ("H100", 67.0, 989.0, 989.0),  # SXM
+    ("A100", 19.5, 312.0, 312.0),
+    ("L40S", 91.6, 362.0, 362.0),
+    ("L40", 90.5, 181.0, 181.0),
+    ("L4", 30.3, 121.0, 121.0),
+    ("RTX 4090", 82.6, 165.2, 165.2),
+    ("V100", 15.7, None, 125.0),
+    ("T4", 8.1, None, 65.0),
 )
 
 
@@ -44,9 +48,9 @@ def flops_per_token(config: GPTConfig, n_matmul_params: int) -> int:
 
 def gpu_peak_tflops(name: str, dtype: str) -> float | None:
     """The table's peak for a GPU name and dtype, or None for a GPU it does not know."""
-    for key, fp32, half in GPU_PEAK_TFLOPS:
-        if key.lower() in name.lower():
-            return fp32 if dtype == "float32" else half
+    for key, fp32, bf16, fp16 in GPU_PEAK_TFLOPS:
+        if re.search(rf"(?<![\w]){re.escape(key)}(?![\w])", name, re.IGNORECASE):
+            return {"float32": fp32, "bfloat16": bf16, "float16": fp16}[dtype]
     return None
 
 

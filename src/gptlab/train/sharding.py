@@ -103,15 +103,11 @@ def reshard(model: nn.Module) -> None:
 
 
 def gradient_sync(net: nn.Module, sharded: bool, enabled: bool, sync: bool):
-    """A context for one micro-batch's backward: gradients are exchanged only on the last
-    micro-batch of a step (`sync`), the others accumulate locally. enabled: more than one
-    process."""
-    if not enabled or sync:
-        if sharded:
-            net.set_requires_gradient_sync(True)
-        return contextlib.nullcontext()
-    if sharded:
-        net.set_requires_gradient_sync(False)
+    """A context for one micro-batch's backward. DDP exchanges gradients only on the last
+    micro-batch of a step (`sync`); the others accumulate locally. Sharded, every micro-batch
+    reduce-scatters: skipping it would keep whole, unsharded gradients between micro-batches,
+    4 bytes per parameter on every process. enabled: more than one process."""
+    if sharded or not enabled or sync:
         return contextlib.nullcontext()
     return net.no_sync()
 

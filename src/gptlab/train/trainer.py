@@ -100,7 +100,7 @@ def train(
     requested = config.dtype
     config = dataclasses.replace(config, dtype=resolve_dtype(config.dtype, device))
     threads_before = torch.get_num_threads()
-    d = setup(device.type)
+    d = setup(device.type, cpu_tensors_too=config.cpu_offload and config.parallel == "fsdp")
     try:
         if d.is_main:
             why = ""
@@ -112,7 +112,9 @@ def train(
         if config.threads:
             torch.set_num_threads(config.threads)
         return _train(model_config, config, device, d, resume, overwrite, progress, started)
-    except torch.OutOfMemoryError:
+    except (torch.OutOfMemoryError, RuntimeError) as e:
+        if not isinstance(e, torch.OutOfMemoryError) and "can't allocate memory" not in str(e):
+            raise  # (a CPU allocation failure is a RuntimeError)
         advice = "parallel=fsdp under torchrun, " if config.parallel == "ddp" else ""
         raise GptlabError(
             f"out of memory on {device} (batch_size={config.batch_size}); try {advice}"
@@ -176,6 +178,8 @@ def _train_locked(model_config, config, device, d, resume, overwrite, progress, 
         data.tokenizer()  # readable, and of the data's vocabulary
         model, model_config, saved = _build_model(model_config, config, data, out, resume)
         data.check_block_size(model_config.block_size)
+        if not (config.cpu_offload and device.type == "cuda" and d.enabled):
+            sharding.check_fits(model.num_params(), config, device, d.world)
     except BaseException:
         pending.discard()
         raise
@@ -183,6 +187,7 @@ def _train_locked(model_config, config, device, d, resume, overwrite, progress, 
     # OUT: the data moves in, and the previous run's files go (there is one only if
     # --overwrite was given, or one cut short before its first checkpoint).
     data = pending.commit()
+    d.barrier()  # every rank has read the checkpoint before rank 0 tidies it
     if d.is_main:
         runfolder.mark(out)
         if resume:
@@ -211,17 +216,18 @@ class _Run:
         # under fsdp, bfloat16 is FSDP's mixed precision (sharding.shard), not autocast
         by_fsdp = self.sharded and config.dtype == "bfloat16"
         self.autocast = contextlib.nullcontext() if by_fsdp else _autocast(device, config.dtype)
-        if not (config.cpu_offload and device.type == "cuda"):
-            sharding.check_fits(model.num_params(), config, device, d.world)
-        model.to(device)
+        if config.cpu_offload and not (self.sharded and device.type == "cuda") and d.is_main:
+            print("note: cpu_offload=true acts on CUDA under torchrun only; ignored here",
+                  flush=True)  # fmt: skip
         model.train()
         model.activation_checkpointing = config.activation_checkpointing
         trainer_state = saved[0] if saved is not None else None
         full_moments = None  # a ddp checkpoint's AdamW state, for a run that now shards
         if trainer_state is not None and self.sharded and "optimizer" in trainer_state:
-            full_moments = self._full_optimizer_state(trainer_state["optimizer"])
-        if self.sharded:
+            full_moments = self._full_optimizer_state(trainer_state["optimizer"])  # on CPU
+        if self.sharded:  # sharded while on the CPU: each device receives its shards only
             sharding.shard(model, config, device)
+        model.to(device)
         self.optimizer = make_optimizer(model, config, device.type)
         self.scaler = torch.amp.GradScaler("cuda", enabled=config.dtype == "float16")
         self.data_gen = torch.Generator().manual_seed(config.seed)
@@ -405,6 +411,9 @@ class _Run:
     def loop(self, budget: Budget | None, progress: bool) -> TrainResult:
         d, state = self.d, self.state
         self.log = Logger(self.out, d.is_main, progress, self.config.max_iters, state.step)
+        peak, source = self.flops.peak
+        if peak is None:
+            self.log.message(f"note: no MFU figure ({source})")
         last_val = None
         interrupted = False
         step_seconds: list[float] = []
