@@ -78,7 +78,13 @@ def shard(model: GPT, config: TrainConfig, device: torch.device) -> None:
     """fully_shard each block, then the whole model, in place (its parameters become DTensors
     holding this rank's rows). dtype=bfloat16: blocks compute in bfloat16 from float32 shards
     and gradients are reduced in float32 (FSDP's mixed precision, instead of autocast)."""
-    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+    try:
+        from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+    except ImportError:  # FSDP2 is public from torch 2.6
+        raise GptlabError(
+            f"parallel=fsdp needs torch >= 2.6 (FSDP2's fully_shard); this is torch "
+            f"{torch.__version__}: upgrade it, or use parallel=ddp"
+        ) from None
 
     kwargs = {}
     if config.dtype == "bfloat16":

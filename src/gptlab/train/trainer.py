@@ -42,6 +42,9 @@ from gptlab.train.metrics import Logger, plot_losses
 from gptlab.train.optim import lr_at, make_optimizer
 from gptlab.train.rundata import resolve_data
 
+# torch >= 2.5 names it torch.OutOfMemoryError (for every device); before, CUDA's only
+_OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+
 
 @dataclass
 class TrainResult:
@@ -112,8 +115,8 @@ def train(
         if config.threads:
             torch.set_num_threads(config.threads)
         return _train(model_config, config, device, d, resume, overwrite, progress, started)
-    except (torch.OutOfMemoryError, RuntimeError) as e:
-        if not isinstance(e, torch.OutOfMemoryError) and "can't allocate memory" not in str(e):
+    except (_OUT_OF_MEMORY, RuntimeError) as e:
+        if not isinstance(e, _OUT_OF_MEMORY) and "can't allocate memory" not in str(e):
             raise  # (a CPU allocation failure is a RuntimeError)
         advice = "parallel=fsdp under torchrun, " if config.parallel == "ddp" else ""
         raise GptlabError(
