@@ -1,14 +1,19 @@
-"""Greedy decoding speed: gptlab's generate (KV cache) against transformers' generate on the
-same random gpt2-preset weights, CPU, a 16-token prompt and 128 new tokens; batch 1 and 8,
-float32 and bfloat16. Both must produce the same tokens in float32.
+"""Greedy decoding speed against the memory-bandwidth bound: transformers (float32), gptlab
+float32 and gptlab int8 (weight-only) on the same random gpt2-preset weights, CPU, a 16-token
+prompt and 128 new tokens, batch 1 and 8.
 
-    python benchmarks/generate.py [--new 128] [--repeat 3] [--batches 1 8]
-                                  [--dtypes float32 bfloat16]
+A decoding step reads every weight once, so tokens/s cannot beat (read bandwidth) / (bytes of
+weights per step); the bandwidth is measured in the same run (summing a 1 GiB tensor), and
+each figure is printed as a fraction of its bound. gptlab float32 and transformers must
+produce the same tokens (asserted); int8 prints how many of its tokens agree with float32.
+
+    python benchmarks/generate.py [--new 128] [--repeat 3] [--batches 1 8] [--bfloat16]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import tempfile
 import time
@@ -17,8 +22,43 @@ import torch
 
 from gptlab import GPT, GPTConfig
 from gptlab.generate import generate
+from gptlab.model.fast import prepare_for_decoding
+from gptlab.model.int8 import kernel
 
 from _data import print_machine
+
+
+def read_bandwidth(gib: float = 1.0, repeat: int = 5) -> float:
+    """Bytes/s of reading a large float32 tensor once (a sum, every thread), best of repeat."""
+    x = torch.ones(int(gib * 2**30) // 4)
+    x.sum()
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        x.sum()
+        best = min(best, time.perf_counter() - t0)
+    return x.numel() * 4 / best
+
+
+def weight_bytes(model: GPT, int8: bool) -> int:
+    """Bytes of weights one decoding step reads: every block matrix and the head (the
+    embedding lookup reads one row; biases, LayerNorms and scales are counted too)."""
+    total = 0
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        if name.startswith(("transformer.wte", "transformer.wpe")):
+            continue
+        total += t.numel() * t.element_size()
+    head = model.config.vocab_size * model.config.n_embd
+    return total + (head + 4 * model.config.vocab_size if int8 else 4 * head)
+
+
+def median_rate(fn, tokens: int, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return tokens / statistics.median(times)
 
 
 def main() -> None:
@@ -28,52 +68,55 @@ def main() -> None:
     parser.add_argument("--new", type=int, default=128)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
+    parser.add_argument("--bfloat16", action="store_true", help="also gptlab in bfloat16")
     args = parser.parse_args()
     print_machine()
-
     import transformers
 
     torch.manual_seed(0)
     base = GPT(GPTConfig.preset(args.preset)).eval()
     with tempfile.TemporaryDirectory() as tmp:
         base.save_pretrained(tmp)
-        hf_base = transformers.GPT2LMHeadModel.from_pretrained(tmp).eval()
-    print(
-        f"{args.preset}, prompt {args.prompt}, {args.new} new tokens, greedy, "
-        f"{torch.get_num_threads()} threads, torch {torch.__version__}, "
-        f"transformers {transformers.__version__}; median of {args.repeat}"
-    )
-    for dtype_name in args.dtypes:
-        dtype = getattr(torch, dtype_name)
-        ours, theirs = base.to(dtype), hf_base.to(dtype)
-        for batch in args.batches:
-            g = torch.Generator().manual_seed(batch)
-            idx = torch.randint(0, 50257, (batch, args.prompt), generator=g)
-
-            def run_ours(ours=ours, idx=idx):
-                return generate(ours, idx, args.new, temperature=0)
-
-            def run_theirs(theirs=theirs, idx=idx):
-                return theirs.generate(
-                    idx, attention_mask=torch.ones_like(idx), max_new_tokens=args.new,
-                    min_new_tokens=args.new, do_sample=False, pad_token_id=0,
-                )  # fmt: skip
-
-            a, b = run_ours(), run_theirs()  # warm-up, and the outputs to compare
-            same = torch.equal(a, b)
-            times = {"gptlab": [], "transformers": []}
-            for _ in range(args.repeat):
-                for name, fn in (("gptlab", run_ours), ("transformers", run_theirs)):
-                    t0 = time.perf_counter()
-                    fn()
-                    times[name].append(time.perf_counter() - t0)
-            rate = {k: batch * args.new / statistics.median(v) for k, v in times.items()}
-            print(
-                f"  {dtype_name:<8} batch {batch}: gptlab {rate['gptlab']:7.1f} tok/s, "
-                f"transformers {rate['transformers']:7.1f} tok/s, ratio "
-                f"{rate['gptlab'] / rate['transformers']:.2f}, same tokens: {same}"
-            )
+        hf = transformers.GPT2LMHeadModel.from_pretrained(tmp).eval()
+    int8 = prepare_for_decoding(copy.deepcopy(base), quantize="int8")
+    models = {"gptlab float32": base, "gptlab int8": int8}
+    if args.bfloat16:
+        models["gptlab bfloat16"] = copy.deepcopy(base).to(torch.bfloat16)
+    bandwidth = read_bandwidth()
+    sizes = {"gptlab float32": weight_bytes(base, False), "gptlab int8": weight_bytes(int8, True),
+             "gptlab bfloat16": weight_bytes(base, False) // 2}  # fmt: skip
+    sizes["transformers float32"] = sizes["gptlab float32"]
+    print(f"{args.preset}, prompt {args.prompt}, {args.new} new tokens, greedy, "
+          f"{torch.get_num_threads()} threads, torch {torch.__version__}, transformers "
+          f"{transformers.__version__}; median of {args.repeat}")  # fmt: skip
+    print(f"read bandwidth {bandwidth / 1e9:.1f} GB/s; weights read per step: float32 "
+          f"{sizes['gptlab float32'] / 1e6:.0f} MB, int8 {sizes['gptlab int8'] / 1e6:.0f} MB; "
+          f"int8 kernel: {'compiled C (AVX2 where the CPU has it)' if kernel() else 'none'}")
+    for batch in args.batches:
+        idx = torch.randint(0, 50257, (batch, args.prompt),
+                            generator=torch.Generator().manual_seed(batch))  # fmt: skip
+        runs = {name: (lambda m=m, idx=idx: generate(m, idx, args.new, temperature=0))
+                for name, m in models.items()}  # fmt: skip
+        runs["transformers float32"] = lambda idx=idx: hf.generate(
+            idx, attention_mask=torch.ones_like(idx), max_new_tokens=args.new,
+            min_new_tokens=args.new, do_sample=False, pad_token_id=0)  # fmt: skip
+        out = {name: fn() for name, fn in runs.items()}  # warm-up, and the tokens
+        assert torch.equal(out["gptlab float32"], out["transformers float32"]), (
+            "gptlab float32 and transformers chose different tokens"
+        )
+        new = slice(args.prompt, None)
+        agree = (out["gptlab int8"][:, new] == out["gptlab float32"][:, new]).float().mean()
+        rates = {name: median_rate(fn, batch * args.new, args.repeat)
+                 for name, fn in runs.items()}  # fmt: skip
+        print(f"batch {batch} (float32 tokens equal to transformers'; int8 agrees on "
+              f"{100 * agree:.0f}% of its tokens):")
+        for name in ("transformers float32", *models):
+            bound = bandwidth / sizes[name] * batch
+            vs_hf = rates[name] / rates["transformers float32"]
+            vs_fp32 = rates[name] / rates["gptlab float32"]
+            print(f"  {name:<22} {rates[name]:7.1f} tok/s  x{vs_hf:.2f} transformers  "
+                  f"x{vs_fp32:.2f} gptlab float32  {100 * rates[name] / bound:3.0f}% of its "
+                  f"bound ({bound:.0f})")  # fmt: skip
 
 
 if __name__ == "__main__":

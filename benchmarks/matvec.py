@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from gptlab.model.gpt import few_rows_matmul
+from gptlab.model.fast import few_rows_matmul
 
 from _data import print_machine
 

@@ -411,8 +411,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if not 1 <= args.num_samples <= MAX_SAMPLES:
         raise GptlabError(f"--num-samples must be in 1..{MAX_SAMPLES}, got {args.num_samples}")
     device = resolve_device(args.device)
-    dtype = _dtype(resolve_dtype(args.dtype, device))
+    if args.quantize == "int8" and args.dtype not in ("auto", "float32"):
+        raise GptlabError("--quantize int8 computes in float32; leave --dtype at auto or float32")
+    dtype = torch.float32 if args.quantize == "int8" else _dtype(resolve_dtype(args.dtype, device))
     model = GPT.from_pretrained(args.model, device=device, dtype=dtype)
+    if args.quantize == "int8":
+        from gptlab.model.fast import prepare_for_decoding
+
+        prepare_for_decoding(model, quantize="int8")
     tok = Tokenizer.from_pretrained(args.model)
     if args.prompt_file and args.prompt:
         raise GptlabError("give --prompt or --prompt-file, not both")
@@ -694,6 +700,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=RUN_DTYPES,
         default="auto",
         help="weights while sampling (auto: bfloat16 where native, else float32)",
+    )
+    p.add_argument(
+        "--quantize",
+        choices=("none", "int8"),
+        default="none",
+        help="int8: weight-only int8 projections and head, float32 arithmetic (faster decoding "
+        "on a CPU; docs/concepts.md section 17)",
     )
     p.add_argument("--no-stream", action="store_true", help="print each sample when complete")
     p.set_defaults(run=cmd_sample)

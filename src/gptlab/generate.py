@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from gptlab.errors import GptlabError
-from gptlab.model.gpt import GPT, KVCache, few_rows_matmul
+from gptlab.model.fast import DecodingHead, prepare_for_decoding
+from gptlab.model.gpt import GPT, KVCache
 
 
 def start_ids(tokenizer, prompt: str) -> list[int]:
@@ -80,21 +81,6 @@ def sample_filter(
     return logits
 
 
-class _Head:
-    """The tied head as a contiguous (C, V) matrix: for a few rows, x @ W on it is faster than
-    on the (V, C) embedding table on a CPU (1.5x on a 2-core AMD EPYC, benchmarks/matvec.py).
-    One copy per generate call."""
-
-    def __init__(self, model: GPT) -> None:
-        w = model.lm_head.weight[: model.config.vocab_size]  # never a padded id
-        self.weight = w.t().contiguous()
-
-    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
-        if hidden.device.type == "cpu" and hidden.size(0) <= 16:
-            return few_rows_matmul(hidden, self.weight)  # (B, C) -> (B, V)
-        return hidden @ self.weight
-
-
 @torch.no_grad()
 def stream(
     model: GPT,
@@ -107,9 +93,12 @@ def stream(
     eos_id: int | None = None,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
+    fast: bool = True,
 ) -> Iterator[torch.Tensor]:
     """Yield the next token of every row, (B,), step by step (see `generate`). A row that has
-    produced eos_id yields eos_id from then on; the stream ends early once every row has."""
+    produced eos_id yields eos_id from then on; the stream ends early once every row has.
+    fast: the CPU decoding path of gptlab.model.fast (set up on the model in place, once);
+    False runs the plain network, the reference it is tested against."""
     check_sampling(temperature, top_k, top_p)
     if max_new_tokens < 0:
         raise GptlabError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
@@ -131,7 +120,8 @@ def stream(
         mask = torch.ones_like(idx, dtype=torch.bool)  # finished rows become padding
     done = torch.zeros(B, dtype=torch.bool, device=device)
     tokens = idx
-    head = _Head(model)
+    prepare_for_decoding(model, enabled=fast)
+    head = DecodingHead(model, fast)
     cache = None
     if use_cache:
         cache = KVCache(model.config, B, block, device, model.transformer.wte.weight.dtype)
@@ -182,6 +172,7 @@ def generate(
     eos_id: int | None = None,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
+    fast: bool = True,
 ) -> torch.Tensor:
     """Prompt ids (B, T) -> (B, T + max_new_tokens): the prompt, then the new tokens.
 
@@ -192,7 +183,7 @@ def generate(
     be reused when every position shifts)."""
     new = list(
         stream(model, idx, max_new_tokens, temperature, top_k, top_p, attention_mask, eos_id,
-               generator, use_cache)
+               generator, use_cache, fast)
     )  # fmt: skip
     if len(new) < max_new_tokens:  # every row ended: pad with eos_id
         pad = torch.full((idx.size(0),), eos_id, dtype=idx.dtype, device=idx.device)

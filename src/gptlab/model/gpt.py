@@ -7,7 +7,6 @@ checkpoint maps onto this network name for name (see `gptlab.model.hf`).
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,7 +35,8 @@ class Linear(nn.Module):
     The transpose of nn.Linear's (out, in): the layout of Hugging Face's GPT-2 (`Conv1D`), so
     checkpoints load as they are. For the one-row products of sampling, benchmarks/matvec.py
     measures the two layouts side by side on your CPU (on a 2-core AMD EPYC: equal for the
-    block's matrices, 1.5x faster in (in, out) for the 768 x 50257 head).
+    block's matrices, 1.5x faster in (in, out) for the 768 x 50257 head). Sampling's faster
+    path for few rows lives in gptlab.model.fast.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
@@ -47,42 +47,12 @@ class Linear(nn.Module):
         nn.init.normal_(self.weight, mean=0.0, std=0.02)  # GPT-2's; GPT re-initialises anyway
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x2 = x.reshape(-1, self.in_features)
-        if x2.size(0) <= 16 and x2.device.type == "cpu" and not torch.is_grad_enabled():
-            y = few_rows_matmul(x2, self.weight)  # sampling: one token per row
-            if self.bias is not None:
-                y += self.bias
-        elif self.bias is None:
-            y = x2 @ self.weight
-        else:
-            y = torch.addmm(self.bias, x2, self.weight)
+        x2 = x.reshape(-1, self.in_features)  # (B * T, in)
+        y = x2 @ self.weight if self.bias is None else torch.addmm(self.bias, x2, self.weight)
         return y.view(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, bias={self.bias is not None}"
-
-
-def few_rows_matmul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """x (M, in) @ weight (in, out) for a few rows M, on a CPU, using every thread.
-
-    A matrix-vector product is bound by reading the matrix from memory, and PyTorch runs it on
-    one core. Cutting the input dimension into k parts (free views of the weight's rows) turns
-    it into a batched product of k partial results, one per thread, summed at the end. Whether
-    that pays depends on the shape: benchmarks/matvec.py (on a 2-core AMD EPYC, 1.27x over
-    GPT-2 small's four matrices together, 2x for 3072 x 768, slower for 768 x 3072).
-    """
-    n_in = x.size(1)
-    k = _splits(n_in, torch.get_num_threads())
-    if k == 1 or x.dtype != torch.float32:  # bfloat16 kernels gain nothing from the split
-        return x @ weight
-    parts = x.view(x.size(0), k, n_in // k).transpose(0, 1)  # (k, M, in/k)
-    return torch.bmm(parts, weight.view(k, n_in // k, weight.size(1))).sum(0)
-
-
-@functools.cache
-def _splits(n_in: int, threads: int) -> int:
-    """The largest k <= threads (and <= 8) that divides n_in."""
-    return max(k for k in range(1, min(threads, 8) + 1) if n_in % k == 0)
 
 
 class KVCache:

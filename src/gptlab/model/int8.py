@@ -1,0 +1,123 @@
+"""Weight-only int8: each projection's weights as int8 with one float32 scale per output
+(symmetric, per channel), activations and arithmetic in float32.
+
+Decoding reads every weight once per token, so it runs at the speed memory delivers bytes: a
+quarter of float32's bytes is up to 4x the tokens/s bound. What is lost is each weight's
+rounding to 255 levels of its row's largest magnitude (error <= scale / 2 per weight).
+
+The product needs a kernel that reads int8 and accumulates in float32 without first making a
+float32 copy of the matrix (which would read and write more than float32 itself). PyTorch's
+own int8 kernels are slow on a CPU without AVX-512 (benchmarks/generate.py measures), so
+`kernel()` compiles a small C file beside this one (int8_kernel.c) with the system's C
+compiler, once per CPU, into a cache folder, and loads it with ctypes. Where there is no
+compiler, `Int8Linear` multiplies by the dequantised matrix instead: the same numbers, slower.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+KERNEL_SOURCE = Path(__file__).with_name("int8_kernel.c")
+KERNEL_MAX_ROWS = 64  # longer inputs (a prompt) go through the dequantised matrix
+
+
+def quantize(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """weight (N, K), one row per output -> (int8 (N, K), float32 scales (N,)), with
+    weight ~= q * scale[:, None] and |q| <= 127."""
+    w = weight.detach().float()
+    scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0
+    q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    return q.contiguous(), scale.contiguous()
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(root) / "gptlab" / "kernels"
+
+
+@functools.cache
+def kernel():
+    """The compiled int8 product (a ctypes function), or None where it cannot be built."""
+    from gptlab.hardware import cpu_flags
+
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        return None
+    source = KERNEL_SOURCE.read_bytes()
+    flags = " ".join(sorted(cpu_flags() or ()))  # -march=native: one build per CPU kind
+    key = hashlib.sha256(source + flags.encode() + compiler.encode()).hexdigest()[:16]
+    path = _cache_dir() / f"int8_{key}.so"
+    if not path.is_file():
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+                built = Path(tmp) / path.name
+                for extra in (["-march=native", "-fopenmp"], ["-fopenmp"], []):
+                    cmd = [compiler, "-O3", *extra, "-shared", "-fPIC", str(KERNEL_SOURCE),
+                           "-o", str(built)]  # fmt: skip
+                    if subprocess.run(cmd, capture_output=True).returncode == 0:
+                        break
+                else:
+                    return None
+                os.replace(built, path)  # whole, or not at all (another process may race)
+        except OSError:
+            return None
+    try:
+        function = ctypes.CDLL(str(path)).gptlab_int8_matmul
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_long] * 3
+    function.restype = None
+    return function
+
+
+def int8_matmul(
+    x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """x (M, K) float32 @ (q (N, K) int8 * scale (N,))^T + bias -> (M, N) float32."""
+    run = kernel() if x.device.type == "cpu" and x.size(0) <= KERNEL_MAX_ROWS else None
+    if run is None or x.dtype != torch.float32:
+        w = q.to(x.dtype) * scale.to(x.dtype)[:, None]  # dequantised: the same numbers
+        return x @ w.t() if bias is None else torch.addmm(bias.to(x.dtype), x, w.t())
+    x = x.contiguous()
+    M, K = x.shape
+    y = torch.empty(M, q.size(0), dtype=torch.float32)
+    run(x.data_ptr(), q.data_ptr(), scale.data_ptr(),
+        None if bias is None else bias.data_ptr(), y.data_ptr(), M, K, q.size(0))  # fmt: skip
+    return y
+
+
+class Int8Linear(nn.Module):
+    """A Linear (x @ weight + bias, weight (in, out)) whose weight is int8 with per-output
+    scales: buffers weight_int8 (out, in), scale (out,), bias (out,) or None."""
+
+    def __init__(self, weight_int8: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None):
+        super().__init__()
+        self.out_features, self.in_features = weight_int8.shape
+        self.register_buffer("weight_int8", weight_int8)
+        self.register_buffer("scale", scale)
+        self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
+
+    @classmethod
+    def from_linear(cls, linear: nn.Module) -> Int8Linear:
+        """From gptlab's Linear (weight stored (in, out))."""
+        q, scale = quantize(linear.weight.t())
+        return cls(q, scale, linear.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x2 = x.reshape(-1, self.in_features)
+        y = int8_matmul(x2, self.weight_int8, self.scale, self.bias)
+        return y.view(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, int8 weights"
