@@ -129,6 +129,16 @@ def test_sample_streams_text_from_a_run(char_run, capsys):
     assert "-" * 40 in capsys.readouterr().out
 
 
+def test_sample_with_int8_weights_writes_what_the_float_model_writes_greedily(char_run, capsys):
+    """A tiny trained model, greedy: int8 picks the same characters as float32 here."""
+    argv = ["sample", str(char_run), "--prompt", "To be", "--max-new-tokens", "40",
+            "--temperature", "0"]  # fmt: skip
+    assert main(argv) == 0
+    plain = capsys.readouterr().out
+    assert main(argv + ["--quantize", "int8"]) == 0
+    assert capsys.readouterr().out == plain
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [

@@ -141,6 +141,8 @@ CASES = [
     (["train", "--resume", "run", "data=other.txt"], "vocabulary"),
     # sample
     (["sample", "run", "--num-samples", "0"], "--num-samples must be in 1..1000"),
+    (["sample", "run", "--quantize", "int8", "--dtype", "bfloat16"], "computes in float32"),
+    (["sample", "run", "--quantize", "int4"], "invalid choice: 'int4'"),
     (["sample", "run", "--num-samples", "100000000"], "--num-samples must be in 1..1000"),
     (["sample", "run", "--temperature", "-1"], "temperature must be >= 0"),
     (["sample", "run", "--top-p", "1.5"], "top_p must be in (0, 1]"),
