@@ -140,7 +140,13 @@ def cmd_convert(args: argparse.Namespace) -> int:
     out = _output_folder(
         args.out, args.overwrite, ("config.json", "model.safetensors", *TOKENIZER_FILES)
     )
+    if args.quantize == "int8" and args.dtype != "float32":
+        raise GptlabError("--quantize int8 keeps the rest of the model in float32; drop --dtype")
     model = GPT.from_pretrained(args.model, dtype=_dtype(args.dtype))
+    if args.quantize == "int8":
+        from gptlab.model.fast import prepare_for_decoding
+
+        prepare_for_decoding(model, quantize="int8")
     try:
         tok = Tokenizer.from_pretrained(args.model)
     except GptlabError as e:  # weights without a vocabulary: convert them, and say so
@@ -155,7 +161,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
         for name in TOKENIZER_FILES:  # the old vocabulary must not outlive an --overwrite
             (out / name).unlink(missing_ok=True)
         tok.save(out)
-    print(f"saved {model.num_params():,} parameters ({args.dtype}) to {out}")
+    what = "int8 weights (gptlab reads them; transformers cannot)" if args.quantize == "int8" \
+        else args.dtype  # fmt: skip
+    print(f"saved {model.num_params():,} parameters ({what}) to {out}")
     if tok is None:
         print(f"note: no tokenizer saved ({missing}); {out} cannot sample text until one is")
     return 0
@@ -395,12 +403,21 @@ def _list_settings(args: argparse.Namespace, model_config, train_config) -> int:
 MAX_SAMPLES = 1000  # one command's limit: a typo such as 100000000 should not run for a day
 
 
+def _add_quantize(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--quantize",
+        choices=("none", "int8"),
+        default="none",
+        help="int8: weight-only int8 projections and head, float32 arithmetic (about 2x "
+        "faster decoding on a CPU; docs/concepts.md section 17)",
+    )
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
     from gptlab.generate import check_sampling, start_ids, stream
-    from gptlab.hardware import resolve_device, resolve_dtype
-    from gptlab.model import GPT
+    from gptlab.hardware import resolve_device
     from gptlab.tokenizers import Tokenizer
 
     check_sampling(args.temperature, args.top_k, args.top_p)
@@ -411,14 +428,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if not 1 <= args.num_samples <= MAX_SAMPLES:
         raise GptlabError(f"--num-samples must be in 1..{MAX_SAMPLES}, got {args.num_samples}")
     device = resolve_device(args.device)
-    if args.quantize == "int8" and args.dtype not in ("auto", "float32"):
-        raise GptlabError("--quantize int8 computes in float32; leave --dtype at auto or float32")
-    dtype = torch.float32 if args.quantize == "int8" else _dtype(resolve_dtype(args.dtype, device))
-    model = GPT.from_pretrained(args.model, device=device, dtype=dtype)
-    if args.quantize == "int8":
-        from gptlab.model.fast import prepare_for_decoding
-
-        prepare_for_decoding(model, quantize="int8")
+    model = _load_model(args, device)
     tok = Tokenizer.from_pretrained(args.model)
     if args.prompt_file and args.prompt:
         raise GptlabError("give --prompt or --prompt-file, not both")
@@ -458,14 +468,29 @@ def cmd_sample(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- evaluation
 
 
-def _model_and_tokenizer(args: argparse.Namespace):
-    from gptlab.hardware import resolve_device, resolve_dtype
+def _load_model(args: argparse.Namespace, device):
+    """GPT.from_pretrained(args.model) in --dtype on device, then --quantize applied."""
+    import torch
+
+    from gptlab.hardware import resolve_dtype
     from gptlab.model import GPT
+
+    if args.quantize == "int8" and args.dtype not in ("auto", "float32"):
+        raise GptlabError("--quantize int8 computes in float32; leave --dtype at auto or float32")
+    dtype = torch.float32 if args.quantize == "int8" else _dtype(resolve_dtype(args.dtype, device))
+    model = GPT.from_pretrained(args.model, device=device, dtype=dtype)
+    if args.quantize == "int8":
+        from gptlab.model.fast import prepare_for_decoding
+
+        prepare_for_decoding(model, quantize="int8")
+    return model
+
+
+def _model_and_tokenizer(args: argparse.Namespace):
+    from gptlab.hardware import resolve_device
     from gptlab.tokenizers import Tokenizer
 
-    device = resolve_device(args.device)
-    dtype = _dtype(resolve_dtype(args.dtype, device))
-    model = GPT.from_pretrained(args.model, device=device, dtype=dtype)
+    model = _load_model(args, resolve_device(args.device))
     return model, Tokenizer.from_pretrained(args.model)
 
 
@@ -577,7 +602,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.max_generations < 1:
         raise GptlabError(f"--max-generations must be at least 1, got {args.max_generations}")
     models = [args.model, *([args.compare] if args.compare else [])]
-    labs = [load_lab(m, args.device, args.dtype) for m in models]
+    if args.quantize == "int8" and args.dtype not in ("auto", "float32"):
+        raise GptlabError("--quantize int8 computes in float32; leave --dtype at auto or float32")
+    labs = [load_lab(m, args.device, args.dtype, args.quantize) for m in models]
     try:
         loopback = ipaddress.ip_address(args.host).is_loopback
     except ValueError:
@@ -634,6 +661,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help=HUB_HELP)
     p.add_argument("out", help="output folder (config.json + model.safetensors)")
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="weights' dtype on disk")
+    p.add_argument(
+        "--quantize",
+        choices=("none", "int8"),
+        default="none",
+        help="int8: weight-only int8 projections and head (gptlab's own format, loaded back "
+        "as it is; transformers cannot read it)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing model in OUT")
     p.set_defaults(run=cmd_convert)
 
@@ -701,13 +735,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="weights while sampling (auto: bfloat16 where native, else float32)",
     )
-    p.add_argument(
-        "--quantize",
-        choices=("none", "int8"),
-        default="none",
-        help="int8: weight-only int8 projections and head, float32 arithmetic (faster decoding "
-        "on a CPU; docs/concepts.md section 17)",
-    )
+    _add_quantize(p)
     p.add_argument("--no-stream", action="store_true", help="print each sample when complete")
     p.set_defaults(run=cmd_sample)
 
@@ -729,6 +757,7 @@ def build_parser() -> argparse.ArgumentParser:
             default="auto",
             help="weights while scoring (auto: bfloat16 where native, else float32)",
         )
+        _add_quantize(e)
         e.set_defaults(run=run)
         if name == "perplexity":
             from gptlab.eval.perplexity import METHODS
@@ -785,6 +814,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000, help="port to listen on")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
     p.add_argument("--dtype", choices=RUN_DTYPES, default="auto", help="weights' dtype")
+    _add_quantize(p)
     p.add_argument(
         "--max-generations", type=int, default=2, help="generations at once (more get 429)"
     )

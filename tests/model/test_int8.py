@@ -120,3 +120,68 @@ def test_int8_on_the_gpt2_preset_keeps_every_clear_choice_and_generates():
     assert out.shape == (2, 16)
     assert all(isinstance(m, Int8Linear) for m in (quantized.transformer.h[0].attn.c_attn,
                                                   quantized.transformer.h[11].mlp.c_proj))
+
+
+def test_an_int8_folder_loads_back_as_it_was_saved(trained, tmp_path, capsys):
+    """gptlab convert --quantize int8: int8 weights and scales on disk, loaded back without
+    quantising again (the same tensors, the same logits, bitwise), and sampled like any run."""
+    from safetensors.torch import load_file
+
+    from gptlab.cli import main
+
+    run, held_out = trained
+    assert main(["convert", str(run), str(tmp_path / "q"), "--quantize", "int8"]) == 0
+    on_disk = load_file(tmp_path / "q" / "model.safetensors")
+    assert on_disk["transformer.h.0.attn.c_attn.weight_int8"].dtype == torch.int8
+    assert on_disk["lm_head.weight_int8"].dtype == torch.int8
+    expected = prepare_for_decoding(GPT.from_pretrained(run), quantize="int8")
+    loaded = GPT.from_pretrained(tmp_path / "q")
+    c_fc = loaded.transformer.h[1].mlp.c_fc
+    assert isinstance(c_fc, Int8Linear)
+    assert torch.equal(c_fc.weight_int8, expected.transformer.h[1].mlp.c_fc.weight_int8)
+    ids = torch.randint(0, loaded.config.vocab_size, (2, 20), generator=torch.Generator())
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, expected(ids).logits)
+    capsys.readouterr()
+    argv = ["--prompt", "KING", "--max-new-tokens", "30", "--temperature", "0"]
+    assert main(["sample", str(tmp_path / "q"), *argv]) == 0
+    from_folder = capsys.readouterr().out
+    assert main(["sample", str(run), *argv, "--quantize", "int8"]) == 0
+    assert capsys.readouterr().out == from_folder
+
+
+def test_a_damaged_int8_folder_is_one_line(trained, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from gptlab.cli import main
+    from gptlab.errors import GptlabError
+
+    run, _ = trained
+    assert main(["convert", str(run), str(tmp_path / "q"), "--quantize", "int8"]) == 0
+    path = tmp_path / "q" / "model.safetensors"
+    tensors = load_file(path)
+    del tensors["lm_head.scale"]
+    save_file(tensors, path)
+    with pytest.raises(GptlabError, match=r"not a complete int8 checkpoint \(lm_head.scale"):
+        GPT.from_pretrained(tmp_path / "q")
+    tensors["lm_head.scale"] = torch.zeros(3)
+    save_file(tensors, path)
+    with pytest.raises(GptlabError, match=r"lm_head.scale is torch.float32 \(3,\), expected"):
+        GPT.from_pretrained(tmp_path / "q")
+
+
+def test_eval_with_int8_weights_scores_within_one_percent(trained, tmp_path, capsys):
+    import json
+
+    from gptlab.cli import main
+
+    run, held_out = trained
+    (tmp_path / "held_out.txt").write_text(held_out)
+    argv = ["eval", "perplexity", str(run), "--input", str(tmp_path / "held_out.txt"),
+            "--method", "gptlab", "--json"]  # fmt: skip
+    capsys.readouterr()
+    assert main(argv) == 0
+    plain = json.loads(capsys.readouterr().out)["perplexity"]
+    assert main(argv + ["--quantize", "int8"]) == 0
+    int8 = json.loads(capsys.readouterr().out)["perplexity"]
+    assert plain != int8 and abs(int8 / plain - 1) < 0.01

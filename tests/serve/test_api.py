@@ -55,6 +55,26 @@ def test_generation_streams_what_gptlab_sample_prints(client, serve_folder, caps
     assert capsys.readouterr().out == streamed + "\n"
 
 
+def test_an_int8_page_streams_what_gptlab_sample_int8_prints(serve_folder, capsys):
+    """serve --quantize int8 loads the model as sample --quantize int8 does."""
+    from starlette.testclient import TestClient
+
+    from gptlab.model.int8 import Int8Linear
+
+    lab = load_lab(str(serve_folder), device="cpu", quantize="int8")
+    assert isinstance(lab.model.transformer.h[0].attn.c_proj, Int8Linear)
+    settings = {"prompt": "To be", "max_new_tokens": 15, "temperature": 0.9, "seed": 3}
+    with TestClient(Server([lab]).app()) as client:
+        with client.stream("POST", "/api/generate", json=settings) as response:
+            response.read()
+        heads = client.post("/api/heads", json={"prompt": "To be, or not"})
+    assert heads.status_code == 200  # the views work on int8 projections too
+    streamed = "To be" + "".join(e["text"] for e in events(response))
+    assert main(["sample", str(serve_folder), "--prompt", "To be", "--max-new-tokens", "15",
+                 "--temperature", "0.9", "--seed", "3", "--quantize", "int8"]) == 0  # fmt: skip
+    assert capsys.readouterr().out == streamed + "\n"
+
+
 def test_attention_is_the_models_own(client, lab):
     ids = lab.tokenizer.encode("To be, or not")
     want = lab.model.attention_maps(torch.tensor([ids]))

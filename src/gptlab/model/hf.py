@@ -21,6 +21,7 @@ from gptlab import hub
 from gptlab.config import GPTConfig
 from gptlab.errors import GptlabError
 from gptlab.fileio import atomic_write, atomic_write_json
+from gptlab.model import int8
 from gptlab.model.gpt import GPT
 
 # Buffers some checkpoints carry; they hold the causal mask, not learned numbers.
@@ -283,6 +284,9 @@ def load_pretrained(
     if not folder.is_dir():
         raise GptlabError(f"{folder}: not a folder (expected config.json and model weights)")
     config = read_config(folder)
+    if int8.is_quantized(json.loads((folder / "config.json").read_text(encoding="utf-8"))):
+        model = int8.load_tensors(read_state_dict(folder), config, str(folder))  # float32
+        return model.to(device) if device is not None else model
     state = state_dict_from_hf(read_state_dict(folder), config, str(folder))
 
     dtype = dtype or torch.float32
@@ -342,10 +346,14 @@ def save_pretrained(model: GPT, directory: str | os.PathLike) -> None:
     if directory.exists() and not directory.is_dir():
         raise GptlabError(f"{directory}: exists and is not a folder")
     directory.mkdir(parents=True, exist_ok=True)
-    tensors = state_dict_to_hf(model)
+    quantized = getattr(model, "head_int8", None) is not None  # int8 weights: gptlab only
+    tensors = int8.save_tensors(model) if quantized else state_dict_to_hf(model)
     dtype = model.transformer.wte.weight.dtype
     atomic_write(
         directory / "model.safetensors",
         lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}),
     )
-    atomic_write_json(directory / "config.json", config_to_hf(model.config, dtype))
+    hf_config = config_to_hf(model.config, dtype)
+    if quantized:
+        hf_config["gptlab"]["quantization"] = "int8"
+    atomic_write_json(directory / "config.json", hf_config)

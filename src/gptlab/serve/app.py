@@ -339,14 +339,20 @@ class Server:
         return Starlette(routes=routes)
 
 
-def load_lab(name: str, device: str = "auto", dtype: str = "auto") -> Lab:
+def load_lab(name: str, device: str = "auto", dtype: str = "auto", quantize: str = "none") -> Lab:
     """A model and its tokenizer, as `gptlab sample` loads them."""
     from gptlab.hardware import resolve_device, resolve_dtype
     from gptlab.model import GPT
     from gptlab.tokenizers import Tokenizer
 
     dev = resolve_device(device)
-    model = GPT.from_pretrained(name, device=dev, dtype=getattr(torch, resolve_dtype(dtype, dev)))
+    if quantize == "int8":  # weight-only int8, float32 arithmetic (gptlab.model.int8)
+        from gptlab.model.fast import prepare_for_decoding
+
+        model = prepare_for_decoding(GPT.from_pretrained(name, device=dev), quantize="int8")
+    else:
+        dtype = getattr(torch, resolve_dtype(dtype, dev))
+        model = GPT.from_pretrained(name, device=dev, dtype=dtype)
     return Lab(model.eval(), Tokenizer.from_pretrained(name), name)
 
 
