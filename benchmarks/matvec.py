@@ -3,7 +3,10 @@
 1. layout: x @ W with W stored (in, out) (gptlab's `Linear`, Hugging Face's Conv1D) against
    x @ W.T with W stored (out, in) (`nn.Linear`), one row x, GPT-2 small's matrices and head;
 2. split: `few_rows_matmul` (the input dimension cut into one part per thread) against a plain
-   x @ W on the same (in, out) matrix.
+   x @ W on the same (in, out) matrix;
+3. int8 candidates for the same products with int8 weights (per-output scales): gptlab's C
+   kernel (`gptlab.model.int8.int8_matmul`), PyTorch's `torch._weight_int8pack_mm`, and a
+   dequantise-then-multiply, against the float32 split product.
 
 Each line prints microseconds per product (median) and GB/s of weights read.
 
@@ -71,6 +74,43 @@ def main() -> None:
           f"{totals['(out, in)'] / totals['(in, out)']:.2f}  (> 1: gptlab's layout faster)")
     print(f"  2. split: plain (in, out) / few_rows_matmul time = "
           f"{totals['(in, out)'] / totals['split']:.2f}  (> 1: the split faster)")  # fmt: skip
+    int8_candidates(args)
+
+
+def int8_candidates(args) -> None:
+    """3. The same products with int8 weights, each candidate against float32's split."""
+    from gptlab.model.int8 import int8_matmul, kernel, quantize
+
+    print(f"int8 weights, rows {args.rows}; us per product (GB/s of weights read); C kernel "
+          f"{'built' if kernel() else 'unavailable (no compiler): its row is the fallback'}")
+    totals: dict[str, float] = {}
+    with torch.no_grad():
+        for name, (n_in, n_out) in SHAPES.items():
+            w = torch.randn(n_in, n_out) * 0.02
+            q, scale = quantize(w.t())  # (out, in) int8, (out,)
+            x = torch.randn(args.rows, n_in)
+            results = {
+                "float32 split": median_us(lambda w=w, x=x: few_rows_matmul(x, w), args.repeat),
+                "C kernel": median_us(lambda q=q, s=scale, x=x: int8_matmul(x, q, s), args.repeat),
+                "dequantise": median_us(
+                    lambda q=q, s=scale, x=x: x @ (q.float() * s[:, None]).t(), args.repeat // 4
+                ),
+            }
+            try:  # PyTorch's own int8 weight-only product (private; may change or vanish)
+                results["_weight_int8pack_mm"] = median_us(
+                    lambda q=q, s=scale, x=x: torch._weight_int8pack_mm(x, q, s), args.repeat
+                )
+            except (AttributeError, RuntimeError):
+                pass
+            bytes_ = {k: q.numel() * (4 if k.startswith("float") else 1) for k in results}
+            shown = "  ".join(f"{k} {v:8.1f} ({bytes_[k] / 1e3 / v:5.1f})" for k, v in
+                              results.items())  # fmt: skip
+            print(f"  {name:<20} {shown}")
+            for k, v in results.items():
+                totals[k] = totals.get(k, 0.0) + v
+    base = totals["float32 split"]
+    print("  all four, float32 split time / candidate time: " + ", ".join(
+        f"{k} {base / v:.2f}" for k, v in totals.items() if k != "float32 split"))
 
 
 if __name__ == "__main__":

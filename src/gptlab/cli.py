@@ -143,6 +143,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if args.quantize == "int8" and args.dtype != "float32":
         raise GptlabError("--quantize int8 keeps the rest of the model in float32; drop --dtype")
     model = GPT.from_pretrained(args.model, dtype=_dtype(args.dtype))
+    n_params = model.num_params()
     if args.quantize == "int8":
         from gptlab.model.fast import prepare_for_decoding
 
@@ -163,7 +164,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         tok.save(out)
     what = "int8 weights (gptlab reads them; transformers cannot)" if args.quantize == "int8" \
         else args.dtype  # fmt: skip
-    print(f"saved {model.num_params():,} parameters ({what}) to {out}")
+    print(f"saved {n_params:,} parameters ({what}) to {out}")
     if tok is None:
         print(f"note: no tokenizer saved ({missing}); {out} cannot sample text until one is")
     return 0

@@ -1,6 +1,7 @@
 """Weight-only int8 (gptlab.model.int8): the kernel computes what the dequantised matrix
 does, and a quantised model predicts what its float32 original predicts."""
 
+import json
 import math
 import shutil
 
@@ -29,14 +30,29 @@ def test_quantize_rounds_each_weight_to_its_rows_grid():
 @pytest.mark.parametrize("k", [768, 13])  # a K that is not a multiple of 8: the scalar tail
 def test_the_kernel_equals_the_dequantised_product(rows, k):
     assert kernel() is not None, "a compiler is here, so the kernel must build"
-    gen = torch.Generator().manual_seed(rows)
-    q, scale = quantize(torch.randn(300, k, generator=gen) * 0.02)
-    x, bias = torch.randn(rows, k, generator=gen), torch.randn(300, generator=gen)
-    reference = x @ (q.float() * scale[:, None]).t() + bias
-    for b in (bias, None):
-        y = int8_matmul(x, q, scale, b)
-        expected = reference if b is not None else reference - bias
-        assert (y - expected).abs().max().item() <= 1e-5
+    for n in (300, 301, 303):  # N % 4 = 0, 1, 3: the last outputs go the plain way
+        gen = torch.Generator().manual_seed(rows * n)
+        q, scale = quantize(torch.randn(n, k, generator=gen) * 0.02)
+        x, bias = torch.randn(rows, k, generator=gen), torch.randn(n, generator=gen)
+        reference = x @ (q.float() * scale[:, None]).t()
+        for b in (bias, None):
+            y = int8_matmul(x, q, scale, b)
+            expected = reference + bias if b is not None else reference
+            assert (y - expected).abs().max().item() <= 1e-5
+
+
+def test_the_kernel_never_sees_what_it_cannot_read():
+    """A float16 scale or a non-contiguous weight goes the dequantised way (the kernel reads
+    float32 scales and row-major int8 through raw pointers)."""
+    gen = torch.Generator().manual_seed(5)
+    q, scale = quantize(torch.randn(40, 16, generator=gen))
+    x = torch.randn(2, 16, generator=gen)
+    reference = x @ (q.float() * scale[:, None]).t()
+    half = int8_matmul(x, q, scale.half())
+    assert (half - reference).abs().max().item() < 1e-2
+    wide = torch.zeros(40, 32, dtype=torch.int8)
+    wide[:, ::2] = q
+    assert (int8_matmul(x, wide[:, ::2], scale) - reference).abs().max().item() <= 1e-5
 
 
 def test_without_a_kernel_the_fallback_gives_the_same_numbers(monkeypatch):
@@ -119,7 +135,8 @@ def test_int8_on_the_gpt2_preset_keeps_every_clear_choice_and_generates():
     out = generate(quantized, ids[:, :8], 8, temperature=0.0)
     assert out.shape == (2, 16)
     assert all(isinstance(m, Int8Linear) for m in (quantized.transformer.h[0].attn.c_attn,
-                                                  quantized.transformer.h[11].mlp.c_proj))
+                                                  quantized.transformer.h[11].mlp.c_proj,
+                                                  quantized.lm_head))
 
 
 def test_an_int8_folder_loads_back_as_it_was_saved(trained, tmp_path, capsys):
@@ -134,6 +151,9 @@ def test_an_int8_folder_loads_back_as_it_was_saved(trained, tmp_path, capsys):
     on_disk = load_file(tmp_path / "q" / "model.safetensors")
     assert on_disk["transformer.h.0.attn.c_attn.weight_int8"].dtype == torch.int8
     assert on_disk["lm_head.weight_int8"].dtype == torch.int8
+    transformers = pytest.importorskip("transformers")
+    with pytest.raises(ValueError, match="does not recognize this architecture"):
+        transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "q")  # not misloaded
     expected = prepare_for_decoding(GPT.from_pretrained(run), quantize="int8")
     loaded = GPT.from_pretrained(tmp_path / "q")
     c_fc = loaded.transformer.h[1].mlp.c_fc
@@ -171,8 +191,6 @@ def test_a_damaged_int8_folder_is_one_line(trained, tmp_path):
 
 
 def test_eval_with_int8_weights_scores_within_one_percent(trained, tmp_path, capsys):
-    import json
-
     from gptlab.cli import main
 
     run, held_out = trained

@@ -19,6 +19,7 @@ tests pin the tolerance and that greedy decoding gives the same tokens.
 from __future__ import annotations
 
 import functools
+import warnings
 
 import torch
 
@@ -72,12 +73,14 @@ def prepare_for_decoding(model: GPT, enabled: bool = True, quantize: str | None 
     """Swap the class of every block Linear to SplitLinear in place (enabled=False swaps it
     back). Idempotent; parameters, state_dict and training are untouched. Returns model.
 
-    quantize="int8": every block projection becomes an `Int8Linear` (weights int8 with one
-    scale per output) and the head gets an int8 copy (the embedding lookup stays float32).
-    One way: the model is for inference from then on."""
+    quantize="int8": every block projection and the head become `Int8Linear`s (weights int8
+    with one scale per output; the embedding lookup stays float32, so the head is no longer
+    tied). One way: the model is for inference from then on, and enabled=False does not undo
+    it."""
     if quantize not in (None, "int8"):
         raise GptlabError(f"quantize must be int8 or none, got {quantize!r}")
     if quantize == "int8":
+        from gptlab.model import int8
         from gptlab.model.int8 import Int8Linear
         from gptlab.model.int8 import quantize as to_int8
 
@@ -86,8 +89,16 @@ def prepare_for_decoding(model: GPT, enabled: bool = True, quantize: str | None 
                 for name, child in list(parent.named_children()):
                     if isinstance(child, Linear):
                         setattr(parent, name, Int8Linear.from_linear(child))
-        if getattr(model, "head_int8", None) is None:
-            model.head_int8 = to_int8(model.lm_head.weight[: model.config.vocab_size])
+        if not isinstance(model.lm_head, Int8Linear):  # the head too; the embedding stays
+            q, scale = to_int8(model.lm_head.weight[: model.config.vocab_size])
+            model.lm_head = Int8Linear(q, scale, None)
+        device = model.transformer.wte.weight.device
+        if device.type != "cpu" or int8.kernel() is None:
+            warnings.warn(
+                f"int8 weights on {device} without gptlab's compiled kernel (it needs a CPU "
+                "and a C compiler) multiply through a dequantised copy: slower than float32",
+                stacklevel=2,
+            )
     for module in model.modules():
         if enabled and type(module) is Linear:
             module.__class__ = SplitLinear
@@ -120,10 +131,7 @@ class DecodingHead:
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
         if not self.fast:
             return self.model.lm_head(hidden)[..., : self.model.config.vocab_size]
-        head_int8 = getattr(self.model, "head_int8", None)
-        if head_int8 is not None:  # prepare_for_decoding(quantize="int8")
-            from gptlab.model.int8 import int8_matmul
-
-            return int8_matmul(hidden.float(), *head_int8)
+        if not isinstance(self.model.lm_head, Linear | torch.nn.Linear):  # int8 (or other)
+            return self.model.lm_head(hidden)[..., : self.model.config.vocab_size]
         weight = self.weight()
         return few_rows_matmul(hidden, weight) if _decoding(hidden) else hidden @ weight

@@ -41,9 +41,12 @@ WEIGHT_FILES = (
 # ----------------------------------------------------------------------------- config
 
 
+INT8_MODEL_TYPE = "gptlab-int8-gpt2"  # config.json of an int8 folder (gptlab.model.int8)
+
+
 def config_from_hf(hf: dict, source: str = "config.json") -> GPTConfig:
     """GPT2Config's fields -> GPTConfig, refusing settings this network cannot honour."""
-    if hf.get("model_type", "gpt2") != "gpt2":
+    if hf.get("model_type", "gpt2") not in ("gpt2", INT8_MODEL_TYPE):
         raise GptlabError(f"{source}: model_type is {hf['model_type']!r}, not 'gpt2'")
     activation = hf.get("activation_function", "gelu_new")
     if activation not in TANH_GELUS:
@@ -346,7 +349,7 @@ def save_pretrained(model: GPT, directory: str | os.PathLike) -> None:
     if directory.exists() and not directory.is_dir():
         raise GptlabError(f"{directory}: exists and is not a folder")
     directory.mkdir(parents=True, exist_ok=True)
-    quantized = getattr(model, "head_int8", None) is not None  # int8 weights: gptlab only
+    quantized = isinstance(model.lm_head, int8.Int8Linear)  # int8 weights: gptlab only
     tensors = int8.save_tensors(model) if quantized else state_dict_to_hf(model)
     dtype = model.transformer.wte.weight.dtype
     atomic_write(
@@ -354,6 +357,8 @@ def save_pretrained(model: GPT, directory: str | os.PathLike) -> None:
         lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}),
     )
     hf_config = config_to_hf(model.config, dtype)
-    if quantized:
+    if quantized:  # a model type transformers does not know: it refuses, not misloads
         hf_config["gptlab"]["quantization"] = "int8"
+        hf_config["model_type"] = INT8_MODEL_TYPE
+        hf_config["architectures"] = ["GptlabInt8GPT2"]
     atomic_write_json(directory / "config.json", hf_config)

@@ -7,7 +7,7 @@ rounding to 255 levels of its row's largest magnitude (error <= scale / 2 per we
 
 The product needs a kernel that reads int8 and accumulates in float32 without first making a
 float32 copy of the matrix (which would read and write more than float32 itself). PyTorch's
-own int8 kernels are slow on a CPU without AVX-512 (benchmarks/generate.py measures), so
+own int8 kernels are slow on a CPU without AVX-512 (benchmarks/matvec.py measures), so
 `kernel()` compiles a small C file beside this one (int8_kernel.c) with the system's C
 compiler, once per CPU, into a cache folder, and loads it with ctypes. Where there is no
 compiler, `Int8Linear` multiplies by the dequantised matrix instead: the same numbers, slower.
@@ -19,6 +19,7 @@ import ctypes
 import functools
 import hashlib
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -53,9 +54,14 @@ def kernel():
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         return None
-    source = KERNEL_SOURCE.read_bytes()
-    flags = " ".join(sorted(cpu_flags() or ()))  # -march=native: one build per CPU kind
-    key = hashlib.sha256(source + flags.encode() + compiler.encode()).hexdigest()[:16]
+    try:
+        source = KERNEL_SOURCE.read_bytes()
+    except OSError:
+        return None
+    # -march=native: one build per CPU kind (and per torch, whose OpenMP runtime it shares)
+    machine = " ".join([*sorted(cpu_flags() or ()), platform.machine(), platform.processor(),
+                        torch.__version__, compiler])  # fmt: skip
+    key = hashlib.sha256(source + machine.encode()).hexdigest()[:16]
     path = _cache_dir() / f"int8_{key}.so"
     if not path.is_file():
         try:
@@ -65,8 +71,11 @@ def kernel():
                 for extra in (["-march=native", "-fopenmp"], ["-fopenmp"], []):
                     cmd = [compiler, "-O3", *extra, "-shared", "-fPIC", str(KERNEL_SOURCE),
                            "-o", str(built)]  # fmt: skip
-                    if subprocess.run(cmd, capture_output=True).returncode == 0:
-                        break
+                    try:
+                        if subprocess.run(cmd, capture_output=True, timeout=120).returncode == 0:
+                            break
+                    except subprocess.TimeoutExpired:
+                        continue
                 else:
                     return None
                 os.replace(built, path)  # whole, or not at all (another process may race)
@@ -84,9 +93,21 @@ def kernel():
 def int8_matmul(
     x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """x (M, K) float32 @ (q (N, K) int8 * scale (N,))^T + bias -> (M, N) float32."""
-    run = kernel() if x.device.type == "cpu" and x.size(0) <= KERNEL_MAX_ROWS else None
-    if run is None or x.dtype != torch.float32:
+    """x (M, K) @ (q (N, K) int8 * scale (N,))^T + bias -> (M, N), in x's dtype. The C kernel
+    runs only where everything is as it expects (CPU, float32, int8, contiguous); anything
+    else multiplies by the dequantised matrix."""
+    tensors = (x, q, scale) if bias is None else (x, q, scale, bias)
+    usable = (
+        x.size(0) <= KERNEL_MAX_ROWS
+        and all(t.device.type == "cpu" for t in tensors)
+        and x.dtype == scale.dtype == torch.float32
+        and q.dtype == torch.int8
+        and q.is_contiguous()
+        and scale.is_contiguous()
+        and (bias is None or (bias.dtype == torch.float32 and bias.is_contiguous()))
+    )
+    run = kernel() if usable else None
+    if run is None:
         w = q.to(x.dtype) * scale.to(x.dtype)[:, None]  # dequantised: the same numbers
         return x @ w.t() if bias is None else torch.addmm(bias.to(x.dtype), x, w.t())
     x = x.contiguous()
@@ -138,17 +159,16 @@ def save_tensors(model) -> dict[str, torch.Tensor]:
     """A model prepared with quantize="int8" -> the tensors of its model.safetensors: int8
     weights and float32 scales for every projection and the head, float32 for the rest (the
     embedding tables, LayerNorms and biases)."""
-    head = getattr(model, "head_int8", None)
-    if head is None:
+    if not isinstance(model.lm_head, Int8Linear):
         raise ValueError("not an int8 model (prepare_for_decoding(model, quantize='int8'))")
     out = {}
     for key, tensor in model.state_dict().items():
-        if key == "lm_head.weight":
-            continue  # the float table stays only as the embedding
         if key == "transformer.wte.weight":
             tensor = tensor[: model.config.vocab_size]
-        out[key] = tensor.detach().to("cpu").contiguous().clone()
-    out["lm_head.weight_int8"], out["lm_head.scale"] = (t.clone() for t in head)
+        tensor = tensor.detach().to("cpu")
+        if tensor.is_floating_point():
+            tensor = tensor.float()  # the float parts are float32 on disk, whatever in memory
+        out[key] = tensor.contiguous().clone()
     return out
 
 
@@ -183,13 +203,11 @@ def load_tensors(tensors: dict[str, torch.Tensor], config, source: str):
             bias = take(f"{prefix}.bias", (n_out,), torch.float32) if config.bias else None
             parent, child = name.split(".")
             setattr(getattr(block, parent), child, Int8Linear(q, scale, bias))
-    head = (take("lm_head.weight_int8", (V, C), torch.int8), take("lm_head.scale", (V,),
-                                                                    torch.float32))  # fmt: skip
+    model.lm_head = Int8Linear(take("lm_head.weight_int8", (V, C), torch.int8),
+                               take("lm_head.scale", (V,), torch.float32), None)  # fmt: skip
     rest = {}
     for key, param in model.state_dict().items():
-        if key == "lm_head.weight" or key.endswith((".weight_int8", ".scale")) or (
-            ".c_" in key and key.endswith(".bias")
-        ):
+        if key.endswith((".weight_int8", ".scale")) or (".c_" in key and key.endswith(".bias")):
             continue
         shape = tuple(param.shape)
         if key == "transformer.wte.weight":
@@ -201,6 +219,4 @@ def load_tensors(tensors: dict[str, torch.Tensor], config, source: str):
     if tensors:
         raise GptlabError(f"{source}: unexpected tensors {', '.join(sorted(tensors)[:3])}")
     model.load_state_dict(rest, strict=False, assign=True)
-    model.lm_head.weight = model.transformer.wte.weight
-    model.head_int8 = head
     return model.eval()

@@ -7,11 +7,12 @@
    outputs are computed together, from one or two rows of x at a time: 4 or 8 independent
    sums, so the loop is not held up by the latency of one running sum. Outputs are shared
    among OpenMP threads (the runtime PyTorch itself loaded, so one thread pool). Without AVX2
-   a plain loop computes the same sums. */
+   and FMA a plain loop (threaded over outputs) computes the same sums. */
 
 #include <stdint.h>
 #include <stddef.h>
-#ifdef __AVX2__
+#if defined(__AVX2__) && defined(__FMA__)
+#define GPTLAB_AVX2 1
 #include <immintrin.h>
 static inline float hsum(__m256 v) {
     __m128 lo = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -27,6 +28,7 @@ static inline __m256 widen(const int8_t *p) {
 /* Scalar reference for the outputs [n0, n1) and the K-tail from k0 (any CPU). */
 static void scalar_part(const float *x, const int8_t *w, float *acc, long M, long K, long N,
                         long n0, long n1, long k0) {
+    #pragma omp parallel for schedule(static)
     for (long n = n0; n < n1; n++)
         for (long m = 0; m < M; m++) {
             float s = 0.0f;
@@ -39,7 +41,7 @@ void gptlab_int8_matmul(const float *x, const int8_t *w, const float *scale, con
                         float *y, long M, long K, long N) {
     for (long i = 0; i < M * N; i++) y[i] = 0.0f;
     long K8 = 0;
-#ifdef __AVX2__
+#ifdef GPTLAB_AVX2
     K8 = K - K % 8;
     long N4 = N - N % 4;
     #pragma omp parallel for schedule(static)
