@@ -48,8 +48,9 @@ def weight_bytes(model: GPT, int8: bool) -> int:
         if name.startswith(("transformer.wte", "transformer.wpe")):
             continue
         total += t.numel() * t.element_size()
-    head = model.config.vocab_size * model.config.n_embd
-    return total + (head + 4 * model.config.vocab_size if int8 else 4 * head)
+    # float32: the head is the tied embedding table (skipped above), read whole per step;
+    # int8: the head is its own Int8Linear, already counted among the buffers
+    return total if int8 else total + 4 * model.config.vocab_size * model.config.n_embd
 
 
 def median_rate(fn, tokens: int, repeat: int) -> float:
