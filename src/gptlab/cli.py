@@ -134,6 +134,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
+    import torch
+
     from gptlab.model import GPT
     from gptlab.tokenizers import TOKENIZER_FILES, Tokenizer
 
@@ -143,7 +145,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if args.quantize == "int8" and args.dtype != "float32":
         raise GptlabError("--quantize int8 keeps the rest of the model in float32; drop --dtype")
     model = GPT.from_pretrained(args.model, dtype=_dtype(args.dtype))
-    n_params = model.num_params()
+    with torch.device("meta"):  # counted on the float network (an int8 one holds buffers)
+        n_params = GPT(model.config).num_params()
     if args.quantize == "int8":
         from gptlab.model.fast import prepare_for_decoding
 
@@ -404,6 +407,11 @@ def _list_settings(args: argparse.Namespace, model_config, train_config) -> int:
 MAX_SAMPLES = 1000  # one command's limit: a typo such as 100000000 should not run for a day
 
 
+def _check_quantize(args: argparse.Namespace) -> None:
+    if args.quantize == "int8" and args.dtype not in ("auto", "float32"):
+        raise GptlabError("--quantize int8 computes in float32; leave --dtype at auto or float32")
+
+
 def _add_quantize(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--quantize",
@@ -476,8 +484,7 @@ def _load_model(args: argparse.Namespace, device):
     from gptlab.hardware import resolve_dtype
     from gptlab.model import GPT
 
-    if args.quantize == "int8" and args.dtype not in ("auto", "float32"):
-        raise GptlabError("--quantize int8 computes in float32; leave --dtype at auto or float32")
+    _check_quantize(args)
     dtype = torch.float32 if args.quantize == "int8" else _dtype(resolve_dtype(args.dtype, device))
     model = GPT.from_pretrained(args.model, device=device, dtype=dtype)
     if args.quantize == "int8":
@@ -603,8 +610,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.max_generations < 1:
         raise GptlabError(f"--max-generations must be at least 1, got {args.max_generations}")
     models = [args.model, *([args.compare] if args.compare else [])]
-    if args.quantize == "int8" and args.dtype not in ("auto", "float32"):
-        raise GptlabError("--quantize int8 computes in float32; leave --dtype at auto or float32")
+    _check_quantize(args)
     labs = [load_lab(m, args.device, args.dtype, args.quantize) for m in models]
     try:
         loopback = ipaddress.ip_address(args.host).is_loopback
