@@ -1,12 +1,15 @@
-"""The two CPU matrix-vector claims behind gptlab's sampling speed, each against its peer:
+"""The CPU matrix-vector claims behind gptlab's sampling speed, each against its peer:
 
 1. layout: x @ W with W stored (in, out) (gptlab's `Linear`, Hugging Face's Conv1D) against
    x @ W.T with W stored (out, in) (`nn.Linear`), one row x, GPT-2 small's matrices and head;
-2. split: `few_rows_matmul` (the input dimension cut into one part per thread) against a plain
-   x @ W on the same (in, out) matrix;
+2. split and kernel: `few_rows_matmul` (the input dimension cut into one part per thread, the
+   fallback) and gptlab's compiled float32 kernel (`gptlab.model.kernels.f32_matmul`), each
+   against a plain x @ W on the same (in, out) matrix; each matrix alone (repeated, so the
+   block matrices stay in cache) and then
+   2b. from memory, as in decoding: the 48 block matrices of GPT-2 small one after another;
 3. int8 candidates for the same products with int8 weights (per-output scales): gptlab's C
    kernel (`gptlab.model.int8.int8_matmul`), PyTorch's `torch._weight_int8pack_mm`, and a
-   dequantise-then-multiply, against the float32 split product.
+   dequantise-then-multiply, against the float32 product gptlab decodes with.
 
 Each line prints microseconds per product (median) and GB/s of weights read.
 
@@ -21,7 +24,8 @@ import time
 
 import torch
 
-from gptlab.model.fast import few_rows_matmul
+from gptlab.model import kernels
+from gptlab.model.fast import decoding_matmul, few_rows_matmul
 
 from _data import print_machine
 
@@ -51,7 +55,9 @@ def main() -> None:
     args = parser.parse_args()
     print_machine()
     torch.manual_seed(0)
-    totals = {"(out, in)": 0.0, "(in, out)": 0.0, "split": 0.0}
+    totals = {"(out, in)": 0.0, "(in, out)": 0.0, "split": 0.0, "kernel": 0.0}
+    if kernels.library() is None:
+        print("no C compiler: the kernel column is the split again")
     print(f"rows {args.rows}, float32, median of {args.repeat}; us per product (GB/s read)")
     with torch.no_grad():
         for name, (n_in, n_out) in SHAPES.items():
@@ -63,6 +69,7 @@ def main() -> None:
                 "(out, in)": median_us(lambda w_t=w_t, x=x: x @ w_t.t(), args.repeat),
                 "(in, out)": median_us(lambda w=w, x=x: x @ w, args.repeat),
                 "split": median_us(lambda w=w, x=x: few_rows_matmul(x, w), args.repeat),
+                "kernel": median_us(lambda w=w, x=x: decoding_matmul(x, w), args.repeat),
             }
             gb = w.numel() * 4 / 1e9
             shown = "  ".join(f"{k} {v:8.1f} ({gb / (v * 1e-6):5.1f})" for k, v in results.items())
@@ -70,19 +77,50 @@ def main() -> None:
             for k, v in results.items():
                 totals[k] += v
     print("all four, summed:")
-    print(f"  1. layout: (out, in) / (in, out) time = "
-          f"{totals['(out, in)'] / totals['(in, out)']:.2f}  (> 1: gptlab's layout faster)")
+    print(
+        f"  1. layout: (out, in) / (in, out) time = "
+        f"{totals['(out, in)'] / totals['(in, out)']:.2f}  (> 1: gptlab's layout faster)"
+    )
     print(f"  2. split: plain (in, out) / few_rows_matmul time = "
           f"{totals['(in, out)'] / totals['split']:.2f}  (> 1: the split faster)")  # fmt: skip
+    print(f"     kernel: plain (in, out) / gptlab's kernel time = "
+          f"{totals['(in, out)'] / totals['kernel']:.2f}  (> 1: the kernel faster)")  # fmt: skip
+    from_memory(args)
     int8_candidates(args)
 
 
+def from_memory(args) -> None:
+    """2b. GPT-2 small's 48 block matrices one after another (340 MB: from memory, not cache),
+    as a decoding step reads them; ms per pass over all of them."""
+    shapes = [(768, 2304), (768, 768), (768, 3072), (3072, 768)] * 12
+    weights = [torch.randn(shape) for shape in shapes]
+    biases = [torch.randn(shape[1]) for shape in shapes]
+    xs = {n: torch.randn(args.rows, n) for n in (768, 3072)}
+    pairs = list(zip(weights, biases, strict=True))
+    runs = {
+        "plain addmm": lambda: [torch.addmm(b, xs[w.size(0)], w) for w, b in pairs],
+        "split": lambda: [few_rows_matmul(xs[w.size(0)], w) for w in weights],
+        "kernel": lambda: [decoding_matmul(xs[w.size(0)], w, b) for w, b in pairs],
+    }
+    with torch.no_grad():
+        times = {k: median_us(fn, max(args.repeat // 20, 5)) / 1e3 for k, fn in runs.items()}
+    gb = sum(w.numel() for w in weights) * 4 / 1e9
+    shown = "  ".join(f"{k} {v:6.2f} ms ({gb / (v * 1e-3):5.1f} GB/s)" for k, v in times.items())
+    print(f"2b. from memory, the 48 block matrices, rows {args.rows}: {shown}")
+    print(
+        f"  plain / kernel time = {times['plain addmm'] / times['kernel']:.2f}, "
+        f"split / kernel = {times['split'] / times['kernel']:.2f}  (> 1: the kernel faster)"
+    )
+
+
 def int8_candidates(args) -> None:
-    """3. The same products with int8 weights, each candidate against float32's split."""
+    """3. The same products with int8 weights, each candidate against gptlab float32."""
     from gptlab.model.int8 import int8_matmul, kernel, quantize
 
-    print(f"int8 weights, rows {args.rows}; us per product (GB/s of weights read); C kernel "
-          f"{'built' if kernel() else 'unavailable (no compiler): its row is the fallback'}")
+    print(
+        f"int8 weights, rows {args.rows}; us per product (GB/s of weights read); C kernel "
+        f"{'built' if kernel() else 'unavailable (no compiler): its row is the fallback'}"
+    )
     totals: dict[str, float] = {}
     with torch.no_grad():
         for name, (n_in, n_out) in SHAPES.items():
@@ -90,7 +128,7 @@ def int8_candidates(args) -> None:
             q, scale = quantize(w.t())  # (out, in) int8, (out,)
             x = torch.randn(args.rows, n_in)
             results = {
-                "float32 split": median_us(lambda w=w, x=x: few_rows_matmul(x, w), args.repeat),
+                "float32": median_us(lambda w=w, x=x: decoding_matmul(x, w), args.repeat),
                 "C kernel": median_us(lambda q=q, s=scale, x=x: int8_matmul(x, q, s), args.repeat),
                 "dequantise": median_us(
                     lambda q=q, s=scale, x=x: x @ (q.float() * s[:, None]).t(), args.repeat // 4
@@ -108,9 +146,11 @@ def int8_candidates(args) -> None:
             print(f"  {name:<20} {shown}")
             for k, v in results.items():
                 totals[k] = totals.get(k, 0.0) + v
-    base = totals["float32 split"]
-    print("  all four, float32 split time / candidate time: " + ", ".join(
-        f"{k} {base / v:.2f}" for k, v in totals.items() if k != "float32 split"))
+    base = totals["float32"]
+    print(
+        "  all four, gptlab float32 time / candidate time: "
+        + ", ".join(f"{k} {base / v:.2f}" for k, v in totals.items() if k != "float32")
+    )
 
 
 if __name__ == "__main__":

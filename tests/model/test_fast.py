@@ -1,25 +1,29 @@
-"""gptlab.model.fast, the CPU decoding path: the same tokens and (to float rounding) the same
-logits as the plain network, and nothing changed for training."""
+"""gptlab.model.fast and gptlab.model.kernels, the CPU decoding path: the same tokens and (to
+float rounding) the same logits as the plain network, and nothing changed for training."""
+
+import shutil
 
 import pytest
 import torch
 
 from gptlab.config import GPTConfig
 from gptlab.generate import generate
-from gptlab.model import GPT
+from gptlab.model import GPT, kernels
 from gptlab.model.fast import (
     DecodingHead,
-    SplitLinear,
+    DecodingLinear,
+    decoding_matmul,
     few_rows_matmul,
     prepare_for_decoding,
 )
 from gptlab.model.gpt import Linear
 
-# The split sums the same products in another order, so each output may differ by float32
-# rounding of a sum: bounded here by 1e-6 x the sum of the products' magnitudes (|x| @ |w|),
-# about 8 float32 ulps of it. Measured on a 2-core AMD EPYC: up to 7e-6 absolute (0.2e-6 of
-# |x| @ |w|) for 3072 x 768.
+# The split and the kernel sum the same products in another order, so each output may differ
+# by float32 rounding of a sum: bounded here by 1e-6 x the sum of the products' magnitudes
+# (|x| @ |w|, plus |bias|), about 8 float32 ulps of it. Measured on a 2-core AMD EPYC: up to
+# 7e-6 absolute (0.2e-6 of |x| @ |w|) for 3072 x 768; the kernel's largest was 0.18e-6.
 RELATIVE = 1e-6
+HAS_COMPILER = shutil.which("cc") is not None or shutil.which("gcc") is not None
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +48,48 @@ def test_the_split_product_equals_the_plain_one_to_rounding(shape, rows):
         torch.set_num_threads(before)
 
 
+@pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler: the split is the path, above")
+@pytest.mark.parametrize("shape", [(768, 2304), (3072, 768), (13, 301), (5, 7)])
+@pytest.mark.parametrize("rows", [1, 2, 3, 8, 16])
+def test_the_kernels_product_equals_the_plain_one_to_rounding(shape, rows):
+    """Odd shapes reach every tail of the kernel: rows of w not in fours, columns not in
+    eights, an odd row of x, fewer rows of w than threads."""
+    assert kernels.library() is not None, "a compiler is here, so the kernels must build"
+    gen = torch.Generator().manual_seed(rows)
+    w = torch.randn(shape, generator=gen) * 0.02
+    x = torch.randn(2, rows, shape[0], generator=gen)[1]  # a view: made contiguous first
+    bias = torch.randn(shape[1], generator=gen)
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            for b in (bias, None):
+                y = kernels.f32_matmul(x, w, b)
+                expected = x @ w if b is None else torch.addmm(b, x, w)
+                bound = RELATIVE * (x.abs() @ w.abs() + (0 if b is None else b.abs()))
+                assert y.shape == expected.shape
+                assert ((y - expected).abs() <= bound).all(), (threads, b is None)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_what_the_kernel_cannot_read_goes_the_plain_way(monkeypatch):
+    """bfloat16, a transposed (non-contiguous) weight, or no kernel at all: decoding_matmul
+    still gives the product."""
+    gen = torch.Generator().manual_seed(4)
+    w, x, b = torch.randn(32, 24, generator=gen), torch.randn(3, 32, generator=gen), None
+    expected = x @ w
+    assert kernels.f32_matmul(x.bfloat16(), w.bfloat16()) is None
+    half = decoding_matmul(x.bfloat16(), w.bfloat16()).float()
+    assert (half - expected).abs().max().item() < 0.2
+    wide = w.t().contiguous().t()  # the same numbers, column-major
+    assert kernels.f32_matmul(x, wide) is None
+    assert (decoding_matmul(x, wide, b) - expected).abs().max().item() <= 1e-5
+    monkeypatch.setattr(kernels, "library", lambda: None)
+    assert kernels.f32_matmul(x, w) is None
+    assert (decoding_matmul(x[None], w)[0] - expected).abs().max().item() <= 1e-5
+
+
 def test_greedy_decoding_gives_the_same_tokens_and_close_logits(gpt2):
     prompts = torch.randint(0, 50257, (3, 16), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
@@ -65,7 +111,7 @@ def test_preparing_is_in_place_idempotent_and_reversible():
     params = [p.data_ptr() for p in model.parameters()]
     prepare_for_decoding(prepare_for_decoding(model))
     linears = [m for m in model.modules() if isinstance(m, Linear)]
-    assert linears and all(type(m) is SplitLinear for m in linears)
+    assert linears and all(type(m) is DecodingLinear for m in linears)
     assert list(model.state_dict()) == keys
     assert [p.data_ptr() for p in model.parameters()] == params
     prepare_for_decoding(model, enabled=False)
@@ -73,7 +119,7 @@ def test_preparing_is_in_place_idempotent_and_reversible():
 
 
 def test_a_prepared_model_trains_exactly_as_before():
-    """With autograd on, SplitLinear is Linear: the same loss and gradients, bitwise."""
+    """With autograd on, DecodingLinear is Linear: the same loss and gradients, bitwise."""
     torch.manual_seed(0)
     plain = GPT(GPTConfig.preset("tiny", block_size=16, vocab_size=40, dropout=0.0))
     fast = prepare_for_decoding(GPT(plain.config))
@@ -85,12 +131,19 @@ def test_a_prepared_model_trains_exactly_as_before():
         assert torch.equal(a.grad, b.grad), name
 
 
-def test_the_heads_copy_follows_the_weights():
+def test_the_heads_copy_follows_the_weights_and_outlives_one_call():
     model = GPT(GPTConfig.preset("tiny", block_size=16, vocab_size=40))
     head = DecodingHead(model)
     hidden = torch.randn(2, model.config.n_embd)
     with torch.no_grad():
         before = head(hidden)
+        copy = head.weight()
+        assert DecodingHead(model).weight() is copy  # the next sampling call reuses it
         model.lm_head.weight.mul_(2.0)  # an optimizer step changes the weights in place
         after = head(hidden)
+        assert DecodingHead(model).weight() is not copy
     assert torch.allclose(after, 2 * before, atol=1e-6)
+    prepare_for_decoding(model, enabled=False)  # the copy's memory is given back
+    from gptlab.model.fast import _HEAD_COPIES
+
+    assert model not in _HEAD_COPIES

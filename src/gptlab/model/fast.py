@@ -1,16 +1,21 @@
 """Decoding fast on a CPU: the one home of the choices that make a one-token step quick.
 
 A decoding step multiplies a few rows (one per sequence) by every weight matrix, so it is
-bound by reading the weights from memory; PyTorch runs such a matrix-vector product on one
-core. Two changes, both measured in benchmarks/matvec.py and benchmarks/generate.py:
+bound by reading the weights from memory; PyTorch's CPU products for such shapes read them
+well below the speed memory delivers (one core for one row; for 8 rows, compute-bound
+kernels). Two changes, both measured in benchmarks/matvec.py and benchmarks/generate.py:
 
-- `SplitLinear`: a block's Linear that, for at most MAX_ROWS rows on a CPU without autograd,
-  cuts the input dimension into one part per thread (`few_rows_matmul`). The network in
-  model/gpt.py stays one matmul per projection; `prepare_for_decoding` swaps the class of its
-  Linear modules in place (same parameters, same state_dict), and anything else (training,
-  long inputs, GPUs) falls through to Linear's own forward.
-- `DecodingHead`: the tied head as a contiguous (C, V) copy, faster for a few rows than the
-  (V, C) embedding table, refreshed whenever the weights change.
+- `DecodingLinear`: a block's Linear that, for at most MAX_ROWS rows on a CPU without
+  autograd, multiplies with gptlab's compiled kernel (`gptlab.model.kernels.f32_matmul`: each
+  thread streams a band of the weight's rows once, for all rows of x together), or, where no
+  kernel could be built, cuts the input dimension into one part per thread
+  (`few_rows_matmul`). The network in model/gpt.py stays one matmul per projection;
+  `prepare_for_decoding` swaps the class of its Linear modules in place (same parameters, same
+  state_dict), and anything else (training, long inputs, GPUs) falls through to Linear's own
+  forward.
+- `DecodingHead`: the tied head as a contiguous (C, V) copy, which the same products read
+  faster than the (V, C) embedding table. It is kept with the model between calls (C x V
+  floats more while the model lives) and made again whenever the weights change.
 
 Results differ from the plain model by float rounding only (a sum in another order): the
 tests pin the tolerance and that greedy decoding gives the same tokens.
@@ -20,10 +25,12 @@ from __future__ import annotations
 
 import functools
 import warnings
+import weakref
 
 import torch
 
 from gptlab.errors import GptlabError
+from gptlab.model import kernels
 from gptlab.model.gpt import GPT, Linear
 
 MAX_ROWS = 16  # up to this many rows a product is memory-bound enough for the split to pay
@@ -53,25 +60,38 @@ def _splits(n_in: int, threads: int) -> int:
 
 def _decoding(x2: torch.Tensor) -> bool:
     """A product the fast path serves: few rows, on a CPU, no autograd."""
-    return x2.size(0) <= MAX_ROWS and x2.device.type == "cpu" and not torch.is_grad_enabled()
+    return x2.size(0) <= MAX_ROWS and x2.is_cpu and not torch.is_grad_enabled()
 
 
-class SplitLinear(Linear):
-    """Linear whose few-row products on a CPU use every thread (`few_rows_matmul`)."""
+def decoding_matmul(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """x (..., in) @ weight (in, out) + bias for a few rows on a CPU: the compiled kernel
+    where it can take them, else the thread split."""
+    y = kernels.f32_matmul(x, weight, bias)
+    if y is None:
+        y = few_rows_matmul(x.reshape(-1, weight.size(0)), weight)
+        if bias is not None:
+            y += bias
+        y = y.view(x.shape[:-1] + (weight.size(1),))
+    return y
+
+
+class DecodingLinear(Linear):
+    """Linear whose few-row products on a CPU stream the weights at memory speed
+    (`decoding_matmul`); everything else is Linear's own forward."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x2 = x.reshape(-1, self.in_features)
-        if not _decoding(x2):
+        if x.numel() > MAX_ROWS * self.in_features or not x.is_cpu or torch.is_grad_enabled():
             return super().forward(x)
-        y = few_rows_matmul(x2, self.weight)
-        if self.bias is not None:
-            y += self.bias
-        return y.view(*x.shape[:-1], self.out_features)
+        params = self._parameters  # a dict lookup: nn.Module's attribute lookup costs more
+        return decoding_matmul(x, params["weight"], params["bias"])
 
 
 def prepare_for_decoding(model: GPT, enabled: bool = True, quantize: str | None = None) -> GPT:
-    """Swap the class of every block Linear to SplitLinear in place (enabled=False swaps it
-    back). Idempotent; parameters, state_dict and training are untouched. Returns model.
+    """Swap the class of every block Linear to DecodingLinear in place (enabled=False swaps
+    it back and drops the head's copy). Idempotent; parameters, state_dict and training are
+    untouched. Returns model.
 
     quantize="int8": every block projection and the head become `Int8Linear`s (weights int8
     with one scale per output; the embedding lookup stays float32, so the head is no longer
@@ -101,32 +121,39 @@ def prepare_for_decoding(model: GPT, enabled: bool = True, quantize: str | None 
             )
     for module in model.modules():
         if enabled and type(module) is Linear:
-            module.__class__ = SplitLinear
-        elif not enabled and type(module) is SplitLinear:
+            module.__class__ = DecodingLinear
+        elif not enabled and type(module) is DecodingLinear:
             module.__class__ = Linear
+    if not enabled:
+        _HEAD_COPIES.pop(model, None)
     return model
+
+
+# model -> (what its head weight was when copied, the (C, V) copy); the copy holds no
+# reference to the model, so a model nobody else holds is freed with its copy
+_HEAD_COPIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class DecodingHead:
     """hidden (B, C) -> logits (B, vocab_size) for sampling. fast: a contiguous (C, V) copy of
-    the tied head and, for a few rows on a CPU, the thread split; the copy is made again when
-    the weights change (an optimizer step bumps the tensor's version). fast=False: the model's
-    own head, the reference."""
+    the tied head (kept with the model between calls) and, for a few rows on a CPU,
+    `decoding_matmul`; the copy is made again when the weights change (an optimizer step bumps
+    the tensor's version). fast=False: the model's own head, the reference."""
 
     def __init__(self, model: GPT, fast: bool = True) -> None:
         self.model, self.fast = model, fast
-        self._key: tuple | None = None
-        self._weight: torch.Tensor | None = None
 
     def weight(self) -> torch.Tensor:
         """The (C, V) copy, made when the head's weights have changed since the last one."""
         w = self.model.lm_head.weight
         key = (w.data_ptr(), w._version, w.dtype, w.device)
-        if key != self._key:
+        cached = _HEAD_COPIES.get(self.model)
+        if cached is None or cached[0] != key:
             vocab = self.model.config.vocab_size  # never a padded id
-            self._weight = w.detach()[:vocab].t().contiguous()
-            self._key = key
-        return self._weight
+            _HEAD_COPIES.pop(self.model, None)  # the old copy's memory first
+            cached = (key, w.detach()[:vocab].t().contiguous())
+            _HEAD_COPIES[self.model] = cached
+        return cached[1]
 
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
         if not self.fast:
@@ -134,4 +161,4 @@ class DecodingHead:
         if not isinstance(self.model.lm_head, Linear | torch.nn.Linear):  # int8 (or other)
             return self.model.lm_head(hidden)[..., : self.model.config.vocab_size]
         weight = self.weight()
-        return few_rows_matmul(hidden, weight) if _decoding(hidden) else hidden @ weight
+        return decoding_matmul(hidden, weight) if _decoding(hidden) else hidden @ weight

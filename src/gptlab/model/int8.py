@@ -8,27 +8,18 @@ rounding to 255 levels of its row's largest magnitude (error <= scale / 2 per we
 The product needs a kernel that reads int8 and accumulates in float32 without first making a
 float32 copy of the matrix (which would read and write more than float32 itself). PyTorch's
 own int8 kernels are slow on a CPU without AVX-512 (benchmarks/matvec.py measures), so
-`kernel()` compiles a small C file beside this one (int8_kernel.c) with the system's C
-compiler, once per CPU, into a cache folder, and loads it with ctypes. Where there is no
-compiler, `Int8Linear` multiplies by the dequantised matrix instead: the same numbers, slower.
+`kernel()` is gptlab's own, compiled from kernels.c at first use (gptlab.model.kernels). Where
+there is no compiler, `Int8Linear` multiplies by the dequantised matrix instead: the same
+numbers, slower.
 """
 
 from __future__ import annotations
 
-import ctypes
-import functools
-import hashlib
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
-from pathlib import Path
-
 import torch
 from torch import nn
 
-KERNEL_SOURCE = Path(__file__).with_name("int8_kernel.c")
+from gptlab.model import kernels
+
 KERNEL_MAX_ROWS = 64  # longer inputs (a prompt) go through the dequantised matrix
 
 
@@ -41,53 +32,10 @@ def quantize(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q.contiguous(), scale.contiguous()
 
 
-def _cache_dir() -> Path:
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(root) / "gptlab" / "kernels"
-
-
-@functools.cache
 def kernel():
-    """The compiled int8 product (a ctypes function), or None where it cannot be built."""
-    from gptlab.hardware import cpu_flags
-
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
-        return None
-    try:
-        source = KERNEL_SOURCE.read_bytes()
-    except OSError:
-        return None
-    # -march=native: one build per CPU kind (and per torch, whose OpenMP runtime it shares)
-    machine = " ".join([*sorted(cpu_flags() or ()), platform.machine(), platform.processor(),
-                        torch.__version__, compiler])  # fmt: skip
-    key = hashlib.sha256(source + machine.encode()).hexdigest()[:16]
-    path = _cache_dir() / f"int8_{key}.so"
-    if not path.is_file():
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-                built = Path(tmp) / path.name
-                for extra in (["-march=native", "-fopenmp"], ["-fopenmp"], []):
-                    cmd = [compiler, "-O3", *extra, "-shared", "-fPIC", str(KERNEL_SOURCE),
-                           "-o", str(built)]  # fmt: skip
-                    try:
-                        if subprocess.run(cmd, capture_output=True, timeout=120).returncode == 0:
-                            break
-                    except subprocess.TimeoutExpired:
-                        continue
-                else:
-                    return None
-                os.replace(built, path)  # whole, or not at all (another process may race)
-        except OSError:
-            return None
-    try:
-        function = ctypes.CDLL(str(path)).gptlab_int8_matmul
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_long] * 3
-    function.restype = None
-    return function
+    """The compiled int8 product (gptlab.model.kernels), or None where it cannot be built."""
+    lib = kernels.library()
+    return None if lib is None else lib.gptlab_int8_matmul
 
 
 def int8_matmul(
