@@ -41,12 +41,33 @@ static inline __m256 widen(const int8_t *p) {
 /* ---- float32, w (K, N) ---- */
 
 /* part[m, c0:c1] += x[m, k0:k1] @ w[k0:k1, c0:c1] for every row m. Four rows of w at a time,
-   and two rows of x share each load of them. */
+   and two rows of x share each load of them; for one row of x, eight rows of w at a time
+   (1.1x faster than four over GPT-2 small's matrices read from memory). */
 static void f32_band(const float *x, const float *w, float *part, long M, long K, long N,
                      long k0, long k1, long c0, long c1) {
     long k = k0;
 #ifdef GPTLAB_AVX2
     long c8 = c0 + (c1 - c0) / 8 * 8;
+    for (; M == 1 && k + 8 <= k1; k += 8) {
+        const float *w0 = w + k * N, *xa = x + k;
+        __m256 a0 = _mm256_broadcast_ss(xa), a1 = _mm256_broadcast_ss(xa + 1),
+               a2 = _mm256_broadcast_ss(xa + 2), a3 = _mm256_broadcast_ss(xa + 3),
+               a4 = _mm256_broadcast_ss(xa + 4), a5 = _mm256_broadcast_ss(xa + 5),
+               a6 = _mm256_broadcast_ss(xa + 6), a7 = _mm256_broadcast_ss(xa + 7);
+        for (long n = c0; n < c8; n += 8) {  /* two running sums, added at the store */
+            __m256 s = _mm256_fmadd_ps(a0, _mm256_loadu_ps(w0 + n), _mm256_loadu_ps(part + n));
+            __m256 u = _mm256_mul_ps(a1, _mm256_loadu_ps(w0 + N + n));
+            s = _mm256_fmadd_ps(a2, _mm256_loadu_ps(w0 + 2 * N + n), s);
+            u = _mm256_fmadd_ps(a3, _mm256_loadu_ps(w0 + 3 * N + n), u);
+            s = _mm256_fmadd_ps(a4, _mm256_loadu_ps(w0 + 4 * N + n), s);
+            u = _mm256_fmadd_ps(a5, _mm256_loadu_ps(w0 + 5 * N + n), u);
+            s = _mm256_fmadd_ps(a6, _mm256_loadu_ps(w0 + 6 * N + n), s);
+            u = _mm256_fmadd_ps(a7, _mm256_loadu_ps(w0 + 7 * N + n), u);
+            _mm256_storeu_ps(part + n, _mm256_add_ps(s, u));
+        }
+        for (long n = c8; n < c1; n++)
+            for (long r = 0; r < 8; r++) part[n] += xa[r] * w0[r * N + n];
+    }
     for (; k + 4 <= k1; k += 4) {
         const float *w0 = w + k * N, *w1 = w0 + N, *w2 = w1 + N, *w3 = w2 + N;
         long m = 0;
