@@ -10,13 +10,14 @@ from gptlab.config import GPTConfig
 from gptlab.generate import generate
 from gptlab.model import GPT, kernels
 from gptlab.model.fast import (
+    DecodingAttention,
     DecodingHead,
     DecodingLinear,
     decoding_matmul,
     few_rows_matmul,
     prepare_for_decoding,
 )
-from gptlab.model.gpt import Linear
+from gptlab.model.gpt import CausalSelfAttention, Linear
 
 # The split and the kernel sum the same products in another order, so each output may differ
 # by float32 rounding of a sum: bounded here by 1e-6 x the sum of the products' magnitudes
@@ -111,11 +112,14 @@ def test_preparing_is_in_place_idempotent_and_reversible():
     params = [p.data_ptr() for p in model.parameters()]
     prepare_for_decoding(prepare_for_decoding(model))
     linears = [m for m in model.modules() if isinstance(m, Linear)]
+    attentions = [m for m in model.modules() if isinstance(m, CausalSelfAttention)]
     assert linears and all(type(m) is DecodingLinear for m in linears)
+    assert attentions and all(type(m) is DecodingAttention for m in attentions)
     assert list(model.state_dict()) == keys
     assert [p.data_ptr() for p in model.parameters()] == params
     prepare_for_decoding(model, enabled=False)
     assert all(type(m) is Linear for m in linears)
+    assert all(type(m) is CausalSelfAttention for m in attentions)
 
 
 def test_a_prepared_model_trains_exactly_as_before():
@@ -147,3 +151,68 @@ def test_the_heads_copy_follows_the_weights_and_outlives_one_call():
     from gptlab.model.fast import _HEAD_COPIES
 
     assert model not in _HEAD_COPIES
+
+
+@pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler: attention takes the plain path")
+@pytest.mark.parametrize("masked", [False, True])
+def test_one_positions_attention_equals_the_plain_one(masked):
+    """kernels.decode_attention against CausalSelfAttention's own step (the cache update, then
+    scaled_dot_product_attention), padded keys included."""
+    import torch.nn.functional as F
+
+    from gptlab.model.gpt import KVCache
+
+    config = GPTConfig.preset("tiny", block_size=24, vocab_size=40)
+    B, H, D = 3, config.n_head, config.head_size
+    gen = torch.Generator().manual_seed(6)
+    before = torch.get_num_threads()
+    try:
+        for threads, pos in ((1, 0), (2, 7), (3, 23)):
+            torch.set_num_threads(threads)
+            cache = KVCache(config, B, config.block_size, "cpu", torch.float32)
+            for layer_k, layer_v in zip(cache.k, cache.v, strict=True):
+                layer_k.normal_(generator=gen)
+                layer_v.normal_(generator=gen)
+            qkv = torch.randn(B, 1, 3 * H * D, generator=gen)
+            mask = torch.rand(B, pos + 1, generator=gen) > 0.3 if masked else None
+            if mask is not None:
+                mask[:, -1] = True  # a row's own new position is always real
+            plain_k, plain_v = cache.k[0].clone(), cache.v[0].clone()
+            y = kernels.decode_attention(qkv, cache.k[0], cache.v[0], pos, mask)
+            q, k, v = (t.view(B, 1, H, D).transpose(1, 2) for t in qkv.split(H * D, dim=2))
+            plain_k[:, :, pos : pos + 1], plain_v[:, :, pos : pos + 1] = k, v
+            expected = F.scaled_dot_product_attention(
+                q, plain_k[:, :, : pos + 1], plain_v[:, :, : pos + 1],
+                attn_mask=None if mask is None else mask[:, None, None, :],
+            ).transpose(1, 2).reshape(B, 1, H * D)  # fmt: skip
+            assert torch.equal(cache.k[0], plain_k) and torch.equal(cache.v[0], plain_v)
+            assert (y - expected).abs().max().item() <= 1e-5, (threads, pos)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_attention_the_kernel_cannot_take_goes_the_plain_way():
+    """bfloat16, a cache that is a view, or a model in training mode (dropout) run
+    CausalSelfAttention's own forward."""
+    from gptlab.model.gpt import KVCache
+
+    config = GPTConfig.preset("tiny", block_size=8, vocab_size=40)
+    cache = KVCache(config, 1, 8, "cpu", torch.float32)
+    qkv = torch.randn(1, 1, 3 * config.n_embd)
+    assert kernels.decode_attention(qkv.bfloat16(), cache.k[0], cache.v[0], 0) is None
+    assert kernels.decode_attention(qkv, cache.k[0][:, :, ::2], cache.v[0], 0) is None
+    assert kernels.decode_attention(qkv, cache.k[0], cache.v[0], 8) is None  # no room
+    torch.manual_seed(0)
+    plain = GPT(GPTConfig.preset("tiny", block_size=8, vocab_size=40, dropout=0.5))
+    fast = prepare_for_decoding(GPT(plain.config))
+    fast.load_state_dict(plain.state_dict())
+    ids = torch.randint(0, 40, (1, 4))
+    outputs = []
+    with torch.no_grad():
+        for model in (plain, fast):  # training mode: dropout draws, the same on both
+            cache = KVCache(model.config, 1, 8, "cpu", torch.float32)
+            torch.manual_seed(1)
+            model.hidden_states(ids[:, :3], None, cache)
+            outputs.append(model.hidden_states(ids[:, 3:], None, cache))
+    # equal to the products' rounding; without dropout they would differ at every position
+    assert (outputs[0] - outputs[1]).abs().max().item() <= 1e-5

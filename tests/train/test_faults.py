@@ -75,11 +75,13 @@ def test_killed_inside_a_checkpoint_swap_resumes_exactly(
 ):
     """Killed inside the step-8 checkpoint, or inside the last one (after which the resumed
     command has no step left to run, yet must leave the final weights in place)."""
+    from gptlab.cli import main
+
     died = gptlab(tmp_path, *ARGS, "--data", str(corpus), "--out", "run",
                   GPTLAB_FAULT=f"{stage}:{save}")  # fmt: skip
     assert died.returncode == 137, died.stderr
-    resumed = gptlab(tmp_path, "--resume", "run", "--no-progress")
-    assert resumed.returncode == 0, resumed.stderr
+    # the resume in this process (the kill needs a process of its own; the resume does not)
+    assert main(["train", "--resume", str(tmp_path / "run"), "--no-progress"]) == 0
     assert same(load_file(tmp_path / "run" / "model.safetensors"), reference)
     state = json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())
     if state["best_val_loss"] == state["last_val_loss"]:  # the final weights are the best
@@ -165,8 +167,14 @@ def test_a_full_disk_during_a_checkpoint_is_one_line_and_keeps_the_previous(
          "cannot read safetensors"),
     ],
 )
-def test_a_damaged_checkpoint_is_one_line_and_best_survives(damage, message, trained, tmp_path):
+def test_a_damaged_checkpoint_is_one_line_and_best_survives(
+    damage, message, trained, tmp_path, capsys
+):
+    """In this process, through the CLI's main (tests/test_cli_bad_inputs.py runs such errors
+    as separate processes)."""
     import shutil
+
+    from gptlab.cli import main
 
     out = tmp_path / "run"
     shutil.copytree(trained, out)
@@ -174,14 +182,12 @@ def test_a_damaged_checkpoint_is_one_line_and_best_survives(damage, message, tra
     name, data = damage
     (out / name).unlink()  # (the run folder's model.safetensors is a link to it)
     (out / name).write_bytes(data)
-    result = gptlab(tmp_path, "--resume", "run", "--no-progress")
-    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
-    assert message in result.stderr and "Traceback" not in result.stderr
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and "Traceback" not in err, err
     assert (out / "best" / "model.safetensors").read_bytes() == best
-    sample = subprocess.run([sys.executable, "-m", "gptlab", "sample", "run/best",
-                             "--max-new-tokens", "5"], cwd=tmp_path, capture_output=True,
-                            text=True)  # fmt: skip
-    assert sample.returncode == 0, sample.stderr
+    assert main(["sample", str(out / "best"), "--max-new-tokens", "5"]) == 0
 
 
 @pytest.mark.parametrize("damage", ["moment shape", "no param_groups", "data generator"])

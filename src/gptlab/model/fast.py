@@ -3,7 +3,7 @@
 A decoding step multiplies a few rows (one per sequence) by every weight matrix, so it is
 bound by reading the weights from memory; PyTorch's CPU products for such shapes read them
 well below the speed memory delivers (one core for one row; for 8 rows, compute-bound
-kernels). Two changes, both measured in benchmarks/matvec.py and benchmarks/generate.py:
+kernels). Three changes, measured in benchmarks/matvec.py and benchmarks/generate.py:
 
 - `DecodingLinear`: a block's Linear that, for at most MAX_ROWS rows on a CPU without
   autograd, multiplies with gptlab's compiled kernel (`gptlab.model.kernels.f32_matmul`: each
@@ -13,6 +13,10 @@ kernels). Two changes, both measured in benchmarks/matvec.py and benchmarks/gene
   `prepare_for_decoding` swaps the class of its Linear modules in place (same parameters, same
   state_dict), and anything else (training, long inputs, GPUs) falls through to Linear's own
   forward.
+- `DecodingAttention`: a block's attention whose step for one new position over the KV cache
+  is one compiled call (`kernels.decode_attention`) instead of the half-dozen small PyTorch
+  operations (the cache update, the head views, scaled_dot_product_attention) that each cost
+  more in overhead than in arithmetic at this size.
 - `DecodingHead`: the tied head as a contiguous (C, V) copy, which the same products read
   faster than the (V, C) embedding table. It is kept with the model between calls (C x V
   floats more while the model lives) and made again whenever the weights change.
@@ -31,7 +35,7 @@ import torch
 
 from gptlab.errors import GptlabError
 from gptlab.model import kernels
-from gptlab.model.gpt import GPT, Linear
+from gptlab.model.gpt import GPT, CausalSelfAttention, KVCache, Linear
 
 MAX_ROWS = 16  # up to this many rows a product is memory-bound enough for the split to pay
 
@@ -77,6 +81,28 @@ def decoding_matmul(
     return y
 
 
+class DecodingAttention(CausalSelfAttention):
+    """CausalSelfAttention whose one-new-position step over a KV cache on a CPU is one call
+    (`kernels.decode_attention`: store k and v, softmax(q k^T / sqrt(hs)) v); everything else
+    is CausalSelfAttention's own forward."""
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        attn_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        layer: int = 0,
+    ) -> torch.Tensor:
+        if cache is None or x.size(1) != 1 or self.training or torch.is_grad_enabled():
+            return super().forward(x, attn_mask, cache, layer)  # (dropout: the plain path)
+        qkv = self.c_attn(x)  # (B, 1, 3C)
+        mask = None if attn_mask is None else attn_mask[:, 0, 0, :]  # (B, past + 1)
+        y = kernels.decode_attention(qkv, cache.k[layer], cache.v[layer], cache.length, mask)
+        if y is None:
+            return super().forward(x, attn_mask, cache, layer)
+        return self.resid_dropout(self.c_proj(y))
+
+
 class DecodingLinear(Linear):
     """Linear whose few-row products on a CPU stream the weights at memory speed
     (`decoding_matmul`); everything else is Linear's own forward."""
@@ -89,9 +115,9 @@ class DecodingLinear(Linear):
 
 
 def prepare_for_decoding(model: GPT, enabled: bool = True, quantize: str | None = None) -> GPT:
-    """Swap the class of every block Linear to DecodingLinear in place (enabled=False swaps
-    it back and drops the head's copy). Idempotent; parameters, state_dict and training are
-    untouched. Returns model.
+    """Swap the class of every block Linear to DecodingLinear and of every attention to
+    DecodingAttention, in place (enabled=False swaps them back and drops the head's copy).
+    Idempotent; parameters, state_dict and training are untouched. Returns model.
 
     quantize="int8": every block projection and the head become `Int8Linear`s (weights int8
     with one scale per output; the embedding lookup stays float32, so the head is no longer
@@ -119,11 +145,13 @@ def prepare_for_decoding(model: GPT, enabled: bool = True, quantize: str | None 
                 "and a C compiler) multiply through a dequantised copy: slower than float32",
                 stacklevel=2,
             )
+    swaps = {Linear: DecodingLinear, CausalSelfAttention: DecodingAttention}
     for module in model.modules():
-        if enabled and type(module) is Linear:
-            module.__class__ = DecodingLinear
-        elif not enabled and type(module) is DecodingLinear:
-            module.__class__ = Linear
+        for plain, fast in swaps.items():
+            if enabled and type(module) is plain:
+                module.__class__ = fast
+            elif not enabled and type(module) is fast:
+                module.__class__ = plain
     if not enabled:
         _HEAD_COPIES.pop(model, None)
     return model

@@ -7,6 +7,10 @@
    as gptlab's Linear keeps it. Each thread takes a band of w's rows (a contiguous stretch of
    memory, streamed once) and sums its part of every output; the parts are added at the end.
 
+   gptlab_decode_attention: one new position of causal self-attention over the KV cache
+   (stores its key and value, then softmax(q k^T / sqrt(D)) v over every cached position), in
+   one call instead of the half-dozen small operations PyTorch would run for it.
+
    gptlab_int8_matmul: y (M, N) = (x (M, K) @ w (N, K)^T) * scale (N) + bias (N), w int8, one
    row per output, widened to float32 in registers, so a step reads a quarter of float32's
    bytes. Four outputs are computed together, from one or two rows of x at a time: 4 or 8
@@ -14,6 +18,7 @@
 
    Without AVX2 and FMA, plain loops compute the same sums. */
 
+#include <math.h>
 #include <stdint.h>
 #include <stddef.h>
 #ifdef _OPENMP
@@ -147,6 +152,65 @@ void gptlab_f32_matmul(const float *x, const float *w, const float *bias, float 
                 for (long u = 1; u < T; u++) s += work[(u - 1) * M * N + m * N + n];
                 y[m * N + n] = bias ? s + bias[n] : s;
             }
+    }
+}
+
+/* ---- attention for one new position ---- */
+
+static inline float dot(const float *a, const float *b, long n) {
+    long i = 0;
+    float s = 0.0f;
+#ifdef GPTLAB_AVX2
+    __m256 u = _mm256_setzero_ps(), w = u;
+    for (; i + 16 <= n; i += 16) {
+        u = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), u);
+        w = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), w);
+    }
+    s = hsum(_mm256_add_ps(u, w));
+#endif
+    for (; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+/* qkv (B, 3 * H * D): this position's query, key and value (c_attn's output, heads side by
+   side). kc, vc (B, H, L, D): the cache, positions [0, pos) filled; this position's key and
+   value are written at pos. mask (B, pos + 1), 1 = may attend, or NULL for all. y (B, H * D):
+   each head's softmax-weighted sum of the values, heads side by side. */
+void gptlab_decode_attention(const float *qkv, float *kc, float *vc, const uint8_t *mask,
+                             float *y, long B, long H, long D, long L, long pos) {
+    long C = H * D, n = pos + 1;
+    float scale = 1.0f / sqrtf((float)D);
+    #pragma omp parallel for schedule(static)
+    for (long bh = 0; bh < B * H; bh++) {
+        long b = bh / H, h = bh % H;
+        const float *q = qkv + b * 3 * C + h * D;
+        float *k = kc + bh * L * D, *v = vc + bh * L * D, *out = y + b * C + h * D;
+        const uint8_t *keep = mask ? mask + b * n : NULL;
+        for (long d = 0; d < D; d++) {
+            k[pos * D + d] = q[C + d];
+            v[pos * D + d] = q[2 * C + d];
+        }
+        float scores[n];  /* n <= the model's block_size */
+        float top = -INFINITY;
+        for (long t = 0; t < n; t++) {
+            float s = -INFINITY;
+            if (!keep || keep[t]) s = dot(q, k + t * D, D) * scale;
+            scores[t] = s;
+            if (s > top) top = s;
+        }
+        for (long d = 0; d < D; d++) out[d] = 0.0f;
+        if (top == -INFINITY) continue;  /* nothing to attend to: zeros */
+        float total = 0.0f;
+        for (long t = 0; t < n; t++) {
+            float p = scores[t] == -INFINITY ? 0.0f : expf(scores[t] - top);
+            scores[t] = p;
+            total += p;
+        }
+        for (long t = 0; t < n; t++) {
+            float p = scores[t] / total;
+            if (p == 0.0f) continue;
+            for (long d = 0; d < D; d++) out[d] += p * v[t * D + d];
+        }
     }
 }
 

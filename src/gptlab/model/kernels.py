@@ -1,5 +1,6 @@
 """gptlab's compiled CPU kernels for decoding (kernels.c beside this file): a float32 product
-for few rows (`f32_matmul`) and the int8 weight-only one (used by gptlab.model.int8).
+for few rows (`f32_matmul`), attention for one new position over the KV cache
+(`decode_attention`) and the int8 weight-only product (used by gptlab.model.int8).
 
 A decoding step multiplies one row per sequence by every weight matrix, so it runs at the
 speed memory delivers the weights; PyTorch's CPU kernels for such shapes leave much of that
@@ -57,7 +58,7 @@ def library() -> ctypes.CDLL | None:
                 built = Path(tmp) / path.name
                 for extra in (["-march=native", "-fopenmp"], ["-fopenmp"], []):
                     cmd = [compiler, "-O3", *extra, "-shared", "-fPIC", str(SOURCE),
-                           "-o", str(built)]  # fmt: skip
+                           "-o", str(built), "-lm"]  # fmt: skip
                     try:
                         if subprocess.run(cmd, capture_output=True, timeout=120).returncode == 0:
                             break
@@ -74,9 +75,11 @@ def library() -> ctypes.CDLL | None:
         lib.gptlab_f32_matmul.argtypes = (
             [ctypes.c_void_p] * 5 + [ctypes.c_long] * 3 + [ctypes.c_int]
         )
+        lib.gptlab_decode_attention.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_long] * 5
     except (OSError, AttributeError):
         return None
-    lib.gptlab_int8_matmul.restype = lib.gptlab_f32_matmul.restype = None
+    for function in (lib.gptlab_int8_matmul, lib.gptlab_f32_matmul, lib.gptlab_decode_attention):
+        function.restype = None
     return lib
 
 
@@ -106,4 +109,39 @@ def f32_matmul(
     lib.gptlab_f32_matmul(x.data_ptr(), weight.data_ptr(),
                           None if bias is None else bias.data_ptr(), y.data_ptr(),
                           work.data_ptr(), M, K, N, threads)  # fmt: skip
+    return y
+
+
+def decode_attention(
+    qkv: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    pos: int,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor | None:
+    """One new position's causal self-attention over a KV cache, in one call.
+
+    qkv (B, 1, 3C): the position's query, key and value (c_attn's output); k_cache, v_cache
+    (B, nh, L, hs) with positions [0, pos) filled: this position's key and value are stored
+    at pos. mask (B, pos + 1) bool, True = may attend, or None. Returns y (B, 1, C), the heads'
+    outputs side by side (what goes into c_proj), or None where the kernel cannot take it
+    (not built, not float32 on a CPU, not contiguous, no room at pos)."""
+    f32 = torch.float32
+    if qkv.dtype is not f32 or k_cache.dtype is not f32 or v_cache.dtype is not f32:
+        return None
+    if not (qkv.is_cpu and k_cache.is_cpu and v_cache.is_cpu):
+        return None
+    if not (k_cache.is_contiguous() and v_cache.is_contiguous()) or pos >= k_cache.size(2):
+        return None
+    lib = library()
+    if lib is None:
+        return None
+    B, H, L, D = k_cache.shape
+    qkv = qkv.contiguous()
+    if mask is not None:
+        mask = mask.to(torch.uint8).contiguous()
+    y = torch.empty(B, 1, H * D)
+    lib.gptlab_decode_attention(qkv.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
+                                None if mask is None else mask.data_ptr(), y.data_ptr(),
+                                B, H, D, L, pos)  # fmt: skip
     return y
