@@ -202,6 +202,13 @@ def test_attention_the_kernel_cannot_take_goes_the_plain_way():
     assert kernels.decode_attention(qkv.bfloat16(), cache.k[0], cache.v[0], 0) is None
     assert kernels.decode_attention(qkv, cache.k[0][:, :, ::2], cache.v[0], 0) is None
     assert kernels.decode_attention(qkv, cache.k[0], cache.v[0], 8) is None  # no room
+    # shapes that do not fit: the kernel reads raw pointers, so it must never see them
+    assert kernels.decode_attention(qkv[:, :, :-1], cache.k[0], cache.v[0], 0) is None
+    wrong_mask = torch.ones(1, 2, dtype=torch.bool)  # (B, pos + 1) would be (1, 1)
+    assert kernels.decode_attention(qkv, cache.k[0], cache.v[0], 0, wrong_mask) is None
+    w = torch.randn(8, 4)
+    assert kernels.f32_matmul(torch.randn(2, 7), w) is None
+    assert kernels.f32_matmul(torch.randn(2, 8), w, torch.zeros(5)) is None
     torch.manual_seed(0)
     plain = GPT(GPTConfig.preset("tiny", block_size=8, vocab_size=40, dropout=0.5))
     fast = prepare_for_decoding(GPT(plain.config))

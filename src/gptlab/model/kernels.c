@@ -20,6 +20,7 @@
 
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <stddef.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -190,7 +191,11 @@ void gptlab_decode_attention(const float *qkv, float *kc, float *vc, const uint8
             k[pos * D + d] = q[C + d];
             v[pos * D + d] = q[2 * C + d];
         }
-        float scores[n];  /* n <= the model's block_size */
+        float local[4096], *scores = n <= 4096 ? local : malloc(n * sizeof(float));
+        if (!scores) {  /* out of memory: NaN, for the caller to see */
+            for (long d = 0; d < D; d++) out[d] = NAN;
+            continue;
+        }
         float top = -INFINITY;
         for (long t = 0; t < n; t++) {
             float s = -INFINITY;
@@ -199,7 +204,10 @@ void gptlab_decode_attention(const float *qkv, float *kc, float *vc, const uint8
             if (s > top) top = s;
         }
         for (long d = 0; d < D; d++) out[d] = 0.0f;
-        if (top == -INFINITY) continue;  /* nothing to attend to: zeros */
+        if (top == -INFINITY) {  /* nothing to attend to: zeros */
+            if (scores != local) free(scores);
+            continue;
+        }
         float total = 0.0f;
         for (long t = 0; t < n; t++) {
             float p = scores[t] == -INFINITY ? 0.0f : expf(scores[t] - top);
@@ -211,6 +219,7 @@ void gptlab_decode_attention(const float *qkv, float *kc, float *vc, const uint8
             if (p == 0.0f) continue;
             for (long d = 0; d < D; d++) out[d] += p * v[t * D + d];
         }
+        if (scores != local) free(scores);
     }
 }
 

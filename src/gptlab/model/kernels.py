@@ -100,8 +100,10 @@ def f32_matmul(
     lib = library()
     if lib is None:
         return None
-    x = x.contiguous()
     K, N = weight.shape
+    if x.size(-1) != K or (bias is not None and bias.shape != (N,)):
+        return None  # (the caller's own product then says what is wrong)
+    x = x.contiguous()
     M = x.numel() // K
     threads = torch.get_num_threads()
     y = torch.empty(x.shape[:-1] + (N,))
@@ -137,6 +139,10 @@ def decode_attention(
     if lib is None:
         return None
     B, H, L, D = k_cache.shape
+    if qkv.shape != (B, 1, 3 * H * D) or v_cache.shape != k_cache.shape:
+        return None  # the kernel reads through raw pointers: the shapes must be exactly these
+    if mask is not None and mask.shape != (B, pos + 1):
+        return None
     qkv = qkv.contiguous()
     if mask is not None:
         mask = mask.to(torch.uint8).contiguous()

@@ -114,7 +114,12 @@ def train(
             print(f"{what} on {device.type} in {config.dtype}{why}", flush=True)
         if config.threads:
             torch.set_num_threads(config.threads)
-        return _train(model_config, config, device, d, resume, overwrite, progress, started)
+        result = _train(model_config, config, device, d, resume, overwrite, progress, started)
+        # no rank tears its connections down while another still talks (a gloo peer that
+        # lost its partner mid-teardown once aborted: "terminate called without an active
+        # exception"); not on an error, where the others may never arrive
+        d.barrier()
+        return result
     except (_OUT_OF_MEMORY, RuntimeError) as e:
         if not isinstance(e, _OUT_OF_MEMORY) and "can't allocate memory" not in str(e):
             raise  # (a CPU allocation failure is a RuntimeError)
