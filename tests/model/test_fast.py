@@ -58,7 +58,7 @@ def test_the_kernels_product_equals_the_plain_one_to_rounding(shape, rows):
     assert kernels.library() is not None, "a compiler is here, so the kernels must build"
     gen = torch.Generator().manual_seed(rows)
     w = torch.randn(shape, generator=gen) * 0.02
-    x = torch.randn(2, rows, shape[0], generator=gen)[1]  # a view: made contiguous first
+    x = torch.randn(rows, 2 * shape[0], generator=gen)[:, ::2]  # strided: made contiguous
     bias = torch.randn(shape[1], generator=gen)
     before = torch.get_num_threads()
     try:
@@ -209,6 +209,11 @@ def test_attention_the_kernel_cannot_take_goes_the_plain_way():
     w = torch.randn(8, 4)
     assert kernels.f32_matmul(torch.randn(2, 7), w) is None
     assert kernels.f32_matmul(torch.randn(2, 8), w, torch.zeros(5)) is None
+    assert kernels.decode_attention(qkv, cache.k[0], cache.v[0], -1) is None
+    float_mask = torch.zeros(1, 1)  # an additive mask: not the kernel's kind
+    assert kernels.decode_attention(qkv, cache.k[0], cache.v[0], 0, float_mask) is None
+    if kernels.library() is not None:  # no rows: an empty result, no call into C
+        assert kernels.f32_matmul(torch.empty(0, 8), w).shape == (0, 4)
     torch.manual_seed(0)
     plain = GPT(GPTConfig.preset("tiny", block_size=8, vocab_size=40, dropout=0.5))
     fast = prepare_for_decoding(GPT(plain.config))
@@ -223,3 +228,48 @@ def test_attention_the_kernel_cannot_take_goes_the_plain_way():
             outputs.append(model.hidden_states(ids[:, 3:], None, cache))
     # equal to the products' rounding; without dropout they would differ at every position
     assert (outputs[0] - outputs[1]).abs().max().item() <= 1e-5
+
+
+def test_the_default_path_runs_the_kernels_and_a_plain_step_runs_c_attn_once(monkeypatch):
+    """With a compiler, sampling goes through both kernels (a silent fallback everywhere would
+    pass the equality tests); a step the kernel cannot take (bfloat16) computes c_attn once."""
+    if HAS_COMPILER:
+        calls = {"f32_matmul": 0, "decode_attention": 0}
+        for name in calls:
+            real = getattr(kernels, name)
+
+            def counted(*args, _real=real, _name=name, **kwargs):
+                calls[_name] += 1
+                return _real(*args, **kwargs)
+
+            monkeypatch.setattr(kernels, name, counted)
+        torch.manual_seed(0)
+        model = GPT(GPTConfig.preset("tiny", block_size=16, vocab_size=40)).eval()
+        generate(model, torch.randint(0, 40, (2, 4)), 3, temperature=0.0)
+        assert calls["f32_matmul"] > 0 and calls["decode_attention"] > 0, calls
+    model = GPT(GPTConfig.preset("tiny", block_size=16, vocab_size=40)).to(torch.bfloat16)
+    counts = []
+    for fast in (True, False):
+        seen = []
+        hook = model.transformer.h[0].attn.c_attn.register_forward_hook(
+            lambda *_, seen=seen: seen.append(1)
+        )
+        generate(model.eval(), torch.randint(0, 40, (1, 4)), 3, temperature=0.0, fast=fast)
+        hook.remove()
+        counts.append(len(seen))
+    assert counts[0] == counts[1] == 3  # the prompt, then two one-token steps
+
+
+def test_padded_prompts_that_end_give_the_same_tokens_fast_or_plain(gpt2):
+    """Left padding and rows that finish (eos_id) reach the attention kernel's mask."""
+    gen = torch.Generator().manual_seed(7)
+    prompts = torch.randint(0, 50257, (3, 10), generator=gen)
+    mask = torch.ones(3, 10, dtype=torch.bool)
+    mask[0, :6], mask[1, :2] = False, False  # 4, 8 and 10 real tokens
+    plain = generate(gpt2, prompts, 8, temperature=0.0, attention_mask=mask, fast=False)
+    eos = int(plain[1, 12])  # a token row 1 produces early: that row ends there
+    expected = generate(gpt2, prompts, 8, temperature=0.0, attention_mask=mask, eos_id=eos,
+                        fast=False)  # fmt: skip
+    assert (expected == eos).any(dim=1)[1]
+    got = generate(gpt2, prompts, 8, temperature=0.0, attention_mask=mask, eos_id=eos)
+    assert torch.equal(got, expected)

@@ -93,14 +93,29 @@ class DecodingAttention(CausalSelfAttention):
         cache: KVCache | None = None,
         layer: int = 0,
     ) -> torch.Tensor:
-        if cache is None or x.size(1) != 1 or self.training or torch.is_grad_enabled():
-            return super().forward(x, attn_mask, cache, layer)  # (dropout: the plain path)
+        if not self._kernel_takes(x, attn_mask, cache, layer):
+            return super().forward(x, attn_mask, cache, layer)
         qkv = self.c_attn(x)  # (B, 1, 3C)
         mask = None if attn_mask is None else attn_mask[:, 0, 0, :]  # (B, past + 1)
         y = kernels.decode_attention(qkv, cache.k[layer], cache.v[layer], cache.length, mask)
-        if y is None:
+        if y is None:  # (not expected after the checks above) the plain way, from the start
             return super().forward(x, attn_mask, cache, layer)
         return self.resid_dropout(self.c_proj(y))
+
+    def _kernel_takes(self, x, attn_mask, cache, layer) -> bool:
+        """One new position, cached past, eval mode (no dropout), no autograd, float32 on a
+        CPU, one mask for all heads, a built kernel: checked before c_attn runs, so that a
+        step the kernel cannot take does not compute c_attn twice."""
+        if cache is None or x.size(1) != 1 or self.training or torch.is_grad_enabled():
+            return False
+        k = cache.k[layer]
+        if not (x.is_cpu and x.dtype is torch.float32 and k.dtype is torch.float32):
+            return False
+        if k.size(1) != self.n_head or not 0 <= cache.length < k.size(2):
+            return False
+        if attn_mask is not None and (attn_mask.dim() != 4 or attn_mask.size(1) != 1):
+            return False
+        return kernels.library() is not None
 
 
 class DecodingLinear(Linear):
@@ -135,6 +150,7 @@ def prepare_for_decoding(model: GPT, enabled: bool = True, quantize: str | None 
                 for name, child in list(parent.named_children()):
                     if isinstance(child, Linear):
                         setattr(parent, name, Int8Linear.from_linear(child))
+        _HEAD_COPIES.pop(model, None)  # a float head copy from earlier sampling is dead now
         if not isinstance(model.lm_head, Int8Linear):  # the head too; the embedding stays
             q, scale = to_int8(model.lm_head.weight[: model.config.vocab_size])
             model.lm_head = Int8Linear(q, scale, None)
@@ -165,8 +181,10 @@ _HEAD_COPIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 class DecodingHead:
     """hidden (B, C) -> logits (B, vocab_size) for sampling. fast: a contiguous (C, V) copy of
     the tied head (kept with the model between calls) and, for a few rows on a CPU,
-    `decoding_matmul`; the copy is made again when the weights change (an optimizer step bumps
-    the tensor's version). fast=False: the model's own head, the reference."""
+    `decoding_matmul`; the copy is made again when the weights change (an optimizer step, a
+    load_state_dict or .to() bumps the tensor's version or moves it; an edit through
+    `weight.data` does neither and is not seen). fast=False: the model's own head, the
+    reference."""
 
     def __init__(self, model: GPT, fast: bool = True) -> None:
         self.model, self.fast = model, fast
@@ -179,7 +197,9 @@ class DecodingHead:
         if cached is None or cached[0] != key:
             vocab = self.model.config.vocab_size  # never a padded id
             _HEAD_COPIES.pop(self.model, None)  # the old copy's memory first
-            cached = (key, w.detach()[:vocab].t().contiguous())
+            # the entry holds the weight's storage, so its address cannot be reused by new
+            # weights while the key names it (same address, same version: a stale copy)
+            cached = (key, w.detach()[:vocab].t().contiguous(), w.untyped_storage())
             _HEAD_COPIES[self.model] = cached
         return cached[1]
 

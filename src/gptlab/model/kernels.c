@@ -129,6 +129,7 @@ static void f32_band(const float *x, const float *w, float *part, long M, long K
 void gptlab_f32_matmul(const float *x, const float *w, const float *bias, float *y,
                        float *work, long M, long K, long N, int threads) {
     /* work: room for (threads - 1) * M * N floats, the other threads' partial sums */
+    if (M <= 0 || N <= 0) return;
     #pragma omp parallel num_threads(threads)
     {
         long T = 1, t = 0;
@@ -178,10 +179,11 @@ static inline float dot(const float *a, const float *b, long n) {
    value are written at pos. mask (B, pos + 1), 1 = may attend, or NULL for all. y (B, H * D):
    each head's softmax-weighted sum of the values, heads side by side. */
 void gptlab_decode_attention(const float *qkv, float *kc, float *vc, const uint8_t *mask,
-                             float *y, long B, long H, long D, long L, long pos) {
+                             float *y, long B, long H, long D, long L, long pos, int threads) {
     long C = H * D, n = pos + 1;
     float scale = 1.0f / sqrtf((float)D);
-    #pragma omp parallel for schedule(static)
+    if (pos < 0 || pos >= L) return;
+    #pragma omp parallel for schedule(static) num_threads(threads)
     for (long bh = 0; bh < B * H; bh++) {
         long b = bh / H, h = bh % H;
         const float *q = qkv + b * 3 * C + h * D;

@@ -75,7 +75,9 @@ def library() -> ctypes.CDLL | None:
         lib.gptlab_f32_matmul.argtypes = (
             [ctypes.c_void_p] * 5 + [ctypes.c_long] * 3 + [ctypes.c_int]
         )
-        lib.gptlab_decode_attention.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_long] * 5
+        lib.gptlab_decode_attention.argtypes = (
+            [ctypes.c_void_p] * 5 + [ctypes.c_long] * 5 + [ctypes.c_int]
+        )
     except (OSError, AttributeError):
         return None
     for function in (lib.gptlab_int8_matmul, lib.gptlab_f32_matmul, lib.gptlab_decode_attention):
@@ -106,8 +108,11 @@ def f32_matmul(
     x = x.contiguous()
     M = x.numel() // K
     threads = torch.get_num_threads()
-    y = torch.empty(x.shape[:-1] + (N,))
-    work = torch.empty((threads - 1) * M * N)  # the other threads' partial sums
+    # the buffers C writes: float32 on the CPU whatever torch's defaults are
+    y = torch.empty(x.shape[:-1] + (N,), dtype=f32, device="cpu")
+    if M == 0:
+        return y
+    work = torch.empty((threads - 1) * M * N, dtype=f32, device="cpu")  # other threads' sums
     lib.gptlab_f32_matmul(x.data_ptr(), weight.data_ptr(),
                           None if bias is None else bias.data_ptr(), y.data_ptr(),
                           work.data_ptr(), M, K, N, threads)  # fmt: skip
@@ -125,15 +130,17 @@ def decode_attention(
 
     qkv (B, 1, 3C): the position's query, key and value (c_attn's output); k_cache, v_cache
     (B, nh, L, hs) with positions [0, pos) filled: this position's key and value are stored
-    at pos. mask (B, pos + 1) bool, True = may attend, or None. Returns y (B, 1, C), the heads'
-    outputs side by side (what goes into c_proj), or None where the kernel cannot take it
-    (not built, not float32 on a CPU, not contiguous, no room at pos)."""
+    at pos. mask (B, pos + 1) bool, True = may attend, or None (a row with nothing to
+    attend to gets zeros, where scaled_dot_product_attention would give NaN). Returns y
+    (B, 1, C), the heads' outputs side by side (what goes into c_proj), or None where the
+    kernel cannot take it (not built, not float32 on a CPU, not contiguous, shapes that do not
+    fit, no room at pos)."""
     f32 = torch.float32
     if qkv.dtype is not f32 or k_cache.dtype is not f32 or v_cache.dtype is not f32:
         return None
     if not (qkv.is_cpu and k_cache.is_cpu and v_cache.is_cpu):
         return None
-    if not (k_cache.is_contiguous() and v_cache.is_contiguous()) or pos >= k_cache.size(2):
+    if not (k_cache.is_contiguous() and v_cache.is_contiguous()) or not 0 <= pos < k_cache.size(2):
         return None
     lib = library()
     if lib is None:
@@ -141,13 +148,15 @@ def decode_attention(
     B, H, L, D = k_cache.shape
     if qkv.shape != (B, 1, 3 * H * D) or v_cache.shape != k_cache.shape:
         return None  # the kernel reads through raw pointers: the shapes must be exactly these
-    if mask is not None and mask.shape != (B, pos + 1):
-        return None
+    if mask is not None and (mask.dtype is not torch.bool or mask.shape != (B, pos + 1)):
+        return None  # (an additive float mask is not what the kernel reads)
     qkv = qkv.contiguous()
     if mask is not None:
         mask = mask.to(torch.uint8).contiguous()
-    y = torch.empty(B, 1, H * D)
+    y = torch.empty(B, 1, H * D, dtype=f32, device="cpu")
+    if B == 0:
+        return y
     lib.gptlab_decode_attention(qkv.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
                                 None if mask is None else mask.data_ptr(), y.data_ptr(),
-                                B, H, D, L, pos)  # fmt: skip
+                                B, H, D, L, pos, torch.get_num_threads())  # fmt: skip
     return y
