@@ -48,6 +48,19 @@ def ids() -> torch.Tensor:
     return torch.randint(0, TINY_HF["vocab_size"], (3, 17), generator=g)
 
 
+def bf16_emulated() -> bool:
+    """True where `auto` means bfloat16 only because GPTLAB_NATIVE_BF16=1 says so: this CPU
+    emulates it (15-40x slower), so timings say nothing about a CPU that has it."""
+    from gptlab import hardware
+
+    flags = hardware.cpu_flags()
+    return (
+        hardware.native_bf16_override() is True
+        and flags is not None
+        and not hardware.cpu_has_native_bf16(flags)
+    )
+
+
 def shared_data(name: str) -> Path:
     """A file from ../shared/data, or skip the test saying why."""
     path = SHARED_DATA / name
@@ -67,3 +80,10 @@ def serve_folder(tmp_path_factory):
     GPT(config).save_pretrained(root)
     tok.save(root)
     return root
+
+
+def pytest_report_header(config):
+    """The machine the figures and tolerances of this run come from (and the bf16 switch)."""
+    from gptlab import hardware
+
+    return f"machine: {hardware.describe()}"

@@ -24,7 +24,13 @@ def test_cpu_bf16_is_native_only_with_avx512_bf16_or_amx(flags, native):
     assert cpu_has_native_bf16(flags) is native
 
 
-def test_without_cpuinfo_the_torch_probe_decides(monkeypatch):
+@pytest.fixture
+def real_cpu(monkeypatch):
+    """This machine's own answer, not the suite's GPTLAB_NATIVE_BF16 switch."""
+    monkeypatch.delenv(hardware.NATIVE_BF16_ENV, raising=False)
+
+
+def test_without_cpuinfo_the_torch_probe_decides(monkeypatch, real_cpu):
     monkeypatch.setattr(hardware, "cpu_flags", lambda: None)  # macOS, Windows
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
     for answer in (True, False):
@@ -36,7 +42,7 @@ def test_without_cpuinfo_the_torch_probe_decides(monkeypatch):
     assert cpu_has_native_bf16() is False
 
 
-def test_flags_are_read_from_cpuinfo(tmp_path, monkeypatch):
+def test_flags_are_read_from_cpuinfo(tmp_path, monkeypatch, real_cpu):
     info = tmp_path / "cpuinfo"
     info.write_text(
         "processor\t: 0\nmodel name\t: Test CPU 9000\nflags\t\t: fpu avx2 avx512_bf16\n\n"
@@ -82,7 +88,7 @@ def test_explicit_dtypes_are_kept_or_refused():
         resolve_dtype("int8", CPU)
 
 
-def test_this_machine_agrees_with_its_own_flags():
+def test_this_machine_agrees_with_its_own_flags(real_cpu):
     flags = hardware.cpu_flags()
     if flags is None:
         pytest.skip("no /proc/cpuinfo here")
@@ -91,6 +97,19 @@ def test_this_machine_agrees_with_its_own_flags():
     line = hardware.describe()
     assert hardware.cpu_name() in line and torch.__version__ in line
     assert ("avx512_bf16" in line) == ("avx512_bf16" in flags)
+
+
+@pytest.mark.parametrize("value, native", [("1", True), ("0", False)])
+def test_the_switch_makes_auto_what_it_is_on_another_cpu(value, native, monkeypatch):
+    """GPTLAB_NATIVE_BF16 overrides this machine's flags (the suite uses it to run as on a
+    CPU with AVX512-BF16) and says so in the machine's description; explicit flags win."""
+    monkeypatch.setenv(hardware.NATIVE_BF16_ENV, value)
+    assert resolve_dtype("auto", CPU) == ("bfloat16" if native else "float32")
+    assert f"GPTLAB_NATIVE_BF16={value}" in hardware.describe()
+    assert cpu_has_native_bf16({"avx2"}) is False  # a given flag set is answered as given
+    monkeypatch.setenv(hardware.NATIVE_BF16_ENV, "yes")
+    with pytest.raises(GptlabError, match="GPTLAB_NATIVE_BF16 must be 0 or 1, got 'yes'"):
+        resolve_dtype("auto", CPU)
 
 
 def test_unknown_or_absent_devices_are_one_line_errors():

@@ -4,6 +4,10 @@ bfloat16 halves memory traffic and, where the hardware has bfloat16 arithmetic, 
 products faster; where it has none, PyTorch emulates it and a step is many times slower
 (15-40x seen on an AVX2-only CPU). So `auto` means bfloat16 only where it is native: CUDA
 devices that support it, and CPUs with AVX512-BF16 or AMX. Everywhere else: float32.
+
+GPTLAB_NATIVE_BF16=1 (or 0) makes this machine's CPU count as one with (or without) native
+bfloat16, whatever its flags: the test suite uses it to behave on an AVX2-only CPU as it would
+on one with AVX512-BF16, where `auto` means bfloat16.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # names as /proc/cpuinfo spells th
 
 
 CPUINFO = "/proc/cpuinfo"
+NATIVE_BF16_ENV = "GPTLAB_NATIVE_BF16"
 
 
 def _cpuinfo_field(names: tuple[str, ...]) -> str | None:
@@ -59,13 +64,26 @@ def _torch_cpu_has_bf16() -> bool:
 def cpu_has_native_bf16(flags: Iterable[str] | None = None) -> bool:
     """True if the CPU computes in bfloat16 natively (AVX512-BF16 or AMX).
 
-    flags: the CPU's feature flags; by default read from /proc/cpuinfo, falling back to
-    PyTorch's probe where there is no such file (macOS, Windows)."""
+    flags: the CPU's feature flags; by default this machine's: GPTLAB_NATIVE_BF16 if set,
+    else /proc/cpuinfo, else PyTorch's probe where there is no such file (macOS, Windows)."""
     if flags is None:
+        forced = native_bf16_override()
+        if forced is not None:
+            return forced
         flags = cpu_flags()
     if flags is None:
         return _torch_cpu_has_bf16()
     return any(flag in flags for flag in BF16_CPU_FLAGS)
+
+
+def native_bf16_override() -> bool | None:
+    """GPTLAB_NATIVE_BF16's answer (1: native, 0: not), or None where it is unset."""
+    value = os.environ.get(NATIVE_BF16_ENV, "").strip()
+    if value == "":
+        return None
+    if value not in ("0", "1"):
+        raise GptlabError(f"{NATIVE_BF16_ENV} must be 0 or 1, got {value!r}")
+    return value == "1"
 
 
 def cuda_has_native_bf16(device: torch.device) -> bool:
@@ -132,6 +150,9 @@ def describe() -> str:
     else:
         present = [f for f in ("avx2", "avx512f", *BF16_CPU_FLAGS) if f in flags]
         bf16 = "flags " + (" ".join(present) or "none of avx2/avx512/bf16")
+    forced = native_bf16_override()
+    if forced is not None:
+        bf16 += f" ({NATIVE_BF16_ENV}={int(forced)} overrides them)"
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     line = (
         f"{cpu_name()}, {cores} cores, {bf16}; torch {torch.__version__}, "

@@ -80,8 +80,13 @@ class PendingData:
         self.data, self.d, self.move = data, d, move
 
     def commit(self) -> PreparedData:
+        """Make newly prepared data the run's own (OUT/.data.tmp -> OUT/data) and return it.
+        Every rank calls this once it has finished reading the pending folder: rank 0 moves
+        it only when all have (a rank still reading .data.tmp would find it gone), and the
+        others go on only once the move is made."""
         if self.move is not None:
             tmp, cache = self.move
+            self.d.barrier()
             if self.d.is_main:
                 if cache.exists():
                     shutil.rmtree(cache)

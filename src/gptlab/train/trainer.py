@@ -183,6 +183,7 @@ def _train_locked(model_config, config, device, d, resume, overwrite, progress, 
     pending = resolve_data(config, out, d, progress and d.is_main, resume)
     try:
         data = pending.data
+        faults.delay("data-read", d.rank)
         data.tokenizer()  # readable, and of the data's vocabulary
         model, model_config, saved = _build_model(model_config, config, data, out, resume)
         data.check_block_size(model_config.block_size)
