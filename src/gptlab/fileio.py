@@ -26,6 +26,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        if os.path.lexists(tmp):  # tmp and path were one file (a hard link): rename did nothing
+            os.remove(tmp)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)

@@ -86,6 +86,57 @@ def test_a_failed_overwrite_keeps_the_runs_prepared_data(text, tmp_path):
     assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]  # no mark, no data/ left
 
 
+def test_an_overwrite_that_fails_while_training_keeps_the_old_run(text, tmp_path):
+    """The old run goes only once the new one has a checkpoint to take its place: a new run
+    (on other text, so its data replaces the old) whose loss becomes NaN at step 2 leaves the
+    old run, its data, best/ and metrics as they were."""
+    out = tmp_path / "run"
+    train(MODEL, settings(text, out), progress=False)
+    before = digest(out)
+    other = tmp_path / "other.txt"
+    other.write_text("completely different: XYZ 0123456789 !?\n" * 80)
+    with pytest.raises(GptlabError, match="the loss became nan"):
+        train(MODEL, settings(other, out, lr=1e9, grad_clip=0.0, eval_interval=100),
+              overwrite=True, progress=False)  # fmt: skip
+    assert digest(out) == before
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [".gptlab-run"]
+    # and one that does save replaces it whole: the old data and weights are gone
+    train(MODEL, settings(other, out, max_iters=4), overwrite=True, progress=False)
+    assert not (out / ".replaced").exists()
+    assert GPT.from_pretrained(out).config.vocab_size == len(set(other.read_text()))
+
+
+def test_an_overwrite_killed_before_its_first_checkpoint_gives_the_old_run_back(text, tmp_path):
+    out = tmp_path / "run"
+    train(MODEL, settings(text, out), progress=False)
+    before = digest(out)
+    other = tmp_path / "other.txt"
+    other.write_text("completely different: XYZ 0123456789 !?\n" * 80)
+    killed = subprocess.run(
+        [sys.executable, "-m", "gptlab", "train", "--data", str(other), "--out", str(out),
+         "--overwrite", "--preset", "tiny", "--no-progress", "max_iters=4", "eval_interval=2",
+         "eval_iters=1", "block_size=16", "threads=1"],
+        env={**os.environ, "GPTLAB_FAULT": "weights-written:1"}, capture_output=True,
+    )  # fmt: skip
+    assert killed.returncode == 137 and (out / ".replaced").is_dir()  # died mid-save
+    # the next training into the folder puts the old run back first, then resumes it
+    assert train(MODEL, settings(text, out), resume=True, progress=False).step == 8
+    after = digest(out)
+    assert not (out / ".replaced").exists() and not (out / ".checkpoint.tmp").exists()
+    for name in ("model.safetensors", "checkpoint/trainer.pt", "best/model.safetensors",
+                 "data/train.bin", "char_vocab.json"):  # fmt: skip
+        assert after[name] == before[name], name
+
+
+def test_a_resume_leaves_no_temporary_file(text, tmp_path):
+    """Re-linking weights that are already linked once left a full copy under a temp name."""
+    out = tmp_path / "run"
+    train(MODEL, settings(text, out, max_iters=4), progress=False)
+    train(MODEL, settings(text, out, max_iters=4), resume=True, progress=False)  # nothing to do
+    train(MODEL, settings(text, out), resume=True, progress=False)
+    assert [p.name for p in out.rglob("*") if p.name.endswith(".tmp")] == []
+
+
 def test_overwrite_with_another_tokenizer_leaves_no_old_vocabulary(text, tmp_path):
     from gptlab import train_bpe
 

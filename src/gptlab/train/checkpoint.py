@@ -124,6 +124,8 @@ def _undo_cut_swap(out: Path) -> None:
 
 def _link_into(src: Path, dst: Path) -> None:
     """Make dst a hard link to src (a copy where links are impossible), atomically."""
+    if dst.exists() and os.path.samefile(src, dst):
+        return  # already linked (a resume that saved nothing new)
 
     def write(tmp: str) -> None:
         os.remove(tmp)

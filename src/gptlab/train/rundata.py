@@ -19,6 +19,7 @@ from gptlab.data.shards import META_FILE, PreparedData, prepare
 from gptlab.errors import GptlabError
 from gptlab.fileio import atomic_write_text
 from gptlab.tokenizers import TOKENIZER_FILES
+from gptlab.train import runfolder
 from gptlab.train.distributed import Dist, on_main
 
 
@@ -39,7 +40,7 @@ def resolve_data(
         return PendingData(PreparedData(path), d)
     if config.data not in BUILTIN and not path.exists() and not config.data.startswith("hf:"):
         raise GptlabError(f"{config.data}: no such file or folder (nor a built-in corpus)")
-    cache, tmp = out / "data", out / ".data.tmp"
+    cache, tmp = out / runfolder.DATA, out / ".data.tmp"
     # Fine-tuning reads text with the pretrained model's own tokenizer unless told otherwise.
     tokenizer = config.tokenizer
     if config.init_from != "scratch" and tokenizer == "char":
@@ -79,17 +80,23 @@ class PendingData:
     def __init__(self, data: PreparedData, d: Dist, move: tuple[Path, Path] | None = None):
         self.data, self.d, self.move = data, d, move
 
-    def commit(self) -> PreparedData:
+    def commit(self, aside: Path | None = None) -> PreparedData:
         """Make newly prepared data the run's own (OUT/.data.tmp -> OUT/data) and return it.
         Every rank calls this once it has finished reading the pending folder: rank 0 moves
         it only when all have (a rank still reading .data.tmp would find it gone), and the
-        others go on only once the move is made."""
+        others go on only once the move is made. aside: where the data it replaces waits
+        (runfolder.ASIDE, when a run replaces another), instead of being deleted."""
         if self.move is not None:
             tmp, cache = self.move
             self.d.barrier()
             if self.d.is_main:
-                if cache.exists():
+                if cache.exists() and aside is not None:
+                    aside.mkdir(exist_ok=True)
+                    os.replace(cache, aside / cache.name)
+                elif cache.exists():
                     shutil.rmtree(cache)
+                elif aside is not None and aside.is_dir():  # data/ was not there before
+                    (aside / runfolder.NO_DATA).touch()
                 os.replace(tmp, cache)
             self.d.barrier()
             self.data, self.move = PreparedData(cache), None

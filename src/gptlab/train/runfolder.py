@@ -2,8 +2,8 @@
 
 The rule: gptlab writes into a folder only when the folder is empty, is already a gptlab run
 (it holds the `.gptlab-run` mark, or a run's files), or the user said --overwrite. Even then it
-deletes only the files it writes itself (`RUN_FILES`), never anything else, and only after the
-new run's settings, data and model have all been checked. One training at a time holds a
+deletes only the files it writes itself (`RUN_FILES`), never anything else, and only once the
+new run has saved a checkpoint to take their place (until then they wait in `.replaced`). One training at a time holds a
 folder: `.lock` names its process, and a lock whose process is gone is taken over.
 """
 
@@ -79,13 +79,68 @@ def mark(out: Path) -> None:
 
 
 def clear_run(out: Path) -> None:
-    """Delete the files a previous run wrote (RUN_FILES) and nothing else."""
+    """Delete the files a run wrote (RUN_FILES) and nothing else."""
     for name in RUN_FILES:
-        target = out / name
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        elif target.exists() or target.is_symlink():
-            target.unlink()
+        _remove(out / name)
+
+
+def _remove(target: Path) -> None:
+    if target.is_dir() and not target.is_symlink():
+        shutil.rmtree(target)
+    elif target.exists() or target.is_symlink():
+        target.unlink()
+
+
+# A run that replaces another (--overwrite) moves the old run's files here, and deletes them
+# only once it has saved its first checkpoint: a new run that fails before (a NaN, Ctrl-C
+# twice, a full disk, a kill) leaves the old run as it was.
+ASIDE = ".replaced"
+DATA = "data"  # the run's prepared data (train/rundata.py), set aside when new data replaces it
+NO_DATA = ".no-data"  # in ASIDE: the replaced run had no data/, so the new run's goes too
+
+
+def set_aside(out: Path) -> None:
+    """Move the previous run's files (RUN_FILES) into OUT/.replaced, to come back if the new
+    run saves nothing (`restore_aside`) or go once it has (`drop_aside`)."""
+    present = [name for name in RUN_FILES if (out / name).exists() or (out / name).is_symlink()]
+    if not present:
+        return
+    aside = out / ASIDE
+    aside.mkdir(exist_ok=True)
+    for name in present:
+        os.replace(out / name, aside / name)
+
+
+def restore_aside(out: Path) -> None:
+    """The new run saved nothing: delete what it wrote and bring the previous run back."""
+    aside = out / ASIDE
+    if not aside.is_dir():
+        return
+    for name in RUN_FILES:
+        _remove(out / name)
+    for item in aside.iterdir():
+        if item.name == NO_DATA:
+            _remove(out / DATA)
+            item.unlink()
+            continue
+        _remove(out / item.name)  # data/: the new run's prepared data makes way for the old
+        os.replace(item, out / item.name)
+    aside.rmdir()
+
+
+def drop_aside(out: Path) -> None:
+    """The new run has saved a checkpoint: the run it replaced goes for good."""
+    shutil.rmtree(out / ASIDE, ignore_errors=True)
+
+
+def settle_aside(out: Path) -> None:
+    """A command killed while a replaced run waited aside: if the new run had saved a
+    checkpoint it stays, otherwise the previous run comes back."""
+    if (out / ASIDE).is_dir():
+        if any((out / name).is_dir() for name in RUN_EVIDENCE[:2]):
+            drop_aside(out)
+        else:
+            restore_aside(out)
 
 
 class RunLock:

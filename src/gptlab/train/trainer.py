@@ -160,6 +160,9 @@ def _train(model_config, config, device, d: Dist, resume, overwrite, progress, s
 
     def take_folder() -> None:
         nonlocal created
+        if (out / runfolder.ASIDE).is_dir():  # a command killed while it replaced a run
+            with runfolder.RunLock(out):  # (not while another training is replacing it)
+                runfolder.settle_aside(out)
         _check_out(out, resume, overwrite)
         missing = [p for p in (out, *out.absolute().parents) if not p.exists()]
         created = missing[-1] if missing else False  # the outermost folder this run makes
@@ -171,6 +174,8 @@ def _train(model_config, config, device, d: Dist, resume, overwrite, progress, s
         return _train_locked(model_config, config, device, d, resume, overwrite, progress,
                              started, out)  # fmt: skip
     finally:
+        if d.is_main and lock.held:  # the run it replaced goes only if this one has saved
+            runfolder.settle_aside(out)
         lock.__exit__()
         # a run this command created that never saved a checkpoint: leave no folder behind
         saved = any((out / n).exists() for n in (checkpoint.CHECKPOINT_DIR, checkpoint.OLD_DIR))
@@ -193,17 +198,18 @@ def _train_locked(model_config, config, device, d, resume, overwrite, progress, 
         pending.discard()
         raise
     # Only now, with the new run's settings, data and model sound, does anything change in
-    # OUT: the data moves in, and the previous run's files go (there is one only if
-    # --overwrite was given, or one cut short before its first checkpoint).
-    data = pending.commit()
+    # OUT: the previous run's files (there is one only if --overwrite was given, or one cut
+    # short before its first checkpoint) move aside until this run saves its first
+    # checkpoint, and the data moves in.
+    if d.is_main and not resume:
+        runfolder.set_aside(out)
+    data = pending.commit(aside=None if resume else out / runfolder.ASIDE)
     d.barrier()  # every rank has read the checkpoint before rank 0 tidies it
     if d.is_main:
         runfolder.mark(out)
         if resume:
             _drop_metrics_after(out, saved[1]["step"])
             checkpoint.finish_interrupted_save(out, saved[1], data.tokenizer())
-        else:
-            runfolder.clear_run(out)
     run = _Run(model, model_config, config, data, saved, device, d, out, started)
     budget = Budget(config, started) if config.max_time > 0 and not resume else None
     return run.loop(budget, progress)
@@ -371,6 +377,7 @@ class _Run:
         def write() -> None:
             begun = self.config.parallel == "fsdp"
             checkpoint.save(out, weights, trainer_state, saved_state, self.tokenizer, begun)
+            runfolder.drop_aside(out)  # a run this one replaced goes once this one has saved
             self.write_settings()  # the settings that led to this checkpoint
 
         on_main(d, write)
