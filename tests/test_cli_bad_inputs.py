@@ -133,12 +133,12 @@ CASES = [
      "is not a gptlab run, yet holds best, tb"),
     (["train", "--resume", "run", "val_fraction=0.5"], "val_fraction cannot change"),
     (["train", "--resume", "run", "init_from=run"], "init_from cannot change"),
+    (["train", "--resume", "run", "data=other.txt"], "data=other.txt cannot apply"),
     (["train", "--bogus"], "unrecognized arguments: --bogus"),
     (["train", "--resume", "run", "--out", "x"], "--out cannot apply"),
     (["train", "--resume", "run", "n_layer=4"], "n_layer cannot change"),
     (["train", "--resume", "notes"], "not a training run"),
     (["train", "--resume", "run", "max_time=60"], "set max_iters=N"),
-    (["train", "--resume", "run", "data=other.txt"], "vocabulary"),
     # sample
     (["sample", "run", "--num-samples", "0"], "--num-samples must be in 1..1000"),
     (["sample", "run", "--quantize", "int8", "--dtype", "bfloat16"], "computes in float32"),

@@ -163,15 +163,48 @@ def test_edited_text_is_prepared_again(text, tmp_path):
     assert GPT.from_pretrained(out).config.vocab_size == len(set(text.read_text())) != first
 
 
-def test_resume_refuses_data_of_another_vocabulary(text, tmp_path):
+def test_resume_refuses_other_data_and_text_of_another_vocabulary(text, tmp_path):
     out = tmp_path / "run"
     train(MODEL, settings(text, out, max_iters=4), progress=False)
     before = digest(out)
     other = tmp_path / "other.txt"
     other.write_text("completely different: XYZ 0123456789 !?\n" * 80)
-    with pytest.raises(GptlabError, match="another vocabulary .* a resumed run keeps"):
+    with pytest.raises(GptlabError, match="trains on the run's own data .* cannot apply"):
         train(MODEL, settings(other, out), resume=True, progress=False)
     assert digest(out) == before
+    # where the run's prepared data is gone, its text is read again: same vocabulary only
+    import shutil
+
+    shutil.rmtree(out / "data")
+    before = digest(out)
+    text.write_text(other.read_text())
+    with pytest.raises(GptlabError, match="another vocabulary .* a resumed run keeps"):
+        train(MODEL, settings(text, out), resume=True, progress=False)
+    assert digest(out) == before
+
+
+def test_resume_trains_on_its_saved_tokens_wherever_it_is_run(text, tmp_path, monkeypatch):
+    """The run records data="shk.txt" (relative). Resumed from another folder, where the text
+    is absent, and then where another shk.txt (same alphabet) lies, it ends where an
+    uninterrupted run ends: it reads OUT/data, never the text again."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "shk.txt").write_text(text.read_text())
+    train(MODEL, settings("shk.txt", tmp_path / "whole"), progress=False)
+    train(MODEL, settings("shk.txt", tmp_path / "run", max_iters=4), progress=False)
+    (tmp_path / "shk.txt").unlink()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    train(MODEL, settings("shk.txt", tmp_path / "run", max_iters=6), resume=True, progress=False)
+    words = text.read_text().split()
+    (elsewhere / "shk.txt").write_text(" ".join(reversed(words)) + "\n")  # same characters
+    train(MODEL, settings("shk.txt", tmp_path / "run"), resume=True, progress=False)
+    a, b = weights_of(tmp_path / "whole"), weights_of(tmp_path / "run")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def weights_of(folder):
+    return load_file(folder / "model.safetensors")
 
 
 def test_resume_after_a_crash_logs_each_evaluation_once(text, tmp_path):

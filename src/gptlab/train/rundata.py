@@ -31,16 +31,21 @@ def resolve_data(
 
     Newly prepared data waits in OUT/.data.tmp until the run commits to it (`PendingData.commit`,
     once model and settings are checked too), so a run that fails leaves OUT/data as it was.
-    OUT/data is replaced only when gptlab made it (its meta.json carries the key); a resumed
-    run refuses data whose vocabulary differs from the run's own."""
+    OUT/data is replaced only when gptlab made it (its meta.json carries the key). A resumed
+    run trains on the tokens it saved in OUT/data, never on the text read again (it may have
+    moved, changed, or be another file of the same name seen from another folder); only where
+    OUT/data is gone is the text prepared again, and then its vocabulary must be the run's."""
     path = Path(config.data)
+    own = out / runfolder.DATA
+    if resume and _read_meta(own).get("cache_key"):
+        return PendingData(PreparedData(own), d)
     if (path / META_FILE).is_file():
         if resume:
             _check_same_vocabulary(path, out, config.data)
         return PendingData(PreparedData(path), d)
     if config.data not in BUILTIN and not path.exists() and not config.data.startswith("hf:"):
         raise GptlabError(f"{config.data}: no such file or folder (nor a built-in corpus)")
-    cache, tmp = out / runfolder.DATA, out / ".data.tmp"
+    cache, tmp = own, out / ".data.tmp"
     # Fine-tuning reads text with the pretrained model's own tokenizer unless told otherwise.
     tokenizer = config.tokenizer
     if config.init_from != "scratch" and tokenizer == "char":

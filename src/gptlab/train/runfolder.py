@@ -3,8 +3,9 @@
 The rule: gptlab writes into a folder only when the folder is empty, is already a gptlab run
 (it holds the `.gptlab-run` mark, or a run's files), or the user said --overwrite. Even then it
 deletes only the files it writes itself (`RUN_FILES`), never anything else, and only once the
-new run has saved a checkpoint to take their place (until then they wait in `.replaced`). One training at a time holds a
-folder: `.lock` names its process, and a lock whose process is gone is taken over.
+new run has saved a checkpoint to take their place (until then they wait in `.replaced`).
+One training at a time holds a folder: `.lock` names its process, and a lock whose process is
+gone is taken over.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import json
 import math
+import os
 import shutil
 import signal
 import time
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from gptlab.config import GPTConfig, TrainConfig, to_toml
+from gptlab.config import GPTConfig, TrainConfig, load_toml, to_toml
 from gptlab.errors import GptlabError
 from gptlab.fileio import atomic_write_text
 from gptlab.hardware import resolve_device, resolve_dtype
@@ -164,6 +165,8 @@ def _train(model_config, config, device, d: Dist, resume, overwrite, progress, s
             with runfolder.RunLock(out):  # (not while another training is replacing it)
                 runfolder.settle_aside(out)
         _check_out(out, resume, overwrite)
+        if resume:
+            _check_same_data(config, out)
         missing = [p for p in (out, *out.absolute().parents) if not p.exists()]
         created = missing[-1] if missing else False  # the outermost folder this run makes
         runfolder.claim(out)
@@ -573,6 +576,27 @@ def _train_step(net, model, optimizer, scaler, data, data_gen, config, T, d, dev
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
     return loss_sum
+
+
+def _check_same_data(config: TrainConfig, out: Path) -> None:
+    """A resumed run trains on what it was set up with: data= may not name other data than
+    the run's train.toml records (the CLI passes that value back; a Python caller might not)."""
+    toml = out / "train.toml"
+    if not toml.is_file():
+        return
+    recorded = load_toml(str(toml)).get("data")
+    if not isinstance(recorded, str) or recorded == config.data:
+        return
+    try:
+        if os.path.samefile(recorded, config.data):
+            return
+    except OSError:  # either is missing here, or a built-in name
+        pass
+    raise GptlabError(
+        f"--resume trains on the run's own data ({recorded}, prepared in {out / 'data'}); "
+        f"data={config.data} cannot apply (start a new run, or fine-tune from this one with "
+        "init_from=RUN)"
+    )
 
 
 def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
