@@ -222,10 +222,9 @@ def cmd_tokenizer_encode(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    import os
     import shutil
 
-    from gptlab.data import prepare
+    from gptlab.data import PreparedData
     from gptlab.train import runfolder
 
     out = Path(args.out)
@@ -236,8 +235,44 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     parent = out.absolute().parent
     if any((parent / n).exists() for n in (runfolder.MARK, "train.toml")):
         raise GptlabError(f"{out} is inside the training run {parent}; prepare data elsewhere")
+    if not 0.0 < args.val_fraction < 1.0:
+        raise GptlabError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
+    if args.workers is not None and args.workers < 1:
+        raise GptlabError(f"--workers must be at least 1, got {args.workers}")
     # the outermost folder this command creates: a failure removes it again
     missing = [p for p in out.absolute().parents if not p.exists()]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # one prepare at a time into OUT (the lock lies beside OUT, which may not exist yet)
+    lock = runfolder.RunLock(out, path=out.parent / f".{out.name}.lock", what="gptlab prepare")
+    # Prepared beside OUT, then moved in: a failure leaves OUT as it was.
+    tmp = out.parent / f".{out.name}.prepare.tmp"
+    try:
+        with lock:
+            try:
+                _prepare_into(out, tmp, args)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        if missing and not lock.refused:  # a refused command leaves the folders it found
+            shutil.rmtree(missing[-1], ignore_errors=True)
+        raise
+    m = PreparedData(out).meta
+    print(
+        f"{m['source']}: {m['documents']} document(s), {m['characters']:,} characters -> "
+        f"{m['train_tokens']:,} train + {m['val_tokens']:,} val tokens ({m['tokenizer']}, "
+        f"vocabulary {m['vocab_size']:,}, {m['dtype']}) in {out}"
+    )
+    return 0
+
+
+def _prepare_into(out: Path, tmp: Path, args: argparse.Namespace) -> None:
+    """Prepare args.input into tmp, then move it into OUT. The caller holds OUT's lock, so
+    what these checks see no other prepare can change before the move."""
+    import os
+    import shutil
+
+    from gptlab.data import prepare
+
     prepared = (out / "meta.json").is_file()
     if out.is_dir() and any(out.iterdir()):
         if not args.overwrite:
@@ -249,41 +284,18 @@ def cmd_prepare(args: argparse.Namespace) -> int:
                 f"{out} holds {', '.join(clash)} but no prepared data; --overwrite replaces "
                 "prepared data only: choose another folder"
             )
-    if not 0.0 < args.val_fraction < 1.0:
-        raise GptlabError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
-    if args.workers is not None and args.workers < 1:
-        raise GptlabError(f"--workers must be at least 1, got {args.workers}")
-    source = args.input or "shakespeare"
-    # Prepared beside OUT, then moved in: a failure leaves OUT as it was.
-    tmp = out.parent / f".{out.name}.prepare.tmp"
-    if tmp.exists():
+    if tmp.exists():  # left by a prepare that was killed (the lock says none runs now)
         shutil.rmtree(tmp)
-    try:
-        prepare(source, tmp, args.tokenizer, args.val_fraction, workers=args.workers,
-                progress=True)  # fmt: skip
-        out.mkdir(parents=True, exist_ok=True)
-        if prepared:  # the previous data's files, tokenizer included
-            for name in _prepared_files():
-                (out / name).unlink(missing_ok=True)
-        for path in tmp.iterdir():
-            if path.name != "meta.json":
-                os.replace(path, out / path.name)
-        os.replace(tmp / "meta.json", out / "meta.json")  # last: its presence means complete
-    except BaseException:
-        if missing:
-            shutil.rmtree(missing[-1], ignore_errors=True)
-        raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    from gptlab.data import PreparedData
-
-    m = PreparedData(out).meta
-    print(
-        f"{m['source']}: {m['documents']} document(s), {m['characters']:,} characters -> "
-        f"{m['train_tokens']:,} train + {m['val_tokens']:,} val tokens ({m['tokenizer']}, "
-        f"vocabulary {m['vocab_size']:,}, {m['dtype']}) in {out}"
-    )
-    return 0
+    prepare(args.input or "shakespeare", tmp, args.tokenizer, args.val_fraction,
+            workers=args.workers, progress=True)  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    if prepared:  # the previous data's files, tokenizer included
+        for name in _prepared_files():
+            (out / name).unlink(missing_ok=True)
+    for path in tmp.iterdir():
+        if path.name != "meta.json":
+            os.replace(path, out / path.name)
+    os.replace(tmp / "meta.json", out / "meta.json")  # last: its presence means complete
 
 
 def _prepared_files() -> tuple[str, ...]:

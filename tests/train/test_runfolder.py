@@ -309,3 +309,26 @@ def test_a_state_json_with_nulls_still_resumes(text, tmp_path):
     state.update(elapsed_s=None, best_val_loss=None, last_val_loss=None)
     path.write_text(json.dumps(state))
     assert train(MODEL, settings(text, out), resume=True, progress=False).step == 8
+
+
+def test_one_prepare_at_a_time_writes_a_folder(text, tmp_path, capsys):
+    """Prepares racing for one OUT once shared a temp folder ("cannot mmap an empty file"):
+    a second one is refused in one line while the first holds the lock beside OUT, and a lock
+    whose process is gone is taken over."""
+    from gptlab.cli import main
+
+    argv = ["prepare", "--input", str(text), "--out", str(tmp_path / "new" / "data")]
+    lock = tmp_path / "new" / ".data.lock"
+    lock.parent.mkdir()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock.write_text(f"{sleeper.pid}\n")
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"another gptlab prepare (pid {sleeper.pid})" in err and err.count("\n") == 1
+        assert sorted(p.name for p in lock.parent.iterdir()) == [".data.lock"]  # nothing else
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert main(argv) == 0  # stale now: taken over, then released
+    assert sorted(p.name for p in lock.parent.iterdir()) == ["data"]

@@ -146,11 +146,14 @@ def settle_aside(out: Path) -> None:
 
 class RunLock:
     """OUT/.lock holding this process's pid while a training writes OUT. A second training
-    into the same folder is refused; a lock left by a process that no longer runs is taken."""
+    into the same folder is refused; a lock left by a process that no longer runs is taken.
+    path, what: another lock file (`gptlab prepare` keeps one beside OUT) and its holder's name
+    for the refusal."""
 
-    def __init__(self, out: Path) -> None:
-        self.path = out / LOCK
+    def __init__(self, out: Path, path: Path | None = None, what: str = "training") -> None:
+        self.out, self.path, self.what = out, path or out / LOCK, what
         self.held = False
+        self.refused = False  # another process holds it
 
     def __enter__(self) -> RunLock:
         for _ in range(2):
@@ -159,8 +162,9 @@ class RunLock:
             except FileExistsError:
                 pid = _read_pid(self.path)
                 if pid is not None and _alive(pid):
+                    self.refused = True
                     raise GptlabError(
-                        f"{self.path.parent}: another training (pid {pid}) is writing this "
+                        f"{self.out}: another {self.what} (pid {pid}) is writing this "
                         f"folder; wait for it, or remove {self.path} if that is wrong"
                     ) from None
                 self.path.unlink(missing_ok=True)  # stale: its process is gone
