@@ -342,4 +342,12 @@ def test_attention_redraws_its_own_figures_and_keeps_a_users_files(tmp_path, cap
     assert main(["attention", "positional", "--out", str(figs), "--quick"]) == 2
     assert main(["attention", "positional", "--out", str(figs), "--quick", "--overwrite"]) == 0
     assert (figs / "mine.txt").read_text() == "keep me"
-    assert sorted(p.name for p in figs.iterdir()) == ["mine.txt", "positional.png"]
+    assert sorted(p.name for p in figs.iterdir()) == [
+        ".gptlab-figures", "mine.txt", "positional.png"]  # fmt: skip
+    # a user's own figure of the same name: not ours by its name, so not replaced unasked
+    plots = tmp_path / "myplots"
+    plots.mkdir()
+    (plots / "positional.png").write_bytes(b"my own plot")
+    assert main(["attention", "positional", "--out", str(plots), "--quick"]) == 2
+    assert "already holds positional.png; pass --overwrite" in capsys.readouterr().err
+    assert (plots / "positional.png").read_bytes() == b"my own plot"

@@ -70,6 +70,11 @@ def workspace(tmp_path_factory) -> Path:
     (ws / "mc.jsonl").write_text(json.dumps(example) + "\n")
     (ws / "mc_empty.jsonl").write_text(json.dumps({**example, "endings": ["", " x"]}) + "\n")
     (ws / "mc_bool.jsonl").write_text(json.dumps({**example, "label": True}) + "\n")
+    (ws / "myexp").mkdir()  # a user's experiment: files a run would write, no run's mark
+    (ws / "myexp" / "metrics.jsonl").write_text('{"step": 1, "note": "my own numbers"}\n')
+    (ws / "myexp" / "train.toml").write_text("# my commented settings\n[train]\nlr = 1e-3\n")
+    (ws / "plots").mkdir()
+    (ws / "plots" / "pooling.png").write_bytes(b"a user's own plot")
     (ws / "typo.toml").write_text("[modle]\nn_layer = 2\n")
     (ws / "nan.toml").write_text("[train]\nlr = nan\n")
     return ws
@@ -131,6 +136,10 @@ CASES = [
     (["train", "--data", "text.txt", "--out", "o", "device=meta"], "device must be auto"),
     (["train", "--data", "text.txt", "--out", "owned", "--overwrite"],
      "is not a gptlab run, yet holds best, tb"),
+    (["train", "--data", "text.txt", "--out", "myexp"], "a folder gptlab did not create"),
+    (["train", "--config", "myexp/train.toml", "--data", "text.txt", "--out", "myexp",
+      "--overwrite"], "is not a gptlab run, yet holds metrics.jsonl, train.toml"),
+    (["train", "--data", "text.txt", "--out", "run/sub"], "inside the training run"),
     (["train", "--resume", "run", "val_fraction=0.5"], "val_fraction cannot change"),
     (["train", "--resume", "run", "init_from=run"], "init_from cannot change"),
     (["train", "--resume", "run", "data=other.txt"], "data=other.txt cannot apply"),
@@ -183,6 +192,7 @@ CASES = [
     # attention
     (["attention", "pooling", "--out", "afile"], "afile: exists and is not a folder"),
     (["attention", "pooling", "--out", "notes"], "notes holds files gptlab did not write"),
+    (["attention", "pooling", "--out", "plots"], "plots already holds pooling.png"),
     (["attention", "gpt2", "--model", "./missing", "--out", "o"], "missing"),
     # tokenizer
     (["tokenizer", "train", "--input", "text.txt", "--vocab-size", "300", "--out", "afile"],

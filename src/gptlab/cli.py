@@ -51,12 +51,14 @@ def _dtype(name: str):
 
 
 def _output_folder(
-    out: str, overwrite: bool, writes: Sequence[str], ask_to_replace: bool = True
+    out: str, overwrite: bool, writes: Sequence[str], mark: str | None = None
 ) -> Path:
     """Check, before any work, that a command may write the files `writes` into OUT: OUT is
-    new, empty, or holds only such files (replacing them takes --overwrite where
-    `ask_to_replace`); a folder holding anything else is written to only with --overwrite,
-    which replaces `writes` and touches nothing else. A training run's folder is refused."""
+    new, empty, or holds only such files (replacing them takes --overwrite, unless the folder
+    holds `mark`, the file by which a command that redraws without asking knows its own
+    folder: a name alone proves nothing); a folder holding anything else is written to only
+    with --overwrite, which replaces `writes` and touches nothing else. A training run's
+    folder is refused."""
     from gptlab.train import runfolder
 
     folder = Path(out)
@@ -70,7 +72,7 @@ def _output_folder(
     if runfolder.is_training_run(folder):
         raise GptlabError(f"{folder} is a training run's folder; write into another folder")
     present = {p.name for p in folder.iterdir()}
-    foreign = sorted(present - set(writes))
+    foreign = sorted(present - {*writes, mark})
     if foreign and not overwrite:
         shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
         raise GptlabError(
@@ -78,7 +80,7 @@ def _output_folder(
             "or pass --overwrite to write into it (only gptlab's own files are replaced)"
         )
     ours = sorted(present & set(writes))
-    if ours and ask_to_replace and not overwrite:
+    if ours and not overwrite and not (mark and mark in present):
         raise GptlabError(f"{folder} already holds {', '.join(ours)}; pass --overwrite to replace")
     return folder
 
@@ -230,7 +232,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise GptlabError(f"{out}: exists and is not a folder")
-    if out.is_dir() and runfolder.is_ours(out):
+    if out.is_dir() and runfolder.is_training_run(out):
         raise GptlabError(f"{out} is a training run's folder; prepare data into another one")
     parent = out.absolute().parent
     if any((parent / n).exists() for n in (runfolder.MARK, "train.toml")):
@@ -586,20 +588,25 @@ def cmd_eval_last_word(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- attention
 
 
+FIGURES_MARK = ".gptlab-figures"
+
+
 def cmd_attention(args: argparse.Namespace) -> int:
     from gptlab.attention.demos import DEMOS
 
     names = [args.demo] if args.demo != "all" else [n for n in DEMOS if n != "gpt2"]
     if args.demo == "all" and args.model:
         names.append("gpt2")
-    # figures are cheap to redraw: a folder of them is replaced without asking
-    _output_folder(args.out, args.overwrite, [f"{n}.png" for n in DEMOS], ask_to_replace=False)
+    # figures are cheap to redraw: a folder of them that this command made (its mark says
+    # so) is redrawn without asking; figures of the same names that a user made are not
+    out = _output_folder(args.out, args.overwrite, [f"{n}.png" for n in DEMOS], FIGURES_MARK)
     for name in names:
         kwargs = {"quick": args.quick}
         if name == "gpt2":
             kwargs.update(model=args.model or "gpt2", prompt=args.prompt, layer=args.layer)
-        path = DEMOS[name](Path(args.out), **kwargs)
+        path = DEMOS[name](out, **kwargs)
         print(path)
+    (out / FIGURES_MARK).write_text("figures drawn by gptlab attention\n", encoding="utf-8")
     return 0
 
 

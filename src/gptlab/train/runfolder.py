@@ -1,9 +1,10 @@
 """A run folder's ownership: what gptlab may write or delete there, and who is writing now.
 
 The rule: gptlab writes into a folder only when the folder is empty, is already a gptlab run
-(it holds the `.gptlab-run` mark, or a run's files), or the user said --overwrite. Even then it
-deletes only the files it writes itself (`RUN_FILES`), never anything else, and only once the
-new run has saved a checkpoint to take their place (until then they wait in `.replaced`).
+(it holds the `.gptlab-run` mark: file names alone prove nothing), or the user said
+--overwrite. Even then it deletes only the files it writes itself (`RUN_FILES`), never anything
+else, and only once the new run has saved a checkpoint to take their place (until then they
+wait in `.replaced`).
 One training at a time holds a folder: `.lock` names its process, and a lock whose process is
 gone is taken over.
 """
@@ -37,8 +38,9 @@ def holds_a_run(out: Path) -> bool:
 
 
 def is_ours(out: Path) -> bool:
-    marks = (MARK, LOCK, "train.toml", "metrics.jsonl")
-    return any((out / name).exists() for name in marks) or holds_a_run(out)
+    """True if OUT is a gptlab run by its mark (or a training holds it now). Files named as a
+    run names them (metrics.jsonl, train.toml, weights) prove nothing: they may be a user's."""
+    return (out / MARK).exists() or (out / LOCK).exists()
 
 
 def is_training_run(out: Path) -> bool:
@@ -52,6 +54,9 @@ def check_writable(out: Path, overwrite: bool) -> None:
     --overwrite)."""
     if out.exists() and not out.is_dir():
         raise GptlabError(f"{out}: exists and is not a folder")
+    parent = out.absolute().parent
+    if (parent / MARK).exists():  # RUN/sub: a run inside a run
+        raise GptlabError(f"{out} is inside the training run {parent}; train into another folder")
     if out.is_dir() and overwrite and not is_ours(out):
         clash = [name for name in RUN_FILES if (out / name).exists()]
         if clash:  # --overwrite would delete them, and they are the user's, not a run's
