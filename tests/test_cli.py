@@ -351,3 +351,18 @@ def test_attention_redraws_its_own_figures_and_keeps_a_users_files(tmp_path, cap
     assert main(["attention", "positional", "--out", str(plots), "--quick"]) == 2
     assert "already holds positional.png; pass --overwrite" in capsys.readouterr().err
     assert (plots / "positional.png").read_bytes() == b"my own plot"
+
+
+def test_convert_onto_a_full_disk_is_one_line_and_leaves_no_folder(char_run, tmp_path,
+                                                                  capsys, monkeypatch):  # fmt: skip
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    def full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: IoError(No space left on device)")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    assert main(["convert", str(char_run), str(tmp_path / "new" / "hf")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "could not write model.safetensors" in err
+    assert not (tmp_path / "new").exists()

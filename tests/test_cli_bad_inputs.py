@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from safetensors.torch import load_file, save_file
 
 from gptlab.cli import main
 from gptlab.config import GPTConfig
@@ -63,6 +64,11 @@ def workspace(tmp_path_factory) -> Path:
     }.items():
         shutil.copytree(ws / "tok", ws / name)
         (ws / name / "gptlab_tokenizer.json").write_text(json.dumps(settings))
+    shutil.copytree(ws / "run", ws / "nanrun", ignore=shutil.ignore_patterns(".lock"))
+    weights = load_file(ws / "nanrun" / "model.safetensors")
+    weights["transformer.h.0.ln_1.weight"][3] = float("nan")  # a run that diverged
+    (ws / "nanrun" / "model.safetensors").unlink()  # (a hard link to the checkpoint's)
+    save_file(weights, ws / "nanrun" / "model.safetensors")
     (ws / "hfbad").mkdir()
     shutil.copy(ws / "run" / "config.json", ws / "hfbad" / "config.json")
     (ws / "hfbad" / "pytorch_model.bin").write_bytes(b"\x80\x02garbage" * 50)
@@ -214,6 +220,11 @@ CASES = [
     (["tokenizer", "encode", "tok_nope", "hi"], "does not cover all text"),
     (["tokenizer", "encode", "tok_eot", "hi"], "eot_token"),
     (["tokenizer", "encode", "notes", "hi"], "no tokenizer files"),
+    # weights with a NaN, whatever reads them
+    (["sample", "nanrun", "--max-new-tokens", "2"], "h.0.ln_1.weight holds NaN or infinite"),
+    (["eval", "perplexity", "nanrun", "--input", "text.txt"], "holds NaN or infinite"),
+    (["convert", "nanrun", "o"], "holds NaN or infinite"),
+    (["serve", "nanrun"], "holds NaN or infinite"),
     # serve (refused before anything listens)
     (["serve", "./missing"], "missing: no such folder"),
     (["serve", "notes"], "no config.json"),

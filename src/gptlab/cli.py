@@ -136,6 +136,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
+    import shutil
+
     import torch
 
     from gptlab.model import GPT
@@ -162,11 +164,17 @@ def cmd_convert(args: argparse.Namespace) -> int:
             f"{args.model}: the tokenizer has {tok.vocab_size} ids but the model only "
             f"{model.config.vocab_size}"
         )
-    model.save_pretrained(out)
-    if tok is not None:
-        for name in TOKENIZER_FILES:  # the old vocabulary must not outlive an --overwrite
-            (out / name).unlink(missing_ok=True)
-        tok.save(out)
+    created = [p for p in (out.absolute(), *out.absolute().parents) if not p.exists()]
+    try:
+        model.save_pretrained(out)
+        if tok is not None:
+            for name in TOKENIZER_FILES:  # the old vocabulary must not outlive an --overwrite
+                (out / name).unlink(missing_ok=True)
+            tok.save(out)
+    except BaseException:  # a full disk, Ctrl-C: no half-written folder of this command's
+        if created:
+            shutil.rmtree(created[-1], ignore_errors=True)
+        raise
     what = "int8 weights (gptlab reads them; transformers cannot)" if args.quantize == "int8" \
         else args.dtype  # fmt: skip
     print(f"saved {n_params:,} parameters ({what}) to {out}")

@@ -121,29 +121,44 @@ def test_random_kills_then_resume_end_where_an_uninterrupted_run_does(
     assert steps_logged(tmp_path / "run") == [4, 8, 12]
 
 
+@pytest.mark.parametrize("kind", ["OSError", "torch.save", "safetensors"])
 def test_a_full_disk_during_a_checkpoint_is_one_line_and_keeps_the_previous(
-    corpus, tmp_path, monkeypatch
+    kind, corpus, tmp_path, monkeypatch
 ):
+    """A full disk as each writer reports it: an OSError, torch.save's RuntimeError ("enforce
+    fail at inline_container.cc"), safetensors' SafetensorError. The step-8 save fails."""
+    import safetensors.torch
+    from safetensors import SafetensorError
+
     from gptlab.train import checkpoint
 
     model = GPTConfig(vocab_size=256, block_size=16, n_layer=2, n_head=2, n_embd=32)
     config = TrainConfig(data=str(corpus), out=str(tmp_path / "run"), batch_size=4,
                          max_iters=8, eval_interval=4, eval_iters=1, lr_decay_iters=8,
                          threads=1, max_time=0)  # fmt: skip
-    original = checkpoint.atomic_write
+    original = {"OSError": checkpoint.atomic_write, "torch.save": torch.save,
+                "safetensors": safetensors.torch.save_file}[kind]  # fmt: skip
     calls = {"n": 0}
 
-    def full_disk(path, write):
-        if str(path).endswith("trainer.pt"):
-            calls["n"] += 1
-            if calls["n"] == 2:  # the step-8 checkpoint
+    def second_call_fails(*args, **kwargs):
+        if kind == "OSError" and not str(args[0]).endswith("trainer.pt"):
+            return original(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 2:  # the step-8 checkpoint
+            if kind == "OSError":
                 raise OSError(errno.ENOSPC, "No space left on device")
-        return original(path, write)
+            if kind == "torch.save":
+                raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos")
+            raise SafetensorError("Error while serializing: IoError(No space left on device)")
+        return original(*args, **kwargs)
 
-    monkeypatch.setattr(checkpoint, "atomic_write", full_disk)
-    with pytest.raises(GptlabError, match="No space left on device.*previous checkpoint is"):
+    where = {"OSError": (checkpoint, "atomic_write"), "torch.save": (torch, "save"),
+             "safetensors": (safetensors.torch, "save_file")}[kind]  # fmt: skip
+    monkeypatch.setattr(*where, second_call_fails)
+    said = "step 8 .*(No space|enforce fail).*previous checkpoint is"
+    with pytest.raises(GptlabError, match=said):
         train(model, config, progress=False)
-    monkeypatch.setattr(checkpoint, "atomic_write", original)
+    monkeypatch.setattr(*where, original)
     out = tmp_path / "run"
     assert json.loads((out / "checkpoint" / "state.json").read_text())["step"] == 4
     assert not (out / ".checkpoint.tmp").exists() and not (out / ".lock").exists()

@@ -139,7 +139,20 @@ def config_to_hf(config: GPTConfig, dtype: torch.dtype = torch.float32) -> dict:
 
 
 def read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
-    """All tensors of a checkpoint folder: one file, or shards listed by an index file."""
+    """All tensors of a checkpoint folder (one file, or shards listed by an index file), each
+    checked to hold finite numbers: a NaN in one LayerNorm weight (a run that diverged, a
+    damaged file) would otherwise sample newlines, or a perplexity of nan, without a word."""
+    tensors = _read_state_dict(folder)
+    for key, tensor in tensors.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise GptlabError(
+                f"{folder}: the weight {key} holds NaN or infinite values; these weights are "
+                "damaged (a run that diverged?) and cannot be used"
+            )
+    return tensors
+
+
+def _read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
     for name in WEIGHT_FILES:
         path = folder / name
         if not path.is_file():
@@ -352,10 +365,16 @@ def save_pretrained(model: GPT, directory: str | os.PathLike) -> None:
     quantized = isinstance(model.lm_head, int8.Int8Linear)  # int8 weights: gptlab only
     tensors = int8.save_tensors(model) if quantized else state_dict_to_hf(model)
     dtype = model.transformer.wte.weight.dtype
-    atomic_write(
-        directory / "model.safetensors",
-        lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}),
-    )
+    from safetensors import SafetensorError
+
+    try:  # a full disk: one line (atomic_write has removed its temporary file)
+        atomic_write(
+            directory / "model.safetensors",
+            lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}),
+        )
+    except (OSError, SafetensorError) as e:
+        why = getattr(e, "strerror", None) or _first_line(e)
+        raise GptlabError(f"{directory}: could not write model.safetensors ({why})") from None
     hf_config = config_to_hf(model.config, dtype)
     if quantized:  # a model type transformers does not know: it refuses, not misloads
         hf_config["gptlab"]["quantization"] = "int8"

@@ -64,11 +64,12 @@ def save(
         faults.point("weights-written")
         atomic_write(tmp / "trainer.pt", lambda path: torch.save(trainer_state, path))
         atomic_write_json(tmp / "state.json", state)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except (OSError, RuntimeError, GptlabError) as e:  # a full disk: torch.save says it with
+        shutil.rmtree(tmp, ignore_errors=True)  # a RuntimeError ("enforce fail at ...")
+        why = getattr(e, "strerror", None) or (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise GptlabError(
             f"{out}: could not write the checkpoint at step {state.get('step')} "
-            f"({e.strerror or e}); the previous checkpoint is intact"
+            f"({why}); the previous checkpoint is intact"
         ) from None
     faults.point("checkpoint-written")
     if old.exists():
