@@ -97,3 +97,32 @@ def test_hellaswag_rows_are_cleaned_as_the_harness_does(tmp_path):
     assert ex.context == "Roof shingle removal: A man is sitting on a roof. He"
     assert ex.endings == ["is using wrap. to wrap a pair of skis.", "is ripping level tiles off."]
     assert ex.label == 1
+
+
+def test_an_empty_context_is_scored_after_end_of_text_and_a_long_ending_is_one_line(tmp_path):
+    """The harness scores a continuation of "" after the end-of-text token; without one (a
+    character vocabulary) that is one line naming the example, as is an ending longer than the
+    model's block (both were tracebacks)."""
+    from gptlab import GPTConfig, train_bpe
+
+    bpe = train_bpe(["the quick brown fox jumps over the lazy dog " * 20], 280)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=bpe.vocab_size, block_size=16, n_layer=1, n_head=2,
+                          n_embd=16)).eval()  # fmt: skip
+    path = tmp_path / "mc.jsonl"
+    path.write_text(json.dumps({"ctx": "", "endings": ["the fox", "a dog"], "label": 0}) + "\n")
+    scored = evaluate_multiple_choice(model, bpe, read_examples(path))["scores"][0]
+    for ending, total in zip(["the fox", "a dog"], scored["logprob_sum"], strict=True):
+        ids = [bpe.eot_id, *bpe.encode(" " + ending)]
+        with torch.no_grad():
+            logp = F.log_softmax(model(torch.tensor([ids])).logits[0].double(), dim=-1)
+        direct = sum(logp[j, t].item() for j, t in enumerate(ids[1:]))
+        assert abs(total - direct) <= 1e-9 * abs(direct)
+    chars = CharTokenizer.from_text("the fox a dog")
+    small = GPT(GPTConfig(vocab_size=chars.vocab_size, block_size=8, n_layer=1, n_head=2,
+                          n_embd=16)).eval()  # fmt: skip
+    with pytest.raises(GptlabError, match="line 1, ending 0: an empty context .* end-of-text"):
+        evaluate_multiple_choice(small, chars, read_examples(path))
+    path.write_text(json.dumps({"ctx": "the", "endings": ["fox " * 5, "dog"], "label": 0}) + "\n")
+    with pytest.raises(GptlabError, match="line 1, ending 0: the continuation has 21 tokens, .*8"):
+        evaluate_multiple_choice(small, chars, read_examples(path))

@@ -114,7 +114,16 @@ def read_examples(
 
 
 def encode_pair(tokenizer: Tokenizer, context: str, continuation: str):
-    """(context ids, continuation ids) as the harness splits them (its _encode_pair)."""
+    """(context ids, continuation ids) as the harness splits them (its _encode_pair). An empty
+    context is the end-of-text token, as the harness makes it: the first continuation token
+    needs a position that predicts it."""
+    if context == "":
+        if tokenizer.eot_id is None:
+            raise GptlabError(
+                "an empty context is scored after the end-of-text token, which this "
+                "tokenizer has none of; give every example some context"
+            )
+        return [tokenizer.eot_id], tokenizer.encode(continuation)
     spaces = len(context) - len(context.rstrip())
     if spaces:
         context, continuation = context[:-spaces], context[-spaces:] + continuation
@@ -170,8 +179,9 @@ def evaluate_multiple_choice(
     bar = tqdm(total=len(examples), desc="multiple choice", disable=not progress, leave=False)
     for i in range(0, len(examples), batch_size):
         group = examples[i : i + batch_size]
-        requests = [encode_pair(tokenizer, ex.context, " " + e) for ex in group
-                    for e in ex.endings]  # fmt: skip
+        L = model.config.block_size
+        requests = [_pair(tokenizer, ex.context, " " + e, L, f"line {ex.line}, ending {k}")
+                    for ex in group for k, e in enumerate(ex.endings)]  # fmt: skip
         lls = iter(loglikelihoods(model, requests, batch_size=len(requests)))
         pairs = iter(requests)
         for ex in group:
@@ -193,6 +203,22 @@ def evaluate_multiple_choice(
     bar.close()
     n = len(examples)
     return {**{k: v / n for k, v in hits.items()}, "examples": n, "scores": scores}
+
+
+def _pair(tokenizer: Tokenizer, context: str, continuation: str, block_size: int, where: str):
+    """encode_pair, with a GptlabError naming the example where its continuation cannot be
+    scored: none of it fits in the model's block (the context may be cut; the continuation
+    may not)."""
+    try:
+        ctx, cont = encode_pair(tokenizer, context, continuation)
+    except GptlabError as e:
+        raise GptlabError(f"{where}: {e}") from None
+    if len(cont) > block_size:
+        raise GptlabError(
+            f"{where}: the continuation has {len(cont)} tokens, more than the model reads at "
+            f"once (block_size {block_size})"
+        )
+    return ctx, cont
 
 
 def hellaswag_clean(text: str) -> str:
@@ -229,7 +255,8 @@ def evaluate_last_word(
     """{"acc" (greedy decoding gives the last word exactly), "perplexity" (of the last words:
     exp of minus the mean of their summed log-probabilities, as the harness aggregates),
     "examples", "scores"}."""
-    requests = [encode_pair(tokenizer, c, w) for c, w, _ in passages]
+    L = model.config.block_size
+    requests = [_pair(tokenizer, c, w, L, f"line {line}") for c, w, line in passages]
     results = loglikelihoods(model, requests, batch_size)
     n = len(results)
     return {
