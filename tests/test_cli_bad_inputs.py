@@ -69,6 +69,10 @@ def workspace(tmp_path_factory) -> Path:
     weights["transformer.h.0.ln_1.weight"][3] = float("nan")  # a run that diverged
     (ws / "nanrun" / "model.safetensors").unlink()  # (a hard link to the checkpoint's)
     save_file(weights, ws / "nanrun" / "model.safetensors")
+    shutil.copytree(ws / "run", ws / "fewchars", ignore=shutil.ignore_patterns(".lock"))
+    vocab = json.loads((ws / "run" / "char_vocab.json").read_text())
+    vocab["chars"] = vocab["chars"][:-5]  # a vocabulary file replaced by a smaller one
+    (ws / "fewchars" / "char_vocab.json").write_text(json.dumps(vocab))
     (ws / "hfbad").mkdir()
     shutil.copy(ws / "run" / "config.json", ws / "hfbad" / "config.json")
     (ws / "hfbad" / "pytorch_model.bin").write_bytes(b"\x80\x02garbage" * 50)
@@ -225,6 +229,10 @@ CASES = [
     (["eval", "perplexity", "nanrun", "--input", "text.txt"], "holds NaN or infinite"),
     (["convert", "nanrun", "o"], "holds NaN or infinite"),
     (["serve", "nanrun"], "holds NaN or infinite"),
+    # a tokenizer that does not belong to the model beside it
+    (["sample", "fewchars", "--max-new-tokens", "2"], "but the model reads"),
+    (["eval", "perplexity", "fewchars", "--input", "text.txt"], "do not belong together"),
+    (["serve", "fewchars"], "do not belong together"),
     # serve (refused before anything listens)
     (["serve", "./missing"], "missing: no such folder"),
     (["serve", "notes"], "no config.json"),

@@ -159,11 +159,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
         tok = Tokenizer.from_pretrained(args.model)
     except GptlabError as e:  # weights without a vocabulary: convert them, and say so
         tok, missing = None, e
-    if tok is not None and tok.vocab_size > model.config.vocab_size:
-        raise GptlabError(
-            f"{args.model}: the tokenizer has {tok.vocab_size} ids but the model only "
-            f"{model.config.vocab_size}"
-        )
+    if tok is not None:
+        tok.check_model(model.config.vocab_size, args.model)
     created = [p for p in (out.absolute(), *out.absolute().parents) if not p.exists()]
     try:
         model.save_pretrained(out)
@@ -449,7 +446,6 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     from gptlab.generate import check_sampling, start_ids, stream
     from gptlab.hardware import resolve_device
-    from gptlab.tokenizers import Tokenizer
 
     check_sampling(args.temperature, args.top_k, args.top_p)
     if args.max_new_tokens < 0:
@@ -459,8 +455,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if not 1 <= args.num_samples <= MAX_SAMPLES:
         raise GptlabError(f"--num-samples must be in 1..{MAX_SAMPLES}, got {args.num_samples}")
     device = resolve_device(args.device)
-    model = _load_model(args, device)
-    tok = Tokenizer.from_pretrained(args.model)
+    model, tok = _model_and_tokenizer(args, device)
     if args.prompt_file and args.prompt:
         raise GptlabError("give --prompt or --prompt-file, not both")
     if args.prompt_file:
@@ -516,12 +511,14 @@ def _load_model(args: argparse.Namespace, device):
     return model
 
 
-def _model_and_tokenizer(args: argparse.Namespace):
+def _model_and_tokenizer(args: argparse.Namespace, device=None):
     from gptlab.hardware import resolve_device
     from gptlab.tokenizers import Tokenizer
 
-    model = _load_model(args, resolve_device(args.device))
-    return model, Tokenizer.from_pretrained(args.model)
+    model = _load_model(args, device or resolve_device(args.device))
+    tok = Tokenizer.from_pretrained(args.model)
+    tok.check_model(model.config.vocab_size, args.model)
+    return model, tok
 
 
 def cmd_eval_perplexity(args: argparse.Namespace) -> int:

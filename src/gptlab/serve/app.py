@@ -353,7 +353,9 @@ def load_lab(name: str, device: str = "auto", dtype: str = "auto", quantize: str
     else:
         dtype = getattr(torch, resolve_dtype(dtype, dev))
         model = GPT.from_pretrained(name, device=dev, dtype=dtype)
-    return Lab(model.eval(), Tokenizer.from_pretrained(name), name)
+    tok = Tokenizer.from_pretrained(name)
+    tok.check_model(model.config.vocab_size, name)
+    return Lab(model.eval(), tok, name)
 
 
 class Background:

@@ -27,6 +27,16 @@ class Tokenizer(ABC):
     @abstractmethod
     def encode(self, text: str) -> list[int]: ...
 
+    def check_model(self, vocab_size: int, where: str) -> None:
+        """A model beside this tokenizer must read exactly its ids: with fewer rows, encoded
+        text would index past the embedding; with more, sampled ids would have no text (a
+        char_vocab.json of 59 characters beside a 76-row model evaluated without a word)."""
+        if self.vocab_size != vocab_size:
+            raise GptlabError(
+                f"{where}: the tokenizer has {self.vocab_size} ids but the model reads "
+                f"{vocab_size}; they do not belong together (a tokenizer file replaced?)"
+            )
+
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         return [self.encode(t) for t in texts]
 
