@@ -73,6 +73,9 @@ def workspace(tmp_path_factory) -> Path:
     vocab = json.loads((ws / "run" / "char_vocab.json").read_text())
     vocab["chars"] = vocab["chars"][:-5]  # a vocabulary file replaced by a smaller one
     (ws / "fewchars" / "char_vocab.json").write_text(json.dumps(vocab))
+    from gptlab.model.load import load_model
+
+    load_model(ws / "run", "cpu", quantize="int8").save_pretrained(ws / "int8run")
     (ws / "hfbad").mkdir()
     shutil.copy(ws / "run" / "config.json", ws / "hfbad" / "config.json")
     (ws / "hfbad" / "pytorch_model.bin").write_bytes(b"\x80\x02garbage" * 50)
@@ -166,6 +169,10 @@ CASES = [
     (["eval", "perplexity", "run", "--input", "text.txt", "--quantize", "int8", "--dtype",
       "bfloat16"], "computes in float32"),
     (["serve", "run", "--quantize", "int8", "--dtype", "bfloat16"], "computes in float32"),
+    # a folder of int8 weights: the same rule as --quantize int8 (it was float32, silently)
+    (["sample", "int8run", "--dtype", "bfloat16"], "int8run (int8 weights) computes in float32"),
+    (["eval", "perplexity", "int8run", "--input", "text.txt", "--dtype", "bfloat16"],
+     "computes in float32"),
     (["sample", "run", "--num-samples", "100000000"], "--num-samples must be in 1..1000"),
     (["sample", "run", "--temperature", "-1"], "temperature must be >= 0"),
     (["sample", "run", "--top-p", "1.5"], "top_p must be in (0, 1]"),

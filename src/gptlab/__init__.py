@@ -3,6 +3,7 @@
 from gptlab.config import PRESETS, GPTConfig
 from gptlab.errors import GptlabError
 from gptlab.model import GPT, GPTOutput
+from gptlab.model.load import load_for_inference
 from gptlab.tokenizers import BPETokenizer, CharTokenizer, Tokenizer, train_bpe
 
 __version__ = "0.1.0"
@@ -17,5 +18,6 @@ __all__ = [
     "CharTokenizer",
     "Tokenizer",
     "train_bpe",
+    "load_for_inference",
     "__version__",
 ]

@@ -426,11 +426,6 @@ def _list_settings(args: argparse.Namespace, model_config, train_config) -> int:
 MAX_SAMPLES = 1000  # one command's limit: a typo such as 100000000 should not run for a day
 
 
-def _check_quantize(args: argparse.Namespace) -> None:
-    if args.quantize == "int8" and args.dtype not in ("auto", "float32"):
-        raise GptlabError("--quantize int8 computes in float32; leave --dtype at auto or float32")
-
-
 def _add_quantize(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--quantize",
@@ -494,31 +489,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- evaluation
 
 
-def _load_model(args: argparse.Namespace, device):
-    """GPT.from_pretrained(args.model) in --dtype on device, then --quantize applied."""
-    import torch
-
-    from gptlab.hardware import resolve_dtype
-    from gptlab.model import GPT
-
-    _check_quantize(args)
-    dtype = torch.float32 if args.quantize == "int8" else _dtype(resolve_dtype(args.dtype, device))
-    model = GPT.from_pretrained(args.model, device=device, dtype=dtype)
-    if args.quantize == "int8":
-        from gptlab.model.fast import prepare_for_decoding
-
-        prepare_for_decoding(model, quantize="int8")
-    return model
-
-
 def _model_and_tokenizer(args: argparse.Namespace, device=None):
-    from gptlab.hardware import resolve_device
-    from gptlab.tokenizers import Tokenizer
+    """The model and tokenizer of args.model, loaded as --device, --dtype, --quantize say
+    (`gptlab.model.load`: one rule set for sample, eval and serve)."""
+    from gptlab.model.load import load_for_inference
 
-    model = _load_model(args, device or resolve_device(args.device))
-    tok = Tokenizer.from_pretrained(args.model)
-    tok.check_model(model.config.vocab_size, args.model)
-    return model, tok
+    return load_for_inference(args.model, device or args.device, args.dtype, args.quantize)
 
 
 def cmd_eval_perplexity(args: argparse.Namespace) -> int:
@@ -634,7 +610,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.max_generations < 1:
         raise GptlabError(f"--max-generations must be at least 1, got {args.max_generations}")
     models = [args.model, *([args.compare] if args.compare else [])]
-    _check_quantize(args)
     labs = [load_lab(m, args.device, args.dtype, args.quantize) for m in models]
     try:
         loopback = ipaddress.ip_address(args.host).is_loopback

@@ -247,3 +247,23 @@ def test_cross_check_with_a_second_random_model(tmp_path, ids):
     model = GPT.from_pretrained(tmp_path)
     assert model.config.layer_norm_eps == 1e-6
     assert_same_logits(model, hf_model, ids)
+
+
+def test_the_inference_loader_is_the_one_rule_set(tmp_path):
+    """load_for_inference: the model in eval mode with its tokenizer; a folder of int8 weights
+    computes in float32 whatever auto means here, and refuses another dtype in one line."""
+    from gptlab import CharTokenizer, GPTConfig, load_for_inference
+
+    tok = CharTokenizer.from_text("abc def")
+    GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=8, n_layer=1, n_head=2,
+                  n_embd=16)).save_pretrained(tmp_path / "m")  # fmt: skip
+    tok.save(tmp_path / "m")
+    model, loaded = load_for_inference(tmp_path / "m", "cpu", "float32")
+    assert not model.training and loaded.vocab_size == tok.vocab_size
+    int8_model, _ = load_for_inference(tmp_path / "m", "cpu", quantize="int8")
+    int8_model.save_pretrained(tmp_path / "q")
+    tok.save(tmp_path / "q")
+    again, _ = load_for_inference(tmp_path / "q", "cpu", "auto")
+    assert again.transformer.wte.weight.dtype == torch.float32
+    with pytest.raises(GptlabError, match=r"q \(int8 weights\) computes in float32"):
+        load_for_inference(tmp_path / "q", "cpu", "bfloat16")

@@ -340,22 +340,11 @@ class Server:
 
 
 def load_lab(name: str, device: str = "auto", dtype: str = "auto", quantize: str = "none") -> Lab:
-    """A model and its tokenizer, as `gptlab sample` loads them."""
-    from gptlab.hardware import resolve_device, resolve_dtype
-    from gptlab.model import GPT
-    from gptlab.tokenizers import Tokenizer
+    """A model and its tokenizer, as `gptlab sample` loads them (`gptlab.model.load`)."""
+    from gptlab.model.load import load_for_inference
 
-    dev = resolve_device(device)
-    if quantize == "int8":  # weight-only int8, float32 arithmetic (gptlab.model.int8)
-        from gptlab.model.fast import prepare_for_decoding
-
-        model = prepare_for_decoding(GPT.from_pretrained(name, device=dev), quantize="int8")
-    else:
-        dtype = getattr(torch, resolve_dtype(dtype, dev))
-        model = GPT.from_pretrained(name, device=dev, dtype=dtype)
-    tok = Tokenizer.from_pretrained(name)
-    tok.check_model(model.config.vocab_size, name)
-    return Lab(model.eval(), tok, name)
+    model, tok = load_for_inference(name, device, dtype, quantize)
+    return Lab(model, tok, name)
 
 
 class Background:

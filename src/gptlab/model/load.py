@@ -1,0 +1,79 @@
+"""One loader for inference: a model name or folder, a device, a dtype and a quantization ->
+the model and its tokenizer, checked to belong together. `gptlab sample`, `gptlab eval` and
+`gptlab serve` load through it, so one rule set holds for all of them.
+
+The rules: dtype="auto" is what the device computes well (`hardware.resolve_dtype`); an int8
+model (a folder saved with `--quantize int8`, or quantize="int8" now) computes in float32, so
+an explicit other dtype is refused rather than ignored; the tokenizer must have exactly the
+model's vocabulary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from gptlab.errors import GptlabError
+from gptlab.hardware import resolve_device, resolve_dtype
+from gptlab.model import int8
+from gptlab.model.fast import prepare_for_decoding
+from gptlab.model.gpt import GPT
+from gptlab.tokenizers import Tokenizer
+
+QUANTIZE = ("none", "int8")
+
+
+def stored_int8(name_or_path: str | os.PathLike) -> bool:
+    """Whether a local model folder holds int8 weights (its config.json says so)."""
+    path = Path(name_or_path) / "config.json"
+    try:
+        return int8.is_quantized(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, AttributeError):  # absent or unreadable: the loader says why
+        return False
+
+
+def inference_dtype(
+    name_or_path: str | os.PathLike, device: torch.device, dtype: str, quantize: str
+) -> torch.dtype:
+    """The dtype the model computes in: float32 for int8 (an explicit other dtype refused),
+    else `dtype` resolved for the device."""
+    if quantize not in QUANTIZE:
+        raise GptlabError(f"quantize must be one of {', '.join(QUANTIZE)}, got {quantize!r}")
+    if quantize == "int8" or stored_int8(name_or_path):
+        if dtype not in ("auto", "float32"):
+            what = "--quantize int8" if quantize == "int8" else f"{name_or_path} (int8 weights)"
+            raise GptlabError(f"{what} computes in float32; leave --dtype at auto or float32")
+        return torch.float32
+    return getattr(torch, resolve_dtype(dtype, device))
+
+
+def load_model(
+    name_or_path: str | os.PathLike,
+    device: str | torch.device = "auto",
+    dtype: str = "auto",
+    quantize: str = "none",
+) -> GPT:
+    """A model ready for inference (eval mode) on `device`, in `dtype`, int8 if asked."""
+    device = device if isinstance(device, torch.device) else resolve_device(device)
+    torch_dtype = inference_dtype(name_or_path, device, dtype, quantize)
+    model = GPT.from_pretrained(name_or_path, device=device, dtype=torch_dtype)
+    if quantize == "int8":
+        prepare_for_decoding(model, quantize="int8")
+    return model.eval()
+
+
+def load_for_inference(
+    name_or_path: str | os.PathLike,
+    device: str | torch.device = "auto",
+    dtype: str = "auto",
+    quantize: str = "none",
+) -> tuple[GPT, Tokenizer]:
+    """(model, tokenizer) of a folder or hub name, as `load_model` loads the model; the
+    tokenizer must read exactly the model's ids."""
+    model = load_model(name_or_path, device, dtype, quantize)
+    tok = Tokenizer.from_pretrained(name_or_path)
+    tok.check_model(model.config.vocab_size, str(name_or_path))
+    return model, tok
