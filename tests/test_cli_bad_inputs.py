@@ -117,6 +117,7 @@ CASES = [
     (["prepare", "--input", "text.txt", "--out", "run/mydata"], "is inside the training run"),
     (["prepare", "--input", "latin1.txt", "--out", "o"], "latin1.txt: not UTF-8 text"),
     (["prepare", "--input", "empty.txt", "--out", "o"], "empty"),
+    (["prepare", "--input", "text.txt", "./text.txt", "--out", "o"], "text.txt is given twice"),
     (["prepare", "--input", "hf:a:b:c:d", "--out", "o"], "too many parts"),
     (["prepare", "--input", "hf:x:colour=red", "--out", "o"], "unknown part 'colour'"),
     (["prepare", "--input", "text.txt", "--out", "o", "--tokenizer", "tok_nope"], "cover"),
@@ -210,6 +211,8 @@ CASES = [
     (["attention", "pooling", "--out", "afile"], "afile: exists and is not a folder"),
     (["attention", "pooling", "--out", "notes"], "notes holds files gptlab did not write"),
     (["attention", "pooling", "--out", "plots"], "plots already holds pooling.png"),
+    (["attention", "gpt2", "--model", "run", "--prompt", "", "--out", "o"],
+     "needs at least 2 tokens"),
     (["attention", "gpt2", "--model", "./missing", "--out", "o"], "missing"),
     # tokenizer
     (["tokenizer", "train", "--input", "text.txt", "--vocab-size", "300", "--out", "afile"],

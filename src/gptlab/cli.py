@@ -803,7 +803,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="gpt2 demo: run folder or pretrained name (default gpt2)")
     p.add_argument(
         "--prompt",
-        default="",
+        default=None,
         help="gpt2 demo: the text to look at (default: 'To be, or not to be, that is the "
         "question')",
     )

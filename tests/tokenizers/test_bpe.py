@@ -1,6 +1,7 @@
 """Byte-level BPE: training, the tiktoken path against the Python one and against `tokenizers`,
 round trips over arbitrary text, streaming decode."""
 
+import re
 from collections import Counter
 from itertools import pairwise
 
@@ -9,7 +10,7 @@ import regex
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from gptlab import BPETokenizer, GptlabError, Tokenizer, train_bpe
+from gptlab import BPETokenizer, CharTokenizer, GptlabError, Tokenizer, train_bpe
 from gptlab.tokenizers.bpe import PATTERNS
 
 from conftest import shared_data
@@ -212,3 +213,34 @@ def _gpt2_cache() -> BPETokenizer:
     if "gpt2" not in _CACHE:
         _CACHE["gpt2"] = Tokenizer.from_pretrained(shared_data("gpt2-tokenizer"))
     return _CACHE["gpt2"]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(texts="abc abc abd"), "texts must be a list of strings"),
+        (dict(vocab_size="300"), "vocab_size must be an integer, got '300'"),
+        (dict(texts=[b"bytes"]), "texts[0] is bytes, not a string"),
+        (dict(texts=[None]), "texts[0] is NoneType, not a string"),
+        (dict(pattern="nonsense"), "pattern 'nonsense' does not cover all text"),
+        (dict(pattern="("), "pattern '(' is not a regular expression"),
+        (dict(special_tokens="<|endoftext|>"), "special_tokens must be a list of strings"),
+    ],
+)
+def test_train_bpe_checks_its_arguments(kwargs, message):
+    """The Python API's wrong types are one GptlabError with the reason (they were raw
+    TypeErrors, regex errors, or a wrong explanation such as "the corpus is empty")."""
+    args = {"texts": ["abc abc abd"], "vocab_size": 300, **kwargs}
+    with pytest.raises(GptlabError, match=re.escape(message)):
+        train_bpe(args.pop("texts"), args.pop("vocab_size"), **args)
+
+
+def test_decode_refuses_ids_out_of_range():
+    """-1 once decoded to the last token (Python's negative index)."""
+    bpe = train_bpe(["abc abc abd"], 260)
+    chars = CharTokenizer.from_text("abc")
+    for tok in (bpe, chars):
+        assert tok.decode(tok.encode("abc")) == "abc"
+        for bad in (-1, tok.vocab_size, 1.0):
+            with pytest.raises(GptlabError, match="out of range"):
+                tok.decode([0, bad])

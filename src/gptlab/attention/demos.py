@@ -185,14 +185,19 @@ def bahdanau(out: Path, quick: bool = False) -> Path:
     return _save(fig, out, "bahdanau")
 
 
-def gpt2(out: Path, quick: bool = False, model: str = "gpt2", prompt: str = "", layer: int = 0):
+DEFAULT_PROMPT = "To be, or not to be, that is the question"
+
+
+def gpt2(
+    out: Path, quick: bool = False, model: str = "gpt2", prompt: str | None = None, layer: int = 0
+):
     """Every head of one layer of a GPT (run folder or pretrained name) on a prompt."""
     from gptlab.model import GPT
     from gptlab.tokenizers import Tokenizer
 
     net = GPT.from_pretrained(model)
     tok = Tokenizer.from_pretrained(model)
-    prompt = prompt or "To be, or not to be, that is the question"
+    prompt = DEFAULT_PROMPT if prompt is None else prompt  # "" is a prompt, and too short
     ids = tok.encode(prompt)[: net.config.block_size]
     if len(ids) < 2:
         raise GptlabError("the prompt needs at least 2 tokens")

@@ -109,6 +109,11 @@ def text_files(paths: Sequence[str | Path]) -> list[Path]:
             files.append(path)
         else:
             raise GptlabError(f"{path}: no such file or folder")
+    seen: dict[Path, Path] = {}
+    for file in files:  # twice the same text: validation would repeat training
+        first = seen.setdefault(file.resolve(), file)
+        if first is not file:
+            raise GptlabError(f"{file} is given twice (also as {first}); give each text once")
     return files
 
 

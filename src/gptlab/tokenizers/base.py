@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import operator
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from gptlab.errors import GptlabError
+
+
+def checked_ids(ids: Iterable[int], vocab_size: int) -> list[int]:
+    """ids as a list of ints in [0, vocab_size), or a GptlabError naming the first that is not
+    (a negative id would otherwise index from the end: a wrong character and no error)."""
+    out = []
+    for i in ids:
+        try:
+            j = operator.index(i)  # ints, numpy and 0-d torch integers; not floats or bools
+        except TypeError:
+            j = None
+        if j is None or isinstance(i, bool) or not 0 <= j < vocab_size:
+            raise GptlabError(f"id {i!r} is out of range for a vocabulary of {vocab_size}")
+        out.append(j)
+    return out
 
 
 class Tokenizer(ABC):

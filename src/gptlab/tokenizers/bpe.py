@@ -27,7 +27,7 @@ import regex
 from gptlab.errors import GptlabError
 from gptlab.fileio import atomic_write_json
 from gptlab.tokenizers import gpt2
-from gptlab.tokenizers.base import IncrementalDecoder, Tokenizer
+from gptlab.tokenizers.base import IncrementalDecoder, Tokenizer, checked_ids
 
 # Pre-tokenization patterns: GPT-2's, and the one of GPT-4's cl100k vocabulary (case-insensitive
 # contractions, numbers in groups of at most three digits, newlines kept apart). GPT-2's is
@@ -124,10 +124,8 @@ class BPETokenizer(Tokenizer):
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
         table = self._bytes
-        try:
-            return b"".join(table[i] for i in ids)
-        except (IndexError, TypeError) as e:
-            raise GptlabError(f"id out of range for a vocabulary of {len(table)} ({e})") from e
+        ids = checked_ids(ids, len(table))
+        return b"".join(table[i] for i in ids)
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of `ids`; bytes that are not valid UTF-8 (an id sequence cut inside a
@@ -386,6 +384,15 @@ def train_bpe(
     Ids: 0-255 are the bytes themselves, merge i makes id 256 + i, special tokens come last.
     If the corpus runs out of pairs first, the vocabulary is smaller than asked.
     """
+    if isinstance(texts, str | bytes):  # a string is an iterable of one-character texts
+        raise GptlabError("texts must be a list of strings (got one string: wrap it in [...])")
+    if isinstance(special_tokens, str):
+        raise GptlabError(
+            f"special_tokens must be a list of strings (got the string {special_tokens!r}: "
+            "wrap it in [...])"
+        )
+    if not isinstance(vocab_size, int) or isinstance(vocab_size, bool):
+        raise GptlabError(f"vocab_size must be an integer, got {vocab_size!r}")
     special_tokens = list(special_tokens)
     if not all(isinstance(t, str) and t for t in special_tokens):
         raise GptlabError("a special token must be a non-empty string")
@@ -397,9 +404,11 @@ def train_bpe(
             f"vocab_size={vocab_size} is too small: 256 byte tokens + {len(special_tokens)} "
             f"special tokens need at least {256 + len(special_tokens)}"
         )
-    compiled = regex.compile(PATTERNS.get(pattern, pattern))
+    compiled = _compile_pattern(pattern)  # a bad or partial pattern: one line saying so
     counts: Counter[str] = Counter()
-    for text in texts:
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise GptlabError(f"texts[{i}] is {type(text).__name__}, not a string")
         counts.update(compiled.findall(text))
     if not counts:
         raise GptlabError("the training corpus is empty")

@@ -11,7 +11,7 @@ import numpy as np
 
 from gptlab.errors import GptlabError
 from gptlab.fileio import atomic_write_json
-from gptlab.tokenizers.base import IncrementalDecoder, Tokenizer
+from gptlab.tokenizers.base import IncrementalDecoder, Tokenizer, checked_ids
 
 CHAR_VOCAB_FILE = "char_vocab.json"
 
@@ -78,10 +78,8 @@ class CharTokenizer(Tokenizer):
 
     def decode(self, ids: Iterable[int]) -> str:
         chars = self.chars
-        try:
-            return "".join(chars[i] for i in ids)
-        except (IndexError, TypeError) as e:
-            raise GptlabError(f"id out of range for a vocabulary of {len(chars)} ({e})") from e
+        ids = checked_ids(ids, len(chars))
+        return "".join(chars[i] for i in ids)
 
     def decoder(self) -> IncrementalDecoder:
         return _CharDecoder(self)
