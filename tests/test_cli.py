@@ -284,7 +284,7 @@ def test_convert_carries_the_tokenizer_so_the_copy_can_sample(char_run, tmp_path
 def test_convert_without_a_tokenizer_says_so(tmp_path, capsys):
     GPT(GPTConfig.preset("tiny")).save_pretrained(tmp_path / "a")
     assert main(["convert", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
-    assert "note: no tokenizer saved" in capsys.readouterr().out
+    assert "gptlab: note: no tokenizer saved" in capsys.readouterr().err  # stderr, as notes go
 
 
 def test_a_prompt_longer_than_the_block_is_one_note_line(char_run, capsys):

@@ -130,6 +130,8 @@ CASES = [
     (["train", "--config", "typo.toml"], "did you mean [model]?"),
     (["train", "--config", "nan.toml"], "lr"),
     (["train", "--preset", "gpt5"], "unknown preset 'gpt5'"),
+    (["train", "--tokenizer", "tok", "max_iters=10"],
+     "unrecognized arguments: --tokenizer (settings are key=value: tokenizer=...)"),
     (["train", "lr=nan"], "lr"),
     (["train", "lr=inf"], "lr"),
     (["train", "beta1=2"], "beta1 must be in [0, 1)"),

@@ -176,7 +176,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         else args.dtype  # fmt: skip
     print(f"saved {n_params:,} parameters ({what}) to {out}")
     if tok is None:
-        print(f"note: no tokenizer saved ({missing}); {out} cannot sample text until one is")
+        _say(f"gptlab: note: no tokenizer saved ({missing}); {out} cannot sample text until one is")
     return 0
 
 
@@ -210,7 +210,7 @@ def cmd_tokenizer_train(args: argparse.Namespace) -> int:
         f"{len(texts)} file(s) in {seconds:.1f}s -> {out}"
     )
     if tok.vocab_size < args.vocab_size:
-        print(f"note: the corpus ran out of pairs before {args.vocab_size} ids")
+        _say(f"gptlab: note: the corpus ran out of pairs before {args.vocab_size} ids")
     return 0
 
 
@@ -616,8 +616,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ValueError:
         loopback = args.host == "localhost"
     if not loopback:
-        print(f"note: serving on {args.host}, not loopback: anyone who can reach this machine "
-              "can use the page and its API")  # fmt: skip
+        _say(f"gptlab: note: serving on {args.host}, not loopback: anyone who can reach this "
+             "machine can use the page and its API")
     names = " and ".join(lab.name for lab in labs)
     print(f"gptlab serve: {names} at http://{args.host}:{args.port}/ (Ctrl-C stops)", flush=True)
     app = Server(labs, max_generations=args.max_generations).app()
@@ -850,6 +850,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _unrecognized(extra: Sequence[str], takes_settings: bool) -> str:
+    """Name the options argparse did not know, not the valid key=value settings after them;
+    where one is a setting written as an option (--tokenizer DIR), say how to write it."""
+    options = [a for a in extra if a.startswith("-")] or list(extra)
+    message = f"unrecognized arguments: {' '.join(options)}"
+    if takes_settings:
+        import dataclasses
+
+        from gptlab.config import GPTConfig, TrainConfig
+
+        known = {f.name for c in (GPTConfig, TrainConfig) for f in dataclasses.fields(c)}
+        for option in options:
+            key = option.lstrip("-").split("=", 1)[0].replace("-", "_")
+            if key in known:
+                return f"{message} (settings are key=value: {key}=...)"
+    return message
+
+
 def _say(line: str) -> None:
     """One line on stderr, on a line of its own: progress bars still drawn are closed first."""
     try:
@@ -888,7 +906,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if extra and hasattr(args, "settings") and not any(a.startswith("-") for a in extra):
                 args.settings = [*args.settings, *extra]
             elif extra:
-                parser.error(f"unrecognized arguments: {' '.join(extra)}")
+                parser.error(_unrecognized(extra, hasattr(args, "settings")))
             return args.run(args)
         except GptlabError as e:
             _say(f"gptlab: error: {e}")

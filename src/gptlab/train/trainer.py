@@ -16,6 +16,7 @@ import math
 import os
 import shutil
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -236,7 +237,7 @@ class _Run:
         self.autocast = contextlib.nullcontext() if by_fsdp else _autocast(device, config.dtype)
         if config.cpu_offload and not (self.sharded and device.type == "cuda") and d.is_main:
             print("note: cpu_offload=true acts on CUDA under torchrun only; ignored here",
-                  flush=True)  # fmt: skip
+                  file=sys.stderr, flush=True)  # fmt: skip
         model.train()
         model.activation_checkpointing = config.activation_checkpointing
         trainer_state = saved[0] if saved is not None else None
@@ -267,7 +268,7 @@ class _Run:
                 ) from None
             self.state.load(saved_state)
             if note and d.is_main:
-                print(note, flush=True)
+                print(note, file=sys.stderr, flush=True)
         self.net = torch.compile(model) if config.compile else model  # what the step calls
         if d.enabled and not self.sharded:
             from torch.nn.parallel import DistributedDataParallel
