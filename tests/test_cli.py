@@ -366,3 +366,17 @@ def test_convert_onto_a_full_disk_is_one_line_and_leaves_no_folder(char_run, tmp
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "could not write model.safetensors" in err
     assert not (tmp_path / "new").exists()
+
+
+def test_serve_on_a_port_in_use_is_one_line_before_any_address_is_announced(serve_folder,
+                                                                           capsys):  # fmt: skip
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", str(serve_folder), "--port", str(port)]) == 2
+    captured = capsys.readouterr()
+    assert "http://" not in captured.out  # no "at http://..." for a page that never came
+    assert captured.err.count("\n") == 1 and f"cannot serve on 127.0.0.1:{port}" in captured.err

@@ -336,7 +336,8 @@ def _train_settings(args: argparse.Namespace):
             )
         import dataclasses
 
-        fixed = ("init_from", "val_fraction", "tokenizer")  # what the run's data and start were
+        # what the run's data, start and folder were (data=: the trainer refuses other data)
+        fixed = ("init_from", "val_fraction", "tokenizer", "out")
         refused = [k for k in overrides if k in fixed]
         if refused:
             raise GptlabError(
@@ -369,6 +370,17 @@ def _train_settings(args: argparse.Namespace):
     flags = {k: v for k, v in (("data", args.data), ("out", args.out)) if v is not None}
     for settings in [*layers, flags, overrides]:
         model, train = apply_settings(model, train, settings)
+    if train.init_from != "scratch":  # the network's shape comes from the model it starts from
+        import dataclasses
+
+        given = {k for layer in [*layers, overrides] for k in layer}
+        shape = sorted(given & {f.name for f in dataclasses.fields(GPTConfig)} - {"block_size",
+                                                                                 "dropout"})
+        if shape:
+            raise GptlabError(
+                f"init_from={train.init_from} takes the network's shape from that model; "
+                f"{', '.join(shape)} cannot be set (block_size may shrink, dropout may change)"
+            )
     return model, train
 
 
@@ -618,6 +630,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not loopback:
         _say(f"gptlab: note: serving on {args.host}, not loopback: anyone who can reach this "
              "machine can use the page and its API")
+    _check_can_listen(args.host, args.port)  # before saying where the page is
     names = " and ".join(lab.name for lab in labs)
     print(f"gptlab serve: {names} at http://{args.host}:{args.port}/ (Ctrl-C stops)", flush=True)
     app = Server(labs, max_generations=args.max_generations).app()
@@ -626,6 +639,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except SystemExit as e:  # uvicorn exits when it cannot bind
         raise GptlabError(f"cannot serve on {args.host}:{args.port} (in use?)") from e
     return 0
+
+
+def _check_can_listen(host: str, port: int) -> None:
+    """The address resolves and the port is free, as one line each (uvicorn would print its
+    own error after ours, and only once the page had been announced)."""
+    import socket
+
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as e:
+        raise GptlabError(f"--host {host}: not an address to listen on ({e})") from None
+    family, kind, proto, _, address = found[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        try:
+            probe.bind(address)
+        except OSError as e:
+            raise GptlabError(f"cannot serve on {host}:{port}: {e.strerror or e}") from None
 
 
 # ----------------------------------------------------------------------------- main

@@ -107,6 +107,8 @@ def text_files(paths: Sequence[str | Path]) -> list[Path]:
             files += found
         elif path.is_file():
             files.append(path)
+        elif path.exists():  # /dev/zero, a named pipe: reading would never end
+            raise GptlabError(f"{path}: not a regular file (a device or a pipe); give a text file")
         else:
             raise GptlabError(f"{path}: no such file or folder")
     seen: dict[Path, Path] = {}
