@@ -203,3 +203,24 @@ def test_eval_with_int8_weights_scores_within_one_percent(trained, tmp_path, cap
     assert main(argv + ["--quantize", "int8"]) == 0
     int8 = json.loads(capsys.readouterr().out)["perplexity"]
     assert plain != int8 and abs(int8 / plain - 1) < 0.01
+
+
+def test_an_unwritable_cache_builds_the_kernels_in_a_temporary_folder(tmp_path, monkeypatch):
+    """An unwritable HOME once made --quantize int8 blame a missing compiler: the kernels are
+    built in a temporary folder of the user's instead (the build itself is recorded here,
+    not run)."""
+    from gptlab.model import kernels
+
+    (tmp_path / "afile").write_text("")
+    monkeypatch.setattr(kernels, "cache_dir", lambda: tmp_path / "afile" / "cache")  # no mkdir
+    monkeypatch.setattr(kernels.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    built = []
+    monkeypatch.setattr(kernels, "_build", lambda compiler, path: built.append(path) or True)
+    monkeypatch.setenv("CC", "cc")
+    kernels.library.cache_clear()
+    try:
+        kernels.library()  # (the recorded build wrote nothing, so nothing loads)
+    finally:
+        kernels.library.cache_clear()  # the real kernels again for the tests after this one
+    assert len(built) == 1 and built[0].parent.parent == tmp_path / "tmp"
+    assert built[0].parent.name.startswith("gptlab-") and built[0].parent.is_dir()

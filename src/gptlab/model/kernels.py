@@ -20,6 +20,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -50,25 +51,23 @@ def library() -> ctypes.CDLL | None:
     machine = " ".join([*sorted(cpu_flags() or ()), platform.machine(), platform.processor(),
                         torch.__version__, compiler])  # fmt: skip
     key = hashlib.sha256(source + machine.encode()).hexdigest()[:16]
-    path = cache_dir() / f"kernels_{key}.so"
-    if not path.is_file():
+    name = f"kernels_{key}.so"
+    # the user's cache, else a temporary folder of this user's (an unwritable HOME is no
+    # reason to decode slowly, nor to blame the compiler)
+    user = getattr(os, "getuid", lambda: "user")()
+    for folder in (cache_dir(), Path(tempfile.gettempdir()) / f"gptlab-{user}-kernels"):
+        path = folder / name
+        if path.is_file():
+            break
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-                built = Path(tmp) / path.name
-                for extra in (["-march=native", "-fopenmp"], ["-fopenmp"], []):
-                    cmd = [compiler, "-O3", *extra, "-shared", "-fPIC", str(SOURCE),
-                           "-o", str(built), "-lm"]  # fmt: skip
-                    try:
-                        if subprocess.run(cmd, capture_output=True, timeout=120).returncode == 0:
-                            break
-                    except subprocess.TimeoutExpired:
-                        continue
-                else:
-                    return None
-                os.replace(built, path)  # whole, or not at all (another process may race)
+            if not _build(compiler, path):
+                return None  # the compiler failed: another folder will not help
+            break
         except OSError:
-            return None
+            continue
+    else:
+        return None
     try:
         lib = ctypes.CDLL(str(path))
         lib.gptlab_int8_matmul.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_long] * 3
@@ -83,6 +82,27 @@ def library() -> ctypes.CDLL | None:
     for function in (lib.gptlab_int8_matmul, lib.gptlab_f32_matmul, lib.gptlab_decode_attention):
         function.restype = None
     return lib
+
+
+def _build(compiler: str, path: Path) -> bool:
+    """Compile kernels.c into path (whole, or not at all: another process may race), trying
+    -march=native and OpenMP first; False if no variant compiles. An unwritable folder raises
+    OSError."""
+    if sys.stderr is not None and sys.stderr.isatty():  # a wait of seconds, said where seen
+        print("gptlab: note: compiling the decoding kernels for this CPU (once)",
+              file=sys.stderr, flush=True)  # fmt: skip
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        built = Path(tmp) / path.name
+        for extra in (["-march=native", "-fopenmp"], ["-fopenmp"], []):
+            cmd = [compiler, "-O3", *extra, "-shared", "-fPIC", str(SOURCE),
+                   "-o", str(built), "-lm"]  # fmt: skip
+            try:
+                if subprocess.run(cmd, capture_output=True, timeout=120).returncode == 0:
+                    os.replace(built, path)
+                    return True
+            except subprocess.TimeoutExpired:
+                continue
+    return False
 
 
 def f32_matmul(
