@@ -380,3 +380,31 @@ def test_serve_on_a_port_in_use_is_one_line_before_any_address_is_announced(serv
     captured = capsys.readouterr()
     assert "http://" not in captured.out  # no "at http://..." for a page that never came
     assert captured.err.count("\n") == 1 and f"cannot serve on 127.0.0.1:{port}" in captured.err
+
+
+def test_the_command_line_loads_without_torch_and_an_ascii_terminal_gets_escapes(tmp_path):
+    """`import gptlab.cli` loads no torch (so --help is instant and a Ctrl-C while torch loads
+    is the command's own interrupt, inside main); a terminal that cannot show a character
+    gets an escape, not a UnicodeEncodeError."""
+    code = "import sys, gptlab.cli; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout == "False\n", result.stderr
+    tok = tmp_path / "tok"
+    train_bpe(["héllo wörld " * 20], 270).save(tok)
+    env = {**os.environ, "PYTHONIOENCODING": "ascii"}
+    result = subprocess.run([sys.executable, "-m", "gptlab", "tokenizer", "encode", str(tok),
+                             "héllo", "--pieces"], capture_output=True, env=env)  # fmt: skip
+    assert result.returncode == 0 and b"\\xe9" in result.stdout, result.stderr
+
+
+def test_ctrl_c_while_a_command_loads_is_one_line_and_exit_130(capsys, monkeypatch):
+    class Interrupting:  # Ctrl-C arriving while the sample command imports its modules
+        def find_spec(self, name, path=None, target=None):
+            if name == "gptlab.generate":
+                raise KeyboardInterrupt
+            return None
+
+    monkeypatch.delitem(sys.modules, "gptlab.generate", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [Interrupting(), *sys.meta_path])
+    assert main(["sample", "nowhere"]) == 130
+    assert capsys.readouterr().err == "gptlab: interrupted\n"

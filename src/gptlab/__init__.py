@@ -1,12 +1,29 @@
-"""gptlab: GPT-2 from the first ideas of attention to a model you can train, load and sample."""
+"""gptlab: GPT-2 from the first ideas of attention to a model you can train, load and sample.
 
-from gptlab.config import PRESETS, GPTConfig
-from gptlab.errors import GptlabError
-from gptlab.model import GPT, GPTOutput
-from gptlab.model.load import load_for_inference
-from gptlab.tokenizers import BPETokenizer, CharTokenizer, Tokenizer, train_bpe
+The public names are imported when first used (PEP 562), so `gptlab --help` answers without
+loading PyTorch and a Ctrl-C while it loads is the command's own one-line interrupt.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
+
+# public name -> the module that defines it
+_HOMES = {
+    "GPT": "gptlab.model",
+    "GPTOutput": "gptlab.model",
+    "GPTConfig": "gptlab.config",
+    "PRESETS": "gptlab.config",
+    "GptlabError": "gptlab.errors",
+    "BPETokenizer": "gptlab.tokenizers",
+    "CharTokenizer": "gptlab.tokenizers",
+    "Tokenizer": "gptlab.tokenizers",
+    "train_bpe": "gptlab.tokenizers",
+    "load_for_inference": "gptlab.model.load",
+}
 
 __all__ = [
     "GPT",
@@ -21,3 +38,23 @@ __all__ = [
     "load_for_inference",
     "__version__",
 ]
+
+if TYPE_CHECKING:  # what type checkers and editors see
+    from gptlab.config import PRESETS, GPTConfig
+    from gptlab.errors import GptlabError
+    from gptlab.model import GPT, GPTOutput
+    from gptlab.model.load import load_for_inference
+    from gptlab.tokenizers import BPETokenizer, CharTokenizer, Tokenizer, train_bpe
+
+
+def __getattr__(name: str):
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'gptlab' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value  # once imported, an ordinary attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_HOMES})

@@ -797,7 +797,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_quantize(e)
         e.set_defaults(run=run)
         if name == "perplexity":
-            from gptlab.eval.perplexity import METHODS
+            from gptlab.config import PERPLEXITY_METHODS as METHODS
 
             e.add_argument("--input", required=True, help="UTF-8 text file")
             e.add_argument(
@@ -922,6 +922,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
+    # text that the terminal's encoding cannot show (PYTHONIOENCODING=ascii, say) is escaped,
+    # as Python already does on stderr, instead of ending the command with a traceback
+    if getattr(sys.stdout, "errors", None) == "strict" and hasattr(sys.stdout, "reconfigure"):
+        if "utf" not in (sys.stdout.encoding or "").lower():
+            sys.stdout.reconfigure(errors="backslashreplace")
     with warnings.catch_warnings():  # restored on return: main() may run inside a program
         warnings.showwarning = _show_warning
         try:

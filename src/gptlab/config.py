@@ -8,6 +8,9 @@ from dataclasses import dataclass
 
 from gptlab.errors import GptlabError
 
+# gptlab eval perplexity --method (eval/perplexity.py computes each)
+PERPLEXITY_METHODS = ("lm-eval", "hf-guide", "gptlab")
+
 GPT2_VOCAB_SIZE = 50257
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from gptlab.config import PERPLEXITY_METHODS
 from gptlab.errors import GptlabError
 from gptlab.model import GPT
 
@@ -51,7 +52,7 @@ def windows(n_tokens: int, block_size: int, stride: int) -> list[Window]:
     return out
 
 
-METHODS = ("lm-eval", "hf-guide", "gptlab")
+METHODS = PERPLEXITY_METHODS  # (in config.py, so that the command line loads without torch)
 
 
 def rolling_windows(n_tokens: int, block_size: int) -> list[tuple[int, int, int]]:
