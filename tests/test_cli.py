@@ -408,3 +408,17 @@ def test_ctrl_c_while_a_command_loads_is_one_line_and_exit_130(capsys, monkeypat
     monkeypatch.setattr(sys, "meta_path", [Interrupting(), *sys.meta_path])
     assert main(["sample", "nowhere"]) == 130
     assert capsys.readouterr().err == "gptlab: interrupted\n"
+
+
+def test_an_unwritable_output_folder_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    """convert into a read-only folder once failed after loading and converting, naming a
+    temporary file (the probe's failure is made here, since root writes anywhere)."""
+    import tempfile
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    assert main(["convert", str(tmp_path / "no-such-model"), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"gptlab: error: {tmp_path / 'out'}: cannot write there (Permission denied)\n"

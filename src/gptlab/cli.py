@@ -67,6 +67,7 @@ def _output_folder(
     parent = folder.absolute().parent
     if any((parent / n).exists() for n in (runfolder.MARK, "train.toml")):  # RUN/checkpoint...
         raise GptlabError(f"{folder} is inside the training run {parent}; write elsewhere")
+    _check_can_write(folder)
     if not folder.is_dir():
         return folder
     if runfolder.is_training_run(folder):
@@ -83,6 +84,20 @@ def _output_folder(
     if ours and not overwrite and not (mark and mark in present):
         raise GptlabError(f"{folder} already holds {', '.join(ours)}; pass --overwrite to replace")
     return folder
+
+
+def _check_can_write(folder: Path) -> None:
+    """A file can be made in OUT (or the nearest folder above it that exists): asked before
+    the work, not found out after it with a temporary file's name."""
+    import tempfile
+
+    base = next(p for p in (folder.absolute(), *folder.absolute().parents) if p.exists())
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".gptlab-probe.", dir=base)
+    except OSError as e:
+        raise GptlabError(f"{folder}: cannot write there ({e.strerror or e})") from None
+    os.close(fd)
+    os.remove(probe)
 
 
 # ----------------------------------------------------------------------------- info
@@ -387,9 +402,10 @@ def _train_settings(args: argparse.Namespace):
 def cmd_train(args: argparse.Namespace) -> int:
     import time
 
+    # max_time counts the whole command: loading torch (a second or two) included
+    started = time.perf_counter()
     from gptlab.train import train
 
-    started = time.perf_counter()
     model_config, train_config = _train_settings(args)
     if args.list_settings:
         return _list_settings(args, model_config, train_config)
