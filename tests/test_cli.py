@@ -422,3 +422,19 @@ def test_an_unwritable_output_folder_is_refused_before_any_work(tmp_path, capsys
     assert main(["convert", str(tmp_path / "no-such-model"), str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err == f"gptlab: error: {tmp_path / 'out'}: cannot write there (Permission denied)\n"
+
+
+def test_utf8_arguments_are_text_under_a_c_locale_without_utf8_mode(tmp_path):
+    """LC_ALL=C with PYTHONUTF8=0 hands UTF-8 arguments over as escapes; they were called
+    'not valid UTF-8'. Text arguments are decoded; bytes that are not UTF-8 stay one line."""
+    tok = tmp_path / "tok"
+    train_bpe(["héllo wörld " * 20], 270).save(tok)
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0",
+           "PYTHONCOERCECLOCALE": "0"}  # fmt: skip
+    result = subprocess.run([sys.executable, "-m", "gptlab", "tokenizer", "encode", str(tok),
+                             "héllo"], capture_output=True, env=env)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == Tokenizer.from_pretrained(tok).encode("héllo")
+    result = subprocess.run([sys.executable, "-m", "gptlab", "tokenizer", "encode", str(tok),
+                             b"caf\xe9"], capture_output=True, env=env)  # fmt: skip
+    assert result.returncode == 2 and b"is not valid UTF-8 text" in result.stderr

@@ -897,6 +897,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# arguments that are text, not paths: decoded from the bytes given, whatever the locale
+TEXT_ARGUMENTS = ("prompt", "text", "special")
+
+
+def _utf8_text(arg: str) -> str:
+    """An argument as text. Under a C locale without UTF-8 mode (PYTHONUTF8=0), Python hands
+    UTF-8 bytes over as escapes (lone surrogates): valid UTF-8 all the same, so decoded here;
+    bytes that are not UTF-8 are one line."""
+    try:
+        arg.encode("utf-8")
+        return arg
+    except UnicodeEncodeError:
+        pass
+    try:
+        return os.fsencode(arg).decode("utf-8")
+    except UnicodeError:
+        raise GptlabError(f"argument {arg!r} is not valid UTF-8 text") from None
+
+
 def _unrecognized(extra: Sequence[str], takes_settings: bool) -> str:
     """Name the options argparse did not know, not the valid key=value settings after them;
     where one is a setting written as an option (--tokenizer DIR), say how to write it."""
@@ -947,13 +966,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings.showwarning = _show_warning
         try:
             for arg in argv:  # bytes that are not UTF-8 reach Python as lone surrogates
-                try:
-                    arg.encode("utf-8")
-                except UnicodeEncodeError:
-                    raise GptlabError(
-                        f"argument {arg!r} is not valid UTF-8 text"
-                    ) from None
+                _utf8_text(arg)
             args, extra = parser.parse_known_args(argv)
+            for name in TEXT_ARGUMENTS:  # (paths keep the form the file system reads)
+                value = getattr(args, name, None)
+                if isinstance(value, str):
+                    setattr(args, name, _utf8_text(value))
+                elif isinstance(value, list):
+                    setattr(args, name, [_utf8_text(v) for v in value])
             # key=value settings may come between or after options (argparse wants them last)
             if extra and hasattr(args, "settings") and not any(a.startswith("-") for a in extra):
                 args.settings = [*args.settings, *extra]
