@@ -81,6 +81,7 @@ def workspace(tmp_path_factory) -> Path:
     (ws / "hfbad" / "pytorch_model.bin").write_bytes(b"\x80\x02garbage" * 50)
     example = {"ctx": "To be", "endings": [" or not", " the end"], "label": 0}
     (ws / "mc.jsonl").write_text(json.dumps(example) + "\n")
+    (ws / "mc_zebra.jsonl").write_text(json.dumps({**example, "ctx": "Zebras"}) + "\n")
     (ws / "mc_empty.jsonl").write_text(json.dumps({**example, "endings": ["", " x"]}) + "\n")
     (ws / "mc_bool.jsonl").write_text(json.dumps({**example, "label": True}) + "\n")
     (ws / "myexp").mkdir()  # a user's experiment: files a run would write, no run's mark
@@ -201,6 +202,8 @@ CASES = [
      "leaves no training tokens"),
     # eval
     (["eval", "multiple-choice", "run", "--data", "mc.jsonl", "--limit", "0"], "--limit"),
+    (["eval", "multiple-choice", "run", "--data", "mc_zebra.jsonl"],
+     "mc_zebra.jsonl, line 1, ending 0: character 'Z'"),
     (["eval", "multiple-choice", "run", "--data", "mc.jsonl", "--limit", "-1"], "--limit"),
     (["eval", "multiple-choice", "run", "--data", "mc_empty.jsonl"], "ending 0 is empty"),
     (["eval", "multiple-choice", "run", "--data", "mc_bool.jsonl"], "label True"),

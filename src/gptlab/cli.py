@@ -585,7 +585,7 @@ def cmd_eval_last_word(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise GptlabError(f"--batch-size must be at least 1, got {args.batch_size}")
     model, tok = _model_and_tokenizer(args)
-    result = evaluate_last_word(model, tok, passages, args.batch_size)
+    result = evaluate_last_word(model, tok, passages, args.batch_size, source=args.data)
     if args.json:
         print(json.dumps({**result, "model": args.model, "data": args.data}))
     else:

@@ -121,8 +121,9 @@ def test_an_empty_context_is_scored_after_end_of_text_and_a_long_ending_is_one_l
     chars = CharTokenizer.from_text("the fox a dog")
     small = GPT(GPTConfig(vocab_size=chars.vocab_size, block_size=8, n_layer=1, n_head=2,
                           n_embd=16)).eval()  # fmt: skip
-    with pytest.raises(GptlabError, match="line 1, ending 0: an empty context .* end-of-text"):
+    where = "mc.jsonl, line 1, ending 0"
+    with pytest.raises(GptlabError, match=f"{where}: an empty context .* end-of-text"):
         evaluate_multiple_choice(small, chars, read_examples(path))
     path.write_text(json.dumps({"ctx": "the", "endings": ["fox " * 5, "dog"], "label": 0}) + "\n")
-    with pytest.raises(GptlabError, match="line 1, ending 0: the continuation has 21 tokens, .*8"):
+    with pytest.raises(GptlabError, match=f"{where}: the continuation has 21 tokens, .*8"):
         evaluate_multiple_choice(small, chars, read_examples(path))

@@ -38,6 +38,7 @@ class Example:
     endings: list[str]
     label: int
     line: int
+    source: str = ""  # the file it came from, for messages
 
 
 def _jsonl_objects(path: Path, limit: int | None):
@@ -105,7 +106,7 @@ def read_examples(
             raise GptlabError(
                 f"{where}: label {label!r} is not an index into the {len(endings)} endings"
             )
-        examples.append(Example(context, endings, label, number))
+        examples.append(Example(context, endings, label, number, str(path)))
         if limit is not None and len(examples) >= limit:
             break
     if not examples:
@@ -180,7 +181,8 @@ def evaluate_multiple_choice(
     for i in range(0, len(examples), batch_size):
         group = examples[i : i + batch_size]
         L = model.config.block_size
-        requests = [_pair(tokenizer, ex.context, " " + e, L, f"line {ex.line}, ending {k}")
+        requests = [_pair(tokenizer, ex.context, " " + e, L,
+                          f"{_where(ex.source, ex.line)}, ending {k}")
                     for ex in group for k, e in enumerate(ex.endings)]  # fmt: skip
         lls = iter(loglikelihoods(model, requests, batch_size=len(requests)))
         pairs = iter(requests)
@@ -203,6 +205,10 @@ def evaluate_multiple_choice(
     bar.close()
     n = len(examples)
     return {**{k: v / n for k, v in hits.items()}, "examples": n, "scores": scores}
+
+
+def _where(source: str, line: int) -> str:
+    return f"{source}, line {line}" if source else f"line {line}"
 
 
 def _pair(tokenizer: Tokenizer, context: str, continuation: str, block_size: int, where: str):
@@ -250,13 +256,17 @@ def read_last_words(path: str | Path, limit: int | None = None) -> list[tuple[st
 
 
 def evaluate_last_word(
-    model: GPT, tokenizer: Tokenizer, passages: list[tuple[str, str, int]], batch_size: int = 8
+    model: GPT,
+    tokenizer: Tokenizer,
+    passages: list[tuple[str, str, int]],
+    batch_size: int = 8,
+    source: str = "",
 ) -> dict:
     """{"acc" (greedy decoding gives the last word exactly), "perplexity" (of the last words:
     exp of minus the mean of their summed log-probabilities, as the harness aggregates),
-    "examples", "scores"}."""
+    "examples", "scores"}. source: the passages' file, named in messages."""
     L = model.config.block_size
-    requests = [_pair(tokenizer, c, w, L, f"line {line}") for c, w, line in passages]
+    requests = [_pair(tokenizer, c, w, L, _where(source, line)) for c, w, line in passages]
     results = loglikelihoods(model, requests, batch_size)
     n = len(results)
     return {
