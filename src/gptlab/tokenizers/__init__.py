@@ -5,9 +5,9 @@ from gptlab.tokenizers.base import IncrementalDecoder, Tokenizer
 from gptlab.tokenizers.bpe import PATTERNS, BPETokenizer, train_bpe
 from gptlab.tokenizers.char import CharTokenizer
 
-# Every file a tokenizer of any kind may be saved as or read from (what a folder's tokenizer is).
-TOKENIZER_FILES = ("char_vocab.json", "vocab.json", "merges.txt", "encoder.json", "vocab.bpe",
-                   "gptlab_tokenizer.json")  # fmt: skip
+# Every file a tokenizer of any kind may be saved as or read from (what a folder's tokenizer
+# is), gathered from the kinds themselves (each registers by subclassing Tokenizer)
+TOKENIZER_FILES = Tokenizer.all_files()
 
 __all__ = [
     "BPETokenizer",

@@ -8,6 +8,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from gptlab import hub
 from gptlab.errors import GptlabError
 
 
@@ -28,9 +29,38 @@ def checked_ids(ids: Iterable[int], vocab_size: int) -> list[int]:
 
 class Tokenizer(ABC):
     """Text -> list of ids -> text. `vocab_size` ids in [0, vocab_size); `eot_id` is the
-    end-of-text id that separates documents, or None where the vocabulary has none."""
+    end-of-text id that separates documents, or None where the vocabulary has none.
+
+    Each kind registers itself by subclassing (no list of kinds to keep here): `files`, every
+    file it may save or read; `looks_for`, what a folder of it holds (for messages); `order`,
+    which kind a folder is taken for first; `recognises` and `load`, the folder -> tokenizer.
+    `from_pretrained` asks the kinds in order."""
 
     kind: str
+    files: tuple[str, ...] = ()
+    looks_for: str = ""
+    order: int = 0
+    _kinds: list[type[Tokenizer]] = []  # every registered kind (the base class's own list)
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.files:  # a kind that can be saved and found again
+            Tokenizer._kinds.append(cls)
+            Tokenizer._kinds.sort(key=lambda kind: kind.order)
+
+    @classmethod
+    def all_files(cls) -> tuple[str, ...]:
+        """Every file a tokenizer of any registered kind may be saved as or read from."""
+        return tuple(f for kind in Tokenizer._kinds for f in kind.files)
+
+    @classmethod
+    def recognises(cls, folder: Path) -> bool:
+        """Whether `folder` holds a tokenizer of this kind."""
+        raise NotImplementedError
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> Tokenizer:
+        raise NotImplementedError
 
     @property
     @abstractmethod
@@ -72,11 +102,6 @@ class Tokenizer(ABC):
     def from_pretrained(path_or_name: str | os.PathLike) -> Tokenizer:
         """A folder holding a gptlab character vocabulary, GPT-2-format BPE files
         (vocab.json + merges.txt or encoder.json + vocab.bpe), or a gpt2 hub name (online)."""
-        from gptlab import hub
-        from gptlab.tokenizers import gpt2
-        from gptlab.tokenizers.bpe import BPETokenizer
-        from gptlab.tokenizers.char import CHAR_VOCAB_FILE, CharTokenizer
-
         folder = Path(path_or_name).expanduser()
         if not folder.exists():
             name = str(path_or_name)
@@ -85,12 +110,11 @@ class Tokenizer(ABC):
             folder = hub.snapshot(name, ["vocab.json", "merges.txt"])
         if not folder.is_dir():
             raise GptlabError(f"{folder}: not a folder (expected tokenizer files inside)")
-        if (folder / CHAR_VOCAB_FILE).is_file():
-            return CharTokenizer.load(folder)
-        if gpt2.find_files(folder):
-            return BPETokenizer.load(folder)
-        names = [CHAR_VOCAB_FILE] + [" + ".join(pair) for pair in gpt2.FILE_NAMES]
-        raise GptlabError(f"{folder}: no tokenizer files (looked for {', or '.join(names)})")
+        for kind in Tokenizer._kinds:
+            if kind.recognises(folder):
+                return kind.load(folder)
+        names = ", or ".join(kind.looks_for for kind in Tokenizer._kinds)
+        raise GptlabError(f"{folder}: no tokenizer files (looked for {names})")
 
 
 class IncrementalDecoder(ABC):

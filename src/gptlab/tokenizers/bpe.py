@@ -51,6 +51,13 @@ class BPETokenizer(Tokenizer):
     """
 
     kind = "bpe"
+    files = (*(name for pair in gpt2.FILE_NAMES for name in pair), CONFIG_FILE)
+    looks_for = ", or ".join(" + ".join(pair) for pair in gpt2.FILE_NAMES)
+    order = 1
+
+    @classmethod
+    def recognises(cls, folder: Path) -> bool:
+        return gpt2.find_files(Path(folder)) is not None
 
     def __init__(
         self,

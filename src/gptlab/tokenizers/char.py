@@ -24,6 +24,13 @@ class CharTokenizer(Tokenizer):
     """
 
     kind = "char"
+    files = (CHAR_VOCAB_FILE,)
+    looks_for = CHAR_VOCAB_FILE
+    order = 0  # a folder with a character vocabulary is taken for one first
+
+    @classmethod
+    def recognises(cls, folder: Path) -> bool:
+        return (Path(folder) / CHAR_VOCAB_FILE).is_file()
 
     def __init__(self, chars: Iterable[str]) -> None:
         chars = sorted(set(chars))
