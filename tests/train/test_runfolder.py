@@ -332,3 +332,24 @@ def test_one_prepare_at_a_time_writes_a_folder(text, tmp_path, capsys):
         sleeper.wait()
     assert main(argv) == 0  # stale now: taken over, then released
     assert sorted(p.name for p in lock.parent.iterdir()) == ["data"]
+
+
+def test_a_kill_while_the_old_run_moves_aside_puts_every_file_back(text, tmp_path):
+    """set_aside stages its moves: a kill half-way leaves files in two places, and the next
+    training into the folder puts them back before anything else (none is taken for the new
+    run's and deleted)."""
+    from gptlab.train import runfolder
+
+    out = tmp_path / "run"
+    train(MODEL, settings(text, out, max_iters=4), progress=False)
+    before = digest(out)
+    staging = out / ".replaced.tmp"  # as a kill after moving two of the run's files leaves it
+    staging.mkdir()
+    for name in ("checkpoint", "train.toml"):
+        os.replace(out / name, staging / name)
+    assert runfolder.has_aside(out)
+    train(MODEL, settings(text, out, max_iters=4), resume=True, progress=False)  # nothing to do
+    assert not runfolder.has_aside(out)
+    after = digest(out)
+    assert {k: after[k] for k in before if k.startswith("checkpoint/")} == {
+        k: v for k, v in before.items() if k.startswith("checkpoint/")}  # fmt: skip

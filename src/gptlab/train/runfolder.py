@@ -111,10 +111,11 @@ def set_aside(out: Path) -> None:
     present = [name for name in RUN_FILES if (out / name).exists() or (out / name).is_symlink()]
     if not present:
         return
-    aside = out / ASIDE
-    aside.mkdir(exist_ok=True)
+    staging = out / (ASIDE + ".tmp")  # whole or not at all: a kill mid-way is undone by name
+    staging.mkdir(exist_ok=True)
     for name in present:
-        os.replace(out / name, aside / name)
+        os.replace(out / name, staging / name)
+    os.replace(staging, out / ASIDE)
 
 
 def restore_aside(out: Path) -> None:
@@ -134,6 +135,10 @@ def restore_aside(out: Path) -> None:
     aside.rmdir()
 
 
+def has_aside(out: Path) -> bool:
+    return (out / ASIDE).is_dir() or (out / (ASIDE + ".tmp")).is_dir()
+
+
 def drop_aside(out: Path) -> None:
     """The new run has saved a checkpoint: the run it replaced goes for good."""
     shutil.rmtree(out / ASIDE, ignore_errors=True)
@@ -141,7 +146,13 @@ def drop_aside(out: Path) -> None:
 
 def settle_aside(out: Path) -> None:
     """A command killed while a replaced run waited aside: if the new run had saved a
-    checkpoint it stays, otherwise the previous run comes back."""
+    checkpoint it stays, otherwise the previous run comes back. (Killed while setting it
+    aside: nothing new was written yet, so what was moved goes back.)"""
+    staging = out / (ASIDE + ".tmp")
+    if staging.is_dir():
+        for item in staging.iterdir():
+            os.replace(item, out / item.name)
+        staging.rmdir()
     if (out / ASIDE).is_dir():
         if any((out / name).is_dir() for name in RUN_EVIDENCE[:2]):
             drop_aside(out)

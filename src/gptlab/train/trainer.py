@@ -162,7 +162,7 @@ def _train(model_config, config, device, d: Dist, resume, overwrite, progress, s
 
     def take_folder() -> None:
         nonlocal created
-        if (out / runfolder.ASIDE).is_dir():  # a command killed while it replaced a run
+        if runfolder.has_aside(out):  # a command killed while it replaced a run
             with runfolder.RunLock(out):  # (not while another training is replacing it)
                 runfolder.settle_aside(out)
         _check_out(out, resume, overwrite)
