@@ -87,6 +87,9 @@ def workspace(tmp_path_factory) -> Path:
     (ws / "myexp").mkdir()  # a user's experiment: files a run would write, no run's mark
     (ws / "myexp" / "metrics.jsonl").write_text('{"step": 1, "note": "my own numbers"}\n')
     (ws / "myexp" / "train.toml").write_text("# my commented settings\n[train]\nlr = 1e-3\n")
+    (ws / "hasaside" / ".replaced").mkdir(parents=True)  # a user's, named as gptlab names one
+    (ws / "hasaside" / "notes.txt").write_text("today's notes\n")
+    (ws / "hasaside" / ".replaced" / "notes.txt").write_text("older notes\n")
     (ws / "plots").mkdir()
     (ws / "plots" / "pooling.png").write_bytes(b"a user's own plot")
     (ws / "typo.toml").write_text("[modle]\nn_layer = 2\n")
@@ -156,6 +159,7 @@ CASES = [
     (["train", "--data", "text.txt", "--out", "owned", "--overwrite"],
      "is not a gptlab run, yet holds best, tb"),
     (["train", "--data", "text.txt", "--out", "myexp"], "a folder gptlab did not create"),
+    (["train", "--data", "text.txt", "--out", "hasaside"], "a folder gptlab did not create"),
     (["train", "--config", "myexp/train.toml", "--data", "text.txt", "--out", "myexp",
       "--overwrite"], "is not a gptlab run, yet holds metrics.jsonl, train.toml"),
     (["train", "--data", "text.txt", "--out", "run/sub"], "inside the training run"),

@@ -1,6 +1,7 @@
 """The house's shape (../DESIGN.md, README's Layout): imports point down the layers, and no
 module reaches itself again through others, lazy imports included. Read with `ast` from the
-source, so an import inside a function counts as much as one at the top."""
+source, so an import inside a function counts as much as one at the top (names imported by
+string, as gptlab/__init__.py's lazy exports are, are not seen)."""
 
 from __future__ import annotations
 

@@ -268,14 +268,19 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     lock = runfolder.RunLock(out, path=out.parent / f".{out.name}.lock", what="gptlab prepare")
     # Prepared beside OUT, then moved in: a failure leaves OUT as it was.
     tmp = out.parent / f".{out.name}.prepare.tmp"
+    began = False  # past the checks that OUT is ours to write (made under the lock)
     try:
         with lock:
+            _check_prepare_out(out, args)
+            began = True
             try:
                 _prepare_into(out, tmp, args)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
-        if missing and not lock.refused:  # a refused command leaves the folders it found
+        # a command refused (another prepare holds OUT, or has filled it meanwhile) leaves
+        # every folder as it found it; one that failed at its work removes what it made
+        if missing and began:
             shutil.rmtree(missing[-1], ignore_errors=True)
         raise
     m = PreparedData(out).meta
@@ -287,14 +292,9 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _prepare_into(out: Path, tmp: Path, args: argparse.Namespace) -> None:
-    """Prepare args.input into tmp, then move it into OUT. The caller holds OUT's lock, so
-    what these checks see no other prepare can change before the move."""
-    import os
-    import shutil
-
-    from gptlab.data import prepare
-
+def _check_prepare_out(out: Path, args: argparse.Namespace) -> None:
+    """OUT is new, empty, or (with --overwrite) prepared data. The caller holds OUT's lock, so
+    what this sees no other prepare can change before the move."""
     prepared = (out / "meta.json").is_file()
     if out.is_dir() and any(out.iterdir()):
         if not args.overwrite:
@@ -306,6 +306,16 @@ def _prepare_into(out: Path, tmp: Path, args: argparse.Namespace) -> None:
                 f"{out} holds {', '.join(clash)} but no prepared data; --overwrite replaces "
                 "prepared data only: choose another folder"
             )
+
+
+def _prepare_into(out: Path, tmp: Path, args: argparse.Namespace) -> None:
+    """Prepare args.input into tmp, then move it into OUT (replacing prepared data there)."""
+    import os
+    import shutil
+
+    from gptlab.data import prepare
+
+    prepared = (out / "meta.json").is_file()
     if tmp.exists():  # left by a prepare that was killed (the lock says none runs now)
         shutil.rmtree(tmp)
     prepare(args.input or "shakespeare", tmp, args.tokenizer, args.val_fraction,
@@ -370,6 +380,9 @@ def _train_settings(args: argparse.Namespace):
                 "--resume follows the plan max_time made when the run began; to train longer "
                 "or shorter, set max_iters=N"
             )
+        from gptlab.train.runfolder import settle_now
+
+        settle_now(Path(args.resume))  # after a killed --overwrite: the old run is back first
         toml = Path(args.resume) / "train.toml"
         if not toml.is_file():
             raise GptlabError(f"{args.resume}: not a training run (no train.toml)")

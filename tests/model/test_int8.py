@@ -224,3 +224,11 @@ def test_an_unwritable_cache_builds_the_kernels_in_a_temporary_folder(tmp_path, 
         kernels.library.cache_clear()  # the real kernels again for the tests after this one
     assert len(built) == 1 and built[0].parent.parent == tmp_path / "tmp"
     assert built[0].parent.name.startswith("gptlab-") and built[0].parent.is_dir()
+    # in a shared /tmp, a folder others may write to is never used (a planted library)
+    built[0].parent.chmod(0o777)
+    built.clear()
+    kernels.library.cache_clear()
+    try:
+        assert kernels.library() is None and built == []
+    finally:
+        kernels.library.cache_clear()

@@ -119,13 +119,50 @@ def test_an_overwrite_killed_before_its_first_checkpoint_gives_the_old_run_back(
         env={**os.environ, "GPTLAB_FAULT": "weights-written:1"}, capture_output=True,
     )  # fmt: skip
     assert killed.returncode == 137 and (out / ".replaced").is_dir()  # died mid-save
-    # the next training into the folder puts the old run back first, then resumes it
-    assert train(MODEL, settings(text, out), resume=True, progress=False).step == 8
+    # `gptlab train --resume` puts the old run back before it reads the run's settings (the
+    # killed run's train.toml, of other settings and data, must not be what it resumes with)
+    from gptlab.cli import main
+
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 0
     after = digest(out)
     assert not (out / ".replaced").exists() and not (out / ".checkpoint.tmp").exists()
     for name in ("model.safetensors", "checkpoint/trainer.pt", "best/model.safetensors",
-                 "data/train.bin", "char_vocab.json"):  # fmt: skip
+                 "data/train.bin", "char_vocab.json", "train.toml"):  # fmt: skip
         assert after[name] == before[name], name
+
+
+def test_a_kill_while_the_old_run_is_restored_finishes_the_restoring(text, tmp_path):
+    """Restoring is renamed .restoring first: a kill after the old checkpoint moved back (but
+    not its data or best/) must not make the next command take that checkpoint for the new
+    run's and delete the rest."""
+    out = tmp_path / "run"
+    train(MODEL, settings(text, out), progress=False)
+    before = digest(out)
+    restoring = out / ".restoring"  # as a kill mid-restore leaves it
+    restoring.mkdir()
+    for name in ("data", "best", "metrics.jsonl", "model.safetensors"):
+        os.replace(out / name, restoring / name)
+    (restoring / ".cleared").touch()  # the new run's files were already deleted
+    train(MODEL, settings(text, out), resume=True, progress=False)
+    assert not restoring.exists() and digest(out) == before
+
+
+def test_a_resume_does_not_take_data_left_by_the_run_it_replaced(text, tmp_path):
+    """Run A prepared text into OUT/data; run B replaced it, training on a prepared folder
+    elsewhere (OUT/data stays, A's). B's resume trains on B's data, not A's leftovers."""
+    from gptlab.data import prepare
+
+    out = tmp_path / "run"
+    train(MODEL, settings(text, out, max_iters=4), progress=False)
+    other = tmp_path / "b.txt"
+    other.write_text(" ".join(reversed(text.read_text().split())) * 3 + "\n")  # same letters
+    prepared = prepare(str(other), tmp_path / "prepared", "char", progress=False).directory
+    whole = tmp_path / "whole"
+    train(MODEL, settings(prepared, whole), progress=False)
+    train(MODEL, settings(prepared, out, max_iters=4), overwrite=True, progress=False)
+    train(MODEL, settings(prepared, out), resume=True, progress=False)
+    a, b = weights_of(whole), weights_of(out)
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_a_resume_leaves_no_temporary_file(text, tmp_path):

@@ -19,6 +19,7 @@ import hashlib
 import os
 import platform
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -57,9 +58,14 @@ def library() -> ctypes.CDLL | None:
     user = getattr(os, "getuid", lambda: "user")()
     for folder in (cache_dir(), Path(tempfile.gettempdir()) / f"gptlab-{user}-kernels"):
         path = folder / name
-        if path.is_file():
-            break
         try:
+            if folder != cache_dir():  # a shared /tmp: only a folder that is ours alone
+                folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+                st = folder.lstat()
+                if not stat.S_ISDIR(st.st_mode) or st.st_uid != user or st.st_mode & 0o077:
+                    continue  # someone else's (a library planted there must not be loaded)
+            if path.is_file():
+                break
             path.parent.mkdir(parents=True, exist_ok=True)
             if not _build(compiler, path):
                 return None  # the compiler failed: another folder will not help

@@ -44,14 +44,14 @@ class Tokenizer(ABC):
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
-        if cls.files:  # a kind that can be saved and found again
+        if "files" in cls.__dict__ and cls.files:  # a kind of its own (not a mere subclass)
             Tokenizer._kinds.append(cls)
             Tokenizer._kinds.sort(key=lambda kind: kind.order)
 
     @classmethod
     def all_files(cls) -> tuple[str, ...]:
         """Every file a tokenizer of any registered kind may be saved as or read from."""
-        return tuple(f for kind in Tokenizer._kinds for f in kind.files)
+        return tuple(dict.fromkeys(f for kind in Tokenizer._kinds for f in kind.files))
 
     @classmethod
     def recognises(cls, folder: Path) -> bool:

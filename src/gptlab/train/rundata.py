@@ -37,8 +37,9 @@ def resolve_data(
     OUT/data is gone is the text prepared again, and then its vocabulary must be the run's."""
     path = Path(config.data)
     own = out / runfolder.DATA
-    if resume and _read_meta(own).get("cache_key"):
-        return PendingData(PreparedData(own), d)
+    meta = _read_meta(own)
+    if resume and meta.get("cache_key") and meta.get("source") == config.data:
+        return PendingData(PreparedData(own), d)  # (not a cache left by a run it replaced)
     if (path / META_FILE).is_file():
         if resume:
             _check_same_vocabulary(path, out, config.data)

@@ -103,6 +103,8 @@ def _remove(target: Path) -> None:
 ASIDE = ".replaced"
 DATA = "data"  # the run's prepared data (train/rundata.py), set aside when new data replaces it
 NO_DATA = ".no-data"  # in ASIDE: the replaced run had no data/, so the new run's goes too
+RESTORING = ".restoring"  # ASIDE while it moves back
+CLEARED = ".cleared"  # in RESTORING: the new run's files are deleted
 
 
 def set_aside(out: Path) -> None:
@@ -119,24 +121,32 @@ def set_aside(out: Path) -> None:
 
 
 def restore_aside(out: Path) -> None:
-    """The new run saved nothing: delete what it wrote and bring the previous run back."""
-    aside = out / ASIDE
-    if not aside.is_dir():
+    """The new run saved nothing: delete what it wrote and bring the previous run back. In
+    steps that a kill can interrupt and a later call finish: .replaced is renamed .restoring
+    (from then on nothing in OUT is taken for the new run's by mistake), the new run's files
+    are deleted (then .restoring/.cleared says so), and the old ones move back."""
+    aside, restoring = out / ASIDE, out / RESTORING
+    if aside.is_dir():
+        os.replace(aside, restoring)
+    if not restoring.is_dir():
         return
-    for name in RUN_FILES:
-        _remove(out / name)
-    for item in aside.iterdir():
-        if item.name == NO_DATA:
-            _remove(out / DATA)
-            item.unlink()
-            continue
-        _remove(out / item.name)  # data/: the new run's prepared data makes way for the old
-        os.replace(item, out / item.name)
-    aside.rmdir()
+    if not (restoring / CLEARED).exists():
+        for name in RUN_FILES:
+            _remove(out / name)
+        if (restoring / DATA).exists() or (restoring / NO_DATA).exists():
+            _remove(out / DATA)  # the new run's prepared data makes way for the old
+        (restoring / CLEARED).touch()
+    for item in restoring.iterdir():
+        if item.name not in (CLEARED, NO_DATA):
+            os.replace(item, out / item.name)
+    shutil.rmtree(restoring)
 
 
 def has_aside(out: Path) -> bool:
-    return (out / ASIDE).is_dir() or (out / (ASIDE + ".tmp")).is_dir()
+    """A run of ours (its mark) with a replaced run waiting, or half restored or set aside."""
+    return (out / MARK).exists() and any(
+        (out / name).is_dir() for name in (ASIDE, ASIDE + ".tmp", RESTORING)
+    )
 
 
 def drop_aside(out: Path) -> None:
@@ -145,19 +155,31 @@ def drop_aside(out: Path) -> None:
 
 
 def settle_aside(out: Path) -> None:
-    """A command killed while a replaced run waited aside: if the new run had saved a
-    checkpoint it stays, otherwise the previous run comes back. (Killed while setting it
-    aside: nothing new was written yet, so what was moved goes back.)"""
+    """After a command that replaced a run (or was killed while doing so): if the new run has
+    saved a checkpoint it stays, otherwise the previous run comes back. Killed while setting
+    it aside: nothing new was written yet, so what was moved goes back; killed while
+    restoring: the restoring is finished."""
     staging = out / (ASIDE + ".tmp")
     if staging.is_dir():
         for item in staging.iterdir():
             os.replace(item, out / item.name)
         staging.rmdir()
-    if (out / ASIDE).is_dir():
+    if (out / RESTORING).is_dir():
+        restore_aside(out)
+    elif (out / ASIDE).is_dir():
         if any((out / name).is_dir() for name in RUN_EVIDENCE[:2]):
             drop_aside(out)
         else:
             restore_aside(out)
+
+
+def settle_now(out: Path) -> None:
+    """settle_aside under the run's lock (refused while another training holds the folder),
+    for a command about to read the run: a resume must see the old run, not a half-replaced
+    one."""
+    if has_aside(out):
+        with RunLock(out):
+            settle_aside(out)
 
 
 class RunLock:
@@ -169,7 +191,6 @@ class RunLock:
     def __init__(self, out: Path, path: Path | None = None, what: str = "training") -> None:
         self.out, self.path, self.what = out, path or out / LOCK, what
         self.held = False
-        self.refused = False  # another process holds it
 
     def __enter__(self) -> RunLock:
         for _ in range(2):
@@ -178,7 +199,6 @@ class RunLock:
             except FileExistsError:
                 pid = _read_pid(self.path)
                 if pid is not None and _alive(pid):
-                    self.refused = True
                     raise GptlabError(
                         f"{self.out}: another {self.what} (pid {pid}) is writing this "
                         f"folder; wait for it, or remove {self.path} if that is wrong"

@@ -162,9 +162,7 @@ def _train(model_config, config, device, d: Dist, resume, overwrite, progress, s
 
     def take_folder() -> None:
         nonlocal created
-        if runfolder.has_aside(out):  # a command killed while it replaced a run
-            with runfolder.RunLock(out):  # (not while another training is replacing it)
-                runfolder.settle_aside(out)
+        runfolder.settle_now(out)  # a command killed while it replaced a run
         _check_out(out, resume, overwrite)
         if resume:
             _check_same_data(config, out)
@@ -178,9 +176,11 @@ def _train(model_config, config, device, d: Dist, resume, overwrite, progress, s
         return _train_locked(model_config, config, device, d, resume, overwrite, progress,
                              started, out)  # fmt: skip
     finally:
-        if d.is_main and lock.held:  # the run it replaced goes only if this one has saved
-            runfolder.settle_aside(out)
-        lock.__exit__()
+        try:
+            if d.is_main and lock.held:  # the run it replaced goes only if this one has saved
+                runfolder.settle_aside(out)
+        finally:
+            lock.__exit__()
         # a run this command created that never saved a checkpoint: leave no folder behind
         saved = any((out / n).exists() for n in (checkpoint.CHECKPOINT_DIR, checkpoint.OLD_DIR))
         if created and d.is_main and not saved:
