@@ -115,3 +115,14 @@ def test_imports_point_down_the_floors():
     upward = {(m, t) for m, targets in imports().items() for t in targets
               if m != "gptlab" and floor(t) < floor(m)}  # fmt: skip
     assert upward <= KNOWN_UPWARD, f"imports that point up: {sorted(upward - KNOWN_UPWARD)}"
+
+
+def test_the_package_exports_its_public_names_and_subpackages_lazily():
+    """gptlab/__init__.py imports on first use (so the command line starts without torch);
+    every public name and subpackage is still an attribute of the package."""
+    import gptlab
+    from gptlab.model import GPT
+
+    assert gptlab.GPT is GPT and gptlab.model.GPT is GPT
+    assert set(gptlab.__all__) <= set(dir(gptlab))
+    assert all(getattr(gptlab, name) is not None for name in gptlab.__all__)

@@ -47,7 +47,15 @@ if TYPE_CHECKING:  # what type checkers and editors see
     from gptlab.tokenizers import BPETokenizer, CharTokenizer, Tokenizer, train_bpe
 
 
+# subpackages reached as attributes (`gptlab.model.GPT` after `import gptlab`), as when this
+# file imported them eagerly
+_SUBMODULES = {"attention", "cli", "config", "data", "errors", "eval", "fileio", "generate",
+               "hardware", "hub", "model", "serve", "tokenizers", "train"}  # fmt: skip
+
+
 def __getattr__(name: str):
+    if name in _SUBMODULES:
+        return importlib.import_module(f"gptlab.{name}")
     home = _HOMES.get(name)
     if home is None:
         raise AttributeError(f"module 'gptlab' has no attribute {name!r}")
