@@ -125,6 +125,9 @@ CASES = [
     (["train", "--data", "/dev/zero", "--out", "o"], "/dev/zero: not a regular file"),
     (["prepare", "--input", "text.txt", "./text.txt", "--out", "o"], "text.txt is given twice"),
     (["prepare", "--input", "hf:a:b:c:d", "--out", "o"], "too many parts"),
+    # found half-way, after the progress bar has started
+    (["prepare", "--input", "text.txt", "other.txt", "--out", "o", "--tokenizer", "prep"],
+     "is not in the vocabulary"),
     (["prepare", "--input", "hf:x:colour=red", "--out", "o"], "unknown part 'colour'"),
     (["prepare", "--input", "text.txt", "--out", "o", "--tokenizer", "tok_nope"], "cover"),
     # train
@@ -275,9 +278,9 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(
     before = digest(workspace)
     assert main(argv) == 2
     err = capsys.readouterr().err
-    shown = err.split("\r")[-1]  # what a terminal shows: a progress bar is cleared by \r first
-    assert shown.startswith("gptlab: error: ") and err.count("\n") == 1, err
-    assert message in shown
+    # one line, and only it: progress bars are drawn on terminals, not into logs
+    assert err.startswith("gptlab: error: ") and err.count("\n") == 1 and "\r" not in err, err
+    assert message in err
     assert digest(workspace) == before, "a bad input changed the workspace"
 
 

@@ -959,6 +959,18 @@ def _say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+def _settle_interrupted_overwrite(args: argparse.Namespace) -> None:
+    """A run folder read as a model (sample, eval, serve, convert, attention) where a
+    `train --overwrite` was killed before the new run saved anything holds the old run aside:
+    it is put back first, as --resume does (refused while a training holds the folder)."""
+    for name in ("model", "compare"):
+        value = getattr(args, name, None)
+        if isinstance(value, str) and os.path.isdir(value):
+            from gptlab.train.runfolder import settle_now
+
+            settle_now(Path(value))
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """A warning is one line (`gptlab: note: ...`), not Python's two lines of source."""
     origin = "" if "gptlab" in str(filename) else f"{category.__name__}: "
@@ -992,6 +1004,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.settings = [*args.settings, *extra]
             elif extra:
                 parser.error(_unrecognized(extra, hasattr(args, "settings")))
+            _settle_interrupted_overwrite(args)
             return args.run(args)
         except GptlabError as e:
             _say(f"gptlab: error: {e}")

@@ -154,3 +154,27 @@ def test_gpt2_demo_on_a_run_folder(tmp_path, capsys, drawn):
     assert labels == list(prompt)
     assert main(argv[:-1] + ["9"]) == 2
     assert "layer must be in [0, 1]" in capsys.readouterr().err
+
+
+def test_tokens_no_font_draws_are_named_once(tmp_path, capsys, monkeypatch):
+    """Token labels fall back to an installed CJK font; where none is installed, one note names
+    the characters drawn as boxes instead of matplotlib's warning per glyph."""
+    from matplotlib import font_manager
+
+    folder = tmp_path / "model"
+    tok = CharTokenizer.from_text("hello 日本語")
+    GPT(GPTConfig.preset("tiny", vocab_size=tok.vocab_size)).save_pretrained(folder)
+    tok.save(folder)
+    argv = ["attention", "gpt2", "--model", str(folder), "--out", str(tmp_path / "fig"),
+            "--prompt", "日本 hello 語"]  # fmt: skip
+    monkeypatch.setattr(demos, "CJK_FONTS", ())
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert "no installed font draws '日本語'" in err and "fonts-wqy-microhei" in err
+    installed = {f.name for f in font_manager.fontManager.ttflist}
+    monkeypatch.undo()
+    if not installed & set(demos.CJK_FONTS):
+        pytest.skip("no CJK font installed (apt-get install fonts-wqy-microhei)")
+    assert main(argv) == 0
+    assert capsys.readouterr().err == ""

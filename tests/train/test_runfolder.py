@@ -131,6 +131,23 @@ def test_an_overwrite_killed_before_its_first_checkpoint_gives_the_old_run_back(
         assert after[name] == before[name], name
 
 
+@pytest.mark.parametrize("command", [["sample", "--max-new-tokens", "2"], ["convert"]])
+def test_reading_a_run_left_mid_overwrite_reads_the_old_run(text, tmp_path, command, capsys):
+    """A kill before the new run's first checkpoint leaves the old run aside; sample (and
+    every command that reads a model) puts it back first, as --resume does."""
+    from gptlab.cli import main
+    from gptlab.train.runfolder import set_aside
+
+    out = tmp_path / "run"
+    train(MODEL, settings(text, out), progress=False)
+    before = digest(out)
+    set_aside(out)  # where a killed `train --overwrite` leaves the folder
+    assert not (out / "config.json").exists()
+    argv = [command[0], str(out), *command[1:]]
+    assert main(argv + ([str(tmp_path / "converted")] if command == ["convert"] else [])) == 0
+    assert digest(out) == before
+
+
 def test_a_kill_while_the_old_run_is_restored_finishes_the_restoring(text, tmp_path):
     """Restoring is renamed .restoring first: a kill after the old checkpoint moved back (but
     not its data or best/) must not make the next command take that checkpoint for the new

@@ -8,6 +8,9 @@ Every figure has labelled axes and a colour bar on each heatmap; sizes are fixed
 
 from __future__ import annotations
 
+import re
+import unicodedata
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,6 +38,22 @@ def _plt():
     return plt
 
 
+# fonts that draw Chinese, Japanese and Korean, tried after matplotlib's own for each glyph
+CJK_FONTS = (
+    "WenQuanYi Micro Hei", "WenQuanYi Zen Hei", "Noto Sans CJK SC", "Noto Sans CJK JP",
+    "Source Han Sans SC", "Microsoft YaHei", "SimHei", "PingFang SC", "Arial Unicode MS",
+)  # fmt: skip
+
+
+def _label_fonts() -> list[str]:
+    """Font families for token labels: the default first, then any installed CJK font, which
+    matplotlib falls back to glyph by glyph."""
+    from matplotlib import font_manager, rcParams
+
+    installed = {f.name for f in font_manager.fontManager.ttflist}
+    return [*rcParams["font.sans-serif"][:1], *(f for f in CJK_FONTS if f in installed)]
+
+
 def _np(t):
     return torch.as_tensor(t).detach().float().numpy()
 
@@ -45,17 +64,38 @@ def _heatmap(fig, ax, matrix, title, xlabel, ylabel, xticks=None, yticks=None):
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if xticks is not None:
-        ax.set_xticks(range(len(xticks)), xticks, rotation=90, fontsize=7)
+        ax.set_xticks(range(len(xticks)), xticks, rotation=90, fontsize=7,
+                      fontfamily=_label_fonts())  # fmt: skip
     if yticks is not None:
-        ax.set_yticks(range(len(yticks)), yticks, fontsize=7)
+        ax.set_yticks(range(len(yticks)), yticks, fontsize=7, fontfamily=_label_fonts())
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
 
 
 def _save(fig, out: Path, name: str) -> Path:
+    """Lay the figure out and write out/name.png."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.png"
-    fig.savefig(path, dpi=DPI)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fig.tight_layout()
+        fig.savefig(path, dpi=DPI)
     _plt().close(fig)
+    missing = []  # matplotlib warns once per glyph; one note says it all
+    for w in caught:
+        found = re.match(r"Glyph \d+ \((.*)\) missing from font", str(w.message))
+        if found:
+            char = found.group(1)
+            if char.startswith("\\N{"):
+                char = unicodedata.lookup(char[3:-1])
+            missing.append(char)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if missing:
+        warnings.warn(
+            f"{path}: no installed font draws {''.join(dict.fromkeys(missing))!r}, shown as "
+            f"boxes (install a CJK font such as fonts-wqy-microhei or fonts-noto-cjk)",
+            stacklevel=2,
+        )
     return path
 
 
@@ -94,7 +134,6 @@ def pooling(out: Path, quick: bool = False) -> Path:
              "queries (test x)")  # fmt: skip
     _heatmap(fig, axes[2], model.attention_weights, f"weights, learned w = {model.w.item():.2f}",
              "keys (training x, sorted)", "queries (test x)")  # fmt: skip
-    fig.tight_layout()
     return _save(fig, out, "pooling")
 
 
@@ -117,7 +156,6 @@ def scoring(out: Path, quick: bool = False) -> Path:
         weights = module.attention_weights[0].clone()
         weights[:, valid[0] :] = float("nan")  # masked: exactly zero weight, drawn blank
         _heatmap(fig, ax, weights, f"{name} (keys 6-9 masked)", "keys", "queries")
-    fig.tight_layout()
     return _save(fig, out, "scoring")
 
 
@@ -137,7 +175,6 @@ def multihead(out: Path, quick: bool = False) -> Path:
         _heatmap(fig, ax, mha.attention_weights[0, h], f"head {h}", "keys (positions)",
                  "queries (positions)")  # fmt: skip
     fig.suptitle("Multi-head self-attention: each head weighs the past differently")
-    fig.tight_layout()
     return _save(fig, out, "multihead")
 
 
@@ -159,7 +196,6 @@ def positional(out: Path, quick: bool = False) -> Path:
     axes[1].set_xlabel("position j")
     axes[1].set_ylabel("position i")
     fig.colorbar(image, ax=axes[1], fraction=0.046, pad=0.04)
-    fig.tight_layout()
     return _save(fig, out, "positional")
 
 
@@ -181,7 +217,6 @@ def bahdanau(out: Path, quick: bool = False) -> Path:
         f"Bahdanau attention: where the decoder looks (held-out exact match "
         f"{result.exact_match:.1%} after {result.steps} steps)"
     )
-    fig.tight_layout()
     return _save(fig, out, "bahdanau")
 
 
@@ -217,7 +252,6 @@ def gpt2(
             continue
         _heatmap(fig, ax, maps[h], f"layer {layer}, head {h}", "key token", "query token",
                  labels, labels)  # fmt: skip
-    fig.tight_layout()
     return _save(fig, out, "gpt2")
 
 

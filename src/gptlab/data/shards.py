@@ -147,7 +147,9 @@ def prepare(
 
     tmp = out / ".tokens.tmp"
     total = docs = chars = 0
-    bar = tqdm(desc="prepare", unit="char", unit_scale=True, disable=not progress, leave=False)
+    # disable=None: drawn on a terminal only, never into a log
+    bar = tqdm(desc="prepare", unit="char", unit_scale=True, disable=None if progress else True,
+               leave=False)  # fmt: skip
     try:
         with open(tmp, "wb") as f:
             chunks = _pieces(iter_documents(source), chunk_bytes)

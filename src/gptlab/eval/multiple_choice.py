@@ -177,7 +177,8 @@ def evaluate_multiple_choice(
         raise GptlabError(f"batch_size must be at least 1, got {batch_size}")
     hits = {"acc": 0, "acc_norm": 0, "acc_bytes": 0, "acc_norm_token": 0}
     scores = []
-    bar = tqdm(total=len(examples), desc="multiple choice", disable=not progress, leave=False)
+    bar = tqdm(total=len(examples), desc="multiple choice", leave=False,
+               disable=None if progress else True)  # fmt: skip (None: on a terminal only)
     for i in range(0, len(examples), batch_size):
         group = examples[i : i + batch_size]
         L = model.config.block_size
