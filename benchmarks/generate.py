@@ -79,10 +79,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         base.save_pretrained(tmp)
         hf = transformers.GPT2LMHeadModel.from_pretrained(tmp).eval()
+    # each set up for decoding as the inference loader does (gptlab.model.load)
     int8 = prepare_for_decoding(copy.deepcopy(base), quantize="int8")
-    models = {"gptlab float32": base, "gptlab int8": int8}
+    models = {"gptlab float32": prepare_for_decoding(copy.deepcopy(base)), "gptlab int8": int8}
     if args.bfloat16:
-        models["gptlab bfloat16"] = copy.deepcopy(base).to(torch.bfloat16)
+        models["gptlab bfloat16"] = prepare_for_decoding(copy.deepcopy(base).to(torch.bfloat16))
     bandwidth = read_bandwidth()
     sizes = {"gptlab float32": weight_bytes(base, False), "gptlab int8": weight_bytes(int8, True),
              "gptlab bfloat16": weight_bytes(base, False) // 2}  # fmt: skip

@@ -181,7 +181,7 @@ CASES = [
     (["sample", "run", "--num-samples", "0"], "--num-samples must be in 1..1000"),
     (["sample", "run", "--quantize", "int8", "--dtype", "bfloat16"], "computes in float32"),
     (["sample", "run", "--quantize", "int4"], "invalid choice: 'int4'"),
-    (["convert", "run", "o", "--quantize", "int8", "--dtype", "bfloat16"], "drop --dtype"),
+    (["convert", "run", "o", "--quantize", "int8", "--dtype", "bfloat16"], "computes in float32"),
     (["eval", "perplexity", "run", "--input", "text.txt", "--quantize", "int8", "--dtype",
       "bfloat16"], "computes in float32"),
     (["serve", "run", "--quantize", "int8", "--dtype", "bfloat16"], "computes in float32"),

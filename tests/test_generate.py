@@ -1,11 +1,15 @@
-"""Sampling: the KV cache changes nothing but speed; batches of different lengths equal their
-rows alone; greedy equals transformers; eos, sliding window, seeds, bad options."""
+"""Sampling: the engine (KV cache, batches of different lengths, eos, the sliding window)
+gives the tokens of the plain loop, `simple_generate`, for the plain network, the network set
+up for decoding and int8 weights; greedy equals transformers; seeds, bad options."""
+
+import copy
 
 import pytest
 import torch
 
 from gptlab import GPT, GPTConfig, GptlabError
-from gptlab.generate import generate, sample_next
+from gptlab.generate import generate, sample_next, simple_generate
+from gptlab.model.fast import prepare_for_decoding
 
 CONFIG = GPTConfig(vocab_size=99, block_size=32, n_layer=2, n_head=4, n_embd=32)
 
@@ -20,16 +24,50 @@ def model():
     return m
 
 
+@pytest.fixture(scope="module", params=["plain", "decoding", "int8"])
+def engine_model(request, model):
+    """The model as the engine may get it: plain, set up for decoding (as loaded for
+    inference), or with int8 weights (whose own forward is its reference)."""
+    if request.param == "plain":
+        return model
+    quantize = "int8" if request.param == "int8" else None
+    return prepare_for_decoding(copy.deepcopy(model), quantize=quantize)
+
+
+def reference(model, rows, n, eos_id=None):
+    """Each prompt alone through the plain loop; after eos, eos (as the engine pads)."""
+    out = []
+    for row in rows:
+        ids = simple_generate(model, row, n, eos_id)
+        out.append(ids[len(row) :] + [eos_id] * (n - (len(ids) - len(row))))
+    return out
+
+
 def prompt(n, seed=0):
     return torch.randint(0, 99, (1, n), generator=torch.Generator().manual_seed(seed))
 
 
-def test_cache_changes_nothing(model):
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_the_engine_gives_the_plain_loops_tokens(engine_model, use_cache):
+    """Greedy, batch 1; then a batch of three lengths (left padding), a row that ends at eos,
+    and a window that slides past block_size (32): each row as the plain loop makes it alone,
+    from the same model."""
+    ref = engine_model
     idx = prompt(7)
-    with_cache = generate(model, idx, 20, temperature=0)
-    without = generate(model, idx, 20, temperature=0, use_cache=False)
-    assert with_cache.shape == (1, 27) and torch.equal(with_cache[:, :7], idx)
-    assert torch.equal(with_cache, without)
+    out = generate(engine_model, idx, 20, temperature=0, use_cache=use_cache)
+    assert out.shape == (1, 27) and torch.equal(out[:, :7], idx)
+    assert out[0, 7:].tolist() == reference(ref, [idx[0].tolist()], 20)[0]
+    rows = [prompt(n, seed=n)[0].tolist() for n in (1, 5, 17)]
+    T = max(map(len, rows))
+    idx = torch.zeros(3, T, dtype=torch.long)
+    mask = torch.zeros(3, T, dtype=torch.long)
+    for i, r in enumerate(rows):
+        idx[i, T - len(r) :], mask[i, T - len(r) :] = torch.tensor(r), 1
+    eos = reference(ref, rows[1:2], 4)[0][-1]  # row 1's fourth new token ends it
+    for eos_id in (None, eos):
+        batch = generate(engine_model, idx, 20, temperature=0, attention_mask=mask,
+                         eos_id=eos_id, use_cache=use_cache)  # fmt: skip (17 + 20 > 32)
+        assert batch[:, T:].tolist() == reference(ref, rows, 20, eos_id), eos_id
 
 
 def test_cache_logits_match_full_forward(model):
@@ -59,33 +97,6 @@ def test_greedy_equals_transformers(model, tmp_path):
         assert torch.equal(ours, theirs), n
 
 
-def test_batch_of_different_lengths_equals_each_alone(model):
-    rows = [prompt(n, seed=n)[0] for n in (1, 5, 17)]
-    T = max(len(r) for r in rows)
-    idx = torch.zeros(3, T, dtype=torch.long)
-    mask = torch.zeros(3, T, dtype=torch.long)
-    for i, r in enumerate(rows):
-        idx[i, T - len(r) :], mask[i, T - len(r) :] = r, 1
-    for use_cache in (True, False):
-        batch = generate(model, idx, 12, temperature=0, attention_mask=mask, use_cache=use_cache)
-        for i, r in enumerate(rows):
-            alone = generate(model, r[None], 12, temperature=0)
-            assert torch.equal(batch[i, T:], alone[0, len(r) :]), (i, use_cache)
-
-
-def test_rows_stop_at_eos_while_others_go_on(model):
-    idx = torch.cat([prompt(4, seed=1), prompt(4, seed=2)])
-    free = generate(model, idx, 10, temperature=0)
-    eos = int(free[0, 6])  # the third new token of row 0 becomes its end
-    out = generate(model, idx, 10, temperature=0, eos_id=eos)
-    first = (free[0, 4:] == eos).nonzero()[0].item() + 4
-    assert torch.all(out[0, first:] == eos)
-    assert torch.equal(out[0, : first + 1], free[0, : first + 1])
-    stop_1 = (free[1, 4:] == eos).nonzero()
-    end = stop_1[0].item() + 4 if len(stop_1) else 14
-    assert torch.equal(out[1, :end], free[1, :end])  # row 1 unaffected until its own eos
-
-
 def test_all_rows_done_pads_to_full_length(model):
     idx = prompt(3)
     first = int(generate(model, idx, 1, temperature=0)[0, -1])
@@ -93,11 +104,7 @@ def test_all_rows_done_pads_to_full_length(model):
     assert out.shape == (1, 11) and torch.all(out[0, 3:] == first)
 
 
-def test_window_slides_past_block_size(model):
-    idx = prompt(30)
-    out = generate(model, idx, 10, temperature=0)  # 40 > block_size 32
-    assert out.shape == (1, 40)
-    assert torch.equal(out, generate(model, idx, 10, temperature=0, use_cache=False))
+def test_a_prompt_past_block_size_is_read_from_its_end(model):
     with pytest.warns(UserWarning, match="reads only the last 32"):
         long = generate(model, prompt(40), 3, temperature=0)
     assert torch.equal(long[0, 40:], generate(model, prompt(40)[:, -32:], 3, temperature=0)[0, 32:])

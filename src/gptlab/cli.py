@@ -161,15 +161,21 @@ def cmd_convert(args: argparse.Namespace) -> int:
     out = _output_folder(
         args.out, args.overwrite, ("config.json", "model.safetensors", *TOKENIZER_FILES)
     )
-    if args.quantize == "int8" and args.dtype != "float32":
-        raise GptlabError("--quantize int8 keeps the rest of the model in float32; drop --dtype")
-    model = GPT.from_pretrained(args.model, dtype=_dtype(args.dtype))
+    from gptlab.model.load import load_model
+
+    # the one loader's rules (int8 computes in float32); float16 is only stored, never
+    # computed here, so the model is loaded in float32 and cast
+    dtype = "float32" if args.dtype == "float16" else args.dtype
+    model = load_model(args.model, "cpu", dtype, args.quantize, decoding=False)
+    if args.dtype == "float16":
+        from gptlab.model.int8 import Int8Linear
+
+        if isinstance(model.lm_head, Int8Linear):
+            raise GptlabError(f"{args.model} has int8 weights, which compute in float32; "
+                              "leave --dtype at float32")  # fmt: skip
+        model.to(torch.float16)
     with torch.device("meta"):  # counted on the float network (an int8 one holds buffers)
         n_params = GPT(model.config).num_params()
-    if args.quantize == "int8":
-        from gptlab.model.fast import prepare_for_decoding
-
-        prepare_for_decoding(model, quantize="int8")
     try:
         tok = Tokenizer.from_pretrained(args.model)
     except GptlabError as e:  # weights without a vocabulary: convert them, and say so
@@ -624,8 +630,11 @@ def cmd_attention(args: argparse.Namespace) -> int:
     out = _output_folder(args.out, args.overwrite, [f"{n}.png" for n in DEMOS], FIGURES_MARK)
     for name in names:
         kwargs = {"quick": args.quick}
-        if name == "gpt2":
-            kwargs.update(model=args.model or "gpt2", prompt=args.prompt, layer=args.layer)
+        if name == "gpt2":  # pictures are drawn in float32, on the CPU
+            from gptlab.model.load import load_for_inference
+
+            model, tok = load_for_inference(args.model or "gpt2", "cpu", "float32")
+            kwargs.update(model=model, tokenizer=tok, prompt=args.prompt, layer=args.layer)
         path = DEMOS[name](out, **kwargs)
         print(path)
     (out / FIGURES_MARK).write_text("figures drawn by gptlab attention\n", encoding="utf-8")

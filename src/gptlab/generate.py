@@ -5,11 +5,16 @@ How a step works: the model turns the context into a distribution over the next 
 logits of the last position); we pick one (argmax when temperature is 0, else a draw after
 temperature, top-k and top-p), append it, and repeat. With the KV cache the prompt runs once
 and every later step feeds only the newest token: the keys and values of earlier positions are
-kept (`gptlab.model.gpt.KVCache`), since a causal model's past never changes.
+kept (`gptlab.model.cache.KVCache`), since a causal model's past never changes.
 
 Prompts of different lengths share a batch by left padding: `attention_mask` marks real
 tokens, padded keys are never attended to and positions count from each row's first real
 token, so every row computes exactly what it would alone.
+
+`simple_generate` is the plain loop (nanoGPT's fifteen lines: crop, forward, pick, append)
+for one row at a time; the engine, `stream`, is tested against it token for token. Sampling
+runs the model it is given and changes nothing in it: the fast CPU path is installed once
+where a model is loaded for inference (`gptlab.model.load`, `gptlab.model.fast`).
 """
 
 from __future__ import annotations
@@ -21,8 +26,12 @@ import torch
 import torch.nn.functional as F
 
 from gptlab.errors import GptlabError
-from gptlab.model.fast import DecodingHead, prepare_for_decoding
-from gptlab.model.gpt import GPT, KVCache
+from gptlab.model.cache import KVCache
+
+# The model imports this module (GPT.generate), never the other way round: `model` below is a
+# gptlab.model.GPT, typed as the nn.Module it is, and read only through its config,
+# hidden_states, forward and lm_head.
+GPT = torch.nn.Module
 
 
 def start_ids(tokenizer, prompt: str) -> list[int]:
@@ -93,12 +102,9 @@ def stream(
     eos_id: int | None = None,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
-    fast: bool = True,
 ) -> Iterator[torch.Tensor]:
     """Yield the next token of every row, (B,), step by step (see `generate`). A row that has
-    produced eos_id yields eos_id from then on; the stream ends early once every row has.
-    fast: the CPU decoding path of gptlab.model.fast (set up on the model in place, once);
-    False runs the plain network, the reference it is tested against."""
+    produced eos_id yields eos_id from then on; the stream ends early once every row has."""
     check_sampling(temperature, top_k, top_p)
     if max_new_tokens < 0:
         raise GptlabError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
@@ -120,8 +126,11 @@ def stream(
         mask = torch.ones_like(idx, dtype=torch.bool)  # finished rows become padding
     done = torch.zeros(B, dtype=torch.bool, device=device)
     tokens = idx
-    prepare_for_decoding(model, enabled=fast)
-    head = DecodingHead(model, fast)
+    vocab = model.config.vocab_size
+
+    def head(hidden: torch.Tensor) -> torch.Tensor:  # (B, C) -> (B, vocab), no padded ids
+        return model.lm_head(hidden)[..., :vocab]
+
     cache = None
     if use_cache:
         cache = KVCache(model.config, B, block, device, model.transformer.wte.weight.dtype)
@@ -172,7 +181,6 @@ def generate(
     eos_id: int | None = None,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
-    fast: bool = True,
 ) -> torch.Tensor:
     """Prompt ids (B, T) -> (B, T + max_new_tokens): the prompt, then the new tokens.
 
@@ -183,7 +191,7 @@ def generate(
     be reused when every position shifts)."""
     new = list(
         stream(model, idx, max_new_tokens, temperature, top_k, top_p, attention_mask, eos_id,
-               generator, use_cache, fast)
+               generator, use_cache)
     )  # fmt: skip
     if len(new) < max_new_tokens:  # every row ended: pad with eos_id
         pad = torch.full((idx.size(0),), eos_id, dtype=idx.dtype, device=idx.device)
@@ -191,3 +199,19 @@ def generate(
     if not new:
         return idx
     return torch.cat([idx, torch.stack(new, dim=1).to(idx.dtype)], dim=1)
+
+
+@torch.no_grad()
+def simple_generate(
+    model: GPT, ids: list[int], max_new_tokens: int, eos_id: int | None = None
+) -> list[int]:
+    """The plain greedy loop for one prompt, the reference `generate` is tested against: no
+    cache, no batch, no padding; each step reads the last block_size ids from scratch."""
+    ids = list(ids)
+    for _ in range(max_new_tokens):
+        window = torch.tensor([ids[-model.config.block_size :]])
+        logits = model(window).logits[0, -1]  # the next token's scores, (vocab_size,)
+        ids.append(int(logits.argmax()))
+        if ids[-1] == eos_id:
+            break
+    return ids

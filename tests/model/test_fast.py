@@ -1,13 +1,14 @@
 """gptlab.model.fast and gptlab.model.kernels, the CPU decoding path: the same tokens and (to
 float rounding) the same logits as the plain network, and nothing changed for training."""
 
+import copy
 import shutil
 
 import pytest
 import torch
 
 from gptlab.config import GPTConfig
-from gptlab.generate import generate
+from gptlab.generate import generate, simple_generate
 from gptlab.model import GPT, kernels
 from gptlab.model.fast import (
     DecodingAttention,
@@ -29,8 +30,15 @@ HAS_COMPILER = shutil.which("cc") is not None or shutil.which("gcc") is not None
 
 @pytest.fixture(scope="module")
 def gpt2():
+    """GPT-2 small's shape, random weights: the plain network."""
     torch.manual_seed(0)
     return GPT(GPTConfig.preset("gpt2")).eval()
+
+
+@pytest.fixture(scope="module")
+def prepared(gpt2):
+    """The same weights set up for decoding, as the inference loader does."""
+    return prepare_for_decoding(copy.deepcopy(gpt2))
 
 
 @pytest.mark.parametrize("shape", [(768, 2304), (768, 3072), (3072, 768), (768, 768)])
@@ -91,35 +99,44 @@ def test_what_the_kernel_cannot_read_goes_the_plain_way(monkeypatch):
     assert (decoding_matmul(x[None], w)[0] - expected).abs().max().item() <= 1e-5
 
 
-def test_greedy_decoding_gives_the_same_tokens_and_close_logits(gpt2):
+def test_greedy_decoding_gives_the_reference_tokens_and_close_logits(gpt2, prepared):
     prompts = torch.randint(0, 50257, (3, 16), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        a = generate(gpt2, prompts[:1], 16, temperature=0.0, fast=True)  # batch 1
-        assert torch.equal(a, generate(gpt2, prompts[:1], 16, temperature=0.0, fast=False))
-        assert torch.equal(generate(gpt2, prompts, 16, temperature=0.0, fast=True),
-                           generate(gpt2, prompts, 16, temperature=0.0, fast=False))  # fmt: skip
+        batch = generate(prepared, prompts, 16, temperature=0.0)
+        for row, ids in zip(prompts.tolist(), batch.tolist(), strict=True):
+            assert ids == simple_generate(gpt2, row, 16)  # the plain loop, the plain network
+        assert torch.equal(generate(prepared, prompts[:1], 16, temperature=0.0), batch[:1])
         hidden = gpt2.hidden_states(prompts)[:, -1]
-        fast = DecodingHead(prepare_for_decoding(gpt2), fast=True)(hidden)
-        plain = DecodingHead(gpt2, fast=False)(hidden)
+        fast = prepared.lm_head(hidden)
+        plain = gpt2.lm_head(hidden)
         bound = RELATIVE * (hidden.abs() @ gpt2.lm_head.weight.abs().t())
-    assert fast.shape == plain.shape == (3, 50257)
+    assert isinstance(prepared.lm_head, DecodingHead) and fast.shape == plain.shape == (3, 50257)
     assert ((fast - plain).abs() <= bound).all()
 
 
-def test_preparing_is_in_place_idempotent_and_reversible():
+def classes(model):
+    return [(name, type(m)) for name, m in model.named_modules()]
+
+
+def test_preparing_is_in_place_and_idempotent_and_sampling_changes_no_class():
     model = GPT(GPTConfig.preset("tiny", block_size=16, vocab_size=40))
     keys = list(model.state_dict())
     params = [p.data_ptr() for p in model.parameters()]
-    prepare_for_decoding(prepare_for_decoding(model))
+    plain = classes(model)
+    model.generate(torch.zeros(1, 1, dtype=torch.long), 3)  # sampling sets nothing up
+    assert classes(model) == plain
+    assert prepare_for_decoding(prepare_for_decoding(model)) is model
     linears = [m for m in model.modules() if isinstance(m, Linear)]
     attentions = [m for m in model.modules() if isinstance(m, CausalSelfAttention)]
     assert linears and all(type(m) is DecodingLinear for m in linears)
     assert attentions and all(type(m) is DecodingAttention for m in attentions)
-    assert list(model.state_dict()) == keys
+    assert type(model.lm_head) is DecodingHead
+    assert model.lm_head.weight is model.transformer.wte.weight  # still tied
+    assert list(model.state_dict()) == keys  # the head's (C, V) copy is not saved
     assert [p.data_ptr() for p in model.parameters()] == params
-    prepare_for_decoding(model, enabled=False)
-    assert all(type(m) is Linear for m in linears)
-    assert all(type(m) is CausalSelfAttention for m in attentions)
+    fast = classes(model)
+    model.generate(torch.zeros(1, 1, dtype=torch.long), 3)
+    assert classes(model) == fast
 
 
 def test_a_prepared_model_trains_exactly_as_before():
@@ -135,22 +152,22 @@ def test_a_prepared_model_trains_exactly_as_before():
         assert torch.equal(a.grad, b.grad), name
 
 
-def test_the_heads_copy_follows_the_weights_and_outlives_one_call():
-    model = GPT(GPTConfig.preset("tiny", block_size=16, vocab_size=40))
-    head = DecodingHead(model)
+def test_the_heads_copy_is_the_table_transposed_and_lives_with_the_model():
+    """No cache outside the model: the copy is the head module's own buffer, made once."""
+    model = prepare_for_decoding(GPT(GPTConfig.preset("tiny", block_size=16, vocab_size=40)))
+    head = model.lm_head
+    assert torch.equal(head.weight_t, model.transformer.wte.weight.t())
+    assert head.weight_t.is_contiguous()
     hidden = torch.randn(2, model.config.n_embd)
+    other = GPT(model.config).state_dict()
+    model.load_state_dict(other)  # new weights: a new copy
+    assert torch.equal(head.weight_t, other["transformer.wte.weight"].t())
     with torch.no_grad():
-        before = head(hidden)
-        copy = head.weight()
-        assert DecodingHead(model).weight() is copy  # the next sampling call reuses it
-        model.lm_head.weight.mul_(2.0)  # an optimizer step changes the weights in place
-        after = head(hidden)
-        assert DecodingHead(model).weight() is not copy
-    assert torch.allclose(after, 2 * before, atol=1e-6)
-    prepare_for_decoding(model, enabled=False)  # the copy's memory is given back
-    from gptlab.model.fast import _HEAD_COPIES
-
-    assert model not in _HEAD_COPIES
+        assert torch.allclose(head(hidden), hidden @ model.transformer.wte.weight.t(), atol=1e-6)
+    # with autograd (training, a gradient through the head) the tied Parameter is read
+    hidden.requires_grad_(True)
+    head(hidden).sum().backward()
+    assert model.transformer.wte.weight.grad is not None
 
 
 @pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler: attention takes the plain path")
@@ -245,31 +262,34 @@ def test_the_default_path_runs_the_kernels_and_a_plain_step_runs_c_attn_once(mon
             monkeypatch.setattr(kernels, name, counted)
         torch.manual_seed(0)
         model = GPT(GPTConfig.preset("tiny", block_size=16, vocab_size=40)).eval()
-        generate(model, torch.randint(0, 40, (2, 4)), 3, temperature=0.0)
+        generate(prepare_for_decoding(model), torch.randint(0, 40, (2, 4)), 3, temperature=0.0)
         assert calls["f32_matmul"] > 0 and calls["decode_attention"] > 0, calls
-    model = GPT(GPTConfig.preset("tiny", block_size=16, vocab_size=40)).to(torch.bfloat16)
+    plain = GPT(GPTConfig.preset("tiny", block_size=16, vocab_size=40)).to(torch.bfloat16)
     counts = []
-    for fast in (True, False):
+    for model in (prepare_for_decoding(copy.deepcopy(plain)), plain):
         seen = []
         hook = model.transformer.h[0].attn.c_attn.register_forward_hook(
             lambda *_, seen=seen: seen.append(1)
         )
-        generate(model.eval(), torch.randint(0, 40, (1, 4)), 3, temperature=0.0, fast=fast)
+        generate(model.eval(), torch.randint(0, 40, (1, 4)), 3, temperature=0.0)
         hook.remove()
         counts.append(len(seen))
     assert counts[0] == counts[1] == 3  # the prompt, then two one-token steps
 
 
-def test_padded_prompts_that_end_give_the_same_tokens_fast_or_plain(gpt2):
-    """Left padding and rows that finish (eos_id) reach the attention kernel's mask."""
+def test_padded_prompts_that_end_give_the_reference_tokens(gpt2, prepared):
+    """Left padding and rows that finish (eos_id) reach the attention kernel's mask; each row
+    is what the plain loop makes of it alone."""
     gen = torch.Generator().manual_seed(7)
     prompts = torch.randint(0, 50257, (3, 10), generator=gen)
     mask = torch.ones(3, 10, dtype=torch.bool)
     mask[0, :6], mask[1, :2] = False, False  # 4, 8 and 10 real tokens
-    plain = generate(gpt2, prompts, 8, temperature=0.0, attention_mask=mask, fast=False)
-    eos = int(plain[1, 12])  # a token row 1 produces early: that row ends there
-    expected = generate(gpt2, prompts, 8, temperature=0.0, attention_mask=mask, eos_id=eos,
-                        fast=False)  # fmt: skip
-    assert (expected == eos).any(dim=1)[1]
-    got = generate(gpt2, prompts, 8, temperature=0.0, attention_mask=mask, eos_id=eos)
-    assert torch.equal(got, expected)
+    rows = [p[m].tolist() for p, m in zip(prompts, mask, strict=True)]
+    eos = simple_generate(gpt2, rows[1], 3)[-1]  # a token row 1 produces early: it ends there
+    got = generate(prepared, prompts, 8, temperature=0.0, attention_mask=mask, eos_id=eos)
+    for row, ids in zip(rows, got, strict=True):
+        want = simple_generate(gpt2, row, 8, eos_id=eos)
+        new = ids[10:].tolist()
+        assert new[: len(want) - len(row)] == want[len(row) :]
+        assert all(t == eos for t in new[len(want) - len(row) :])  # after eos: eos
+    assert (got[1, 10:] == eos).any()

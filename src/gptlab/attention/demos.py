@@ -223,15 +223,10 @@ def bahdanau(out: Path, quick: bool = False) -> Path:
 DEFAULT_PROMPT = "To be, or not to be, that is the question"
 
 
-def gpt2(
-    out: Path, quick: bool = False, model: str = "gpt2", prompt: str | None = None, layer: int = 0
-):
-    """Every head of one layer of a GPT (run folder or pretrained name) on a prompt."""
-    from gptlab.model import GPT
-    from gptlab.tokenizers import Tokenizer
-
-    net = GPT.from_pretrained(model)
-    tok = Tokenizer.from_pretrained(model)
+def gpt2(out: Path, model, tokenizer, quick: bool = False, prompt: str | None = None,
+         layer: int = 0) -> Path:  # fmt: skip
+    """Every head of one layer of a loaded GPT (`gptlab.load_for_inference`) on a prompt."""
+    net, tok = model, tokenizer
     prompt = DEFAULT_PROMPT if prompt is None else prompt  # "" is a prompt, and too short
     ids = tok.encode(prompt)[: net.config.block_size]
     if len(ids) < 2:

@@ -17,9 +17,13 @@ kernels). Three changes, measured in benchmarks/matvec.py and benchmarks/generat
   is one compiled call (`kernels.decode_attention`) instead of the half-dozen small PyTorch
   operations (the cache update, the head views, scaled_dot_product_attention) that each cost
   more in overhead than in arithmetic at this size.
-- `DecodingHead`: the tied head as a contiguous (C, V) copy, which the same products read
-  faster than the (V, C) embedding table. It is kept with the model between calls (C x V
-  floats more while the model lives) and made again whenever the weights change.
+- `DecodingHead`: the tied head with a contiguous (C, V) copy of the table, which the same
+  products read faster than the (V, C) embedding table (C x V floats more while the model
+  lives).
+
+`prepare_for_decoding` installs them once, where a model is loaded for inference
+(`gptlab.model.load`); sampling (gptlab.generate) runs whatever model it is given and never
+changes it, so an unprepared model samples too, on the plain path.
 
 Results differ from the plain model by float rounding only (a sum in another order): the
 tests pin the tolerance and that greedy decoding gives the same tokens.
@@ -29,13 +33,16 @@ from __future__ import annotations
 
 import functools
 import warnings
-import weakref
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from gptlab.errors import GptlabError
-from gptlab.model import kernels
-from gptlab.model.gpt import GPT, CausalSelfAttention, KVCache, Linear
+from gptlab.model import int8, kernels
+from gptlab.model.cache import KVCache
+from gptlab.model.gpt import GPT, CausalSelfAttention, Linear
+from gptlab.model.int8 import Int8Linear
 
 MAX_ROWS = 16  # up to this many rows a product is memory-bound enough for the split to pay
 
@@ -129,84 +136,72 @@ class DecodingLinear(Linear):
         return decoding_matmul(x, params["weight"], params["bias"])
 
 
-def prepare_for_decoding(model: GPT, enabled: bool = True, quantize: str | None = None) -> GPT:
-    """Swap the class of every block Linear to DecodingLinear and of every attention to
-    DecodingAttention, in place (enabled=False swaps them back and drops the head's copy).
-    Idempotent; parameters, state_dict and training are untouched. Returns model.
+class DecodingHead(nn.Module):
+    """The tied head for sampling: logits = x @ W^T with W the (V, C) embedding table, read
+    for a few rows on a CPU from a contiguous (C, V) copy made once here (`decoding_matmul`
+    reads it faster than the table). The tied Parameter stays `weight`, so the state_dict and
+    the tying are unchanged; the copy is a buffer that is not saved, made again by
+    load_state_dict. A model prepared for decoding is for inference: weights changed in place
+    afterwards (an optimizer step) are not seen by the copy."""
 
-    quantize="int8": every block projection and the head become `Int8Linear`s (weights int8
-    with one scale per output; the embedding lookup stays float32, so the head is no longer
-    tied). One way: the model is for inference from then on, and enabled=False does not undo
-    it."""
+    def __init__(self, head: nn.Linear) -> None:
+        super().__init__()
+        self.weight = head.weight  # the embedding's Parameter: still one matrix, two uses
+        self.register_buffer("weight_t", self._transposed(), persistent=False)
+        self.register_load_state_dict_post_hook(lambda module, _: module._refresh())
+
+    def _transposed(self) -> torch.Tensor:
+        return self.weight.detach().t().contiguous()
+
+    def _refresh(self) -> None:
+        self.weight_t = self._transposed()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x2 = x.reshape(-1, x.size(-1))
+        if _decoding(x2) and x2.dtype == self.weight_t.dtype:
+            return decoding_matmul(x, self.weight_t)
+        return F.linear(x, self.weight)
+
+
+def prepare_for_decoding(model: GPT, quantize: str | None = None) -> GPT:
+    """Set a model up for sampling, in place, once (the inference loader,
+    `gptlab.model.load`, does it): every block Linear becomes a DecodingLinear, every
+    attention a DecodingAttention (a class swap: same parameters, same state_dict, and with
+    autograd on the same forward), and on a CPU the tied head a `DecodingHead`. Idempotent.
+    Returns model.
+
+    quantize="int8": every block projection and the head become `Int8Linear`s instead (weights
+    int8 with one scale per output; the embedding lookup stays float32, so the head is no
+    longer tied): the model is for inference from then on."""
     if quantize not in (None, "int8"):
         raise GptlabError(f"quantize must be int8 or none, got {quantize!r}")
     if quantize == "int8":
-        from gptlab.model import int8
-        from gptlab.model.int8 import Int8Linear
-        from gptlab.model.int8 import quantize as to_int8
-
-        for block in model.transformer.h:
-            for parent in (block.attn, block.mlp):
-                for name, child in list(parent.named_children()):
-                    if isinstance(child, Linear):
-                        setattr(parent, name, Int8Linear.from_linear(child))
-        _HEAD_COPIES.pop(model, None)  # a float head copy from earlier sampling is dead now
-        if not isinstance(model.lm_head, Int8Linear):  # the head too; the embedding stays
-            q, scale = to_int8(model.lm_head.weight[: model.config.vocab_size])
-            model.lm_head = Int8Linear(q, scale, None)
-        device = model.transformer.wte.weight.device
-        if device.type != "cpu" or int8.kernel() is None:
-            warnings.warn(
-                f"int8 weights on {device} without gptlab's compiled kernel (it needs a CPU "
-                "and a C compiler) multiply through a dequantised copy: slower than float32",
-                stacklevel=2,
-            )
+        _quantize_int8(model)
     swaps = {Linear: DecodingLinear, CausalSelfAttention: DecodingAttention}
     for module in model.modules():
-        for plain, fast in swaps.items():
-            if enabled and type(module) is plain:
-                module.__class__ = fast
-            elif not enabled and type(module) is fast:
-                module.__class__ = plain
-    if not enabled:
-        _HEAD_COPIES.pop(model, None)
+        fast = swaps.get(type(module))
+        if fast is not None:
+            module.__class__ = fast
+    head = model.lm_head
+    if type(head) is nn.Linear and head.weight.is_cpu:
+        model.lm_head = DecodingHead(head)
     return model
 
 
-# model -> (what its head weight was when copied, the (C, V) copy); the copy holds no
-# reference to the model, so a model nobody else holds is freed with its copy
-_HEAD_COPIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-class DecodingHead:
-    """hidden (B, C) -> logits (B, vocab_size) for sampling. fast: a contiguous (C, V) copy of
-    the tied head (kept with the model between calls) and, for a few rows on a CPU,
-    `decoding_matmul`; the copy is made again when the weights change (an optimizer step, a
-    load_state_dict or .to() bumps the tensor's version or moves it; an edit through
-    `weight.data` does neither and is not seen). fast=False: the model's own head, the
-    reference."""
-
-    def __init__(self, model: GPT, fast: bool = True) -> None:
-        self.model, self.fast = model, fast
-
-    def weight(self) -> torch.Tensor:
-        """The (C, V) copy, made when the head's weights have changed since the last one."""
-        w = self.model.lm_head.weight
-        key = (w.data_ptr(), w._version, w.dtype, w.device)
-        cached = _HEAD_COPIES.get(self.model)
-        if cached is None or cached[0] != key:
-            vocab = self.model.config.vocab_size  # never a padded id
-            _HEAD_COPIES.pop(self.model, None)  # the old copy's memory first
-            # the entry holds the weight's storage, so its address cannot be reused by new
-            # weights while the key names it (same address, same version: a stale copy)
-            cached = (key, w.detach()[:vocab].t().contiguous(), w.untyped_storage())
-            _HEAD_COPIES[self.model] = cached
-        return cached[1]
-
-    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
-        if not self.fast:
-            return self.model.lm_head(hidden)[..., : self.model.config.vocab_size]
-        if not isinstance(self.model.lm_head, Linear | torch.nn.Linear):  # int8 (or other)
-            return self.model.lm_head(hidden)[..., : self.model.config.vocab_size]
-        weight = self.weight()
-        return decoding_matmul(hidden, weight) if _decoding(hidden) else hidden @ weight
+def _quantize_int8(model: GPT) -> None:
+    """Every block projection and the head as Int8Linear (see prepare_for_decoding)."""
+    for block in model.transformer.h:
+        for parent in (block.attn, block.mlp):
+            for name, child in list(parent.named_children()):
+                if isinstance(child, Linear):
+                    setattr(parent, name, Int8Linear.from_linear(child))
+    if not isinstance(model.lm_head, Int8Linear):  # the head too; the embedding stays
+        q, scale = int8.quantize(model.lm_head.weight[: model.config.vocab_size])
+        model.lm_head = Int8Linear(q, scale, None)
+    device = model.transformer.wte.weight.device
+    if device.type != "cpu" or int8.kernel() is None:
+        warnings.warn(
+            f"int8 weights on {device} without gptlab's compiled kernel (it needs a CPU "
+            "and a C compiler) multiply through a dequantised copy: slower than float32",
+            stacklevel=3,
+        )

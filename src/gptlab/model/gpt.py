@@ -19,6 +19,7 @@ from torch import nn
 
 from gptlab.config import GPTConfig
 from gptlab.errors import GptlabError
+from gptlab.model.cache import KVCache
 
 
 @dataclass
@@ -53,39 +54,6 @@ class Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, bias={self.bias is not None}"
-
-
-class KVCache:
-    """Keys and values of every layer for the positions seen so far, so that each new token
-    costs one position instead of a re-run of the whole context.
-
-    Preallocated per layer: k, v of shape (B, nh, max_len, hs); `length` positions are filled.
-    """
-
-    def __init__(self, config: GPTConfig, batch_size: int, max_len: int, device, dtype) -> None:
-        shape = (batch_size, config.n_head, max_len, config.head_size)
-        self.k = [torch.empty(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
-        self.v = [torch.empty(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
-        self.max_len = max_len
-        self.length = 0
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
-        """Store k, v (B, nh, T, hs) after the filled positions; return all keys and values
-        so far, (B, nh, length + T, hs). `advance` moves `length` once all layers are done."""
-        end = self.length + k.size(2)
-        if end > self.max_len:
-            raise ValueError(f"KV cache full: {end} positions > max_len {self.max_len}")
-        self.k[layer][:, :, self.length : end] = k
-        self.v[layer][:, :, self.length : end] = v
-        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
-
-    def advance(self, n: int) -> None:
-        self.length += n
-
-    def select(self, rows: torch.Tensor) -> None:
-        """Keep only these batch rows (B' of B)."""
-        self.k = [k[rows] for k in self.k]
-        self.v = [v[rows] for v in self.v]
 
 
 class CausalSelfAttention(nn.Module):
@@ -335,7 +303,7 @@ class GPT(nn.Module):
         """Load a Hugging Face GPT-2 folder, a folder gptlab saved, or a hub name (online)."""
         from gptlab.model.hf import load_pretrained
 
-        return load_pretrained(name_or_path, device=device, dtype=dtype)
+        return load_pretrained(cls, name_or_path, device=device, dtype=dtype)
 
     def save_pretrained(self, directory: str | PathLike) -> None:
         """Write config.json + model.safetensors that `transformers` loads as GPT2LMHeadModel."""

@@ -6,7 +6,12 @@ without the `transformer.` prefix (GPT2Model), may carry attention-mask buffers 
 `attn.masked_bias`) that are not weights, and may come from a torch.compile'd or DDP-wrapped
 model (`_orig_mod.`, `module.`). Everything gptlab saves is a Hugging Face folder; a small
 "gptlab" entry in config.json keeps what that format cannot say (no biases, a padded
-vocabulary), so a gptlab folder loads back exactly.
+vocabulary), so a gptlab folder loads back exactly. An int8 folder (weights saved after
+`--quantize int8`) is gptlab's own format, marked in config.json so that transformers refuses
+it rather than misreading it (`load_int8`, `int8_tensors`).
+
+Loading builds the class it is given (`load_pretrained(cls, ...)`, as transformers does), so
+this module never imports the network.
 """
 
 from __future__ import annotations
@@ -21,8 +26,10 @@ from gptlab import hub
 from gptlab.config import GPTConfig
 from gptlab.errors import GptlabError
 from gptlab.fileio import atomic_write, atomic_write_json
-from gptlab.model import int8
-from gptlab.model.gpt import GPT
+from gptlab.model.int8 import Int8Linear
+
+# hf.py builds the class it is given (cls, gptlab.model.GPT) and never imports the network
+GPT = torch.nn.Module
 
 # Buffers some checkpoints carry; they hold the causal mask, not learned numbers.
 BUFFER_SUFFIXES = (".attn.bias", ".attn.masked_bias")
@@ -41,7 +48,7 @@ WEIGHT_FILES = (
 # ----------------------------------------------------------------------------- config
 
 
-INT8_MODEL_TYPE = "gptlab-int8-gpt2"  # config.json of an int8 folder (gptlab.model.int8)
+INT8_MODEL_TYPE = "gptlab-int8-gpt2"  # config.json of an int8 folder (`load_int8`)
 
 
 def config_from_hf(hf: dict, source: str = "config.json") -> GPTConfig:
@@ -223,10 +230,10 @@ def _canonical_name(key: str) -> str:
 
 
 def state_dict_from_hf(
-    hf_state: dict[str, torch.Tensor], config: GPTConfig, source: str
+    cls: type[GPT], hf_state: dict[str, torch.Tensor], config: GPTConfig, source: str
 ) -> dict[str, torch.Tensor]:
-    """Hugging Face tensors -> the exact state dict of `GPT(config)` (lm_head tied, left out)."""
-    wanted = _expected_shapes(config)
+    """Hugging Face tensors -> the exact state dict of `cls(config)` (lm_head tied, left out)."""
+    wanted = _expected_shapes(cls, config)
     out: dict[str, torch.Tensor] = {}
     unexpected = []
     for raw_key, tensor in hf_state.items():
@@ -237,7 +244,7 @@ def state_dict_from_hf(
             if (
                 not config.bias
                 and key.endswith(".bias")
-                and key in _expected_shapes(config.replace(bias=True))
+                and key in _expected_shapes(cls, config.replace(bias=True))
             ):
                 if torch.count_nonzero(tensor):
                     raise GptlabError(
@@ -266,9 +273,9 @@ def state_dict_from_hf(
     return out
 
 
-def _expected_shapes(config: GPTConfig) -> dict[str, tuple[int, ...]]:
+def _expected_shapes(cls: type[GPT], config: GPTConfig) -> dict[str, tuple[int, ...]]:
     with torch.device("meta"):
-        model = GPT(config)
+        model = cls(config)
     return {k: tuple(v.shape) for k, v in model.state_dict().items() if k != "lm_head.weight"}
 
 
@@ -287,11 +294,13 @@ def read_config(folder: Path) -> GPTConfig:
 
 
 def load_pretrained(
+    cls: type[GPT],
     name_or_path: str | os.PathLike,
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
 ) -> GPT:
-    """A local Hugging Face / gptlab folder, or a hub name fetched online -> GPT in eval mode."""
+    """A local Hugging Face / gptlab folder, or a hub name fetched online -> cls in eval mode
+    (an int8 folder in float32, whatever dtype says)."""
     folder = Path(name_or_path).expanduser()
     if not folder.exists():
         name = str(name_or_path)
@@ -304,20 +313,111 @@ def load_pretrained(
     if not folder.is_dir():
         raise GptlabError(f"{folder}: not a folder (expected config.json and model weights)")
     config = read_config(folder)
-    if int8.is_quantized(json.loads((folder / "config.json").read_text(encoding="utf-8"))):
-        model = int8.load_tensors(read_state_dict(folder), config, str(folder))  # float32
+    if is_int8_folder(folder):
+        model = load_int8(cls, read_state_dict(folder), config, str(folder))  # float32
         return model.to(device) if device is not None else model
-    state = state_dict_from_hf(read_state_dict(folder), config, str(folder))
-
-    dtype = dtype or torch.float32
-    with torch.device("meta"):
-        model = GPT(config)
-    state = {k: v.to(dtype=dtype).contiguous() for k, v in state.items()}
-    state["lm_head.weight"] = state["transformer.wte.weight"]
-    model.load_state_dict(state, assign=True)
-    model.lm_head.weight = model.transformer.wte.weight  # assign=True replaced the tied Parameter
+    state = state_dict_from_hf(cls, read_state_dict(folder), config, str(folder))
+    state = {k: v.to(dtype=dtype or torch.float32).contiguous() for k, v in state.items()}
+    model = _assign(cls, config, state)
     if device is not None:
         model.to(device)
+    return model.eval()
+
+
+def _assign(cls: type[GPT], config: GPTConfig, state: dict[str, torch.Tensor]) -> GPT:
+    """cls(config) built on the meta device (no memory, no initialisation) and given these
+    tensors as its parameters; the head is tied to the token embedding again."""
+    with torch.device("meta"):
+        model = cls(config)
+    if "lm_head.weight" not in state:
+        state = {**state, "lm_head.weight": state["transformer.wte.weight"]}
+    model.load_state_dict(state, strict=False, assign=True)
+    if not isinstance(model.lm_head, Int8Linear):
+        model.lm_head.weight = model.transformer.wte.weight  # assign=True replaced the tie
+    return model
+
+
+# ----------------------------------------------------------------------------- int8
+
+PROJECTIONS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+
+
+def is_int8_config(hf_config: dict) -> bool:
+    """Whether a config.json describes an int8 folder written by `save_pretrained`."""
+    extra = hf_config.get("gptlab")
+    return isinstance(extra, dict) and extra.get("quantization") == "int8"
+
+
+def is_int8_folder(folder: str | os.PathLike) -> bool:
+    """Whether a local model folder holds int8 weights (its config.json says so); False where
+    there is none or it cannot be read (the loader then says why)."""
+    try:
+        hf_config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(hf_config, dict) and is_int8_config(hf_config)
+
+
+def int8_tensors(model: GPT) -> dict[str, torch.Tensor]:
+    """A model with int8 projections and head -> the tensors of its model.safetensors: int8
+    weights and float32 scales for every projection and the head, float32 for the rest (the
+    embedding tables, LayerNorms and biases)."""
+    out = {}
+    for key, tensor in model.state_dict().items():
+        if key == "transformer.wte.weight":
+            tensor = tensor[: model.config.vocab_size]
+        tensor = tensor.detach().to("cpu")
+        if tensor.is_floating_point():
+            tensor = tensor.float()  # the float parts are float32 on disk, whatever in memory
+        out[key] = tensor.contiguous().clone()
+    return out
+
+
+def load_int8(cls: type[GPT], tensors: dict[str, torch.Tensor], config: GPTConfig, source: str):
+    """The tensors `int8_tensors` wrote -> cls(config) with Int8Linear projections and an int8
+    head, as it was saved (nothing is quantised again). A missing, extra or misshapen tensor
+    is a GptlabError naming it."""
+
+    def take(key: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        t = tensors.pop(key, None)
+        if t is None:
+            raise GptlabError(f"{source}: not a complete int8 checkpoint ({key} is missing)")
+        if tuple(t.shape) != shape or t.dtype != dtype:
+            raise GptlabError(
+                f"{source}: {key} is {t.dtype} {tuple(t.shape)}, expected {dtype} {shape}"
+            )
+        return t.contiguous()
+
+    tensors = dict(tensors)
+    C, V = config.n_embd, config.vocab_size
+    with torch.device("meta"):
+        model = cls(config)
+    shapes = {"attn.c_attn": (3 * C, C), "attn.c_proj": (C, C), "mlp.c_fc": (4 * C, C),
+              "mlp.c_proj": (C, 4 * C)}  # fmt: skip
+    for i, block in enumerate(model.transformer.h):
+        for name in PROJECTIONS:
+            prefix, (n_out, n_in) = f"transformer.h.{i}.{name}", shapes[name]
+            q = take(f"{prefix}.weight_int8", (n_out, n_in), torch.int8)
+            scale = take(f"{prefix}.scale", (n_out,), torch.float32)
+            bias = take(f"{prefix}.bias", (n_out,), torch.float32) if config.bias else None
+            parent, child = name.split(".")
+            setattr(getattr(block, parent), child, Int8Linear(q, scale, bias))
+    model.lm_head = Int8Linear(take("lm_head.weight_int8", (V, C), torch.int8),
+                               take("lm_head.scale", (V,), torch.float32), None)  # fmt: skip
+    rest = {}
+    for key, param in model.state_dict().items():
+        if key.endswith((".weight_int8", ".scale")) or (".c_" in key and key.endswith(".bias")):
+            continue
+        shape = tuple(param.shape)
+        if key == "transformer.wte.weight":
+            table = take(key, (V, C), torch.float32)
+            rows = shape[0] - V  # a padded table: the extra rows are never predicted
+            rest[key] = torch.cat([table, table.new_zeros(rows, C)]) if rows else table
+        else:
+            rest[key] = take(key, shape, torch.float32)
+    if tensors:
+        raise GptlabError(f"{source}: unexpected tensors {', '.join(sorted(tensors)[:3])}")
+    model.load_state_dict(rest, strict=False, assign=True)
     return model.eval()
 
 
@@ -341,7 +441,7 @@ def state_dict_to_hf(model: GPT) -> dict[str, torch.Tensor]:
         out[key] = tensor
     if not config.bias:
         dtype = model.transformer.wte.weight.dtype
-        for key, shape in _expected_shapes(config.replace(bias=True)).items():
+        for key, shape in _expected_shapes(type(model), config.replace(bias=True)).items():
             if key.endswith(".bias") and key not in out:
                 out[key] = torch.zeros(shape, dtype=dtype)
     return out
@@ -349,11 +449,10 @@ def state_dict_to_hf(model: GPT) -> dict[str, torch.Tensor]:
 
 def unwrap(model: torch.nn.Module) -> GPT:
     """The GPT inside torch.compile's and DistributedDataParallel's wrappers."""
-    while not isinstance(model, GPT):
-        inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
-        if inner is None:
-            raise TypeError(f"expected a gptlab GPT, got {type(model).__name__}")
+    while (inner := model._modules.get("_orig_mod") or model._modules.get("module")) is not None:
         model = inner
+    if not hasattr(model, "transformer") or not hasattr(model, "config"):
+        raise TypeError(f"expected a gptlab GPT, got {type(model).__name__}")
     return model
 
 
@@ -366,8 +465,8 @@ def save_pretrained(model: GPT, directory: str | os.PathLike) -> None:
     if directory.exists() and not directory.is_dir():
         raise GptlabError(f"{directory}: exists and is not a folder")
     directory.mkdir(parents=True, exist_ok=True)
-    quantized = isinstance(model.lm_head, int8.Int8Linear)  # int8 weights: gptlab only
-    tensors = int8.save_tensors(model) if quantized else state_dict_to_hf(model)
+    quantized = isinstance(model.lm_head, Int8Linear)  # int8 weights: gptlab only
+    tensors = int8_tensors(model) if quantized else state_dict_to_hf(model)
     dtype = model.transformer.wte.weight.dtype
     from safetensors import SafetensorError
 

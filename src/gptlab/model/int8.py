@@ -11,6 +11,9 @@ own int8 kernels are slow on a CPU without AVX-512 (benchmarks/matvec.py measure
 `kernel()` is gptlab's own, compiled from kernels.c at first use (gptlab.model.kernels). Where
 there is no compiler, `Int8Linear` multiplies by the dequantised matrix instead: the same
 numbers, slower.
+
+The checkpoint format of int8 weights (config.json marks it) lives with the other formats in
+gptlab.model.hf; this module is the arithmetic only.
 """
 
 from __future__ import annotations
@@ -90,81 +93,3 @@ class Int8Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, int8 weights"
-
-
-# ----------------------------------------------------------------------------- on disk
-
-PROJECTIONS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
-
-
-def is_quantized(hf_config: dict) -> bool:
-    """Whether a config.json describes an int8 folder written by `save_tensors`."""
-    extra = hf_config.get("gptlab")
-    return isinstance(extra, dict) and extra.get("quantization") == "int8"
-
-
-def save_tensors(model) -> dict[str, torch.Tensor]:
-    """A model prepared with quantize="int8" -> the tensors of its model.safetensors: int8
-    weights and float32 scales for every projection and the head, float32 for the rest (the
-    embedding tables, LayerNorms and biases)."""
-    if not isinstance(model.lm_head, Int8Linear):
-        raise ValueError("not an int8 model (prepare_for_decoding(model, quantize='int8'))")
-    out = {}
-    for key, tensor in model.state_dict().items():
-        if key == "transformer.wte.weight":
-            tensor = tensor[: model.config.vocab_size]
-        tensor = tensor.detach().to("cpu")
-        if tensor.is_floating_point():
-            tensor = tensor.float()  # the float parts are float32 on disk, whatever in memory
-        out[key] = tensor.contiguous().clone()
-    return out
-
-
-def load_tensors(tensors: dict[str, torch.Tensor], config, source: str):
-    """The tensors `save_tensors` wrote -> a GPT with Int8Linear projections and an int8
-    head, as it was saved (nothing is quantised again). A missing, extra or misshapen tensor
-    is a GptlabError naming it."""
-    from gptlab.errors import GptlabError
-    from gptlab.model.gpt import GPT
-
-    def take(key: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-        t = tensors.pop(key, None)
-        if t is None:
-            raise GptlabError(f"{source}: not a complete int8 checkpoint ({key} is missing)")
-        if tuple(t.shape) != shape or t.dtype != dtype:
-            raise GptlabError(
-                f"{source}: {key} is {t.dtype} {tuple(t.shape)}, expected {dtype} {shape}"
-            )
-        return t.contiguous()
-
-    tensors = dict(tensors)
-    C, V = config.n_embd, config.vocab_size
-    with torch.device("meta"):
-        model = GPT(config)
-    shapes = {"attn.c_attn": (3 * C, C), "attn.c_proj": (C, C), "mlp.c_fc": (4 * C, C),
-              "mlp.c_proj": (C, 4 * C)}  # fmt: skip
-    for i, block in enumerate(model.transformer.h):
-        for name in PROJECTIONS:
-            prefix, (n_out, n_in) = f"transformer.h.{i}.{name}", shapes[name]
-            q = take(f"{prefix}.weight_int8", (n_out, n_in), torch.int8)
-            scale = take(f"{prefix}.scale", (n_out,), torch.float32)
-            bias = take(f"{prefix}.bias", (n_out,), torch.float32) if config.bias else None
-            parent, child = name.split(".")
-            setattr(getattr(block, parent), child, Int8Linear(q, scale, bias))
-    model.lm_head = Int8Linear(take("lm_head.weight_int8", (V, C), torch.int8),
-                               take("lm_head.scale", (V,), torch.float32), None)  # fmt: skip
-    rest = {}
-    for key, param in model.state_dict().items():
-        if key.endswith((".weight_int8", ".scale")) or (".c_" in key and key.endswith(".bias")):
-            continue
-        shape = tuple(param.shape)
-        if key == "transformer.wte.weight":
-            table = take(key, (V, C), torch.float32)
-            rows = shape[0] - V  # a padded table: the extra rows are never predicted
-            rest[key] = torch.cat([table, table.new_zeros(rows, C)]) if rows else table
-        else:
-            rest[key] = take(key, shape, torch.float32)
-    if tensors:
-        raise GptlabError(f"{source}: unexpected tensors {', '.join(sorted(tensors)[:3])}")
-    model.load_state_dict(rest, strict=False, assign=True)
-    return model.eval()

@@ -1,6 +1,9 @@
 """One loader for inference: a model name or folder, a device, a dtype and a quantization ->
-the model and its tokenizer, checked to belong together. `gptlab sample`, `gptlab eval` and
-`gptlab serve` load through it, so one rule set holds for all of them.
+the model and its tokenizer, checked to belong together. `gptlab sample`, `eval`, `serve`,
+`convert` and `attention gpt2` load through it, so one rule set holds for all of them.
+
+The model comes set up for sampling (`gptlab.model.fast.prepare_for_decoding`, once, here:
+sampling itself never changes a model).
 
 The rules: dtype="auto" is what the device computes well (`hardware.resolve_dtype`); an int8
 model (a folder saved with `--quantize int8`, or quantize="int8" now) computes in float32, so
@@ -10,29 +13,18 @@ model's vocabulary.
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 
 import torch
 
 from gptlab.errors import GptlabError
 from gptlab.hardware import resolve_device, resolve_dtype
-from gptlab.model import int8
 from gptlab.model.fast import prepare_for_decoding
 from gptlab.model.gpt import GPT
+from gptlab.model.hf import is_int8_folder
 from gptlab.tokenizers import Tokenizer
 
 QUANTIZE = ("none", "int8")
-
-
-def stored_int8(name_or_path: str | os.PathLike) -> bool:
-    """Whether a local model folder holds int8 weights (its config.json says so)."""
-    path = Path(name_or_path) / "config.json"
-    try:
-        return int8.is_quantized(json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, ValueError, AttributeError):  # absent or unreadable: the loader says why
-        return False
 
 
 def inference_dtype(
@@ -42,7 +34,7 @@ def inference_dtype(
     else `dtype` resolved for the device."""
     if quantize not in QUANTIZE:
         raise GptlabError(f"quantize must be one of {', '.join(QUANTIZE)}, got {quantize!r}")
-    if quantize == "int8" or stored_int8(name_or_path):
+    if quantize == "int8" or is_int8_folder(name_or_path):
         if dtype not in ("auto", "float32"):
             what = "--quantize int8" if quantize == "int8" else f"{name_or_path} (int8 weights)"
             raise GptlabError(f"{what} computes in float32; leave --dtype at auto or float32")
@@ -55,13 +47,16 @@ def load_model(
     device: str | torch.device = "auto",
     dtype: str = "auto",
     quantize: str = "none",
+    decoding: bool = True,
 ) -> GPT:
-    """A model ready for inference (eval mode) on `device`, in `dtype`, int8 if asked."""
+    """A model ready for inference (eval mode) on `device`, in `dtype`, int8 if asked, with
+    the fast decoding path installed (`prepare_for_decoding`; decoding=False: the plain
+    network, as `gptlab convert` saves it)."""
     device = device if isinstance(device, torch.device) else resolve_device(device)
     torch_dtype = inference_dtype(name_or_path, device, dtype, quantize)
     model = GPT.from_pretrained(name_or_path, device=device, dtype=torch_dtype)
-    if quantize == "int8":
-        prepare_for_decoding(model, quantize="int8")
+    if decoding or quantize == "int8":
+        prepare_for_decoding(model, quantize="int8" if quantize == "int8" else None)
     return model.eval()
 
 
