@@ -13,6 +13,24 @@ from gptlab.errors import GptlabError
 
 DTYPES = ("float32", "bfloat16", "float16")
 RUN_DTYPES = ("auto", *DTYPES)  # auto: bfloat16 where the hardware computes it natively
+HUB_HELP = (
+    "run or model folder, or a hub name (gpt2, gpt2-medium, ...: OpenAI's weights, downloaded "
+    "from the Hugging Face hub once)"
+)
+
+
+def _add_model_options(p: argparse.ArgumentParser, dtype_help: str) -> None:
+    """--device, --dtype, --quantize: how sample, eval and serve load a model
+    (`gptlab.model.load`)."""
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
+    p.add_argument("--dtype", choices=RUN_DTYPES, default="auto", help=dtype_help)
+    p.add_argument(
+        "--quantize",
+        choices=("none", "int8"),
+        default="none",
+        help="int8: weight-only int8 projections and head, float32 arithmetic (faster "
+        "decoding on a CPU; docs/concepts.md section 17)",
+    )
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -119,6 +137,17 @@ def _model_config(name_or_path: str):
     return read_config(folder), str(folder)
 
 
+def add_info(sub) -> None:
+    p = sub.add_parser("info", help="shape and parameter count of a preset or a model folder")
+    p.add_argument(
+        "model",
+        help="preset name (gpt2, gpt2-medium, ...: the shape only, nothing is downloaded) or "
+        "model folder",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=cmd_info)
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -148,6 +177,25 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- convert
+
+
+def add_convert(sub) -> None:
+    p = sub.add_parser(
+        "convert",
+        help="a Hugging Face folder, hub name or gptlab folder -> a folder both can load",
+    )
+    p.add_argument("model", help=HUB_HELP)
+    p.add_argument("out", help="output folder (config.json + model.safetensors)")
+    p.add_argument("--dtype", choices=DTYPES, default="float32", help="weights' dtype on disk")
+    p.add_argument(
+        "--quantize",
+        choices=("none", "int8"),
+        default="none",
+        help="int8: weight-only int8 projections and head (gptlab's own format, loaded back "
+        "as it is; transformers cannot read it)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing model in OUT")
+    p.set_defaults(run=cmd_convert)
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -211,6 +259,30 @@ def read_texts(paths: Sequence[str]) -> list[tuple[Path, str]]:
     return [(path, read_text(path)) for path in text_files(paths)]
 
 
+def add_tokenizer(sub) -> None:
+    p = sub.add_parser("tokenizer", help="train a BPE vocabulary, or encode text with one")
+    tsub = p.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+    tsub.required = True
+    t = tsub.add_parser("train", help="learn a byte-level BPE vocabulary from text files")
+    t.add_argument("--input", nargs="+", required=True, metavar="PATH", help="files or folders")
+    t.add_argument("--vocab-size", type=int, required=True, help="ids in all (>= 256 + specials)")
+    t.add_argument("--out", required=True, help="folder for vocab.json + merges.txt")
+    t.add_argument(
+        "--special",
+        nargs="*",
+        metavar="TOKEN",
+        help="special tokens (default: <|endoftext|>; --special alone: none)",
+    )
+    t.add_argument("--pattern", choices=("gpt2", "gpt4"), default="gpt2", help="pre-tokenizer")
+    t.add_argument("--overwrite", action="store_true", help="replace a vocabulary in OUT")
+    t.set_defaults(run=cmd_tokenizer_train)
+    t = tsub.add_parser("encode", help="print the ids (and pieces) of a text")
+    t.add_argument("tokenizer", help="tokenizer folder, model folder or gpt2 hub name")
+    t.add_argument("text")
+    t.add_argument("--pieces", action="store_true", help="also print each id's text")
+    t.set_defaults(run=cmd_tokenizer_encode)
+
+
 def cmd_tokenizer_train(args: argparse.Namespace) -> int:
     import time
 
@@ -247,6 +319,23 @@ def cmd_tokenizer_encode(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- data, training
+
+
+def add_prepare(sub) -> None:
+    p = sub.add_parser("prepare", help="tokenize text into train/val token files")
+    p.add_argument(
+        "--input",
+        nargs="+",
+        metavar="PATH",
+        help="text files/folders (default: the "
+        "built-in Shakespeare), or hf:NAME[:SPLIT[:COLUMN]] with `datasets` installed",
+    )
+    p.add_argument("--tokenizer", default="char", help="char, gpt2, or a tokenizer folder")
+    p.add_argument("--out", default="data/shakespeare-char", help="output folder")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="last part of the stream")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("--overwrite", action="store_true", help="replace prepared data in OUT")
+    p.set_defaults(run=cmd_prepare)
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
@@ -418,6 +507,34 @@ def _train_settings(args: argparse.Namespace):
     return model, train
 
 
+def add_train(sub) -> None:
+    p = sub.add_parser("train", help="train or fine-tune a GPT (the main job)")
+    p.add_argument(
+        "--preset",
+        default=None,
+        help="model + training preset (default: shakespeare-char); the gpt2 presets are shapes "
+        "trained from scratch: to fine-tune OpenAI's weights, set init_from=gpt2",
+    )
+    p.add_argument("--config", metavar="FILE.toml", help="settings file ([model], [train])")
+    p.add_argument("--data", help="prepared data folder, text file/folder, or 'shakespeare'")
+    p.add_argument("--out", help="run folder")
+    p.add_argument("--resume", metavar="OUT", help="continue the run in OUT")
+    p.add_argument("--overwrite", action="store_true", help="replace the run in OUT")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--list-settings",
+        action="store_true",
+        help="print every setting with its value for this command line, then exit",
+    )
+    p.add_argument(
+        "settings",
+        nargs="*",
+        metavar="key=value",
+        help="any GPTConfig or TrainConfig field, e.g. n_layer=4 lr=1e-3",
+    )
+    p.set_defaults(run=cmd_train)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     import time
 
@@ -473,14 +590,26 @@ def _list_settings(args: argparse.Namespace, model_config, train_config) -> int:
 MAX_SAMPLES = 1000  # one command's limit: a typo such as 100000000 should not run for a day
 
 
-def _add_quantize(p: argparse.ArgumentParser) -> None:
+def add_sample(sub) -> None:
+    p = sub.add_parser("sample", help="generate text from a run folder or a pretrained model")
+    p.add_argument("model", help=HUB_HELP)
+    p.add_argument("--prompt", default="", help="text to continue (default: start afresh)")
+    p.add_argument("--prompt-file", help="read the prompt from a UTF-8 file")
     p.add_argument(
-        "--quantize",
-        choices=("none", "int8"),
-        default="none",
-        help="int8: weight-only int8 projections and head, float32 arithmetic (about 2x "
-        "faster decoding on a CPU; docs/concepts.md section 17)",
+        "--num-samples", type=int, default=1, help=f"samples to draw, at most {MAX_SAMPLES}"
     )
+    p.add_argument("--max-new-tokens", type=int, default=500, help="tokens to add per sample")
+    p.add_argument(
+        "--temperature", type=float, default=0.8, help="0 = greedy; higher = more varied"
+    )
+    p.add_argument("--top-k", type=int, default=None, help="sample from the k likeliest tokens")
+    p.add_argument(
+        "--top-p", type=float, default=None, help="sample from the smallest set holding mass p"
+    )
+    p.add_argument("--seed", type=int, default=1337, help="random seed of the sampler")
+    _add_model_options(p, "weights while sampling (auto: bfloat16 where native, else float32)")
+    p.add_argument("--no-stream", action="store_true", help="print each sample when complete")
+    p.set_defaults(run=cmd_sample)
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -542,6 +671,48 @@ def _model_and_tokenizer(args: argparse.Namespace, device=None):
     from gptlab.model.load import load_for_inference
 
     return load_for_inference(args.model, device or args.device, args.dtype, args.quantize)
+
+
+def add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="perplexity or multiple-choice accuracy of a model")
+    esub = p.add_subparsers(dest="what", metavar="WHAT", parser_class=_Parser)
+    esub.required = True
+    for name, helptext, run in (
+        ("perplexity", "perplexity of a text file (docs/evaluation.md)", cmd_eval_perplexity),
+        ("multiple-choice", "HellaSwag-format accuracy", cmd_eval_multiple_choice),
+        ("last-word", "LAMBADA-style last-word accuracy (greedy)", cmd_eval_last_word),
+    ):
+        e = esub.add_parser(name, help=helptext)
+        e.add_argument("model", help=HUB_HELP)
+        e.add_argument("--json", action="store_true", help="print one JSON object")
+        _add_model_options(e, "weights while scoring (auto: bfloat16 where native, else float32)")
+        e.set_defaults(run=run)
+        if name == "perplexity":
+            from gptlab.config import PERPLEXITY_METHODS as METHODS
+
+            e.add_argument("--input", required=True, help="UTF-8 text file")
+            e.add_argument(
+                "--method",
+                choices=METHODS,
+                default="lm-eval",
+                help="lm-eval: the harness's rolling windows (comparable with its tables); "
+                "hf-guide: transformers' docs recipe; gptlab: each token once, sliding",
+            )
+            e.add_argument(
+                "--stride", type=int, default=None, help="hf-guide, gptlab (default: block_size)"
+            )
+            e.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
+        else:
+            what = "JSONL: ctx, endings, label" if name == "multiple-choice" else 'JSONL: "text"'
+            e.add_argument("--data", required=True, help=what)
+            e.add_argument("--limit", type=int, default=None, help="first N examples only")
+            e.add_argument("--batch-size", type=int, default=8, help="examples per forward pass")
+        if name == "multiple-choice":
+            e.add_argument(
+                "--hellaswag",
+                action="store_true",
+                help="rows of the raw HellaSwag dataset, cleaned as the harness does",
+            )
 
 
 def cmd_eval_perplexity(args: argparse.Namespace) -> int:
@@ -619,6 +790,29 @@ def cmd_eval_last_word(args: argparse.Namespace) -> int:
 FIGURES_MARK = ".gptlab-figures"
 
 
+def add_attention(sub) -> None:
+    p = sub.add_parser("attention", help="draw the attention toolkit's figures (PNG)")
+    p.add_argument(
+        "demo",
+        choices=["pooling", "scoring", "multihead", "positional", "bahdanau", "gpt2", "all"],
+        help="which figure; all = every toolkit one",
+    )
+    p.add_argument("--out", default="figures", help="folder for the PNG files")
+    p.add_argument("--quick", action="store_true", help="tiny training budgets (for tests)")
+    p.add_argument("--model", help="gpt2 demo: run folder or pretrained name (default gpt2)")
+    p.add_argument(
+        "--prompt",
+        default=None,
+        help="gpt2 demo: the text to look at (default: 'To be, or not to be, that is the "
+        "question')",
+    )
+    p.add_argument("--layer", type=int, default=0, help="gpt2 demo: which layer")
+    p.add_argument(
+        "--overwrite", action="store_true", help="draw into a folder that holds other files too"
+    )
+    p.set_defaults(run=cmd_attention)
+
+
 def cmd_attention(args: argparse.Namespace) -> int:
     from gptlab.attention.demos import DEMOS
 
@@ -642,6 +836,19 @@ def cmd_attention(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- serve
+
+
+def add_serve(sub) -> None:
+    p = sub.add_parser("serve", help="a local web page: generate and look inside the model")
+    p.add_argument("model", help=HUB_HELP)
+    p.add_argument("--compare", metavar="MODEL2", help="a second model, side by side")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback only)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on")
+    _add_model_options(p, "weights' dtype")
+    p.add_argument(
+        "--max-generations", type=int, default=2, help="generations at once (more get 429)"
+    )
+    p.set_defaults(run=cmd_serve)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -700,12 +907,6 @@ def _check_can_listen(host: str, port: int) -> None:
 # ----------------------------------------------------------------------------- main
 
 
-HUB_HELP = (
-    "run or model folder, or a hub name (gpt2, gpt2-medium, ...: OpenAI's weights, downloaded "
-    "from the Hugging Face hub once)"
-)
-
-
 def build_parser() -> argparse.ArgumentParser:
     import platform
 
@@ -719,203 +920,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-
-    p = sub.add_parser("info", help="shape and parameter count of a preset or a model folder")
-    p.add_argument(
-        "model",
-        help="preset name (gpt2, gpt2-medium, ...: the shape only, nothing is downloaded) or "
-        "model folder",
-    )
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(run=cmd_info)
-
-    p = sub.add_parser(
-        "convert",
-        help="a Hugging Face folder, hub name or gptlab folder -> a folder both can load",
-    )
-    p.add_argument("model", help=HUB_HELP)
-    p.add_argument("out", help="output folder (config.json + model.safetensors)")
-    p.add_argument("--dtype", choices=DTYPES, default="float32", help="weights' dtype on disk")
-    p.add_argument(
-        "--quantize",
-        choices=("none", "int8"),
-        default="none",
-        help="int8: weight-only int8 projections and head (gptlab's own format, loaded back "
-        "as it is; transformers cannot read it)",
-    )
-    p.add_argument("--overwrite", action="store_true", help="replace an existing model in OUT")
-    p.set_defaults(run=cmd_convert)
-
-    p = sub.add_parser("prepare", help="tokenize text into train/val token files")
-    p.add_argument(
-        "--input",
-        nargs="+",
-        metavar="PATH",
-        help="text files/folders (default: the "
-        "built-in Shakespeare), or hf:NAME[:SPLIT[:COLUMN]] with `datasets` installed",
-    )
-    p.add_argument("--tokenizer", default="char", help="char, gpt2, or a tokenizer folder")
-    p.add_argument("--out", default="data/shakespeare-char", help="output folder")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="last part of the stream")
-    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
-    p.add_argument("--overwrite", action="store_true", help="replace prepared data in OUT")
-    p.set_defaults(run=cmd_prepare)
-
-    p = sub.add_parser("train", help="train or fine-tune a GPT (the main job)")
-    p.add_argument(
-        "--preset",
-        default=None,
-        help="model + training preset (default: shakespeare-char); the gpt2 presets are shapes "
-        "trained from scratch: to fine-tune OpenAI's weights, set init_from=gpt2",
-    )
-    p.add_argument("--config", metavar="FILE.toml", help="settings file ([model], [train])")
-    p.add_argument("--data", help="prepared data folder, text file/folder, or 'shakespeare'")
-    p.add_argument("--out", help="run folder")
-    p.add_argument("--resume", metavar="OUT", help="continue the run in OUT")
-    p.add_argument("--overwrite", action="store_true", help="replace the run in OUT")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument(
-        "--list-settings",
-        action="store_true",
-        help="print every setting with its value for this command line, then exit",
-    )
-    p.add_argument(
-        "settings",
-        nargs="*",
-        metavar="key=value",
-        help="any GPTConfig or TrainConfig field, e.g. n_layer=4 lr=1e-3",
-    )
-    p.set_defaults(run=cmd_train)
-
-    p = sub.add_parser("sample", help="generate text from a run folder or a pretrained model")
-    p.add_argument("model", help=HUB_HELP)
-    p.add_argument("--prompt", default="", help="text to continue (default: start afresh)")
-    p.add_argument("--prompt-file", help="read the prompt from a UTF-8 file")
-    p.add_argument(
-        "--num-samples", type=int, default=1, help=f"samples to draw, at most {MAX_SAMPLES}"
-    )
-    p.add_argument("--max-new-tokens", type=int, default=500, help="tokens to add per sample")
-    p.add_argument(
-        "--temperature", type=float, default=0.8, help="0 = greedy; higher = more varied"
-    )
-    p.add_argument("--top-k", type=int, default=None, help="sample from the k likeliest tokens")
-    p.add_argument(
-        "--top-p", type=float, default=None, help="sample from the smallest set holding mass p"
-    )
-    p.add_argument("--seed", type=int, default=1337, help="random seed of the sampler")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
-    p.add_argument(
-        "--dtype",
-        choices=RUN_DTYPES,
-        default="auto",
-        help="weights while sampling (auto: bfloat16 where native, else float32)",
-    )
-    _add_quantize(p)
-    p.add_argument("--no-stream", action="store_true", help="print each sample when complete")
-    p.set_defaults(run=cmd_sample)
-
-    p = sub.add_parser("eval", help="perplexity or multiple-choice accuracy of a model")
-    esub = p.add_subparsers(dest="what", metavar="WHAT", parser_class=_Parser)
-    esub.required = True
-    for name, helptext, run in (
-        ("perplexity", "perplexity of a text file (docs/evaluation.md)", cmd_eval_perplexity),
-        ("multiple-choice", "HellaSwag-format accuracy", cmd_eval_multiple_choice),
-        ("last-word", "LAMBADA-style last-word accuracy (greedy)", cmd_eval_last_word),
-    ):
-        e = esub.add_parser(name, help=helptext)
-        e.add_argument("model", help=HUB_HELP)
-        e.add_argument("--json", action="store_true", help="print one JSON object")
-        e.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
-        e.add_argument(
-            "--dtype",
-            choices=RUN_DTYPES,
-            default="auto",
-            help="weights while scoring (auto: bfloat16 where native, else float32)",
-        )
-        _add_quantize(e)
-        e.set_defaults(run=run)
-        if name == "perplexity":
-            from gptlab.config import PERPLEXITY_METHODS as METHODS
-
-            e.add_argument("--input", required=True, help="UTF-8 text file")
-            e.add_argument(
-                "--method",
-                choices=METHODS,
-                default="lm-eval",
-                help="lm-eval: the harness's rolling windows (comparable with its tables); "
-                "hf-guide: transformers' docs recipe; gptlab: each token once, sliding",
-            )
-            e.add_argument(
-                "--stride", type=int, default=None, help="hf-guide, gptlab (default: block_size)"
-            )
-            e.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
-        else:
-            what = "JSONL: ctx, endings, label" if name == "multiple-choice" else 'JSONL: "text"'
-            e.add_argument("--data", required=True, help=what)
-            e.add_argument("--limit", type=int, default=None, help="first N examples only")
-            e.add_argument("--batch-size", type=int, default=8, help="examples per forward pass")
-        if name == "multiple-choice":
-            e.add_argument(
-                "--hellaswag",
-                action="store_true",
-                help="rows of the raw HellaSwag dataset, cleaned as the harness does",
-            )
-
-    p = sub.add_parser("attention", help="draw the attention toolkit's figures (PNG)")
-    p.add_argument(
-        "demo",
-        choices=["pooling", "scoring", "multihead", "positional", "bahdanau", "gpt2", "all"],
-        help="which figure; all = every toolkit one",
-    )
-    p.add_argument("--out", default="figures", help="folder for the PNG files")
-    p.add_argument("--quick", action="store_true", help="tiny training budgets (for tests)")
-    p.add_argument("--model", help="gpt2 demo: run folder or pretrained name (default gpt2)")
-    p.add_argument(
-        "--prompt",
-        default=None,
-        help="gpt2 demo: the text to look at (default: 'To be, or not to be, that is the "
-        "question')",
-    )
-    p.add_argument("--layer", type=int, default=0, help="gpt2 demo: which layer")
-    p.add_argument(
-        "--overwrite", action="store_true", help="draw into a folder that holds other files too"
-    )
-    p.set_defaults(run=cmd_attention)
-
-    p = sub.add_parser("serve", help="a local web page: generate and look inside the model")
-    p.add_argument("model", help=HUB_HELP)
-    p.add_argument("--compare", metavar="MODEL2", help="a second model, side by side")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback only)")
-    p.add_argument("--port", type=int, default=8000, help="port to listen on")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
-    p.add_argument("--dtype", choices=RUN_DTYPES, default="auto", help="weights' dtype")
-    _add_quantize(p)
-    p.add_argument(
-        "--max-generations", type=int, default=2, help="generations at once (more get 429)"
-    )
-    p.set_defaults(run=cmd_serve)
-
-    p = sub.add_parser("tokenizer", help="train a BPE vocabulary, or encode text with one")
-    tsub = p.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
-    tsub.required = True
-    t = tsub.add_parser("train", help="learn a byte-level BPE vocabulary from text files")
-    t.add_argument("--input", nargs="+", required=True, metavar="PATH", help="files or folders")
-    t.add_argument("--vocab-size", type=int, required=True, help="ids in all (>= 256 + specials)")
-    t.add_argument("--out", required=True, help="folder for vocab.json + merges.txt")
-    t.add_argument(
-        "--special",
-        nargs="*",
-        metavar="TOKEN",
-        help="special tokens (default: <|endoftext|>; --special alone: none)",
-    )
-    t.add_argument("--pattern", choices=("gpt2", "gpt4"), default="gpt2", help="pre-tokenizer")
-    t.add_argument("--overwrite", action="store_true", help="replace a vocabulary in OUT")
-    t.set_defaults(run=cmd_tokenizer_train)
-    t = tsub.add_parser("encode", help="print the ids (and pieces) of a text")
-    t.add_argument("tokenizer", help="tokenizer folder, model folder or gpt2 hub name")
-    t.add_argument("text")
-    t.add_argument("--pieces", action="store_true", help="also print each id's text")
-    t.set_defaults(run=cmd_tokenizer_encode)
+    for add in (add_info, add_convert, add_prepare, add_train, add_sample, add_eval,
+                add_attention, add_serve, add_tokenizer):  # the order --help lists them in
+        add(sub)
     return parser
 
 
