@@ -407,3 +407,18 @@ def test_a_kill_while_the_old_run_moves_aside_puts_every_file_back(text, tmp_pat
     after = digest(out)
     assert {k: after[k] for k in before if k.startswith("checkpoint/")} == {
         k: v for k, v in before.items() if k.startswith("checkpoint/")}  # fmt: skip
+
+
+def test_a_python_resume_refuses_what_the_command_line_refuses(text, tmp_path):
+    """train(resume=True) gets whole configs: a different shape, split, start or budget is
+    refused (it was once ignored without a word), and the run is left as it was."""
+    out = tmp_path / "run"
+    train(MODEL, settings(text, out, max_iters=4), progress=False)
+    before = digest(out)
+    for model, changes in [(MODEL.replace(n_layer=3), {}), (MODEL.replace(dropout=0.0), {}),
+                           (MODEL, {"val_fraction": 0.2}), (MODEL, {"max_time": 60}),
+                           (MODEL, {"init_from": str(out)})]:  # fmt: skip
+        with pytest.raises(GptlabError, match="cannot change"):
+            train(model, settings(text, out, **changes), resume=True, progress=False)
+    assert digest(out) == before
+    train(MODEL, settings(text, out), resume=True, progress=False)  # max_iters may change

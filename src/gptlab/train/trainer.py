@@ -165,7 +165,7 @@ def _train(model_config, config, device, d: Dist, resume, overwrite, progress, s
         runfolder.settle_now(out)  # a command killed while it replaced a run
         _check_out(out, resume, overwrite)
         if resume:
-            _check_same_data(config, out)
+            _check_resume(model_config, config, out)
         missing = [p for p in (out, *out.absolute().parents) if not p.exists()]
         created = missing[-1] if missing else False  # the outermost folder this run makes
         runfolder.claim(out)
@@ -579,22 +579,41 @@ def _train_step(net, model, optimizer, scaler, data, data_gen, config, T, d, dev
     return loss_sum
 
 
-def _check_same_data(config: TrainConfig, out: Path) -> None:
-    """A resumed run trains on what it was set up with: data= may not name other data than
-    the run's train.toml records (the CLI passes that value back; a Python caller might not)."""
+# What a resume cannot change: the network's shape and the run's start, split and budget
+# plan (vocab_size comes from the data, as in a new run)
+RESUME_FIXED = ("init_from", "val_fraction", "tokenizer", "max_time")
+
+
+def _check_resume(model_config: GPTConfig, config: TrainConfig, out: Path) -> None:
+    """A resumed run trains as it was set up: the settings train.toml records for the shape,
+    the data and the start may not differ (the CLI refuses them as key=value; a Python
+    caller passes whole configs, so they are compared here), and data= may not name other
+    data than the run's."""
     toml = out / "train.toml"
     if not toml.is_file():
         return
-    recorded = load_toml(str(toml)).get("data")
-    if not isinstance(recorded, str) or recorded == config.data:
+    recorded = load_toml(str(toml))
+    shape = [f.name for f in dataclasses.fields(GPTConfig)
+             if f.name not in ("vocab_size", "padded_vocab_size")]  # fmt: skip
+    given = {**{k: getattr(model_config, k) for k in shape},
+             **{k: getattr(config, k) for k in RESUME_FIXED}}  # fmt: skip
+    changed = [f"{k}={v} (the run's: {recorded[k]})" for k, v in given.items()
+               if k in recorded and recorded[k] != v]  # fmt: skip
+    if changed:
+        raise GptlabError(
+            f"a resume continues the run as it was set up; {', '.join(changed)} cannot change "
+            "(start a new run, or fine-tune from this one with init_from=RUN)"
+        )
+    data = recorded.get("data")
+    if not isinstance(data, str) or data == config.data:
         return
     try:
-        if os.path.samefile(recorded, config.data):
+        if os.path.samefile(data, config.data):
             return
     except OSError:  # either is missing here, or a built-in name
         pass
     raise GptlabError(
-        f"--resume trains on the run's own data ({recorded}, prepared in {out / 'data'}); "
+        f"--resume trains on the run's own data ({data}, prepared in {out / 'data'}); "
         f"data={config.data} cannot apply (start a new run, or fine-tune from this one with "
         "init_from=RUN)"
     )
