@@ -35,3 +35,12 @@ def test_heads_must_divide_width():
 def test_padded_vocab_cannot_shrink():
     with pytest.raises(ValueError, match="padded_vocab_size=100 is smaller than vocab_size=200"):
         GPTConfig(vocab_size=200, padded_vocab_size=100)
+
+
+def test_a_retired_setting_in_an_old_runs_toml_is_a_note_not_an_error():
+    """log_interval was never read and is gone; runs saved before still name it."""
+    from gptlab.config import TrainConfig, apply_settings
+
+    with pytest.warns(UserWarning, match="log_interval is no longer a setting"):
+        model, train = apply_settings(GPTConfig(), TrainConfig(), {"log_interval": 10, "lr": 0.1})
+    assert train.lr == 0.1 and not hasattr(train, "log_interval")

@@ -9,9 +9,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from gptlab.config import DTYPES
 from gptlab.errors import GptlabError
 
-DTYPES = ("float32", "bfloat16", "float16")
 RUN_DTYPES = ("auto", *DTYPES)  # auto: bfloat16 where the hardware computes it natively
 HUB_HELP = (
     "run or model folder, or a hub name (gpt2, gpt2-medium, ...: OpenAI's weights, downloaded "

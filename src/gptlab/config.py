@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import typing
+import warnings
 from dataclasses import dataclass
 
 from gptlab.errors import GptlabError
 
 # gptlab eval perplexity --method (eval/perplexity.py computes each)
+DTYPES = ("float32", "bfloat16", "float16")  # what weights and arithmetic may be, besides auto
 PERPLEXITY_METHODS = ("lm-eval", "hf-guide", "gptlab")
 
 GPT2_VOCAB_SIZE = 50257
@@ -144,7 +148,6 @@ class TrainConfig:
     max_iters: int = 2000
     eval_interval: int = 250
     eval_iters: int = 20
-    log_interval: int = 10
     max_time: float = 0.0
     dtype: str = "auto"
     compile: bool = False
@@ -157,14 +160,13 @@ class TrainConfig:
     peak_tflops: float = 0.0
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):  # types first (TOML and key=value both reach here)
-            kind = {"int": int, "float": float, "bool": bool, "str": str}.get(str(f.type))
+        for name, kind in field_types(TrainConfig).items():  # types first (TOML, key=value)
             if kind is str:
-                if not isinstance(getattr(self, f.name), str):
-                    raise GptlabError(f"{f.name} must be text, got {getattr(self, f.name)!r}")
-            elif kind is not None:
-                _require(f.name, getattr(self, f.name), kind)
-        for name in ("warmup_iters", "lr_decay_iters", "log_interval", "threads", "seed"):
+                if not isinstance(getattr(self, name), str):
+                    raise GptlabError(f"{name} must be text, got {getattr(self, name)!r}")
+            elif kind in (int, float, bool):
+                _require(name, getattr(self, name), kind)
+        for name in ("warmup_iters", "lr_decay_iters", "threads", "seed"):
             if getattr(self, name) < 0:
                 raise GptlabError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.seed >= 2**63:  # torch's generators take a signed 64-bit seed
@@ -231,7 +233,6 @@ SETTINGS_HELP: dict[str, str] = {
     "max_iters": "optimizer steps",
     "eval_interval": "steps between evaluations and checkpoints",
     "eval_iters": "batches per evaluation",
-    "log_interval": "steps between progress lines",
     "max_time": "seconds for the whole command (the first steps are timed and max_iters fitted"
     "); 0 = none",
     "dtype": "auto (bfloat16 where the hardware computes it natively, else float32), float32, "
@@ -317,18 +318,25 @@ def parse_overrides(pairs: list[str]) -> dict[str, str]:
     return out
 
 
+@functools.cache
+def field_types(cls: type) -> dict[str, object]:
+    """A config dataclass's fields -> their types, as objects (int, float, int | None), not
+    the annotation text `from __future__ import annotations` leaves in dataclasses.fields."""
+    return typing.get_type_hints(cls)
+
+
 def _convert(name: str, text, kind):
     """A text (from the command line) or TOML value -> the field's type."""
     if not isinstance(text, str):
         value = text
-        if kind in (float, "float") and isinstance(value, int) and not isinstance(value, bool):
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-    elif kind in (bool, "bool"):
+    elif kind is bool:
         lowered = text.lower()
         if lowered not in ("true", "false", "1", "0", "yes", "no"):
             raise GptlabError(f"{name} must be true or false, got {text!r}")
         value = lowered in ("true", "1", "yes")
-    elif kind in (int, "int"):
+    elif kind is int:
         try:
             if "e" in text.lower():  # 5e3 is 5000; 2.7e0 is not a whole number
                 number = float(text)
@@ -339,16 +347,20 @@ def _convert(name: str, text, kind):
                 value = int(text)
         except (ValueError, OverflowError):
             raise GptlabError(f"{name} must be an integer, got {text!r}") from None
-    elif kind in (float, "float"):
+    elif kind is float:
         try:
             value = float(text)
         except ValueError:
             raise GptlabError(f"{name} must be a number, got {text!r}") from None
-    elif kind in ("int | None",):
+    elif kind == int | None:
         value = None if text.lower() in ("none", "") else _convert(name, text, int)
     else:
         value = text
     return value
+
+
+# Settings that were removed, and why: a run's train.toml written before may still hold them.
+RETIRED = {"log_interval": "it was never read: the progress bar updates itself"}
 
 
 def apply_settings(
@@ -357,11 +369,13 @@ def apply_settings(
     """Set fields of either config by name; an unknown name gets the closest known one."""
     import difflib
 
-    model_fields = {f.name: f.type for f in dataclasses.fields(GPTConfig)}
-    train_fields = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+    model_fields = field_types(GPTConfig)
+    train_fields = field_types(TrainConfig)
     model_changes, train_changes = {}, {}
     for key, text in settings.items():
-        if key in model_fields:
+        if key in RETIRED:  # in the train.toml of runs made before it went
+            warnings.warn(f"{key} is no longer a setting ({RETIRED[key]}); ignored", stacklevel=2)
+        elif key in model_fields:
             model_changes[key] = _convert(key, text, model_fields[key])
         elif key in train_fields:
             train_changes[key] = _convert(key, text, train_fields[key])

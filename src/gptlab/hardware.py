@@ -19,9 +19,9 @@ from collections.abc import Iterable
 
 import torch
 
+from gptlab.config import DTYPES
 from gptlab.errors import GptlabError
 
-DTYPES = ("float32", "bfloat16", "float16")
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # names as /proc/cpuinfo spells them
 
 

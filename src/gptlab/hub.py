@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gptlab.errors import GptlabError
+from gptlab.errors import GptlabError, first_line
 
 # Short names users type -> the repositories that hold OpenAI's GPT-2 weights today.
 GPT2_REPOS = {
@@ -34,7 +34,7 @@ def snapshot(name: str, patterns: list[str]) -> Path:
 
         return Path(snapshot_download(repo_id, allow_patterns=patterns))
     except Exception as e:  # offline, unknown repo, HTTP error, ...
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = first_line(e)
         raise GptlabError(
             f"{name!r} is not a local folder, and fetching {repo_id!r} from the Hugging Face "
             f"hub failed ({type(e).__name__}: {reason}); to work offline, pass a local folder "

@@ -24,7 +24,7 @@ import torch
 
 from gptlab import hub
 from gptlab.config import GPTConfig
-from gptlab.errors import GptlabError
+from gptlab.errors import GptlabError, first_line
 from gptlab.fileio import atomic_write, atomic_write_json
 from gptlab.model.int8 import Int8Linear
 
@@ -192,7 +192,7 @@ def _read_weight_file(path: Path) -> dict[str, torch.Tensor]:
         try:
             return load_file(path)
         except Exception as e:  # truncated or corrupt header, bad offsets, ...
-            raise GptlabError(f"{path}: cannot read safetensors file ({_first_line(e)})") from e
+            raise GptlabError(f"{path}: cannot read safetensors file ({first_line(e)})") from e
     # A pickle: never executed, weights_only=True refuses anything but tensors and containers.
     try:
         try:
@@ -202,18 +202,13 @@ def _read_weight_file(path: Path) -> dict[str, torch.Tensor]:
     except Exception as e:
         # torch's own message may advise weights_only=False, i.e. running the file's code: a
         # corrupt or untrusted file is exactly where that must not be suggested
-        reason = _first_line(e)
+        reason = first_line(e)
         if "weights_only" in reason or "Weights only" in reason:
             reason = "not a plain PyTorch checkpoint of tensors: corrupt, or holds code"
         raise GptlabError(f"{path}: cannot read PyTorch weights ({reason})") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise GptlabError(f"{path}: expected a dictionary of tensors")
     return state
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _canonical_name(key: str) -> str:
@@ -476,7 +471,7 @@ def save_pretrained(model: GPT, directory: str | os.PathLike) -> None:
             lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}),
         )
     except (OSError, SafetensorError) as e:
-        why = getattr(e, "strerror", None) or _first_line(e)
+        why = getattr(e, "strerror", None) or first_line(e)
         raise GptlabError(f"{directory}: could not write model.safetensors ({why})") from None
     hf_config = config_to_hf(model.config, dtype)
     if quantized:  # a model type transformers does not know: it refuses, not misloads

@@ -5,7 +5,7 @@ from __future__ import annotations
 import operator
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 
 from gptlab import hub
@@ -82,9 +82,6 @@ class Tokenizer(ABC):
                 f"{where}: the tokenizer has {self.vocab_size} ids but the model reads "
                 f"{vocab_size}; they do not belong together (a tokenizer file replaced?)"
             )
-
-    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        return [self.encode(t) for t in texts]
 
     @abstractmethod
     def decode(self, ids: Iterable[int]) -> str: ...

@@ -124,11 +124,6 @@ class BPETokenizer(Tokenizer):
             return self._core.encode_ordinary(text)
         return self._core.encode(text, allowed_special=allowed, disallowed_special=())
 
-    def encode_batch(self, texts: Sequence[str], num_threads: int = 8) -> list[list[int]]:
-        if self._core is None:
-            return [self.encode_python(t) for t in texts]
-        return self._core.encode_ordinary_batch(list(texts), num_threads=num_threads)
-
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
         table = self._bytes
         ids = checked_ids(ids, len(table))

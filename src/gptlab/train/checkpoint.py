@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from gptlab.errors import GptlabError
+from gptlab.errors import GptlabError, first_line
 from gptlab.fileio import atomic_write, atomic_write_json
 from gptlab.model import GPT
 from gptlab.train import faults
@@ -184,7 +184,7 @@ def load(out: Path) -> tuple[GPT, dict[str, Any], dict[str, Any]]:
         trainer_state = torch.load(folder / "trainer.pt", map_location="cpu", weights_only=True)
     except Exception as e:  # missing, truncated, garbage: OSError, ValueError, pickle errors
         if isinstance(e, OSError | ValueError):  # a file's or JSON's own words
-            why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            why = first_line(e)
         else:  # torch.load's text suggests unsafe loading: not advice to repeat
             why = "trainer.pt is not a checkpoint PyTorch can read safely"
         raise GptlabError(f"{folder}: cannot read the checkpoint ({why})") from None

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from gptlab.config import TrainConfig
-from gptlab.errors import GptlabError
+from gptlab.errors import GptlabError, first_line
 from gptlab.model import GPT
 
 OPTIMIZER_DIR = "optimizer"  # inside a checkpoint folder: AdamW's state, sharded
@@ -145,7 +145,7 @@ def save_optimizer(folder: Path, model: nn.Module, optimizer: torch.optim.Optimi
             dcp.save({"optimizer": state}, checkpoint_id=folder / OPTIMIZER_DIR)
     except _errors() as e:  # DCP raises the same error on every rank
         raise GptlabError(
-            f"{folder}: could not write the sharded optimizer state ({_first_line(e)}); the "
+            f"{folder}: could not write the sharded optimizer state ({_failure(e)}); the "
             "previous checkpoint is intact"
         ) from None
 
@@ -165,7 +165,7 @@ def load_optimizer(folder: Path, model: nn.Module, optimizer: torch.optim.Optimi
             dcp.load(state, checkpoint_id=folder / OPTIMIZER_DIR)
     except _errors() as e:
         raise GptlabError(
-            f"{folder / OPTIMIZER_DIR}: damaged checkpoint ({_first_line(e)}); the weights are "
+            f"{folder / OPTIMIZER_DIR}: damaged checkpoint ({_failure(e)}); the weights are "
             "in model.safetensors"
         ) from None
     set_optimizer_state_dict(model, optimizer, optim_state_dict=state["optimizer"])
@@ -178,13 +178,13 @@ def _errors() -> tuple[type[BaseException], ...]:
     return (Exception, CheckpointException)
 
 
-def _first_line(e: BaseException) -> str:
+def _failure(e: BaseException) -> str:
+    """The first failure of a distributed checkpoint operation, as one line."""
     failures = getattr(e, "failures", None)  # CheckpointException: {rank: its exception}
     if isinstance(failures, dict) and failures:
         e = next(iter(failures.values()))
         e = e[0] if isinstance(e, tuple) else e  # (exception, traceback)
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0]}"[:200] if text else type(e).__name__
+    return f"{type(e).__name__}: {first_line(e)}"[:200] if str(e).strip() else type(e).__name__
 
 
 @contextlib.contextmanager
