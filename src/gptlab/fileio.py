@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from gptlab.errors import GptlabError
+
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     """Call `write(tmp_path)` to fill a temporary file in the target's folder, then move it
@@ -45,6 +47,20 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def read_json_object(path: str | os.PathLike) -> dict:
+    """A UTF-8 JSON file that must hold an object -> that dict. Text that is not JSON (or not
+    UTF-8) and JSON that is not an object are one GptlabError naming the file; a missing or
+    unreadable file is the OSError it is (callers say what its absence means)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+        raise GptlabError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise GptlabError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
 
 
 def _umask() -> int:

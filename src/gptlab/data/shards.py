@@ -17,7 +17,6 @@ processes, a bounded number at a time, and written in order as they finish.
 
 from __future__ import annotations
 
-import json
 import os
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -30,7 +29,7 @@ import torch
 
 from gptlab.data.corpus import Document, iter_documents
 from gptlab.errors import GptlabError
-from gptlab.fileio import atomic_write_json
+from gptlab.fileio import atomic_write_json, read_json_object
 from gptlab.tokenizers import CharTokenizer, Tokenizer
 
 META_FILE = "meta.json"
@@ -238,13 +237,9 @@ class PreparedData:
         self.directory = Path(self.directory)
         path = self.directory / META_FILE
         try:
-            self.meta = json.loads(path.read_text(encoding="utf-8"))
+            self.meta = read_json_object(path)
         except FileNotFoundError:
             raise GptlabError(f"{self.directory}: not prepared data (no {META_FILE})") from None
-        except ValueError as e:
-            raise GptlabError(f"{path}: not valid JSON ({e})") from None
-        if not isinstance(self.meta, dict):
-            raise GptlabError(f"{path}: damaged (not a JSON object); prepare again")
         if self.meta.get("format") != FORMAT:
             raise GptlabError(f"{path}: unknown format {self.meta.get('format')!r}")
         whole = ("vocab_size", "train_tokens", "val_tokens")

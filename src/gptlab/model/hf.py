@@ -25,7 +25,7 @@ import torch
 from gptlab import hub
 from gptlab.config import GPTConfig
 from gptlab.errors import GptlabError, first_line
-from gptlab.fileio import atomic_write, atomic_write_json
+from gptlab.fileio import atomic_write, atomic_write_json, read_json_object
 from gptlab.model.int8 import Int8Linear
 
 # hf.py builds the class it is given (cls, gptlab.model.GPT) and never imports the network
@@ -279,13 +279,7 @@ def read_config(folder: Path) -> GPTConfig:
     config_path = Path(folder) / "config.json"
     if not config_path.is_file():
         raise GptlabError(f"{folder}: no config.json, so this is not a model folder")
-    try:
-        hf_config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise GptlabError(f"{config_path}: not valid JSON ({e})") from e
-    if not isinstance(hf_config, dict):
-        raise GptlabError(f"{config_path}: expected a JSON object")
-    return config_from_hf(hf_config, str(config_path))
+    return config_from_hf(read_json_object(config_path), str(config_path))
 
 
 def load_pretrained(
@@ -347,10 +341,9 @@ def is_int8_folder(folder: str | os.PathLike) -> bool:
     """Whether a local model folder holds int8 weights (its config.json says so); False where
     there is none or it cannot be read (the loader then says why)."""
     try:
-        hf_config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return is_int8_config(read_json_object(Path(folder) / "config.json"))
+    except (OSError, GptlabError):
         return False
-    return isinstance(hf_config, dict) and is_int8_config(hf_config)
 
 
 def int8_tensors(model: GPT) -> dict[str, torch.Tensor]:

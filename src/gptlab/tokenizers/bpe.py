@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import codecs
 import heapq
-import json
 import os
 import re
 from collections import Counter, defaultdict
@@ -25,7 +24,7 @@ from pathlib import Path
 import regex
 
 from gptlab.errors import GptlabError
-from gptlab.fileio import atomic_write_json
+from gptlab.fileio import atomic_write_json, read_json_object
 from gptlab.tokenizers import gpt2
 from gptlab.tokenizers.base import IncrementalDecoder, Tokenizer, checked_ids
 
@@ -321,12 +320,7 @@ def _read_settings(path: Path, vocab: dict[str, int]) -> dict:
     "eot_token": token or null}; {} where the file is absent (GPT-2's own files)."""
     if not path.is_file():
         return {}
-    try:
-        settings = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise GptlabError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(settings, dict):
-        raise GptlabError(f"{path}: expected a JSON object, got {type(settings).__name__}")
+    settings = read_json_object(path)
     unknown = sorted(set(settings) - {"kind", "pattern", "special_tokens", "eot_token"})
     if unknown:
         raise GptlabError(f"{path}: unknown entries {unknown}")

@@ -17,7 +17,7 @@ from gptlab.config import TrainConfig
 from gptlab.data.corpus import BUILTIN, parse_hub_source, text_files
 from gptlab.data.shards import META_FILE, PreparedData, prepare
 from gptlab.errors import GptlabError
-from gptlab.fileio import atomic_write_text
+from gptlab.fileio import atomic_write_text, read_json_object
 from gptlab.tokenizers import TOKENIZER_FILES
 from gptlab.train import runfolder
 from gptlab.train.distributed import Dist, on_main
@@ -158,10 +158,9 @@ def _is_our_cache(cache: Path) -> bool:
 
 def _read_meta(folder: Path) -> dict:
     try:
-        meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return read_json_object(folder / META_FILE)
+    except (OSError, GptlabError):
         return {}
-    return meta if isinstance(meta, dict) else {}
 
 
 def _check_same_vocabulary(prepared: Path, run: Path, source: str) -> None:
