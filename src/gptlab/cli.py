@@ -964,14 +964,8 @@ def _unrecognized(extra: Sequence[str], takes_settings: bool) -> str:
 
 
 def _say(line: str) -> None:
-    """One line on stderr, on a line of its own: progress bars still drawn are closed first."""
-    try:
-        from tqdm import tqdm
-
-        for bar in list(getattr(tqdm, "_instances", ())):
-            bar.close()
-    except Exception:  # never let tidying up hide the message itself
-        pass
+    """One line on stderr (every progress bar is closed by the code that opened it, on an error
+    too, so the line starts a line of its own)."""
     print(line, file=sys.stderr, flush=True)
 
 

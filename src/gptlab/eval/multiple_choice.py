@@ -179,31 +179,33 @@ def evaluate_multiple_choice(
     scores = []
     bar = tqdm(total=len(examples), desc="multiple choice", leave=False,
                disable=None if progress else True)  # fmt: skip (None: on a terminal only)
-    for i in range(0, len(examples), batch_size):
-        group = examples[i : i + batch_size]
-        L = model.config.block_size
-        requests = [_pair(tokenizer, ex.context, " " + e, L,
-                          f"{_where(ex.source, ex.line)}, ending {k}")
-                    for ex in group for k, e in enumerate(ex.endings)]  # fmt: skip
-        lls = iter(loglikelihoods(model, requests, batch_size=len(requests)))
-        pairs = iter(requests)
-        for ex in group:
-            sums = [next(lls)[0] for _ in ex.endings]
-            tokens = [len(next(pairs)[1]) for _ in ex.endings]
-            by = {
-                "acc": sums,
-                "acc_norm": [t / len(e) for t, e in zip(sums, ex.endings, strict=True)],
-                "acc_bytes": [t / len(e.encode("utf-8")) for t, e in
-                              zip(sums, ex.endings, strict=True)],  # fmt: skip
-                "acc_norm_token": [t / n for t, n in zip(sums, tokens, strict=True)],
-            }
-            choice = {k: max(range(len(v)), key=v.__getitem__) for k, v in by.items()}
-            for key, picked in choice.items():
-                hits[key] += int(picked == ex.label)
-            scores.append({"line": ex.line, "label": ex.label, "logprob_sum": sums,
-                           "tokens": tokens, "choice": choice})  # fmt: skip
-        bar.update(len(group))
-    bar.close()
+    try:
+        for i in range(0, len(examples), batch_size):
+            group = examples[i : i + batch_size]
+            L = model.config.block_size
+            requests = [_pair(tokenizer, ex.context, " " + e, L,
+                              f"{_where(ex.source, ex.line)}, ending {k}")
+                        for ex in group for k, e in enumerate(ex.endings)]  # fmt: skip
+            lls = iter(loglikelihoods(model, requests, batch_size=len(requests)))
+            pairs = iter(requests)
+            for ex in group:
+                sums = [next(lls)[0] for _ in ex.endings]
+                tokens = [len(next(pairs)[1]) for _ in ex.endings]
+                by = {
+                    "acc": sums,
+                    "acc_norm": [t / len(e) for t, e in zip(sums, ex.endings, strict=True)],
+                    "acc_bytes": [t / len(e.encode("utf-8")) for t, e in
+                                  zip(sums, ex.endings, strict=True)],  # fmt: skip
+                    "acc_norm_token": [t / n for t, n in zip(sums, tokens, strict=True)],
+                }
+                choice = {k: max(range(len(v)), key=v.__getitem__) for k, v in by.items()}
+                for key, picked in choice.items():
+                    hits[key] += int(picked == ex.label)
+                scores.append({"line": ex.line, "label": ex.label, "logprob_sum": sums,
+                               "tokens": tokens, "choice": choice})  # fmt: skip
+            bar.update(len(group))
+    finally:  # closed on an error too, before the error is printed
+        bar.close()
     n = len(examples)
     return {**{k: v / n for k, v in hits.items()}, "examples": n, "scores": scores}
 

@@ -59,7 +59,7 @@ def cleanup(d: Dist) -> None:
         dist.destroy_process_group()
 
 
-def broadcast_flag(d: Dist, flag: bool, device: torch.device) -> bool:
+def any_rank(d: Dist, flag: bool, device: torch.device) -> bool:
     """True on every rank if it is True on any (a stop request seen by one rank stops all)."""
     if not d.enabled:
         return flag

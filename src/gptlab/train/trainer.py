@@ -34,7 +34,7 @@ from gptlab.train.distributed import (
     Dist,
     all_mean,
     all_sum,
-    broadcast_flag,
+    any_rank,
     cleanup,
     gather_objects,
     on_main,
@@ -437,38 +437,40 @@ class _Run:
         last_val = None
         interrupted = False
         step_seconds: list[float] = []
-        with _StopRequest() as stop:
-            while state.step < self.config.max_iters:
-                t_step = time.perf_counter()
-                train_loss, lr = self.step()
-                step_seconds.append(time.perf_counter() - t_step)
-                faults.step_delay()
-                tokens = self.config.batch_size * self.config.grad_accum * self.T
-                self.flops.add(tokens, step_seconds[-1])
-                rate = tokens / step_seconds[-1]
-                self.log.step(state.step, train_loss, lr, rate, self.flops.mfu(rate))
+        try:  # the bar is closed whatever ends the loop (a NaN, Ctrl-C, a full disk)
+            with _StopRequest() as stop:
+                while state.step < self.config.max_iters:
+                    t_step = time.perf_counter()
+                    train_loss, lr = self.step()
+                    step_seconds.append(time.perf_counter() - t_step)
+                    faults.step_delay()
+                    tokens = self.config.batch_size * self.config.grad_accum * self.T
+                    self.flops.add(tokens, step_seconds[-1])
+                    rate = tokens / step_seconds[-1]
+                    self.log.step(state.step, train_loss, lr, rate, self.flops.mfu(rate))
 
-                stopping = broadcast_flag(d, stop.requested, self.device)
-                # (any rank's readiness counts for all, so the ranks plan at the same step)
-                if budget is not None and broadcast_flag(
-                    d, budget.ready(state.step, step_seconds) or stopping, self.device
-                ):
-                    self.replan(budget, step_seconds)
-                    budget = None
-                config = self.config
-                due = state.step % config.eval_interval == 0 or state.step == config.max_iters
-                if stopping and not due:
-                    # Ctrl-C: save the weights at once, without an evaluation, so that the
-                    # command returns within a few seconds (a scheduled one still runs).
-                    self.checkpoint_all_ranks(last_val, lr, evaluate=False)
-                    interrupted = True
-                    break
-                if due:
-                    last_val = self.checkpoint_all_ranks(last_val, lr, evaluate=True)
-                if stopping:
-                    interrupted = state.step < config.max_iters
-                    break
-        self.log.close()
+                    stopping = any_rank(d, stop.requested, self.device)
+                    # (any rank's readiness counts for all, so the ranks plan at the same step)
+                    if budget is not None and any_rank(
+                        d, budget.ready(state.step, step_seconds) or stopping, self.device
+                    ):
+                        self.replan(budget, step_seconds)
+                        budget = None
+                    config = self.config
+                    due = state.step % config.eval_interval == 0 or state.step == config.max_iters
+                    if stopping and not due:
+                        # Ctrl-C: save the weights at once, without an evaluation, so that the
+                        # command returns within a few seconds (a scheduled one still runs).
+                        self.checkpoint_all_ranks(last_val, lr, evaluate=False)
+                        interrupted = True
+                        break
+                    if due:
+                        last_val = self.checkpoint_all_ranks(last_val, lr, evaluate=True)
+                    if stopping:
+                        interrupted = state.step < config.max_iters
+                        break
+        finally:
+            self.log.close()
         if d.is_main and not interrupted:
             plot_losses(self.out)
         best = None if math.isinf(state.best_val) else state.best_val
