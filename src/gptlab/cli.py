@@ -553,7 +553,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         started=started,
     )
-    say = print if os.environ.get("RANK", "0") == "0" else (lambda *a: None)  # torchrun
+    say = print if result.main else (lambda *a: None)  # under torchrun: rank 0 reports
     if result.interrupted:  # exit 130, as an interrupted sample: `train && eval` stops here
         say(
             f"stopped at step {result.step}; checkpoint saved. Resume with: "

@@ -57,6 +57,7 @@ class TrainResult:
     best_val_loss: float | None
     step_seconds: list[float]  # wall time of each training step of this command (no evals)
     dtype: str = "float32"  # the dtype the run trained in (auto resolved)
+    main: bool = True  # whether this process reports (rank 0 under torchrun)
 
 
 class _StopRequest:
@@ -475,7 +476,7 @@ class _Run:
             plot_losses(self.out)
         best = None if math.isinf(state.best_val) else state.best_val
         return TrainResult(self.out, state.step, interrupted, last_val, best, step_seconds,
-                           self.config.dtype)  # fmt: skip
+                           self.config.dtype, d.is_main)  # fmt: skip
 
 
 def _build_model(model_config, config, data, out, resume):
