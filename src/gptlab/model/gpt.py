@@ -229,11 +229,7 @@ class GPT(nn.Module):
         positions."""
         B, T = idx.shape
         past = cache.length if cache is not None else 0
-        if past + T > self.config.block_size:
-            raise GptlabError(
-                f"input has {past + T} tokens but this model's block_size is "
-                f"{self.config.block_size}"
-            )
+        self._check_length(past + T)
         attn_mask = None
         if attention_mask is None:
             pos = torch.arange(past, past + T, device=idx.device).unsqueeze(0)  # (1, T)
@@ -244,8 +240,7 @@ class GPT(nn.Module):
             real = attention_mask.to(torch.bool)  # (B, P + T)
             pos = (real.long().cumsum(-1) - 1).clamp(min=0)[:, past:]  # 0 at the first real
             attn_mask = causal_padding_mask(real, past)
-        x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C)
-        x = self.transformer.drop(x)
+        x = self.transformer.drop(self.embed(idx, pos))
         recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         for i, block in enumerate(self.transformer.h):
             if recompute:
@@ -257,6 +252,22 @@ class GPT(nn.Module):
         if cache is not None:
             cache.advance(T)
         return self.transformer.ln_f(x)
+
+    def embed(self, idx: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
+        """What the first block reads: token embedding + position embedding, (B, T, C).
+        pos: (B or 1, T) positions (hidden_states gives them with a cache or padding); default
+        0..T-1, with T at most block_size."""
+        if pos is None:
+            self._check_length(idx.size(1))
+            pos = torch.arange(idx.size(1), device=idx.device).unsqueeze(0)
+        return self.transformer.wte(idx) + self.transformer.wpe(pos)
+
+    def _check_length(self, n: int) -> None:
+        """n positions fit the position table (from shapes only: no device sync)."""
+        if n > self.config.block_size:
+            raise GptlabError(
+                f"input has {n} tokens but this model's block_size is {self.config.block_size}"
+            )
 
     def generate(self, idx: torch.Tensor, max_new_tokens: int, **kwargs) -> torch.Tensor:
         """Prompt ids (B, T) -> (B, T + max_new_tokens); see `gptlab.generate.generate`."""
@@ -274,8 +285,7 @@ class GPT(nn.Module):
     def iter_attention_maps(self, idx: torch.Tensor) -> Iterator[torch.Tensor]:
         """attention_maps one layer at a time (B, nh, T, T): stop early, or keep one layer in
         memory at a time (a 1,024-token text has 50 MB of weights per layer of GPT-2 small)."""
-        pos = torch.arange(idx.size(1), device=idx.device)
-        x = self.transformer.wte(idx) + self.transformer.wpe(pos)
+        x = self.embed(idx)
         for block in self.transformer.h:
             yield block.attn.weights(block.ln_1(x))
             x = block(x)
@@ -285,8 +295,7 @@ class GPT(nn.Module):
         """The residual stream for ids (B, T): n_layer + 1 tensors (B, T, C), the embeddings
         first, then the stream after each block (the last one before ln_f). The logit lens
         reads each through ln_f and the head."""
-        pos = torch.arange(idx.size(1), device=idx.device)
-        x = self.transformer.wte(idx) + self.transformer.wpe(pos)
+        x = self.embed(idx)
         states = [x]
         for block in self.transformer.h:
             x = block(x)
