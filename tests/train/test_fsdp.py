@@ -145,7 +145,7 @@ def test_running_out_of_memory_is_one_line_with_advice(monkeypatch, tmp_path):
     def no_memory(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
-    monkeypatch.setattr(trainer_module, "_train_step", no_memory)
+    monkeypatch.setattr(trainer_module._Run, "train_step", no_memory)
     config = TrainConfig(data=str(tmp_path / "t.txt"), out=str(tmp_path / "r"), max_iters=1,
                          eval_iters=1, threads=1)  # fmt: skip
     with pytest.raises(GptlabError, match=r"^out of memory on cpu .*try parallel=fsdp"):

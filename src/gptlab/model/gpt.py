@@ -14,7 +14,6 @@ from os import PathLike
 
 import torch
 import torch.nn.functional as F
-import torch.utils.checkpoint
 from torch import nn
 
 from gptlab.config import GPTConfig
@@ -164,9 +163,6 @@ class GPT(nn.Module):
         )
         self.lm_head = nn.Linear(config.n_embd, config.embedding_rows, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # weight tying: one matrix, two uses
-        # Training on little memory: keep only each block's input in the forward pass and
-        # recompute the block during the backward pass (the trainer's activation_checkpointing).
-        self.activation_checkpointing = False
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -241,14 +237,8 @@ class GPT(nn.Module):
             pos = (real.long().cumsum(-1) - 1).clamp(min=0)[:, past:]  # 0 at the first real
             attn_mask = causal_padding_mask(real, past)
         x = self.transformer.drop(self.embed(idx, pos))
-        recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         for i, block in enumerate(self.transformer.h):
-            if recompute:
-                x = torch.utils.checkpoint.checkpoint(
-                    block, x, attn_mask, cache, i, use_reentrant=False
-                )
-            else:
-                x = block(x, attn_mask, cache, i)
+            x = block(x, attn_mask, cache, i)
         if cache is not None:
             cache.advance(T)
         return self.transformer.ln_f(x)

@@ -42,6 +42,7 @@ from gptlab.train.distributed import (
 )
 from gptlab.train.metrics import Logger, plot_losses
 from gptlab.train.optim import lr_at, make_optimizer
+from gptlab.train.parallel import parallelize
 from gptlab.train.rundata import resolve_data
 
 # torch >= 2.5 names it torch.OutOfMemoryError (for every device); before, CUDA's only
@@ -158,34 +159,33 @@ def _train(model_config, config, device, d: Dist, resume, overwrite, progress, s
         raise GptlabError(
             f"grad_accum={config.grad_accum} must be a multiple of the {d.world} processes"
         )
-    lock = runfolder.RunLock(out)
-    created = False
+    created: Path | None = None  # the outermost folder this run makes, if any
 
-    def take_folder() -> None:
-        nonlocal created
-        runfolder.settle_now(out)  # a command killed while it replaced a run
-        _check_out(out, resume, overwrite)
-        if resume:
-            _check_resume(model_config, config, out)
-        missing = [p for p in (out, *out.absolute().parents) if not p.exists()]
-        created = missing[-1] if missing else False  # the outermost folder this run makes
-        runfolder.claim(out)
-        lock.__enter__()
+    def remove_if_unsaved() -> None:
+        """A run this command created that never saved a checkpoint leaves no folder."""
+        saved = any((out / n).exists() for n in (checkpoint.CHECKPOINT_DIR, checkpoint.OLD_DIR))
+        if created is not None and not saved:
+            shutil.rmtree(created, ignore_errors=True)
 
-    on_main(d, take_folder)  # a refusal on rank 0 stops every rank with its message
-    try:
+    with contextlib.ExitStack() as stack:  # undone in reverse: settle, unlock, tidy up
+
+        def take_folder() -> None:
+            nonlocal created
+            runfolder.settle_now(out)  # a command killed while it replaced a run
+            _check_out(out, resume, overwrite)
+            if resume:
+                _check_resume(model_config, config, out)
+            missing = [p for p in (out, *out.absolute().parents) if not p.exists()]
+            created = missing[-1] if missing else None
+            stack.callback(remove_if_unsaved)
+            runfolder.claim(out)
+            stack.enter_context(runfolder.RunLock(out))
+            # the run this one replaces goes only if this one has saved, else it comes back
+            stack.callback(runfolder.settle_aside, out)
+
+        on_main(d, take_folder)  # a refusal on rank 0 stops every rank with its message
         return _train_locked(model_config, config, device, d, resume, overwrite, progress,
                              started, out)  # fmt: skip
-    finally:
-        try:
-            if d.is_main and lock.held:  # the run it replaced goes only if this one has saved
-                runfolder.settle_aside(out)
-        finally:
-            lock.__exit__()
-        # a run this command created that never saved a checkpoint: leave no folder behind
-        saved = any((out / n).exists() for n in (checkpoint.CHECKPOINT_DIR, checkpoint.OLD_DIR))
-        if created and d.is_main and not saved:
-            shutil.rmtree(created, ignore_errors=True)
 
 
 def _train_locked(model_config, config, device, d, resume, overwrite, progress, started, out):
@@ -240,14 +240,11 @@ class _Run:
             print("note: cpu_offload=true acts on CUDA under torchrun only; ignored here",
                   file=sys.stderr, flush=True)  # fmt: skip
         model.train()
-        model.activation_checkpointing = config.activation_checkpointing
         trainer_state = saved[0] if saved is not None else None
         full_moments = None  # a ddp checkpoint's AdamW state, for a run that now shards
         if trainer_state is not None and self.sharded and "optimizer" in trainer_state:
             full_moments = self._full_optimizer_state(trainer_state["optimizer"])  # on CPU
-        if self.sharded:  # sharded while on the CPU: each device receives its shards only
-            sharding.shard(model, config, device)
-        model.to(device)
+        self.net = parallelize(model, config, device, d, self.sharded)  # what the step calls
         self.optimizer = make_optimizer(model, config, device.type)
         self.scaler = torch.amp.GradScaler("cuda", enabled=config.dtype == "float16")
         self.data_gen = torch.Generator().manual_seed(config.seed)
@@ -270,13 +267,6 @@ class _Run:
             self.state.load(saved_state)
             if note and d.is_main:
                 print(note, file=sys.stderr, flush=True)
-        self.net = torch.compile(model) if config.compile else model  # what the step calls
-        if d.enabled and not self.sharded:
-            from torch.nn.parallel import DistributedDataParallel
-
-            self.net = DistributedDataParallel(
-                self.net, device_ids=[d.local_rank] if device.type == "cuda" else None
-            )
         self.flops = mfu.Throughput(model_config, model, config, device, d.world)
         if saved is None:  # a resumed run records changed settings with its next checkpoint
             self.write_settings()
@@ -328,9 +318,7 @@ class _Run:
         lr = lr_at(state.step, config)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        loss = _train_step(self.net, self.model, self.optimizer, self.scaler, self.data,
-                           self.data_gen, config, self.T, self.d, self.device,
-                           self.autocast, self.sharded)  # fmt: skip
+        loss = self.train_step()
         state.step += 1
         state.tokens += config.batch_size * config.grad_accum * self.T
         train_loss = all_mean(self.d, loss).item()  # NaN on any rank: NaN on all, all stop
@@ -346,6 +334,33 @@ class _Run:
                 f"({kept}). Try a lower lr, grad_clip=1.0, or float32"
             )
         return train_loss, lr
+
+    def train_step(self) -> torch.Tensor:
+        """One optimizer step over the global batch (this rank's micro-batches), gradients
+        synchronised on the last micro-batch, clipped, applied -> the mean loss (a tensor)."""
+        config, d, T = self.config, self.d, self.T
+        B, micro_per_rank = config.batch_size, config.grad_accum // d.world
+        starts = self.data.window_starts("train", B * config.grad_accum, T, self.data_gen)
+        mine = starts.view(config.grad_accum, B)[d.rank * micro_per_rank :][:micro_per_rank]
+        synced = self.model if self.sharded else self.net
+        loss_sum = torch.zeros((), device=self.device)
+        for micro, micro_starts in enumerate(mine):
+            x, y = self.data.windows("train", micro_starts, T)
+            x = x.to(self.device, non_blocking=True)
+            y = y.to(self.device, non_blocking=True)
+            last = micro == micro_per_rank - 1
+            with sharding.gradient_sync(synced, self.sharded, d.enabled, last):
+                with self.autocast:
+                    loss = self.net(x, targets=y).loss / micro_per_rank
+                self.scaler.scale(loss).backward()
+            loss_sum += loss.detach()
+        if config.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss_sum
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -553,33 +568,6 @@ def _restore(trainer_state, data_gen, scaler, device, config, d) -> str | None:
     if "scaler" in trainer_state and config.dtype == "float16":
         scaler.load_state_dict(trainer_state["scaler"])
     return note
-
-
-def _train_step(net, model, optimizer, scaler, data, data_gen, config, T, d, device, autocast,
-                sharded=False):  # fmt: skip
-    """One optimizer step over the global batch (this rank's micro-batches), gradients
-    synchronised on the last micro-batch, clipped, applied. Returns the mean loss (a tensor)."""
-    B = config.batch_size
-    micro_per_rank = config.grad_accum // d.world
-    starts = data.window_starts("train", B * config.grad_accum, T, data_gen)
-    mine = starts.view(config.grad_accum, B)[d.rank * micro_per_rank :][:micro_per_rank]
-    loss_sum = torch.zeros((), device=device)
-    for micro, micro_starts in enumerate(mine):
-        x, y = data.windows("train", micro_starts, T)
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        last = micro == micro_per_rank - 1
-        with sharding.gradient_sync(model if sharded else net, sharded, d.enabled, last):
-            with autocast:
-                loss = net(x, targets=y).loss / micro_per_rank
-            scaler.scale(loss).backward()
-        loss_sum += loss.detach()
-    if config.grad_clip > 0:
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-    scaler.step(optimizer)
-    scaler.update()
-    optimizer.zero_grad(set_to_none=True)
-    return loss_sum
 
 
 # What a resume cannot change: the network's shape and the run's start, split and budget
