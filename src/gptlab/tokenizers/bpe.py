@@ -380,6 +380,19 @@ def train_bpe(
     Ids: 0-255 are the bytes themselves, merge i makes id 256 + i, special tokens come last.
     If the corpus runs out of pairs first, the vocabulary is smaller than asked.
     """
+    special_tokens = _checked_specials(texts, vocab_size, special_tokens)
+    counts = _count_chunks(texts, _compile_pattern(pattern))  # a bad pattern: one line
+    tokens, merges = _learn_merges(counts, vocab_size - 256 - len(special_tokens))
+    ranks = {t: i for i, t in enumerate(tokens)}
+    specials = {s: len(tokens) + k for k, s in enumerate(special_tokens)}
+    eot = gpt2.EOT if gpt2.EOT in specials else None
+    return BPETokenizer(
+        ranks, [(tokens[a], tokens[b]) for a, b in merges], specials, pattern, eot_token=eot
+    )
+
+
+def _checked_specials(texts, vocab_size, special_tokens) -> list[str]:
+    """train_bpe's arguments checked, one GptlabError each -> the special tokens as a list."""
     if isinstance(texts, str | bytes):  # a string is an iterable of one-character texts
         raise GptlabError("texts must be a list of strings (got one string: wrap it in [...])")
     if isinstance(special_tokens, str):
@@ -400,7 +413,11 @@ def train_bpe(
             f"vocab_size={vocab_size} is too small: 256 byte tokens + {len(special_tokens)} "
             f"special tokens need at least {256 + len(special_tokens)}"
         )
-    compiled = _compile_pattern(pattern)  # a bad or partial pattern: one line saying so
+    return special_tokens
+
+
+def _count_chunks(texts: Iterable[str], compiled) -> Counter[str]:
+    """Each distinct chunk the pre-tokenizer cuts the texts into -> how often it occurs."""
     counts: Counter[str] = Counter()
     for i, text in enumerate(texts):
         if not isinstance(text, str):
@@ -408,7 +425,14 @@ def train_bpe(
         counts.update(compiled.findall(text))
     if not counts:
         raise GptlabError("the training corpus is empty")
+    return counts
 
+
+def _learn_merges(
+    counts: Counter[str], n_merges: int
+) -> tuple[list[bytes], list[tuple[int, int]]]:
+    """Up to n_merges merges, the most frequent pair first (see train_bpe) -> (id -> bytes,
+    the merges as id pairs)."""
     words = [list(chunk.encode("utf-8")) for chunk in counts]
     freqs = list(counts.values())
     tokens = [bytes([b]) for b in range(256)]  # id -> bytes
@@ -425,7 +449,6 @@ def train_bpe(
     heap = [entry(p) for p in pair_count]
     heapq.heapify(heap)
     merges: list[tuple[int, int]] = []
-    n_merges = vocab_size - 256 - len(special_tokens)
     while len(merges) < n_merges and heap:
         neg_count, _, _, pair = heapq.heappop(heap)
         if -neg_count != pair_count[pair] or neg_count == 0:
@@ -447,9 +470,4 @@ def train_bpe(
         for p in changed:
             if pair_count[p] > 0:
                 heapq.heappush(heap, entry(p))
-    ranks = {t: i for i, t in enumerate(tokens)}
-    specials = {s: len(tokens) + k for k, s in enumerate(special_tokens)}
-    eot = gpt2.EOT if gpt2.EOT in specials else None
-    return BPETokenizer(
-        ranks, [(tokens[a], tokens[b]) for a, b in merges], specials, pattern, eot_token=eot
-    )
+    return tokens, merges
