@@ -122,3 +122,15 @@ def test_the_package_exports_its_public_names_and_subpackages_lazily():
 def test_the_circle_finder_finds_a_circle_through_three_modules():
     edges = {"a": {"b"}, "b": {"c"}, "c": {"a", "d"}, "d": set()}
     assert circles(edges) == [{"a", "b", "c"}]
+
+
+def test_no_function_is_longer_than_80_lines():
+    """A function a reader cannot see whole is cut into named pieces (issue 25's rule)."""
+    long = []
+    for module, path in modules().items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > 80:
+                    long.append(f"{module}.{node.name}: {lines} lines")
+    assert long == []

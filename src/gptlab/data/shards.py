@@ -145,58 +145,13 @@ def prepare(
     workers = workers or os.cpu_count() or 1
 
     tmp = out / ".tokens.tmp"
-    total = docs = chars = 0
     # disable=None: drawn on a terminal only, never into a log
     bar = tqdm(desc="prepare", unit="char", unit_scale=True, disable=None if progress else True,
                leave=False)  # fmt: skip
     try:
         with open(tmp, "wb") as f:
-            chunks = _pieces(iter_documents(source), chunk_bytes)
-
-            def write(ids: np.ndarray, n_docs: int, n_chars: int) -> None:
-                nonlocal total, docs, chars
-                f.write(ids.tobytes())
-                total, docs, chars = total + len(ids), docs + n_docs, chars + n_chars
-                bar.update(n_chars)
-
-            first = next(chunks, None)
-            second = next(chunks, None)
-            if second is None or workers == 1:  # small corpus: no pool to start
-                for chunk in filter(None, [first, second, *chunks]):
-                    write(*_encode_chunk(chunk, tokenizer), sum(len(t) for t, _ in chunk))
-            else:
-                with ProcessPoolExecutor(
-                    workers, initializer=_init_worker, initargs=(str(out),)
-                ) as pool:
-                    pending: deque = deque()
-                    for chunk in (first, second):
-                        pending.append((pool.submit(_encode_chunk, chunk), chunk))
-                    for chunk in chunks:
-                        while len(pending) >= 2 * workers:  # bounded: memory ~ chunks in flight
-                            future, done = pending.popleft()
-                            write(*future.result(), sum(len(t) for t, _ in done))
-                        pending.append((pool.submit(_encode_chunk, chunk), chunk))
-                    while pending:
-                        future, done = pending.popleft()
-                        write(*future.result(), sum(len(t) for t, _ in done))
-            f.flush()
-            os.fsync(f.fileno())
-        if total == 0:
-            raise GptlabError(f"{_describe(source)}: the corpus is empty")
-        n_train = min(int(total * (1 - val_fraction)), total - 1)  # as nanoGPT: int(n * 0.9)
-        n_val = total - n_train
-        if n_train < 1:
-            raise GptlabError(
-                f"{_describe(source)}: val_fraction={val_fraction} leaves no training tokens "
-                f"of {total}"
-            )
-        tokens = np.memmap(tmp, dtype=dtype, mode="r")
-        with open(out / "val.bin.tmp", "wb") as f:
-            f.write(tokens[n_train:].tobytes())
-        del tokens
-        os.truncate(tmp, n_train * dtype.itemsize)
-        os.replace(out / "val.bin.tmp", out / "val.bin")
-        os.replace(tmp, out / "train.bin")
+            total, docs, chars = _encode_into(f, source, tokenizer, out, chunk_bytes, workers, bar)
+        n_train, n_val = _split(tmp, out, dtype, total, val_fraction, _describe(source))
     finally:
         bar.close()
         for leftover in (tmp, out / "val.bin.tmp"):
@@ -218,6 +173,62 @@ def prepare(
     }
     atomic_write_json(out / META_FILE, meta)  # written last: its presence means complete
     return PreparedData(out)
+
+
+def _encode_into(f, source, tokenizer: Tokenizer, out: Path, chunk_bytes: int, workers: int,
+                 bar) -> tuple[int, int, int]:  # fmt: skip
+    """Every piece of the source's documents, encoded in order (by a pool of `workers`
+    processes, at most 2 x workers pieces in flight) and appended to the open file f ->
+    (tokens, documents, characters)."""
+    total = docs = chars = 0
+
+    def write(ids: np.ndarray, n_docs: int, chunk) -> None:
+        nonlocal total, docs, chars
+        n_chars = sum(len(t) for t, _ in chunk)
+        f.write(ids.tobytes())
+        total, docs, chars = total + len(ids), docs + n_docs, chars + n_chars
+        bar.update(n_chars)
+
+    chunks = _pieces(iter_documents(source), chunk_bytes)
+    first, second = next(chunks, None), next(chunks, None)
+    if second is None or workers == 1:  # small corpus: no pool to start
+        for chunk in filter(None, [first, second, *chunks]):
+            write(*_encode_chunk(chunk, tokenizer), chunk)
+    else:
+        with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(str(out),)) as pool:
+            pending: deque = deque((pool.submit(_encode_chunk, c), c) for c in (first, second))
+            for chunk in chunks:
+                while len(pending) >= 2 * workers:  # bounded: memory ~ chunks in flight
+                    future, done = pending.popleft()
+                    write(*future.result(), done)
+                pending.append((pool.submit(_encode_chunk, chunk), chunk))
+            while pending:
+                future, done = pending.popleft()
+                write(*future.result(), done)
+    f.flush()
+    os.fsync(f.fileno())
+    return total, docs, chars
+
+
+def _split(tmp: Path, out: Path, dtype: np.dtype, total: int, val_fraction: float,
+           source: str) -> tuple[int, int]:  # fmt: skip
+    """The token stream in tmp -> out/train.bin (its first part) and out/val.bin (the last
+    val_fraction, as nanoGPT: int(n * 0.9) train tokens) -> (train, val) token counts."""
+    if total == 0:
+        raise GptlabError(f"{source}: the corpus is empty")
+    n_train = min(int(total * (1 - val_fraction)), total - 1)
+    if n_train < 1:
+        raise GptlabError(
+            f"{source}: val_fraction={val_fraction} leaves no training tokens of {total}"
+        )
+    tokens = np.memmap(tmp, dtype=dtype, mode="r")
+    with open(out / "val.bin.tmp", "wb") as f:
+        f.write(tokens[n_train:].tobytes())
+    del tokens
+    os.truncate(tmp, n_train * dtype.itemsize)
+    os.replace(out / "val.bin.tmp", out / "val.bin")
+    os.replace(tmp, out / "train.bin")
+    return n_train, total - n_train
 
 
 def _describe(source: str | list[str]) -> str:
