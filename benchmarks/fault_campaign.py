@@ -27,16 +27,34 @@ from safetensors.torch import load_file
 
 from _data import print_machine
 
-ARGS = ["--preset", "tiny", "--no-progress", "batch_size=4", "block_size=16", "eval_iters=1",
-        "eval_interval=5", "warmup_iters=2", "max_iters=40", "lr_decay_iters=40", "lr=3e-3",
-        "dropout=0.1", "threads=1"]  # fmt: skip
+ARGS = [
+    "--preset",
+    "tiny",
+    "--no-progress",
+    "batch_size=4",
+    "block_size=16",
+    "eval_iters=1",
+    "eval_interval=5",
+    "warmup_iters=2",
+    "max_iters=40",
+    "lr_decay_iters=40",
+    "lr=3e-3",
+    "dropout=0.1",
+    "threads=1",
+]
 STAGES = ["weights-written", "checkpoint-written", "old-moved", "new-moved", "linked"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "GPTLAB_FAULT_STEP_DELAY": "0.03"}
 
 
 def train(cwd: Path, args: list[str], env: dict, kill_after: float | None):
-    proc = subprocess.Popen([sys.executable, "-m", "gptlab", "train", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gptlab", "train", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     if kill_after is not None:
         try:
             proc.wait(timeout=kill_after)

@@ -27,19 +27,40 @@ HERE = Path(__file__).resolve().parent
 
 def peak_of(mode: str, preset: str, steps: int, block: int, data: Path, out: Path) -> dict:
     """{rank: (peak RSS MB, peak CUDA MB or None)} of one torchrun of `gptlab train`."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(HERE / "_peak_memory.py"), "train", "--preset", preset, "--data", str(data),
-           "--out", str(out / mode), "--no-progress", "batch_size=1", "grad_accum=2",
-           f"block_size={block}", f"max_iters={steps}", f"eval_interval={steps}",
-           "eval_iters=2", "warmup_iters=1", "threads=1", "dtype=float32",
-           f"parallel={mode}"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(HERE / "_peak_memory.py"),
+        "train",
+        "--preset",
+        preset,
+        "--data",
+        str(data),
+        "--out",
+        str(out / mode),
+        "--no-progress",
+        "batch_size=1",
+        "grad_accum=2",
+        f"block_size={block}",
+        f"max_iters={steps}",
+        f"eval_interval={steps}",
+        "eval_iters=2",
+        "warmup_iters=1",
+        "threads=1",
+        "dtype=float32",
+        f"parallel={mode}",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if result.returncode != 0:
         raise SystemExit(f"{mode} failed:\n{result.stderr[-3000:]}")
     peaks = {}
-    for rank, rss, cuda in re.findall(r"peak rank=(\d+) rss_mb=([\d.]+) cuda_mb=(\S+)",
-                                      result.stdout):  # fmt: skip
+    for rank, rss, cuda in re.findall(
+        r"peak rank=(\d+) rss_mb=([\d.]+) cuda_mb=(\S+)", result.stdout
+    ):
         peaks[int(rank)] = (float(rss), None if cuda == "-" else float(cuda))
     return peaks
 
@@ -65,19 +86,37 @@ def main() -> None:
         text = tmp / "text.txt"
         text.write_text("".join(f"line {i}: the quick brown fox, {i % 97}\n" for i in range(3000)))
         data = tmp / "prep"
-        subprocess.run([sys.executable, "-m", "gptlab", "prepare", "--input", str(text),
-                        "--out", str(data), "--tokenizer", gpt2_tokenizer()], check=True,
-                       capture_output=True)  # fmt: skip
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "gptlab",
+                "prepare",
+                "--input",
+                str(text),
+                "--out",
+                str(data),
+                "--tokenizer",
+                gpt2_tokenizer(),
+            ],
+            check=True,
+            capture_output=True,
+        )
         import torch
 
         with torch.device("meta"):
             n = GPT(GPTConfig.preset(args.preset)).num_params()
-        print(f"{args.preset}: {n / 1e6:.0f}M parameters, batch 1 x {args.block}, "
-              f"{args.steps} steps, 2 processes, float32")  # fmt: skip
-        print(f"weights + gradients + AdamW moments per process: ddp {16 * n / 2**30:.2f} GiB, "
-              f"fsdp {16 * n / 2 / 2**30:.2f} GiB")  # fmt: skip
-        peaks = {m: peak_of(m, args.preset, args.steps, args.block, data, tmp) for m in
-                 ("ddp", "fsdp")}  # fmt: skip
+        print(
+            f"{args.preset}: {n / 1e6:.0f}M parameters, batch 1 x {args.block}, "
+            f"{args.steps} steps, 2 processes, float32"
+        )
+        print(
+            f"weights + gradients + AdamW moments per process: ddp {16 * n / 2**30:.2f} GiB, "
+            f"fsdp {16 * n / 2 / 2**30:.2f} GiB"
+        )
+        peaks = {
+            m: peak_of(m, args.preset, args.steps, args.block, data, tmp) for m in ("ddp", "fsdp")
+        }
     print(f"{'rank':>4} {'ddp peak RSS':>14} {'fsdp peak RSS':>14} {'fsdp/ddp':>9}")
     for rank in sorted(peaks["ddp"]):
         ddp, fsdp = peaks["ddp"][rank][0], peaks["fsdp"][rank][0]

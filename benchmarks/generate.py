@@ -85,40 +85,58 @@ def main() -> None:
     if args.bfloat16:
         models["gptlab bfloat16"] = prepare_for_decoding(copy.deepcopy(base).to(torch.bfloat16))
     bandwidth = read_bandwidth()
-    sizes = {"gptlab float32": weight_bytes(base, False), "gptlab int8": weight_bytes(int8, True),
-             "gptlab bfloat16": weight_bytes(base, False) // 2}  # fmt: skip
+    sizes = {
+        "gptlab float32": weight_bytes(base, False),
+        "gptlab int8": weight_bytes(int8, True),
+        "gptlab bfloat16": weight_bytes(base, False) // 2,
+    }
     sizes["transformers float32"] = sizes["gptlab float32"]
-    print(f"{args.preset}, prompt {args.prompt}, {args.new} new tokens, greedy, "
-          f"{torch.get_num_threads()} threads, torch {torch.__version__}, transformers "
-          f"{transformers.__version__}; median of {args.repeat}")  # fmt: skip
-    print(f"read bandwidth {bandwidth / 1e9:.1f} GB/s; weights read per step: float32 "
-          f"{sizes['gptlab float32'] / 1e6:.0f} MB, int8 {sizes['gptlab int8'] / 1e6:.0f} MB; "
-          f"int8 kernel: {'compiled C (AVX2 where the CPU has it)' if kernel() else 'none'}")
+    print(
+        f"{args.preset}, prompt {args.prompt}, {args.new} new tokens, greedy, "
+        f"{torch.get_num_threads()} threads, torch {torch.__version__}, transformers "
+        f"{transformers.__version__}; median of {args.repeat}"
+    )
+    print(
+        f"read bandwidth {bandwidth / 1e9:.1f} GB/s; weights read per step: float32 "
+        f"{sizes['gptlab float32'] / 1e6:.0f} MB, int8 {sizes['gptlab int8'] / 1e6:.0f} MB; "
+        f"int8 kernel: {'compiled C (AVX2 where the CPU has it)' if kernel() else 'none'}"
+    )
     for batch in args.batches:
-        idx = torch.randint(0, 50257, (batch, args.prompt),
-                            generator=torch.Generator().manual_seed(batch))  # fmt: skip
-        runs = {name: (lambda m=m, idx=idx: generate(m, idx, args.new, temperature=0))
-                for name, m in models.items()}  # fmt: skip
+        idx = torch.randint(
+            0, 50257, (batch, args.prompt), generator=torch.Generator().manual_seed(batch)
+        )
+        runs = {
+            name: (lambda m=m, idx=idx: generate(m, idx, args.new, temperature=0))
+            for name, m in models.items()
+        }
         runs["transformers float32"] = lambda idx=idx: hf.generate(
-            idx, attention_mask=torch.ones_like(idx), max_new_tokens=args.new,
-            min_new_tokens=args.new, do_sample=False, pad_token_id=0)  # fmt: skip
+            idx,
+            attention_mask=torch.ones_like(idx),
+            max_new_tokens=args.new,
+            min_new_tokens=args.new,
+            do_sample=False,
+            pad_token_id=0,
+        )
         out = {name: fn() for name, fn in runs.items()}  # warm-up, and the tokens
         assert torch.equal(out["gptlab float32"], out["transformers float32"]), (
             "gptlab float32 and transformers chose different tokens"
         )
         new = slice(args.prompt, None)
         agree = (out["gptlab int8"][:, new] == out["gptlab float32"][:, new]).float().mean()
-        rates = {name: median_rate(fn, batch * args.new, args.repeat)
-                 for name, fn in runs.items()}  # fmt: skip
-        print(f"batch {batch} (float32 tokens equal to transformers'; int8 agrees on "
-              f"{100 * agree:.0f}% of its tokens):")
+        rates = {name: median_rate(fn, batch * args.new, args.repeat) for name, fn in runs.items()}
+        print(
+            f"batch {batch} (float32 tokens equal to transformers'; int8 agrees on "
+            f"{100 * agree:.0f}% of its tokens):"
+        )
         for name in ("transformers float32", *models):
             bound = bandwidth / sizes[name] * batch
             vs_hf = rates[name] / rates["transformers float32"]
             vs_fp32 = rates[name] / rates["gptlab float32"]
-            print(f"  {name:<22} {rates[name]:7.1f} tok/s  x{vs_hf:.2f} transformers  "
-                  f"x{vs_fp32:.2f} gptlab float32  {100 * rates[name] / bound:3.0f}% of its "
-                  f"bound ({bound:.0f})")  # fmt: skip
+            print(
+                f"  {name:<22} {rates[name]:7.1f} tok/s  x{vs_hf:.2f} transformers  "
+                f"x{vs_fp32:.2f} gptlab float32  {100 * rates[name] / bound:3.0f}% of its "
+                f"bound ({bound:.0f})"
+            )
 
 
 if __name__ == "__main__":

@@ -81,10 +81,14 @@ def main() -> None:
         f"  1. layout: (out, in) / (in, out) time = "
         f"{totals['(out, in)'] / totals['(in, out)']:.2f}  (> 1: gptlab's layout faster)"
     )
-    print(f"  2. split: plain (in, out) / few_rows_matmul time = "
-          f"{totals['(in, out)'] / totals['split']:.2f}  (> 1: the split faster)")  # fmt: skip
-    print(f"     kernel: plain (in, out) / gptlab's kernel time = "
-          f"{totals['(in, out)'] / totals['kernel']:.2f}  (> 1: the kernel faster)")  # fmt: skip
+    print(
+        f"  2. split: plain (in, out) / few_rows_matmul time = "
+        f"{totals['(in, out)'] / totals['split']:.2f}  (> 1: the split faster)"
+    )
+    print(
+        f"     kernel: plain (in, out) / gptlab's kernel time = "
+        f"{totals['(in, out)'] / totals['kernel']:.2f}  (> 1: the kernel faster)"
+    )
     from_memory(args)
     int8_candidates(args)
 
@@ -141,8 +145,9 @@ def int8_candidates(args) -> None:
             except (AttributeError, RuntimeError):
                 pass
             bytes_ = {k: q.numel() * (4 if k.startswith("float") else 1) for k in results}
-            shown = "  ".join(f"{k} {v:8.1f} ({bytes_[k] / 1e3 / v:5.1f})" for k, v in
-                              results.items())  # fmt: skip
+            shown = "  ".join(
+                f"{k} {v:8.1f} ({bytes_[k] / 1e3 / v:5.1f})" for k, v in results.items()
+            )
             print(f"  {name:<20} {shown}")
             for k, v in results.items():
                 totals[k] = totals.get(k, 0.0) + v

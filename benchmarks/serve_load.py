@@ -103,11 +103,24 @@ def main() -> None:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         server = subprocess.Popen(
-            [sys.executable, "-m", "gptlab", "serve", model, "--port", str(port),
-             "--device", "cpu", "--dtype", "float32"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            [
+                sys.executable,
+                "-m",
+                "gptlab",
+                "serve",
+                model,
+                "--port",
+                str(port),
+                "--device",
+                "cpu",
+                "--dtype",
+                "float32",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
             env={**os.environ, "OMP_NUM_THREADS": "2"},
-        )  # fmt: skip
+        )
         url = f"http://127.0.0.1:{port}/"
         try:
             for _ in range(600):
@@ -121,8 +134,10 @@ def main() -> None:
             stats = {"served": 0, "busy": 0, "errors": [], "first": [], "per_token": []}
             lock = threading.Lock()
             until = time.monotonic() + args.seconds
-            threads = [threading.Thread(target=client, args=(url, until, args.tokens, stats, lock))
-                       for _ in range(args.clients)]  # fmt: skip
+            threads = [
+                threading.Thread(target=client, args=(url, until, args.tokens, stats, lock))
+                for _ in range(args.clients)
+            ]
             for t in threads:
                 t.start()
             peak = before
@@ -134,14 +149,20 @@ def main() -> None:
             server.terminate()
             server.wait(timeout=30)
     first, per = stats["first"], stats["per_token"]
-    print(f"{args.clients} clients for {args.seconds:g} s, {args.tokens} tokens per request, "
-          f"server's limit 2 generations at once:")  # fmt: skip
+    print(
+        f"{args.clients} clients for {args.seconds:g} s, {args.tokens} tokens per request, "
+        f"server's limit 2 generations at once:"
+    )
     print(f"  served {stats['served']}, 429 (busy) {stats['busy']}, errors {len(stats['errors'])}")
-    print(f"  first token: p50 {percentile(first, 0.5) * 1e3:.0f} ms, "
-          f"p95 {percentile(first, 0.95) * 1e3:.0f} ms")  # fmt: skip
+    print(
+        f"  first token: p50 {percentile(first, 0.5) * 1e3:.0f} ms, "
+        f"p95 {percentile(first, 0.95) * 1e3:.0f} ms"
+    )
     rate = 1 / statistics.mean(per) if per else float("nan")
-    print(f"  per token:   p50 {percentile(per, 0.5) * 1e3:.1f} ms, "
-          f"p95 {percentile(per, 0.95) * 1e3:.1f} ms ({rate:.0f} tokens/s per stream)")
+    print(
+        f"  per token:   p50 {percentile(per, 0.5) * 1e3:.1f} ms, "
+        f"p95 {percentile(per, 0.95) * 1e3:.1f} ms ({rate:.0f} tokens/s per stream)"
+    )
     print(f"  server RSS: {before:.0f} MB before, {peak:.0f} MB peak, {after:.0f} MB after")
     for e in stats["errors"][:5]:
         print("  error:", e)

@@ -31,9 +31,23 @@ from pathlib import Path
 from _data import SHARED, print_machine, shared_file
 
 TARGET = 1.8857  # nanoGPT's baby GPT at 2000 iterations (its README); used without nanoGPT
-BABY = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, lr=1e-3,
-            min_lr=1e-4, warmup_iters=100, eval_interval=250, eval_iters=20, dropout=0.0,
-            beta2=0.99, weight_decay=0.1, grad_clip=1.0, dtype="float32")  # fmt: skip
+BABY = dict(
+    n_layer=4,
+    n_head=4,
+    n_embd=128,
+    block_size=64,
+    batch_size=12,
+    lr=1e-3,
+    min_lr=1e-4,
+    warmup_iters=100,
+    eval_interval=250,
+    eval_iters=20,
+    dropout=0.0,
+    beta2=0.99,
+    weight_decay=0.1,
+    grad_clip=1.0,
+    dtype="float32",
+)
 
 
 def run_gptlab(args: list[str], out: Path) -> tuple[list[float], list[dict], float]:
@@ -50,8 +64,10 @@ def run_gptlab(args: list[str], out: Path) -> tuple[list[float], list[dict], flo
     t0 = time.perf_counter()
     done = subprocess.run(
         [sys.executable, "-c", script, "train", "--no-progress", "--out", str(out), *args],
-        check=True, capture_output=True, text=True,
-    )  # fmt: skip
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     wall = time.perf_counter() - t0
     step_ms = json.loads(done.stdout.split("STEP_MS", 1)[1])
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -69,8 +85,14 @@ def run_nanogpt(root: Path, iters: int, tmp: Path) -> tuple[float, float, float]
     flags = {k: v for k, v in BABY.items() if k != "dtype"}
     flags.update(max_iters=iters, lr_decay_iters=iters, dtype="float32")
     flags["learning_rate"] = flags.pop("lr")
-    cmd = [sys.executable, "train.py", "config/train_shakespeare_char.py", "--device=cpu",
-           "--compile=False", "--log_interval=1"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "train.py",
+        "config/train_shakespeare_char.py",
+        "--device=cpu",
+        "--compile=False",
+        "--log_interval=1",
+    ]
     cmd += [f"--{k}={v}" for k, v in flags.items()]
     t0 = time.perf_counter()
     done = subprocess.run(cmd, cwd=work, check=True, capture_output=True, text=True)
@@ -102,15 +124,21 @@ def main() -> None:
             step_ms, rows, wall = run_gptlab(["--data", str(text), *settings], tmp / "baby")
             ms = statistics.median(step_ms[1:])
             print(f"1. baby GPT, identical settings, {args.iters} iterations, float32:")
-            print(f"  gptlab   {ms:6.1f} ms/iter  val loss {rows[-1]['val_loss']:.4f}  "
-                  f"{wall:5.1f} s whole process")  # fmt: skip
+            print(
+                f"  gptlab   {ms:6.1f} ms/iter  val loss {rows[-1]['val_loss']:.4f}  "
+                f"{wall:5.1f} s whole process"
+            )
             if use_nano:
                 n_ms, n_val, nano_wall = run_nanogpt(nano, args.iters, tmp)
                 target = n_val
-                print(f"  nanoGPT  {n_ms:6.1f} ms/iter  val loss {n_val:.4f}  "
-                      f"{nano_wall:5.1f} s whole process")  # fmt: skip
-                print(f"  ratio nanoGPT / gptlab ms per iteration = {n_ms / ms:.2f} "
-                      "(> 1: gptlab faster)")
+                print(
+                    f"  nanoGPT  {n_ms:6.1f} ms/iter  val loss {n_val:.4f}  "
+                    f"{nano_wall:5.1f} s whole process"
+                )
+                print(
+                    f"  ratio nanoGPT / gptlab ms per iteration = {n_ms / ms:.2f} "
+                    "(> 1: gptlab faster)"
+                )
             else:
                 print(f"  (nanoGPT not found at {nano}: gptlab only)")
         if not args.skip_speedrun:
@@ -123,12 +151,16 @@ def main() -> None:
             for r in rows:
                 print(f"  step {r['step']:5d}  val {r['val_loss']:.4f}  {r['elapsed_s']:6.1f} s")
             reached = final["val_loss"] <= target
-            print(f"  whole process {wall:.1f} s, final val loss {final['val_loss']:.4f} "
-                  f"({'<=' if reached else 'NOT <='} target {target:.4f})")  # fmt: skip
+            print(
+                f"  whole process {wall:.1f} s, final val loss {final['val_loss']:.4f} "
+                f"({'<=' if reached else 'NOT <='} target {target:.4f})"
+            )
             if nano_wall is not None:
                 print(f"  nanoGPT whole process {nano_wall:.1f} s to val loss {target:.4f}")
-                print(f"  ratio nanoGPT / gptlab wall time = {nano_wall / wall:.2f}"
-                      + ("" if reached else " (target not reached: not a valid ratio)"))
+                print(
+                    f"  ratio nanoGPT / gptlab wall time = {nano_wall / wall:.2f}"
+                    + ("" if reached else " (target not reached: not a valid ratio)")
+                )
 
 
 if __name__ == "__main__":

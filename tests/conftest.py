@@ -20,6 +20,7 @@ def make_hf_model(seed: int = 0, **overrides):
     """A GPT2LMHeadModel with random weights, biases and LayerNorms made non-trivial so that a
     wrong mapping (a missing transpose, a swapped bias) cannot hide behind zeros and ones."""
     import transformers  # the dev extra requires it: a missing one fails, never skips
+
     torch.manual_seed(seed)
     config = transformers.GPT2Config(**{**TINY_HF, **overrides})
     model = transformers.GPT2LMHeadModel(config)

@@ -30,8 +30,9 @@ def test_convert_round_trip_and_refuses_to_overwrite(tmp_path, capsys):
     assert main(["convert", str(tmp_path / "a"), str(tmp_path / "b"), "--dtype", "bfloat16"]) == 0
     from safetensors.torch import load_file
 
-    a_w, b_w = load_file(tmp_path / "a" / "model.safetensors"), load_file(
-        tmp_path / "b" / "model.safetensors"
+    a_w, b_w = (
+        load_file(tmp_path / "a" / "model.safetensors"),
+        load_file(tmp_path / "b" / "model.safetensors"),
     )
     assert a_w.keys() == b_w.keys() and all(t.dtype == torch.bfloat16 for t in b_w.values())
     assert all(torch.equal(a_w[k].to(torch.bfloat16), b_w[k]) for k in a_w)  # rounded, no more
@@ -82,17 +83,25 @@ def test_tokenizer_train_and_encode(tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["tokenizer", "train", "--input", "nope.txt", "--vocab-size", "300", "--out", "o"],
-         "nope.txt: no such file or folder"),
-        (["tokenizer", "train", "--input", "empty.txt", "--vocab-size", "300", "--out", "o"],
-         "training corpus is empty"),
-        (["tokenizer", "train", "--input", "empty.txt", "--vocab-size", "10", "--out", "o"],
-         "vocab_size=10 is too small"),
-        (["tokenizer", "train", "--input", "latin1.txt", "--vocab-size", "300", "--out", "o"],
-         "latin1.txt: not UTF-8 text"),
+        (
+            ["tokenizer", "train", "--input", "nope.txt", "--vocab-size", "300", "--out", "o"],
+            "nope.txt: no such file or folder",
+        ),
+        (
+            ["tokenizer", "train", "--input", "empty.txt", "--vocab-size", "300", "--out", "o"],
+            "training corpus is empty",
+        ),
+        (
+            ["tokenizer", "train", "--input", "empty.txt", "--vocab-size", "10", "--out", "o"],
+            "vocab_size=10 is too small",
+        ),
+        (
+            ["tokenizer", "train", "--input", "latin1.txt", "--vocab-size", "300", "--out", "o"],
+            "latin1.txt: not UTF-8 text",
+        ),
         (["tokenizer", "encode", "missing-dir", "hi"], "missing-dir: no such folder"),
     ],
-)  # fmt: skip
+)
 def test_tokenizer_user_errors(argv, message, tmp_path):
     (tmp_path / "empty.txt").write_text("")
     (tmp_path / "latin1.txt").write_bytes("café".encode("latin-1"))
@@ -113,9 +122,14 @@ def char_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("char_run")
     (root / "text.txt").write_text("To be, or not to be: that is the question.\n" * 40)
     config = TrainConfig(
-        data=str(root / "text.txt"), out=str(root / "run"), batch_size=4, max_iters=5,
-        eval_interval=5, eval_iters=1, threads=1,
-    )  # fmt: skip
+        data=str(root / "text.txt"),
+        out=str(root / "run"),
+        batch_size=4,
+        max_iters=5,
+        eval_interval=5,
+        eval_iters=1,
+        threads=1,
+    )
     train(GPTConfig.preset("tiny", block_size=32), config, progress=False)
     return root / "run"
 
@@ -133,8 +147,16 @@ def test_sample_streams_text_from_a_run(char_run, capsys):
 
 def test_sample_with_int8_weights_writes_what_the_float_model_writes_greedily(char_run, capsys):
     """A tiny trained model, greedy: int8 picks the same characters as float32 here."""
-    argv = ["sample", str(char_run), "--prompt", "To be", "--max-new-tokens", "40",
-            "--temperature", "0"]  # fmt: skip
+    argv = [
+        "sample",
+        str(char_run),
+        "--prompt",
+        "To be",
+        "--max-new-tokens",
+        "40",
+        "--temperature",
+        "0",
+    ]
     assert main(argv) == 0
     plain = capsys.readouterr().out
     assert main(argv + ["--quantize", "int8"]) == 0
@@ -154,8 +176,10 @@ def test_sample_with_int8_weights_writes_what_the_float_model_writes_greedily(ch
 def test_sample_user_errors(char_run, extra, message, tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "gptlab", "sample", str(char_run), *extra],
-        capture_output=True, text=True, cwd=tmp_path,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1 and message in result.stderr
 
@@ -163,16 +187,33 @@ def test_sample_user_errors(char_run, extra, message, tmp_path):
 def test_sample_from_a_folder_that_is_not_a_model(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "gptlab", "sample", str(tmp_path)],
-        capture_output=True, text=True, cwd=tmp_path,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert result.returncode == 2 and "no config.json" in result.stderr
 
 
 def test_eval_commands(char_run, tmp_path, capsys):
     text = tmp_path / "t.txt"
     text.write_text("To be, or not to be: that is the question.\n" * 3)
-    assert main(["eval", "perplexity", str(char_run), "--input", str(text), "--json",
-                 "--method", "gptlab", "--stride", "16"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "eval",
+                "perplexity",
+                str(char_run),
+                "--input",
+                str(text),
+                "--json",
+                "--method",
+                "gptlab",
+                "--stride",
+                "16",
+            ]
+        )
+        == 0
+    )
     result = json.loads(capsys.readouterr().out)
     assert result["tokens"] == len(text.read_text()) - 1 and result["perplexity"] > 1
     # the default, lm-eval, needs an end-of-text token, which a character vocabulary lacks
@@ -209,8 +250,10 @@ def test_eval_commands(char_run, tmp_path, capsys):
     "argv, message",
     [
         (["perplexity", "RUN", "--input", "missing.txt"], "missing.txt: no such file"),
-        (["perplexity", "RUN", "--input", "t.txt", "--method", "gptlab", "--stride", "0"],
-         "stride must be in [1,"),
+        (
+            ["perplexity", "RUN", "--input", "t.txt", "--method", "gptlab", "--stride", "0"],
+            "stride must be in [1,",
+        ),
         (["multiple-choice", "RUN", "--data", "bad.jsonl"], "bad.jsonl, line 1: missing field"),
     ],
 )
@@ -219,9 +262,11 @@ def test_eval_user_errors(char_run, tmp_path, argv, message):
     (tmp_path / "bad.jsonl").write_text('{"endings": ["a", "b"], "label": 0}\n')
     argv = [str(char_run) if a == "RUN" else a for a in argv]
     result = subprocess.run(
-        [sys.executable, "-m", "gptlab", "eval", *argv], capture_output=True, text=True,
+        [sys.executable, "-m", "gptlab", "eval", *argv],
+        capture_output=True,
+        text=True,
         cwd=tmp_path,
-    )  # fmt: skip
+    )
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1 and message in result.stderr
 
@@ -233,8 +278,10 @@ def test_the_readme_main_job_plans_to_its_budget_then_samples(tmp_path, capsys, 
     from gptlab.hardware import resolve_dtype
 
     if bf16_emulated():
-        pytest.skip("GPTLAB_NATIVE_BF16=1 on a CPU that emulates bfloat16: the preset model "
-                    "cannot keep a 12 s budget at emulated speed")  # fmt: skip
+        pytest.skip(
+            "GPTLAB_NATIVE_BF16=1 on a CPU that emulates bfloat16: the preset model "
+            "cannot keep a 12 s budget at emulated speed"
+        )
     monkeypatch.chdir(tmp_path)
     (tmp_path / "text.txt").write_text("ROMEO:\nBut soft, what light through yonder window.\n" * 60)
     assert TRAIN_PRESETS["shakespeare-char"]["max_time"] > 0
@@ -307,11 +354,23 @@ def test_help_version_and_list_settings(capsys):
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
     for shown in ("(default: 500)", "(default: 0.8)", "(default: 1337)", "downloaded"):
         assert shown in text
-    argv = ["train", "--list-settings", "--preset", "tiny", "n_layer=3", "lr=2e-3", "seed=0",
-            "max_iters=1", "compile=true"]  # fmt: skip
+    argv = [
+        "train",
+        "--list-settings",
+        "--preset",
+        "tiny",
+        "n_layer=3",
+        "lr=2e-3",
+        "seed=0",
+        "max_iters=1",
+        "compile=true",
+    ]
     assert main(argv) == 0
-    rows = {line.split()[0]: line.split()[1] for line in capsys.readouterr().out.splitlines()
-            if line.startswith("  ")}  # fmt: skip
+    rows = {
+        line.split()[0]: line.split()[1]
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith("  ")
+    }
     assert rows["n_layer"] == "3" and rows["lr"] == "0.002" and rows["out"] == "out/tiny"
     assert rows["seed"] == "0" and rows["max_iters"] == "1" and rows["compile"] == "true"
     assert rows["padded_vocab_size"] == "unset"
@@ -327,8 +386,17 @@ def test_help_version_and_list_settings(capsys):
 def test_tokenizer_train_special_alone_means_none(tmp_path, capsys):
     (tmp_path / "t.txt").write_text("to be or not to be\n" * 10)
     out = tmp_path / "tok"
-    argv = ["tokenizer", "train", "--input", str(tmp_path / "t.txt"), "--vocab-size", "260",
-            "--out", str(out), "--special"]  # fmt: skip
+    argv = [
+        "tokenizer",
+        "train",
+        "--input",
+        str(tmp_path / "t.txt"),
+        "--vocab-size",
+        "260",
+        "--out",
+        str(out),
+        "--special",
+    ]
     assert main(argv) == 0
     tok = Tokenizer.from_pretrained(out)
     assert tok.special_tokens == {} and tok.eot_id is None
@@ -343,7 +411,10 @@ def test_attention_redraws_its_own_figures_and_keeps_a_users_files(tmp_path, cap
     assert main(["attention", "positional", "--out", str(figs), "--quick", "--overwrite"]) == 0
     assert (figs / "mine.txt").read_text() == "keep me"
     assert sorted(p.name for p in figs.iterdir()) == [
-        ".gptlab-figures", "mine.txt", "positional.png"]  # fmt: skip
+        ".gptlab-figures",
+        "mine.txt",
+        "positional.png",
+    ]
     # a user's own figure of the same name: not ours by its name, so not replaced unasked
     plots = tmp_path / "myplots"
     plots.mkdir()
@@ -353,8 +424,9 @@ def test_attention_redraws_its_own_figures_and_keeps_a_users_files(tmp_path, cap
     assert (plots / "positional.png").read_bytes() == b"my own plot"
 
 
-def test_convert_onto_a_full_disk_is_one_line_and_leaves_no_folder(char_run, tmp_path,
-                                                                  capsys, monkeypatch):  # fmt: skip
+def test_convert_onto_a_full_disk_is_one_line_and_leaves_no_folder(
+    char_run, tmp_path, capsys, monkeypatch
+):
     import safetensors.torch
     from safetensors import SafetensorError
 
@@ -368,8 +440,7 @@ def test_convert_onto_a_full_disk_is_one_line_and_leaves_no_folder(char_run, tmp
     assert not (tmp_path / "new").exists()
 
 
-def test_serve_on_a_port_in_use_is_one_line_before_any_address_is_announced(serve_folder,
-                                                                           capsys):  # fmt: skip
+def test_serve_on_a_port_in_use_is_one_line_before_any_address_is_announced(serve_folder, capsys):
     import socket
 
     with socket.socket() as taken:
@@ -392,8 +463,11 @@ def test_the_command_line_loads_without_torch_and_an_ascii_terminal_gets_escapes
     tok = tmp_path / "tok"
     train_bpe(["héllo wörld " * 20], 270).save(tok)
     env = {**os.environ, "PYTHONIOENCODING": "ascii"}
-    result = subprocess.run([sys.executable, "-m", "gptlab", "tokenizer", "encode", str(tok),
-                             "héllo", "--pieces"], capture_output=True, env=env)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "gptlab", "tokenizer", "encode", str(tok), "héllo", "--pieces"],
+        capture_output=True,
+        env=env,
+    )
     assert result.returncode == 0 and b"\\xe9" in result.stdout, result.stderr
 
 
@@ -429,12 +503,17 @@ def test_utf8_arguments_are_text_under_a_c_locale_without_utf8_mode(tmp_path):
     'not valid UTF-8'. Text arguments are decoded; bytes that are not UTF-8 stay one line."""
     tok = tmp_path / "tok"
     train_bpe(["héllo wörld " * 20], 270).save(tok)
-    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0",
-           "PYTHONCOERCECLOCALE": "0"}  # fmt: skip
-    result = subprocess.run([sys.executable, "-m", "gptlab", "tokenizer", "encode", str(tok),
-                             "héllo"], capture_output=True, env=env)  # fmt: skip
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    result = subprocess.run(
+        [sys.executable, "-m", "gptlab", "tokenizer", "encode", str(tok), "héllo"],
+        capture_output=True,
+        env=env,
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == Tokenizer.from_pretrained(tok).encode("héllo")
-    result = subprocess.run([sys.executable, "-m", "gptlab", "tokenizer", "encode", str(tok),
-                             b"caf\xe9"], capture_output=True, env=env)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "gptlab", "tokenizer", "encode", str(tok), b"caf\xe9"],
+        capture_output=True,
+        env=env,
+    )
     assert result.returncode == 2 and b"is not valid UTF-8 text" in result.stderr

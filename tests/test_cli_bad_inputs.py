@@ -50,9 +50,14 @@ def workspace(tmp_path_factory) -> Path:
         (ws / "owned" / name).mkdir(parents=True)
         (ws / "owned" / name / "essay.md").write_text("mine\n")
     config = TrainConfig(
-        data=str(ws / "text.txt"), out=str(ws / "run"), batch_size=4, max_iters=2,
-        eval_interval=2, eval_iters=1, threads=1,
-    )  # fmt: skip
+        data=str(ws / "text.txt"),
+        out=str(ws / "run"),
+        batch_size=4,
+        max_iters=2,
+        eval_interval=2,
+        eval_iters=1,
+        threads=1,
+    )
     train(GPTConfig.preset("tiny", block_size=32), config, progress=False)
     prepare(str(ws / "text.txt"), ws / "prep", "char", progress=False)
     train_bpe([TEXT], 280).save(ws / "tok")
@@ -104,8 +109,10 @@ CASES = [
     (["convert", "run", "notes"], "notes holds files gptlab did not write (mine.txt)"),
     (["convert", "run", "run"], "run is a training run's folder"),
     (["convert", "run", "run/checkpoint", "--overwrite"], "is inside the training run"),
-    (["tokenizer", "train", "--input", "text.txt", "--vocab-size", "300", "--out", "run/best"],
-     "is inside the training run"),
+    (
+        ["tokenizer", "train", "--input", "text.txt", "--vocab-size", "300", "--out", "run/best"],
+        "is inside the training run",
+    ),
     (["convert", "./missing", "o"], "missing: no such folder"),
     (["convert", "hfbad", "o"], "not a plain PyTorch checkpoint"),
     # prepare
@@ -126,8 +133,10 @@ CASES = [
     (["prepare", "--input", "text.txt", "./text.txt", "--out", "o"], "text.txt is given twice"),
     (["prepare", "--input", "hf:a:b:c:d", "--out", "o"], "too many parts"),
     # found half-way, after the progress bar has started
-    (["prepare", "--input", "text.txt", "other.txt", "--out", "o", "--tokenizer", "prep"],
-     "is not in the vocabulary"),
+    (
+        ["prepare", "--input", "text.txt", "other.txt", "--out", "o", "--tokenizer", "prep"],
+        "is not in the vocabulary",
+    ),
     (["prepare", "--input", "hf:x:colour=red", "--out", "o"], "unknown part 'colour'"),
     (["prepare", "--input", "text.txt", "--out", "o", "--tokenizer", "tok_nope"], "cover"),
     # train
@@ -139,8 +148,10 @@ CASES = [
     (["train", "--config", "typo.toml"], "did you mean [model]?"),
     (["train", "--config", "nan.toml"], "lr"),
     (["train", "--preset", "gpt5"], "unknown preset 'gpt5'"),
-    (["train", "--tokenizer", "tok", "max_iters=10"],
-     "unrecognized arguments: --tokenizer (settings are key=value: tokenizer=...)"),
+    (
+        ["train", "--tokenizer", "tok", "max_iters=10"],
+        "unrecognized arguments: --tokenizer (settings are key=value: tokenizer=...)",
+    ),
     (["train", "lr=nan"], "lr"),
     (["train", "lr=inf"], "lr"),
     (["train", "beta1=2"], "beta1 must be in [0, 1)"),
@@ -159,18 +170,33 @@ CASES = [
     (["train", "n_layer=2.7e0"], "n_layer must be an integer"),
     (["train", "seed=99999999999999999999999"], "seed must be below 2**63"),
     (["train", "--data", "text.txt", "--out", "o", "device=meta"], "device must be auto"),
-    (["train", "--data", "text.txt", "--out", "owned", "--overwrite"],
-     "is not a gptlab run, yet holds best, tb"),
+    (
+        ["train", "--data", "text.txt", "--out", "owned", "--overwrite"],
+        "is not a gptlab run, yet holds best, tb",
+    ),
     (["train", "--data", "text.txt", "--out", "myexp"], "a folder gptlab did not create"),
     (["train", "--data", "text.txt", "--out", "hasaside"], "a folder gptlab did not create"),
-    (["train", "--config", "myexp/train.toml", "--data", "text.txt", "--out", "myexp",
-      "--overwrite"], "is not a gptlab run, yet holds metrics.jsonl, train.toml"),
+    (
+        [
+            "train",
+            "--config",
+            "myexp/train.toml",
+            "--data",
+            "text.txt",
+            "--out",
+            "myexp",
+            "--overwrite",
+        ],
+        "is not a gptlab run, yet holds metrics.jsonl, train.toml",
+    ),
     (["train", "--data", "text.txt", "--out", "run/sub"], "inside the training run"),
     (["train", "--resume", "run", "val_fraction=0.5"], "val_fraction cannot change"),
     (["train", "--resume", "run", "init_from=run"], "init_from cannot change"),
     (["train", "--resume", "run", "out=elsewhere"], "out cannot change"),
-    (["train", "--data", "text.txt", "--out", "o", "init_from=run", "n_layer=1"],
-     "init_from=run takes the network's shape from that model; n_layer cannot be set"),
+    (
+        ["train", "--data", "text.txt", "--out", "o", "init_from=run", "n_layer=1"],
+        "init_from=run takes the network's shape from that model; n_layer cannot be set",
+    ),
     (["train", "--resume", "run", "data=other.txt"], "data=other.txt cannot apply"),
     (["train", "--bogus"], "unrecognized arguments: --bogus"),
     (["train", "--resume", "run", "--out", "x"], "--out cannot apply"),
@@ -182,13 +208,27 @@ CASES = [
     (["sample", "run", "--quantize", "int8", "--dtype", "bfloat16"], "computes in float32"),
     (["sample", "run", "--quantize", "int4"], "invalid choice: 'int4'"),
     (["convert", "run", "o", "--quantize", "int8", "--dtype", "bfloat16"], "computes in float32"),
-    (["eval", "perplexity", "run", "--input", "text.txt", "--quantize", "int8", "--dtype",
-      "bfloat16"], "computes in float32"),
+    (
+        [
+            "eval",
+            "perplexity",
+            "run",
+            "--input",
+            "text.txt",
+            "--quantize",
+            "int8",
+            "--dtype",
+            "bfloat16",
+        ],
+        "computes in float32",
+    ),
     (["serve", "run", "--quantize", "int8", "--dtype", "bfloat16"], "computes in float32"),
     # a folder of int8 weights: the same rule as --quantize int8 (it was float32, silently)
     (["sample", "int8run", "--dtype", "bfloat16"], "int8run (int8 weights) computes in float32"),
-    (["eval", "perplexity", "int8run", "--input", "text.txt", "--dtype", "bfloat16"],
-     "computes in float32"),
+    (
+        ["eval", "perplexity", "int8run", "--input", "text.txt", "--dtype", "bfloat16"],
+        "computes in float32",
+    ),
     (["sample", "run", "--num-samples", "100000000"], "--num-samples must be in 1..1000"),
     (["sample", "run", "--temperature", "-1"], "temperature must be >= 0"),
     (["sample", "run", "--top-p", "1.5"], "top_p must be in (0, 1]"),
@@ -205,12 +245,16 @@ CASES = [
     (["sample", "run", "--temperature", "inf"], "temperature must be >= 0 and finite"),
     (["sample", "run", "--prompt", "To", "--prompt-file", "text.txt"], "not both"),
     (["sample", "run", "--prompt", "R\udcffO"], "is not valid UTF-8 text"),
-    (["prepare", "--input", "text.txt", "--out", "o", "--val-fraction", "0.9999"],
-     "leaves no training tokens"),
+    (
+        ["prepare", "--input", "text.txt", "--out", "o", "--val-fraction", "0.9999"],
+        "leaves no training tokens",
+    ),
     # eval
     (["eval", "multiple-choice", "run", "--data", "mc.jsonl", "--limit", "0"], "--limit"),
-    (["eval", "multiple-choice", "run", "--data", "mc_zebra.jsonl"],
-     "mc_zebra.jsonl, line 1, ending 0: character 'Z'"),
+    (
+        ["eval", "multiple-choice", "run", "--data", "mc_zebra.jsonl"],
+        "mc_zebra.jsonl, line 1, ending 0: character 'Z'",
+    ),
     (["eval", "multiple-choice", "run", "--data", "mc.jsonl", "--limit", "-1"], "--limit"),
     (["eval", "multiple-choice", "run", "--data", "mc_empty.jsonl"], "ending 0 is empty"),
     (["eval", "multiple-choice", "run", "--data", "mc_bool.jsonl"], "label True"),
@@ -221,31 +265,72 @@ CASES = [
     (["eval", "last-word", "run", "--data", "mc.jsonl"], 'line 1: expected {"text"'),
     (["eval", "last-word", "run", "--data", "mc.jsonl", "--limit", "0"], "--limit"),
     (["eval", "multiple-choice", "run", "--data", "mc.jsonl", "--hellaswag"], "activity_label"),
-    (["eval", "multiple-choice", "run", "--data", "mc.jsonl", "--batch-size", "0"],
-     "--batch-size must be at least 1"),
+    (
+        ["eval", "multiple-choice", "run", "--data", "mc.jsonl", "--batch-size", "0"],
+        "--batch-size must be at least 1",
+    ),
     (["eval", "perplexity", "run", "--input", "text.txt", "--stride", "0"], "stride"),
     # attention
     (["attention", "pooling", "--out", "afile"], "afile: exists and is not a folder"),
     (["attention", "pooling", "--out", "notes"], "notes holds files gptlab did not write"),
     (["attention", "pooling", "--out", "plots"], "plots already holds pooling.png"),
-    (["attention", "gpt2", "--model", "run", "--prompt", "", "--out", "o"],
-     "needs at least 2 tokens"),
+    (
+        ["attention", "gpt2", "--model", "run", "--prompt", "", "--out", "o"],
+        "needs at least 2 tokens",
+    ),
     (["attention", "gpt2", "--model", "./missing", "--out", "o"], "missing"),
     # tokenizer
-    (["tokenizer", "train", "--input", "text.txt", "--vocab-size", "300", "--out", "afile"],
-     "afile: exists and is not a folder"),
-    (["tokenizer", "train", "--input", "text.txt", "--vocab-size", "300", "--out", "notes"],
-     "notes holds files gptlab did not write"),
-    (["tokenizer", "train", "--input", "text.txt", "--vocab-size", "300", "--out", "tok"],
-     "tok already holds"),
-    (["tokenizer", "train", "--input", "text.txt", "--vocab-size", "300", "--out", "run"],
-     "training run's folder"),
-    (["tokenizer", "train", "--input", "text.txt", "--vocab-size", "300", "--out", "o",
-      "--special", ""], "non-empty string"),
-    (["tokenizer", "train", "--input", "text.txt", "--vocab-size", "300", "--out", "o",
-      "--special", "<a>", "<a>"], "'<a>' is given more than once"),
-    (["tokenizer", "train", "--input", "text.txt", "--vocab-size", "10", "--out", "o"],
-     "too small"),
+    (
+        ["tokenizer", "train", "--input", "text.txt", "--vocab-size", "300", "--out", "afile"],
+        "afile: exists and is not a folder",
+    ),
+    (
+        ["tokenizer", "train", "--input", "text.txt", "--vocab-size", "300", "--out", "notes"],
+        "notes holds files gptlab did not write",
+    ),
+    (
+        ["tokenizer", "train", "--input", "text.txt", "--vocab-size", "300", "--out", "tok"],
+        "tok already holds",
+    ),
+    (
+        ["tokenizer", "train", "--input", "text.txt", "--vocab-size", "300", "--out", "run"],
+        "training run's folder",
+    ),
+    (
+        [
+            "tokenizer",
+            "train",
+            "--input",
+            "text.txt",
+            "--vocab-size",
+            "300",
+            "--out",
+            "o",
+            "--special",
+            "",
+        ],
+        "non-empty string",
+    ),
+    (
+        [
+            "tokenizer",
+            "train",
+            "--input",
+            "text.txt",
+            "--vocab-size",
+            "300",
+            "--out",
+            "o",
+            "--special",
+            "<a>",
+            "<a>",
+        ],
+        "'<a>' is given more than once",
+    ),
+    (
+        ["tokenizer", "train", "--input", "text.txt", "--vocab-size", "10", "--out", "o"],
+        "too small",
+    ),
     (["tokenizer", "encode", "tok_list", "hi"], "expected a JSON object, got list"),
     (["tokenizer", "encode", "tok_regex", "hi"], "not a regular expression"),
     (["tokenizer", "encode", "tok_nope", "hi"], "does not cover all text"),
@@ -267,7 +352,7 @@ CASES = [
     (["serve", "run", "--max-generations", "0"], "--max-generations must be at least 1"),
     (["serve", "run", "--compare", "./missing"], "missing: no such folder"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize("argv, message", CASES, ids=[" ".join(a) for a, _ in CASES])

@@ -64,9 +64,11 @@ def test_every_field_is_checked_where_it_is_set(key, value, message):
 
 
 def test_toml_values_of_the_wrong_type_are_one_line(tmp_path):
-    for line, message in [('n_layer = "two"', "n_layer must be an integer"),
-                          ("lr = true", "lr must be a finite number"),
-                          ("out = 5", "out must be text")]:  # fmt: skip
+    for line, message in [
+        ('n_layer = "two"', "n_layer must be an integer"),
+        ("lr = true", "lr must be a finite number"),
+        ("out = 5", "out must be text"),
+    ]:
         (tmp_path / "t.toml").write_text(line + "\n")
         with pytest.raises(GptlabError, match=message):
             apply_settings(GPTConfig(), TrainConfig(), load_toml(str(tmp_path / "t.toml")))
@@ -75,13 +77,30 @@ def test_toml_values_of_the_wrong_type_are_one_line(tmp_path):
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-FIELDS = ["lr", "n_layer", "dropout", "beta1", "max_iters", "compile", "dtype", "max_time",
-          "padded_vocab_size", "threads", "out", "nonsense"]  # fmt: skip
+FIELDS = [
+    "lr",
+    "n_layer",
+    "dropout",
+    "beta1",
+    "max_iters",
+    "compile",
+    "dtype",
+    "max_time",
+    "padded_vocab_size",
+    "threads",
+    "out",
+    "nonsense",
+]
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.dictionaries(st.sampled_from(FIELDS), st.one_of(st.text(max_size=12),
-       st.integers(), st.floats(), st.booleans(), st.none()), max_size=4))  # fmt: skip
+@given(
+    st.dictionaries(
+        st.sampled_from(FIELDS),
+        st.one_of(st.text(max_size=12), st.integers(), st.floats(), st.booleans(), st.none()),
+        max_size=4,
+    )
+)
 def test_any_settings_give_a_config_or_one_clear_error(pairs):
     """key=value text or TOML values of any kind: valid configs, or a GptlabError."""
     try:

@@ -21,9 +21,12 @@ from gptlab.model.hf import read_config
 from gptlab.tokenizers import BPETokenizer, CharTokenizer, Tokenizer, train_bpe
 
 SCALARS = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**40), 2**40),
-    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=8),
-)  # fmt: skip
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**40), 2**40),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=8),
+)
 JSON = st.recursive(
     SCALARS,
     lambda inner: st.one_of(
@@ -38,8 +41,9 @@ def objects_with(keys: list[str]):
     return st.dictionaries(st.sampled_from(keys) | st.text(max_size=5), JSON, max_size=len(keys))
 
 
-FUZZ = settings(max_examples=150, deadline=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
+FUZZ = settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 
 def write_json(path: Path, value) -> None:
@@ -61,8 +65,18 @@ def bpe_folder(tmp_path_factory) -> Path:
     return folder
 
 
-CONFIG_KEYS = ["vocab_size", "n_positions", "n_ctx", "n_embd", "n_layer", "n_head",
-               "layer_norm_epsilon", "resid_pdrop", "model_type", "gptlab"]  # fmt: skip
+CONFIG_KEYS = [
+    "vocab_size",
+    "n_positions",
+    "n_ctx",
+    "n_embd",
+    "n_layer",
+    "n_head",
+    "layer_norm_epsilon",
+    "resid_pdrop",
+    "model_type",
+    "gptlab",
+]
 
 
 @FUZZ

@@ -65,8 +65,15 @@ def test_the_engine_gives_the_plain_loops_tokens(engine_model, use_cache):
         idx[i, T - len(r) :], mask[i, T - len(r) :] = torch.tensor(r), 1
     eos = reference(ref, rows[1:2], 4)[0][-1]  # row 1's fourth new token ends it
     for eos_id in (None, eos):
-        batch = generate(engine_model, idx, 20, temperature=0, attention_mask=mask,
-                         eos_id=eos_id, use_cache=use_cache)  # fmt: skip (17 + 20 > 32)
+        batch = generate(
+            engine_model,
+            idx,
+            20,
+            temperature=0,
+            attention_mask=mask,
+            eos_id=eos_id,
+            use_cache=use_cache,
+        )  # 17 + 20 > 32
         assert batch[:, T:].tolist() == reference(ref, rows, 20, eos_id), eos_id
 
 
@@ -85,15 +92,20 @@ def test_cache_logits_match_full_forward(model):
 
 def test_greedy_equals_transformers(model, tmp_path):
     import transformers
+
     model.save_pretrained(tmp_path)
     hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path).eval()
     for n in (1, 5, 11):
         idx = prompt(n, seed=n)
         ours = generate(model, idx, 15, temperature=0)
         theirs = hf.generate(
-            idx, attention_mask=torch.ones_like(idx), max_new_tokens=15, do_sample=False,
-            pad_token_id=0, eos_token_id=None,
-        )  # fmt: skip
+            idx,
+            attention_mask=torch.ones_like(idx),
+            max_new_tokens=15,
+            do_sample=False,
+            pad_token_id=0,
+            eos_token_id=None,
+        )
         assert torch.equal(ours, theirs), n
 
 
@@ -113,10 +125,17 @@ def test_a_prompt_past_block_size_is_read_from_its_end(model):
 def test_seeded_sampling_repeats(model):
     idx = prompt(5)
     runs = [
-        generate(model, idx, 20, temperature=1.0, top_k=20, top_p=0.9,
-                 generator=torch.Generator().manual_seed(7))
+        generate(
+            model,
+            idx,
+            20,
+            temperature=1.0,
+            top_k=20,
+            top_p=0.9,
+            generator=torch.Generator().manual_seed(7),
+        )
         for _ in range(2)
-    ]  # fmt: skip
+    ]
     assert torch.equal(*runs)
     other = generate(model, idx, 20, generator=torch.Generator().manual_seed(8))
     assert not torch.equal(runs[0], other)

@@ -49,8 +49,22 @@ if TYPE_CHECKING:  # what type checkers and editors see
 
 # subpackages reached as attributes (`gptlab.model.GPT` after `import gptlab`), as when this
 # file imported them eagerly
-_SUBMODULES = {"attention", "cli", "config", "data", "errors", "eval", "fileio", "generate",
-               "hardware", "hub", "model", "serve", "tokenizers", "train"}  # fmt: skip
+_SUBMODULES = {
+    "attention",
+    "cli",
+    "config",
+    "data",
+    "errors",
+    "eval",
+    "fileio",
+    "generate",
+    "hardware",
+    "hub",
+    "model",
+    "serve",
+    "tokenizers",
+    "train",
+}
 
 
 def __getattr__(name: str):

@@ -219,8 +219,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
         from gptlab.model.int8 import Int8Linear
 
         if isinstance(model.lm_head, Int8Linear):
-            raise GptlabError(f"{args.model} has int8 weights, which compute in float32; "
-                              "leave --dtype at float32")  # fmt: skip
+            raise GptlabError(
+                f"{args.model} has int8 weights, which compute in float32; leave --dtype at float32"
+            )
         model.to(torch.float16)
     with torch.device("meta"):  # counted on the float network (an int8 one holds buffers)
         n_params = GPT(model.config).num_params()
@@ -241,8 +242,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
         if created:
             shutil.rmtree(created[-1], ignore_errors=True)
         raise
-    what = "int8 weights (gptlab reads them; transformers cannot)" if args.quantize == "int8" \
-        else args.dtype  # fmt: skip
+    what = (
+        "int8 weights (gptlab reads them; transformers cannot)"
+        if args.quantize == "int8"
+        else args.dtype
+    )
     print(f"saved {n_params:,} parameters ({what}) to {out}")
     if tok is None:
         _say(f"gptlab: note: no tokenizer saved ({missing}); {out} cannot sample text until one is")
@@ -413,8 +417,14 @@ def _prepare_into(out: Path, tmp: Path, args: argparse.Namespace) -> None:
     prepared = (out / "meta.json").is_file()
     if tmp.exists():  # left by a prepare that was killed (the lock says none runs now)
         shutil.rmtree(tmp)
-    prepare(args.input or "shakespeare", tmp, args.tokenizer, args.val_fraction,
-            workers=args.workers, progress=True)  # fmt: skip
+    prepare(
+        args.input or "shakespeare",
+        tmp,
+        args.tokenizer,
+        args.val_fraction,
+        workers=args.workers,
+        progress=True,
+    )
     out.mkdir(parents=True, exist_ok=True)
     if prepared:  # the previous data's files, tokenizer included
         for name in _prepared_files():
@@ -446,9 +456,17 @@ def _train_settings(args: argparse.Namespace):
     overrides = parse_overrides(args.settings)
     if args.resume:
         # what cannot apply to a run that exists already is refused, not ignored
-        given = [flag for flag, value in (("--preset", args.preset), ("--config", args.config),
-                 ("--data", args.data), ("--out", args.out), ("--overwrite", args.overwrite))
-                 if value]  # fmt: skip
+        given = [
+            flag
+            for flag, value in (
+                ("--preset", args.preset),
+                ("--config", args.config),
+                ("--data", args.data),
+                ("--out", args.out),
+                ("--overwrite", args.overwrite),
+            )
+            if value
+        ]
         if given:
             raise GptlabError(
                 f"--resume continues the run as it was set up, so {', '.join(given)} cannot "
@@ -497,8 +515,9 @@ def _train_settings(args: argparse.Namespace):
         import dataclasses
 
         given = {k for layer in [*layers, overrides] for k in layer}
-        shape = sorted(given & {f.name for f in dataclasses.fields(GPTConfig)} - {"block_size",
-                                                                                 "dropout"})
+        shape = sorted(
+            given & {f.name for f in dataclasses.fields(GPTConfig)} - {"block_size", "dropout"}
+        )
         if shape:
             raise GptlabError(
                 f"init_from={train.init_from} takes the network's shape from that model; "
@@ -646,9 +665,15 @@ def cmd_sample(args: argparse.Namespace) -> int:
         if not args.no_stream:
             print(prompt, end="", flush=True)
         for nxt in stream(
-            model, idx, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
-            eos_id=tok.eot_id, generator=generator,
-        ):  # fmt: skip
+            model,
+            idx,
+            args.max_new_tokens,
+            args.temperature,
+            args.top_k,
+            args.top_p,
+            eos_id=tok.eot_id,
+            generator=generator,
+        ):
             token = int(nxt[0])
             if token == tok.eot_id:
                 break
@@ -727,12 +752,21 @@ def cmd_eval_perplexity(args: argparse.Namespace) -> int:
     if not path.is_file():
         raise GptlabError(f"{path}: no such file")
     if args.method == "lm-eval" and args.stride is not None:
-        raise GptlabError("--stride applies to --method hf-guide and gptlab (lm-eval's windows "
-                          "follow one another)")  # fmt: skip
+        raise GptlabError(
+            "--stride applies to --method hf-guide and gptlab (lm-eval's windows "
+            "follow one another)"
+        )
     model, tok = _model_and_tokenizer(args)
     text = read_text(path)
-    result = perplexity(model, tok.encode(text), args.stride, args.batch_size, args.method,
-                        prefix_id=tok.eot_id, text=text)  # fmt: skip
+    result = perplexity(
+        model,
+        tok.encode(text),
+        args.stride,
+        args.batch_size,
+        args.method,
+        prefix_id=tok.eot_id,
+        text=text,
+    )
     result = {**result, "model": args.model, "input": str(path)}
     if args.json:
         print(json.dumps(result))
@@ -754,8 +788,9 @@ def cmd_eval_multiple_choice(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise GptlabError(f"--batch-size must be at least 1, got {args.batch_size}")
     model, tok = _model_and_tokenizer(args)
-    result = evaluate_multiple_choice(model, tok, examples, progress=not args.json,
-                                      batch_size=args.batch_size)  # fmt: skip
+    result = evaluate_multiple_choice(
+        model, tok, examples, progress=not args.json, batch_size=args.batch_size
+    )
     if not args.json:
         result.pop("scores")
         print(
@@ -779,8 +814,10 @@ def cmd_eval_last_word(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({**result, "model": args.model, "data": args.data}))
     else:
-        print(f"{result['examples']} passages: acc {result['acc']:.4f}, perplexity "
-              f"{result['perplexity']:.4f}")  # fmt: skip
+        print(
+            f"{result['examples']} passages: acc {result['acc']:.4f}, perplexity "
+            f"{result['perplexity']:.4f}"
+        )
     return 0
 
 
@@ -873,8 +910,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ValueError:
         loopback = args.host == "localhost"
     if not loopback:
-        _say(f"gptlab: note: serving on {args.host}, not loopback: anyone who can reach this "
-             "machine can use the page and its API")
+        _say(
+            f"gptlab: note: serving on {args.host}, not loopback: anyone who can reach this "
+            "machine can use the page and its API"
+        )
     _check_can_listen(args.host, args.port)  # before saying where the page is
     names = " and ".join(lab.name for lab in labs)
     print(f"gptlab serve: {names} at http://{args.host}:{args.port}/ (Ctrl-C stops)", flush=True)
@@ -920,8 +959,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    for add in (add_info, add_convert, add_prepare, add_train, add_sample, add_eval,
-                add_attention, add_serve, add_tokenizer):  # the order --help lists them in
+    for add in (
+        add_info,
+        add_convert,
+        add_prepare,
+        add_train,
+        add_sample,
+        add_eval,
+        add_attention,
+        add_serve,
+        add_tokenizer,
+    ):  # the order --help lists them in
         add(sub)
     return parser
 

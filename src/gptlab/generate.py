@@ -190,9 +190,19 @@ def generate(
     block_size the window slides, and each step then recomputes the window (the cache cannot
     be reused when every position shifts)."""
     new = list(
-        stream(model, idx, max_new_tokens, temperature, top_k, top_p, attention_mask, eos_id,
-               generator, use_cache)
-    )  # fmt: skip
+        stream(
+            model,
+            idx,
+            max_new_tokens,
+            temperature,
+            top_k,
+            top_p,
+            attention_mask,
+            eos_id,
+            generator,
+            use_cache,
+        )
+    )
     if len(new) < max_new_tokens:  # every row ended: pad with eos_id
         pad = torch.full((idx.size(0),), eos_id, dtype=idx.dtype, device=idx.device)
         new += [pad] * (max_new_tokens - len(new))

@@ -119,7 +119,7 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def resolve_dtype(name: str, device: torch.device) -> str:
-    """"auto" -> "bfloat16" where the device computes it natively, else "float32". An explicit
+    """ "auto" -> "bfloat16" where the device computes it natively, else "float32". An explicit
     name is checked: float16 needs CUDA (and a grad scaler, which the trainer adds)."""
     if name == "auto":
         if device.type == "cuda":

@@ -44,8 +44,9 @@ def drawn(monkeypatch):
 
 def heatmaps(fig):
     """The arrays of every heatmap panel (NaN where the panel leaves a cell blank)."""
-    return [np.ma.filled(ax.images[0].get_array().astype(float), np.nan)
-            for ax in fig.axes if ax.images]  # fmt: skip
+    return [
+        np.ma.filled(ax.images[0].get_array().astype(float), np.nan) for ax in fig.axes if ax.images
+    ]
 
 
 def assert_rows_are_distributions(weights):
@@ -139,8 +140,18 @@ def test_gpt2_demo_on_a_run_folder(tmp_path, capsys, drawn):
     model.save_pretrained(folder)
     tok.save(folder)
     prompt = "To be, or not"
-    argv = ["attention", "gpt2", "--model", str(folder), "--out", str(tmp_path / "fig"),
-            "--prompt", prompt, "--layer", "1"]  # fmt: skip
+    argv = [
+        "attention",
+        "gpt2",
+        "--model",
+        str(folder),
+        "--out",
+        str(tmp_path / "fig"),
+        "--prompt",
+        prompt,
+        "--layer",
+        "1",
+    ]
     assert main(argv) == 0
     assert_a_picture(tmp_path / "fig" / "gpt2.png", "gpt2")
     maps = heatmaps(drawn["gpt2"])
@@ -165,8 +176,16 @@ def test_tokens_no_font_draws_are_named_once(tmp_path, capsys, monkeypatch):
     tok = CharTokenizer.from_text("hello 日本語")
     GPT(GPTConfig.preset("tiny", vocab_size=tok.vocab_size)).save_pretrained(folder)
     tok.save(folder)
-    argv = ["attention", "gpt2", "--model", str(folder), "--out", str(tmp_path / "fig"),
-            "--prompt", "日本 hello 語"]  # fmt: skip
+    argv = [
+        "attention",
+        "gpt2",
+        "--model",
+        str(folder),
+        "--out",
+        str(tmp_path / "fig"),
+        "--prompt",
+        "日本 hello 語",
+    ]
     monkeypatch.setattr(demos, "CJK_FONTS", ())
     assert main(argv) == 0
     err = capsys.readouterr().err

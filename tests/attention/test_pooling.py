@@ -22,8 +22,11 @@ def test_nadaraya_watson_beats_average_pooling_and_training_sharpens():
     model, losses = train_nadaraya_watson(x_train, y_train, epochs=10)
     with torch.no_grad():
         learned = model(x_test, x_train, y_train)
-    errors = {"average": mse(avg, y_truth), "plain": mse(plain, y_truth),
-              "learned": mse(learned, y_truth)}  # fmt: skip
+    errors = {
+        "average": mse(avg, y_truth),
+        "plain": mse(plain, y_truth),
+        "learned": mse(learned, y_truth),
+    }
     # seen with seed 0: held-out MSE average 0.905, plain 0.428, learned 0.142; training loss
     # 0.389 -> 0.239; w 1 -> 1.83; mean weight entropy 3.44 -> 2.96 nats
     assert errors["plain"] < errors["average"] / 2

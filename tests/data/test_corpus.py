@@ -79,11 +79,13 @@ def test_non_utf8_file_says_where(tmp_path):
         ("hf:wikitext", ("wikitext", None, "train", "text")),
         ("hf:org/name:test", ("org/name", None, "test", "text")),
         ("hf:name:test:story", ("name", None, "test", "story")),
-        ("hf:wikitext:config=wikitext-2-raw-v1:split=test",
-         ("wikitext", "wikitext-2-raw-v1", "test", "text")),
+        (
+            "hf:wikitext:config=wikitext-2-raw-v1:split=test",
+            ("wikitext", "wikitext-2-raw-v1", "test", "text"),
+        ),
         ("hf:x:column=body:validation", ("x", None, "validation", "body")),
     ],
-)  # fmt: skip
+)
 def test_hub_sources_name_config_split_and_column(source, spec):
     from gptlab.data.corpus import parse_hub_source
 
@@ -97,10 +99,12 @@ def test_a_dataset_saved_to_disk_by_datasets(tmp_path, monkeypatch):
 
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     rows = {"story": [f"story number {i}\n" for i in range(5)], "n": list(range(5))}
-    datasets.DatasetDict({
-        "train": datasets.Dataset.from_dict(rows),
-        "test": datasets.Dataset.from_dict({"story": ["the test\n"], "n": [0]}),
-    }).save_to_disk(str(tmp_path / "saved"))  # fmt: skip
+    datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_dict(rows),
+            "test": datasets.Dataset.from_dict({"story": ["the test\n"], "n": [0]}),
+        }
+    ).save_to_disk(str(tmp_path / "saved"))
     docs = list(iter_documents([f"hf:{tmp_path / 'saved'}:train:story"]))
     assert [d.text for d in docs] == rows["story"]
     assert [d.text for d in iter_documents(f"hf:{tmp_path / 'saved'}:split=test:story")] == [

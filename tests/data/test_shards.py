@@ -40,9 +40,13 @@ def test_streaming_in_chunks_with_a_pool_equals_one_pass(tmp_path):
     tok = train_bpe([text], vocab_size=400)
     one = prepare([str(tmp_path / "big.txt")], tmp_path / "a", tok, progress=False)
     many = prepare(
-        [str(tmp_path / "big.txt")], tmp_path / "b", tok, chunk_bytes=5000, workers=2,
+        [str(tmp_path / "big.txt")],
+        tmp_path / "b",
+        tok,
+        chunk_bytes=5000,
+        workers=2,
         progress=False,
-    )  # fmt: skip
+    )
     for split in ("train", "val"):
         assert np.array_equal(one.splits[split], many.splits[split])
     assert one.splits["train"].tolist() + one.splits["val"].tolist() == tok.encode(text) + [
@@ -105,8 +109,14 @@ def test_chunked_preparation_equals_one_pass_for_every_tokenizer(kind, chunk_byt
     else:
         tok = train_bpe([text], vocab_size=420, pattern=kind.removeprefix("bpe-"))
     one = prepare([str(tmp_path / "t.txt")], tmp_path / "one", tok, progress=False)
-    chunked = prepare([str(tmp_path / "t.txt")], tmp_path / "chunked", tok,
-                      chunk_bytes=chunk_bytes, workers=1, progress=False)  # fmt: skip
+    chunked = prepare(
+        [str(tmp_path / "t.txt")],
+        tmp_path / "chunked",
+        tok,
+        chunk_bytes=chunk_bytes,
+        workers=1,
+        progress=False,
+    )
     pieces = list(_pieces([Document("t", text)], chunk_bytes))
     assert len(pieces) > 20  # the text really was cut, many times
     for split in ("train", "val"):

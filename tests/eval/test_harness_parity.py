@@ -58,8 +58,7 @@ def setup(tmp_path_factory):
     text = "".join(d.text for d in shakespeare()[:3])
     tok = train_bpe([text[:200_000]], 400)
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=2, n_head=2,
-                          n_embd=32))  # fmt: skip
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=2, n_head=2, n_embd=32))
     # a refrain the model learns by heart, so that greedy decoding gets some last words right
     refrain = "the king and the queen went to the tower. " * 300
     ids = torch.tensor(tok.encode(text[:60_000] + refrain))
@@ -80,9 +79,14 @@ def setup(tmp_path_factory):
     docs = [{"text": held_out[:3000]}, {"text": held_out[5000:5400]}]
     lines = [ln for ln in held_out[10_000:60_000].split("\n") if len(ln.split()) > 5]
     r = random.Random(0)
-    mc = [{"query": " ".join(ln.split(" ")[:3]),
-           "choices": [" ".join(x.split(" ")[3:]) for x in [ln, *r.sample(lines, 3)]],
-           "gold": i % 4} for i, ln in enumerate(lines[:12])]  # fmt: skip
+    mc = [
+        {
+            "query": " ".join(ln.split(" ")[:3]),
+            "choices": [" ".join(x.split(" ")[3:]) for x in [ln, *r.sample(lines, 3)]],
+            "gold": i % 4,
+        }
+        for i, ln in enumerate(lines[:12])
+    ]
     for row in mc:  # the gold ending is the true one, moved to position `gold`
         row["choices"].insert(row["gold"], row["choices"].pop(0))
     # last words: lines cut after each word; half the passages kept are ones this weak model
@@ -116,10 +120,14 @@ def run_harness(root):
     threads = torch.get_num_threads()
     try:
         return lm_eval.simple_evaluate(
-            model="hf", model_args=f"pretrained={root / 'model'},dtype=float32",
-            tasks=list(TASKS), task_manager=TaskManager(include_path=str(root)), device="cpu",
-            batch_size=4, log_samples=True,
-        )  # fmt: skip
+            model="hf",
+            model_args=f"pretrained={root / 'model'},dtype=float32",
+            tasks=list(TASKS),
+            task_manager=TaskManager(include_path=str(root)),
+            device="cpu",
+            batch_size=4,
+            log_samples=True,
+        )
     finally:
         torch.set_num_threads(threads)  # the harness may change it
 
@@ -132,8 +140,9 @@ def test_rolling_perplexity_equals_the_harness(setup):
     _, model, tok, data, results = setup
     total = words = nbytes = 0.0
     for doc in data["gptlab_ppl"]:
-        ours = perplexity(model, tok.encode(doc["text"]), method="lm-eval",
-                          prefix_id=tok.eot_id, text=doc["text"])  # fmt: skip
+        ours = perplexity(
+            model, tok.encode(doc["text"]), method="lm-eval", prefix_id=tok.eot_id, text=doc["text"]
+        )
         total += -ours["nll"] * ours["tokens"]
         words += ours["words"]
         nbytes += ours["bytes"]
@@ -146,8 +155,10 @@ def test_rolling_perplexity_equals_the_harness(setup):
 
 def test_multiple_choice_choices_equal_the_harness(setup):
     _, model, tok, data, results = setup
-    examples = [Example(row["query"], row["choices"], row["gold"], i)
-                for i, row in enumerate(data["gptlab_mc"])]  # fmt: skip
+    examples = [
+        Example(row["query"], row["choices"], row["gold"], i)
+        for i, row in enumerate(data["gptlab_mc"])
+    ]
     ours = evaluate_multiple_choice(model, tok, examples, batch_size=5)
     samples = by_doc(results, "gptlab_mc")
     for i, score in enumerate(ours["scores"]):
@@ -169,8 +180,9 @@ def test_last_word_accuracy_equals_the_harness(setup):
     assert greedy == [bool(samples[i]["filtered_resps"][0][1]) for i in range(len(passages))]
     assert 0 < sum(greedy) < len(greedy)  # the data tells right from wrong
     lls = [s["logprob_sum"] for s in ours["scores"]]
-    assert lls == pytest.approx([float(samples[i]["filtered_resps"][0][0])
-                                 for i in range(len(passages))], rel=1e-4)  # fmt: skip
+    assert lls == pytest.approx(
+        [float(samples[i]["filtered_resps"][0][0]) for i in range(len(passages))], rel=1e-4
+    )
     theirs = results["results"]["gptlab_lambada"]
     assert ours["acc"] == pytest.approx(theirs["acc,none"])
     assert ours["perplexity"] == pytest.approx(theirs["perplexity,none"], rel=1e-4)

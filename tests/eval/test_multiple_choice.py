@@ -9,12 +9,23 @@ from gptlab import GPT, CharTokenizer, GptlabError
 from gptlab.eval import evaluate_multiple_choice, read_examples
 
 ROWS = [
-    {"ctx": "A man is sitting on a roof. he", "label": 3, "endings": [
-        "is using wrap to wrap a pair of skis.", "is ripping level tiles off.",
-        "is holding a rubik's cube.", "starts pulling up roofing on a roof."]},
-    {"ctx_a": "A woman is outside.", "ctx_b": "she", "label": 0, "endings": [
-        "waves.", "is baking a cake in the rain with friends.", "sits."]},
-]  # fmt: skip
+    {
+        "ctx": "A man is sitting on a roof. he",
+        "label": 3,
+        "endings": [
+            "is using wrap to wrap a pair of skis.",
+            "is ripping level tiles off.",
+            "is holding a rubik's cube.",
+            "starts pulling up roofing on a roof.",
+        ],
+    },
+    {
+        "ctx_a": "A woman is outside.",
+        "ctx_b": "she",
+        "label": 0,
+        "endings": ["waves.", "is baking a cake in the rain with friends.", "sits."],
+    },
+]
 
 
 @pytest.fixture
@@ -88,9 +99,16 @@ def test_batched_scoring_equals_one_at_a_time(tmp_path, data):
 
 
 def test_hellaswag_rows_are_cleaned_as_the_harness_does(tmp_path):
-    row = {"activity_label": "Roof shingle removal", "ctx_a": "A man is sitting on a roof.",
-           "ctx_b": "he", "endings": ["is using wrap [title] to wrap a pair of skis.",
-                                      "is ripping  level tiles off."], "label": "1"}  # fmt: skip
+    row = {
+        "activity_label": "Roof shingle removal",
+        "ctx_a": "A man is sitting on a roof.",
+        "ctx_b": "he",
+        "endings": [
+            "is using wrap [title] to wrap a pair of skis.",
+            "is ripping  level tiles off.",
+        ],
+        "label": "1",
+    }
     path = tmp_path / "hs.jsonl"
     path.write_text(json.dumps(row) + "\n")
     (ex,) = read_examples(path, hellaswag=True)
@@ -107,8 +125,9 @@ def test_an_empty_context_is_scored_after_end_of_text_and_a_long_ending_is_one_l
 
     bpe = train_bpe(["the quick brown fox jumps over the lazy dog " * 20], 280)
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=bpe.vocab_size, block_size=16, n_layer=1, n_head=2,
-                          n_embd=16)).eval()  # fmt: skip
+    model = GPT(
+        GPTConfig(vocab_size=bpe.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=16)
+    ).eval()
     path = tmp_path / "mc.jsonl"
     path.write_text(json.dumps({"ctx": "", "endings": ["the fox", "a dog"], "label": 0}) + "\n")
     scored = evaluate_multiple_choice(model, bpe, read_examples(path))["scores"][0]
@@ -119,8 +138,9 @@ def test_an_empty_context_is_scored_after_end_of_text_and_a_long_ending_is_one_l
         direct = sum(logp[j, t].item() for j, t in enumerate(ids[1:]))
         assert abs(total - direct) <= 1e-9 * abs(direct)
     chars = CharTokenizer.from_text("the fox a dog")
-    small = GPT(GPTConfig(vocab_size=chars.vocab_size, block_size=8, n_layer=1, n_head=2,
-                          n_embd=16)).eval()  # fmt: skip
+    small = GPT(
+        GPTConfig(vocab_size=chars.vocab_size, block_size=8, n_layer=1, n_head=2, n_embd=16)
+    ).eval()
     where = "mc.jsonl, line 1, ending 0"
     with pytest.raises(GptlabError, match=f"{where}: an empty context .* end-of-text"):
         evaluate_multiple_choice(small, chars, read_examples(path))

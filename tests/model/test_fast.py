@@ -198,10 +198,16 @@ def test_one_positions_attention_equals_the_plain_one(masked):
             y = kernels.decode_attention(qkv, cache.k[0], cache.v[0], pos, mask)
             q, k, v = (t.view(B, 1, H, D).transpose(1, 2) for t in qkv.split(H * D, dim=2))
             plain_k[:, :, pos : pos + 1], plain_v[:, :, pos : pos + 1] = k, v
-            expected = F.scaled_dot_product_attention(
-                q, plain_k[:, :, : pos + 1], plain_v[:, :, : pos + 1],
-                attn_mask=None if mask is None else mask[:, None, None, :],
-            ).transpose(1, 2).reshape(B, 1, H * D)  # fmt: skip
+            expected = (
+                F.scaled_dot_product_attention(
+                    q,
+                    plain_k[:, :, : pos + 1],
+                    plain_v[:, :, : pos + 1],
+                    attn_mask=None if mask is None else mask[:, None, None, :],
+                )
+                .transpose(1, 2)
+                .reshape(B, 1, H * D)
+            )
             assert torch.equal(cache.k[0], plain_k) and torch.equal(cache.v[0], plain_v)
             assert (y - expected).abs().max().item() <= 1e-5, (threads, pos)
     finally:

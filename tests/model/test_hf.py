@@ -255,8 +255,9 @@ def test_the_inference_loader_is_the_one_rule_set(tmp_path):
     from gptlab import CharTokenizer, GPTConfig, load_for_inference
 
     tok = CharTokenizer.from_text("abc def")
-    GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=8, n_layer=1, n_head=2,
-                  n_embd=16)).save_pretrained(tmp_path / "m")  # fmt: skip
+    GPT(
+        GPTConfig(vocab_size=tok.vocab_size, block_size=8, n_layer=1, n_head=2, n_embd=16)
+    ).save_pretrained(tmp_path / "m")
     tok.save(tmp_path / "m")
     model, loaded = load_for_inference(tmp_path / "m", "cpu", "float32")
     assert not model.training and loaded.vocab_size == tok.vocab_size

@@ -24,8 +24,10 @@ def test_quantize_rounds_each_weight_to_its_rows_grid():
     assert (err <= scale[:, None] / 2 + 1e-7).all()
 
 
-@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
-                    reason="no C compiler: the dequantised fallback is tested below")  # fmt: skip
+@pytest.mark.skipif(
+    shutil.which("cc") is None and shutil.which("gcc") is None,
+    reason="no C compiler: the dequantised fallback is tested below",
+)
 @pytest.mark.parametrize("rows", [1, 3, 4, 5, 8, 17, 64])
 @pytest.mark.parametrize("k", [768, 13])  # a K that is not a multiple of 8: the scalar tail
 def test_the_kernel_equals_the_dequantised_product(rows, k):
@@ -85,9 +87,18 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("int8")
     text = shakespeare()[0].text
     (root / "t.txt").write_text(text[:60_000])
-    config = TrainConfig(data=str(root / "t.txt"), out=str(root / "run"), batch_size=16,
-                         max_iters=150, eval_interval=150, eval_iters=1, lr=3e-3,
-                         warmup_iters=20, lr_decay_iters=150, threads=2)  # fmt: skip
+    config = TrainConfig(
+        data=str(root / "t.txt"),
+        out=str(root / "run"),
+        batch_size=16,
+        max_iters=150,
+        eval_interval=150,
+        eval_iters=1,
+        lr=3e-3,
+        warmup_iters=20,
+        lr_decay_iters=150,
+        threads=2,
+    )
     train(GPTConfig.preset("tiny", block_size=64, dropout=0.0), config, progress=False)
     return root / "run", text[60_000:62_500]
 
@@ -134,9 +145,14 @@ def test_int8_on_the_gpt2_preset_keeps_every_clear_choice_and_generates():
     assert abs(ppl_q / ppl - 1) < 0.01
     out = generate(quantized, ids[:, :8], 8, temperature=0.0)
     assert out.shape == (2, 16)
-    assert all(isinstance(m, Int8Linear) for m in (quantized.transformer.h[0].attn.c_attn,
-                                                  quantized.transformer.h[11].mlp.c_proj,
-                                                  quantized.lm_head))
+    assert all(
+        isinstance(m, Int8Linear)
+        for m in (
+            quantized.transformer.h[0].attn.c_attn,
+            quantized.transformer.h[11].mlp.c_proj,
+            quantized.lm_head,
+        )
+    )
 
 
 def test_an_int8_folder_loads_back_as_it_was_saved(trained, tmp_path, capsys):
@@ -152,6 +168,7 @@ def test_an_int8_folder_loads_back_as_it_was_saved(trained, tmp_path, capsys):
     assert on_disk["transformer.h.0.attn.c_attn.weight_int8"].dtype == torch.int8
     assert on_disk["lm_head.weight_int8"].dtype == torch.int8
     import transformers  # a test dependency (pyproject dev extra): never skipped
+
     with pytest.raises(ValueError, match="does not recognize this architecture"):
         transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "q")  # not misloaded
     expected = prepare_for_decoding(GPT.from_pretrained(run), quantize="int8")
@@ -195,8 +212,16 @@ def test_eval_with_int8_weights_scores_within_one_percent(trained, tmp_path, cap
 
     run, held_out = trained
     (tmp_path / "held_out.txt").write_text(held_out)
-    argv = ["eval", "perplexity", str(run), "--input", str(tmp_path / "held_out.txt"),
-            "--method", "gptlab", "--json"]  # fmt: skip
+    argv = [
+        "eval",
+        "perplexity",
+        str(run),
+        "--input",
+        str(tmp_path / "held_out.txt"),
+        "--method",
+        "gptlab",
+        "--json",
+    ]
     capsys.readouterr()
     assert main(argv) == 0
     plain = json.loads(capsys.readouterr().out)["perplexity"]

@@ -41,8 +41,7 @@ def events(response) -> list[dict]:
 
 
 def test_generation_streams_what_gptlab_sample_prints(client, serve_folder, capsys):
-    settings = {"prompt": "To be", "max_new_tokens": 25, "temperature": 0.9, "top_k": 20,
-                "seed": 7}  # fmt: skip
+    settings = {"prompt": "To be", "max_new_tokens": 25, "temperature": 0.9, "top_k": 20, "seed": 7}
     with client.stream("POST", "/api/generate", json=settings) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
@@ -50,8 +49,25 @@ def test_generation_streams_what_gptlab_sample_prints(client, serve_folder, caps
     got = events(response)
     assert got[-1]["done"] is True and len(got) == 26
     streamed = "To be" + "".join(e["text"] for e in got)
-    assert main(["sample", str(serve_folder), "--prompt", "To be", "--max-new-tokens", "25",
-                 "--temperature", "0.9", "--top-k", "20", "--seed", "7"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "sample",
+                str(serve_folder),
+                "--prompt",
+                "To be",
+                "--max-new-tokens",
+                "25",
+                "--temperature",
+                "0.9",
+                "--top-k",
+                "20",
+                "--seed",
+                "7",
+            ]
+        )
+        == 0
+    )
     assert capsys.readouterr().out == streamed + "\n"
 
 
@@ -70,8 +86,25 @@ def test_an_int8_page_streams_what_gptlab_sample_int8_prints(serve_folder, capsy
         heads = client.post("/api/heads", json={"prompt": "To be, or not"})
     assert heads.status_code == 200  # the views work on int8 projections too
     streamed = "To be" + "".join(e["text"] for e in events(response))
-    assert main(["sample", str(serve_folder), "--prompt", "To be", "--max-new-tokens", "15",
-                 "--temperature", "0.9", "--seed", "3", "--quantize", "int8"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "sample",
+                str(serve_folder),
+                "--prompt",
+                "To be",
+                "--max-new-tokens",
+                "15",
+                "--temperature",
+                "0.9",
+                "--seed",
+                "3",
+                "--quantize",
+                "int8",
+            ]
+        )
+        == 0
+    )
     assert capsys.readouterr().out == streamed + "\n"
 
 
@@ -79,13 +112,15 @@ def test_attention_is_the_models_own(client, lab):
     ids = lab.tokenizer.encode("To be, or not")
     want = lab.model.attention_maps(torch.tensor([ids]))
     for layer in range(2):
-        got = weights(client.post("/api/attention", json={"prompt": "To be, or not",
-                                                           "layer": layer}))  # fmt: skip
+        got = weights(
+            client.post("/api/attention", json={"prompt": "To be, or not", "layer": layer})
+        )
         assert got.shape == (4, len(ids), len(ids))
         np.testing.assert_allclose(got.sum(-1), 1.0, atol=1e-5)
         np.testing.assert_allclose(got, want[layer][0].numpy(), atol=1e-6)
-    one = weights(client.post("/api/attention", json={"prompt": "To be, or not", "layer": 1,
-                                                       "head": 2}))  # fmt: skip
+    one = weights(
+        client.post("/api/attention", json={"prompt": "To be, or not", "layer": 1, "head": 2})
+    )
     np.testing.assert_allclose(one[0], want[1][0, 2].numpy(), atol=1e-6)
 
 
@@ -129,8 +164,9 @@ def test_ablating_a_head_is_zeroing_its_slice_of_c_proj(client, lab):
 
 
 def test_next_table_after_sampling_filters(client):
-    table = client.post("/api/next", json={"prompt": "To be", "top_k": 3,
-                                            "temperature": 0.5}).json()  # fmt: skip
+    table = client.post(
+        "/api/next", json={"prompt": "To be", "top_k": 3, "temperature": 0.5}
+    ).json()
     sampled = [c["p_sampled"] for c in table["candidates"]]
     assert sum(sampled[:3]) == pytest.approx(1.0, abs=1e-5) and sampled[3:] == [0.0] * 7
     assert table["candidates"][0]["p_sampled"] > table["candidates"][0]["p"]  # sharper
@@ -177,8 +213,15 @@ def test_tokenize_info_and_openapi(client):
     info = client.get("/api/info").json()
     assert [m["n_layer"] for m in info["models"]] == [2, 2]
     schema = client.get("/openapi.json").json()
-    assert {"/api/generate", "/api/attention", "/api/lens", "/api/heads", "/api/tokenize",
-            "/api/info", "/api/next"} <= schema["paths"].keys()  # fmt: skip
+    assert {
+        "/api/generate",
+        "/api/attention",
+        "/api/lens",
+        "/api/heads",
+        "/api/tokenize",
+        "/api/info",
+        "/api/next",
+    } <= schema["paths"].keys()
     page = client.get("/")
     assert page.status_code == 200 and "/static/app.js" in page.text
     assert "http" not in client.get("/static/app.js").text.split("fetch(")[1][:20]  # no CDN
@@ -202,7 +245,7 @@ def test_tokenize_info_and_openapi(client):
         ("/api/heads", {"prompt": ""}, 400, "at least 2 tokens"),
         ("/api/tokenize", [1, 2], 422, "must be a JSON object"),
     ],
-)  # fmt: skip
+)
 def test_bad_requests_are_4xx_with_one_line(client, path, body, status, message):
     response = client.post(path, json=body)
     assert response.status_code == status, response.text

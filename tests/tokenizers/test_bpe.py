@@ -81,6 +81,7 @@ def test_fast_path_equals_python_path(trained):
 
 def test_saved_folder_loads_in_tokenizers_with_equal_ids(trained, tmp_path):
     import tokenizers as hf_tokenizers
+
     trained.save(tmp_path)
     assert {p.name for p in tmp_path.iterdir()} == {
         "vocab.json",
@@ -101,6 +102,7 @@ def test_saved_folder_loads_in_tokenizers_with_equal_ids(trained, tmp_path):
 
 def test_tinyshakespeare_4096_equals_tokenizers(tmp_path):
     import tokenizers as hf_tokenizers
+
     text = shared_data("tinyshakespeare.txt").read_text(encoding="utf-8")
     tok = train_bpe([text], vocab_size=4096)
     assert tok.vocab_size == 4096 and tok.fast

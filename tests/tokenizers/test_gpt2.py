@@ -52,6 +52,7 @@ def test_reference_strings(tok, reference):
 
 def test_tinyshakespeare_equals_reference_and_tokenizers(tok, reference, gpt2_dir):
     import tokenizers as hf_tokenizers
+
     text = shared_data("tinyshakespeare.txt").read_text(encoding="utf-8")
     ids = tok.encode(text)
     ref = reference["tinyshakespeare"]

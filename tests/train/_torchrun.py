@@ -10,9 +10,22 @@ from safetensors.torch import load_file
 
 # float32 whatever `auto` means here: these runs are compared to 1e-5 or bit for bit, which
 # bfloat16 autocast (auto on a CPU with AVX512-BF16) does not give between process counts
-ARGS = ["--preset", "tiny", "--no-progress", "batch_size=2", "grad_accum=2", "block_size=16",
-        "eval_interval=2", "eval_iters=1", "warmup_iters=2", "lr_decay_iters=8", "lr=3e-3",
-        "threads=1", "dropout=0.0", "dtype=float32"]  # fmt: skip
+ARGS = [
+    "--preset",
+    "tiny",
+    "--no-progress",
+    "batch_size=2",
+    "grad_accum=2",
+    "block_size=16",
+    "eval_interval=2",
+    "eval_iters=1",
+    "warmup_iters=2",
+    "lr_decay_iters=8",
+    "lr=3e-3",
+    "threads=1",
+    "dropout=0.0",
+    "dtype=float32",
+]
 
 
 def write_corpus(path):
@@ -24,8 +37,17 @@ def run(cwd, *args, procs=1, **env):
     if procs == 1:
         cmd = [sys.executable, "-m", "gptlab", "train", *args]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc_per_node={procs}", "-m", "gptlab", "train", *args]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={procs}",
+            "-m",
+            "gptlab",
+            "train",
+            *args,
+        ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", **env}
     result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -21,8 +21,16 @@ def test_two_processes_equal_one_and_checkpoints_cross_over(corpus, tmp_path):
     # Text prepared for a 2-process run waits in OUT/.data.tmp until the run commits it to
     # OUT/data; rank 1, made slow to read it, must still find it there (rank 0 waits before
     # moving it: without that wait this run fails every time, rank 1 finding no folder).
-    run(tmp_path, *ARGS, *data, "--out", "two", "max_iters=4", procs=2,
-        GPTLAB_FAULT_DELAY="data-read:1:2")  # fmt: skip
+    run(
+        tmp_path,
+        *ARGS,
+        *data,
+        "--out",
+        "two",
+        "max_iters=4",
+        procs=2,
+        GPTLAB_FAULT_DELAY="data-read:1:2",
+    )
     assert (tmp_path / "two" / "data" / "meta.json").is_file()
     assert not (tmp_path / "two" / ".data.tmp").exists()
     run(tmp_path, *ARGS, *data, "--out", "mixed", "max_iters=4")
@@ -42,8 +50,7 @@ def test_two_processes_equal_one_and_checkpoints_cross_over(corpus, tmp_path):
 def test_each_rank_keeps_its_own_dropout_stream_across_a_resume(corpus, tmp_path):
     """With dropout, 2 processes resumed at step 4 end bitwise where 8 uninterrupted steps do:
     each rank restores its own random state (not rank 0's)."""
-    args = [a for a in ARGS if not a.startswith("dropout")] + ["dropout=0.2", "--data",
-                                                                str(corpus)]  # fmt: skip
+    args = [a for a in ARGS if not a.startswith("dropout")] + ["dropout=0.2", "--data", str(corpus)]
     run(tmp_path, *args, "--out", "whole", "max_iters=8", procs=2)
     run(tmp_path, *args, "--out", "half", "max_iters=4", procs=2)
     run(tmp_path, "--resume", "half", "--no-progress", "max_iters=8", procs=2)
@@ -53,12 +60,23 @@ def test_each_rank_keeps_its_own_dropout_stream_across_a_resume(corpus, tmp_path
 
 def test_a_nan_on_one_rank_stops_every_rank_at_once(corpus, tmp_path):
     script = os.path.join(os.path.dirname(__file__), "_nan_on_rank1.py")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           script, "train", *ARGS, "--data", str(corpus), "--out", "run",
-           "max_iters=50"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        script,
+        "train",
+        *ARGS,
+        "--data",
+        str(corpus),
+        "--out",
+        "run",
+        "max_iters=50",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env,
-                            timeout=120)  # fmt: skip
+    result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120)
     # it returned (no rank left waiting at a collective until gloo's 30-minute timeout), and
     # every rank that got to speak said the same line (torchrun may stop the other first)
     assert result.returncode != 0

@@ -19,9 +19,21 @@ from gptlab import GPTConfig, GptlabError
 from gptlab.config import TrainConfig
 from gptlab.train import train
 
-ARGS = ["--preset", "tiny", "--no-progress", "batch_size=4", "block_size=16", "eval_iters=1",
-        "eval_interval=4", "warmup_iters=2", "max_iters=12", "lr_decay_iters=12", "lr=3e-3",
-        "dropout=0.1", "threads=1"]  # fmt: skip
+ARGS = [
+    "--preset",
+    "tiny",
+    "--no-progress",
+    "batch_size=4",
+    "block_size=16",
+    "eval_iters=1",
+    "eval_interval=4",
+    "warmup_iters=2",
+    "max_iters=12",
+    "lr_decay_iters=12",
+    "lr=3e-3",
+    "dropout=0.1",
+    "threads=1",
+]
 STAGES = ["weights-written", "checkpoint-written", "old-moved", "new-moved", "linked"]
 
 
@@ -34,9 +46,13 @@ def corpus(tmp_path_factory):
 
 def gptlab(cwd, *args, **env):
     return subprocess.run(
-        [sys.executable, "-m", "gptlab", "train", *args], cwd=cwd, capture_output=True,
-        text=True, env={**os.environ, "OMP_NUM_THREADS": "1", **env}, timeout=120,
-    )  # fmt: skip
+        [sys.executable, "-m", "gptlab", "train", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **env},
+        timeout=120,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -70,15 +86,14 @@ def same(a, b):
 
 @pytest.mark.parametrize("save", [2, 3], ids=["step-8 save", "final save"])
 @pytest.mark.parametrize("stage", STAGES)
-def test_killed_inside_a_checkpoint_swap_resumes_exactly(
-    stage, save, corpus, reference, tmp_path
-):
+def test_killed_inside_a_checkpoint_swap_resumes_exactly(stage, save, corpus, reference, tmp_path):
     """Killed inside the step-8 checkpoint, or inside the last one (after which the resumed
     command has no step left to run, yet must leave the final weights in place)."""
     from gptlab.cli import main
 
-    died = gptlab(tmp_path, *ARGS, "--data", str(corpus), "--out", "run",
-                  GPTLAB_FAULT=f"{stage}:{save}")  # fmt: skip
+    died = gptlab(
+        tmp_path, *ARGS, "--data", str(corpus), "--out", "run", GPTLAB_FAULT=f"{stage}:{save}"
+    )
     assert died.returncode == 137, died.stderr
     # the resume in this process (the kill needs a process of its own; the resume does not)
     assert main(["train", "--resume", str(tmp_path / "run"), "--no-progress"]) == 0
@@ -90,18 +105,19 @@ def test_killed_inside_a_checkpoint_swap_resumes_exactly(
     assert not any((tmp_path / "run" / name).exists() for name in (".checkpoint.tmp", ".lock"))
 
 
-def test_random_kills_then_resume_end_where_an_uninterrupted_run_does(
-    corpus, reference, tmp_path
-):
+def test_random_kills_then_resume_end_where_an_uninterrupted_run_does(corpus, reference, tmp_path):
     rng = random.Random(0)
     args = [*ARGS, "--data", str(corpus), "--out", "run"]
     state = tmp_path / "run" / "checkpoint" / "state.json"
     for _ in range(3):  # three kills
         resume = ["--resume", "run", "--no-progress"] if resumable(tmp_path / "run") else args
-        proc = subprocess.Popen([sys.executable, "-m", "gptlab", "train", *resume],
-                                cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1",
-                                "GPTLAB_FAULT_STEP_DELAY": "0.05"},
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gptlab", "train", *resume],
+            cwd=tmp_path,
+            env={**os.environ, "OMP_NUM_THREADS": "1", "GPTLAB_FAULT_STEP_DELAY": "0.05"},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.time() + 60
         before = json.loads(state.read_text())["step"] if state.exists() else 0
         while time.time() < deadline and proc.poll() is None:  # wait for progress, then kill
@@ -133,11 +149,22 @@ def test_a_full_disk_during_a_checkpoint_is_one_line_and_keeps_the_previous(
     from gptlab.train import checkpoint
 
     model = GPTConfig(vocab_size=256, block_size=16, n_layer=2, n_head=2, n_embd=32)
-    config = TrainConfig(data=str(corpus), out=str(tmp_path / "run"), batch_size=4,
-                         max_iters=8, eval_interval=4, eval_iters=1, lr_decay_iters=8,
-                         threads=1, max_time=0)  # fmt: skip
-    original = {"OSError": checkpoint.atomic_write, "torch.save": torch.save,
-                "safetensors": safetensors.torch.save_file}[kind]  # fmt: skip
+    config = TrainConfig(
+        data=str(corpus),
+        out=str(tmp_path / "run"),
+        batch_size=4,
+        max_iters=8,
+        eval_interval=4,
+        eval_iters=1,
+        lr_decay_iters=8,
+        threads=1,
+        max_time=0,
+    )
+    original = {
+        "OSError": checkpoint.atomic_write,
+        "torch.save": torch.save,
+        "safetensors": safetensors.torch.save_file,
+    }[kind]
     calls = {"n": 0}
 
     def second_call_fails(*args, **kwargs):
@@ -152,8 +179,11 @@ def test_a_full_disk_during_a_checkpoint_is_one_line_and_keeps_the_previous(
             raise SafetensorError("Error while serializing: IoError(No space left on device)")
         return original(*args, **kwargs)
 
-    where = {"OSError": (checkpoint, "atomic_write"), "torch.save": (torch, "save"),
-             "safetensors": (safetensors.torch, "save_file")}[kind]  # fmt: skip
+    where = {
+        "OSError": (checkpoint, "atomic_write"),
+        "torch.save": (torch, "save"),
+        "safetensors": (safetensors.torch, "save_file"),
+    }[kind]
     monkeypatch.setattr(*where, second_call_fails)
     said = "step 8 .*(No space|enforce fail).*previous checkpoint is"
     with pytest.raises(GptlabError, match=said):
@@ -173,13 +203,19 @@ def test_a_full_disk_during_a_checkpoint_is_one_line_and_keeps_the_previous(
         (("checkpoint/trainer.pt", b""), "cannot read the checkpoint"),
         (("checkpoint/state.json", b'{"tokens": 3}'), "damaged checkpoint (step = None)"),
         (("checkpoint/state.json", b'{"step": -5, "tokens": 3}'), "(step = -5)"),
-        (("checkpoint/state.json", b'{"step": 8, "tokens": 3, "elapsed_s": "b"}'),
-         "(elapsed_s = 'b')"),
-        (("checkpoint/state.json", b'{"step": 8, "tokens": 3, "best_val_loss": "z"}'),
-         "(best_val_loss = 'z')"),
+        (
+            ("checkpoint/state.json", b'{"step": 8, "tokens": 3, "elapsed_s": "b"}'),
+            "(elapsed_s = 'b')",
+        ),
+        (
+            ("checkpoint/state.json", b'{"step": 8, "tokens": 3, "best_val_loss": "z"}'),
+            "(best_val_loss = 'z')",
+        ),
         (("checkpoint/state.json", b'{"step": 4,'), "cannot read the checkpoint"),
-        (("checkpoint/model.safetensors", b"\x08\x00\x00\x00\x00\x00\x00\x00{}"),
-         "cannot read safetensors"),
+        (
+            ("checkpoint/model.safetensors", b"\x08\x00\x00\x00\x00\x00\x00\x00{}"),
+            "cannot read safetensors",
+        ),
     ],
 )
 def test_a_damaged_checkpoint_is_one_line_and_best_survives(

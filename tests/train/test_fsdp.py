@@ -36,7 +36,9 @@ def test_fsdp_equals_ddp_and_one_process_and_resumes_on_any_number(corpus, tmp_p
     # each rank wrote its own part of AdamW's state, and trainer.pt holds none of it
     checkpoint = tmp_path / "two" / "checkpoint"
     assert sorted(p.name for p in (checkpoint / "optimizer").glob("*.distcp")) == [
-        "__0_0.distcp", "__1_0.distcp"]  # fmt: skip
+        "__0_0.distcp",
+        "__1_0.distcp",
+    ]
     assert "optimizer" not in torch.load(checkpoint / "trainer.pt", weights_only=True)
     assert_same_logits(tmp_path / "two", tmp_path / "one")
     # 2 -> 1, 1 -> 2, and a ddp run taken over by fsdp: each ends where 8 steps in one go end
@@ -53,9 +55,11 @@ def assert_same_logits(sharded_run, unsharded_run):
     """The consolidated export of a sharded run: its logits (in gptlab and in transformers)
     are those of the same training without sharding."""
     import transformers  # a test dependency (pyproject dev extra): never skipped
+
     ours = GPT.from_pretrained(sharded_run).eval()
-    ids = torch.randint(0, ours.config.vocab_size, (2, 16),
-                        generator=torch.Generator().manual_seed(0))  # fmt: skip
+    ids = torch.randint(
+        0, ours.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0)
+    )
     with torch.no_grad():
         unsharded = GPT.from_pretrained(unsharded_run).eval()(ids).logits
         logits = ours(ids).logits
@@ -78,8 +82,10 @@ def test_split_evaluation_equals_one_process(monkeypatch, tmp_path):
     whole = trainer_module._estimate_loss(*args, 10)
     monkeypatch.setattr(trainer_module, "all_sum", lambda d, value, device: value)
     for world in (2, 3):
-        parts = [trainer_module._estimate_loss(*args, 10, Dist(rank=r, world=world))
-                 for r in range(world)]  # fmt: skip
+        parts = [
+            trainer_module._estimate_loss(*args, 10, Dist(rank=r, world=world))
+            for r in range(world)
+        ]
         for split in ("train", "val"):
             assert sum(p[split] for p in parts) == pytest.approx(whole[split], rel=1e-12)
 
@@ -91,9 +97,16 @@ def test_activation_checkpointing_trains_the_same_weights(tmp_path):
     model_config = GPTConfig.preset("tiny", block_size=16, dropout=0.1)
     weights = []
     for on in (False, True):
-        config = TrainConfig(data=str(tmp_path / "t.txt"), out=str(tmp_path / f"ac{on}"),
-                             batch_size=4, max_iters=3, eval_interval=3, eval_iters=1,
-                             threads=1, activation_checkpointing=on)  # fmt: skip
+        config = TrainConfig(
+            data=str(tmp_path / "t.txt"),
+            out=str(tmp_path / f"ac{on}"),
+            batch_size=4,
+            max_iters=3,
+            eval_interval=3,
+            eval_iters=1,
+            threads=1,
+            activation_checkpointing=on,
+        )
         train(model_config, config, progress=False)
         weights.append(final(tmp_path / f"ac{on}")[0])
     worst = max((weights[0][k] - weights[1][k]).abs().max().item() for k in weights[0])
@@ -124,8 +137,9 @@ def test_a_model_that_cannot_fit_is_refused_with_advice_before_any_work(monkeypa
     (tmp_path / "t.txt").write_text("the quick brown fox jumps over the lazy dog\n" * 100)
     model_config = GPTConfig.preset("tiny", block_size=16)
     n = GPT(model_config.replace(vocab_size=28)).num_params()
-    config = TrainConfig(data=str(tmp_path / "t.txt"), out=str(tmp_path / "r"), max_iters=1,
-                         eval_iters=1, threads=1)  # fmt: skip
+    config = TrainConfig(
+        data=str(tmp_path / "t.txt"), out=str(tmp_path / "r"), max_iters=1, eval_iters=1, threads=1
+    )
     monkeypatch.setattr(sharding, "device_memory", lambda device: 16 * n - 1)
     with pytest.raises(GptlabError, match=r"more than this machine's RAM .*parallel=fsdp"):
         train(model_config, config, progress=False)
@@ -146,7 +160,8 @@ def test_running_out_of_memory_is_one_line_with_advice(monkeypatch, tmp_path):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
     monkeypatch.setattr(trainer_module._Run, "train_step", no_memory)
-    config = TrainConfig(data=str(tmp_path / "t.txt"), out=str(tmp_path / "r"), max_iters=1,
-                         eval_iters=1, threads=1)  # fmt: skip
+    config = TrainConfig(
+        data=str(tmp_path / "t.txt"), out=str(tmp_path / "r"), max_iters=1, eval_iters=1, threads=1
+    )
     with pytest.raises(GptlabError, match=r"^out of memory on cpu .*try parallel=fsdp"):
         train(GPTConfig.preset("tiny", block_size=16), config, progress=False)

@@ -17,19 +17,22 @@ def test_flops_per_token_of_gpt2_small():
     assert mfu.flops_per_token(config, n) == 6 * n + 12 * 12 * 768 * 1024
 
 
-@pytest.mark.parametrize("name, dtype, peak", [
-    ("NVIDIA H100 80GB HBM3", "bfloat16", 989.0),
-    ("NVIDIA H100 PCIe", "bfloat16", 756.0),
-    ("NVIDIA H200", "float32", 67.0),
-    ("NVIDIA A100-SXM4-80GB", "bfloat16", 312.0),
-    ("NVIDIA L4", "float16", 121.0),
-    ("NVIDIA L40S", "bfloat16", 362.0),
-    ("Tesla T4", "float16", 65.0),
-    ("Tesla T4", "bfloat16", None),  # no bfloat16 tensor cores
-    ("NVIDIA L40", "bfloat16", 181.0),  # not the L4
-    ("NVIDIA H200 NVL", "bfloat16", 835.0),
-    ("NVIDIA GeForce RTX 3060", "bfloat16", None),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "name, dtype, peak",
+    [
+        ("NVIDIA H100 80GB HBM3", "bfloat16", 989.0),
+        ("NVIDIA H100 PCIe", "bfloat16", 756.0),
+        ("NVIDIA H200", "float32", 67.0),
+        ("NVIDIA A100-SXM4-80GB", "bfloat16", 312.0),
+        ("NVIDIA L4", "float16", 121.0),
+        ("NVIDIA L40S", "bfloat16", 362.0),
+        ("Tesla T4", "float16", 65.0),
+        ("Tesla T4", "bfloat16", None),  # no bfloat16 tensor cores
+        ("NVIDIA L40", "bfloat16", 181.0),  # not the L4
+        ("NVIDIA H200 NVL", "bfloat16", 835.0),
+        ("NVIDIA GeForce RTX 3060", "bfloat16", None),
+    ],
+)
 def test_gpu_peaks_come_from_the_table_by_name(name, dtype, peak):
     assert mfu.gpu_peak_tflops(name, dtype) == peak
 
@@ -41,9 +44,16 @@ def test_the_cpu_probe_measures_a_plausible_peak():
 
 def test_a_run_logs_tokens_per_second_and_mfu_against_the_given_peak(tmp_path):
     (tmp_path / "t.txt").write_text("the quick brown fox jumps over the lazy dog\n" * 100)
-    config = TrainConfig(data=str(tmp_path / "t.txt"), out=str(tmp_path / "r"), batch_size=4,
-                         max_iters=4, eval_interval=2, eval_iters=1, threads=1,
-                         peak_tflops=0.5)  # fmt: skip
+    config = TrainConfig(
+        data=str(tmp_path / "t.txt"),
+        out=str(tmp_path / "r"),
+        batch_size=4,
+        max_iters=4,
+        eval_interval=2,
+        eval_iters=1,
+        threads=1,
+        peak_tflops=0.5,
+    )
     model_config = GPTConfig.preset("tiny", block_size=16)
     result = train(model_config, config, progress=False)
     rows = [json.loads(r) for r in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]

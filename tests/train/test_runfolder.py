@@ -21,9 +21,18 @@ MODEL = GPTConfig(vocab_size=256, block_size=16, n_layer=2, n_head=2, n_embd=32,
 
 def settings(data, out, **changes) -> TrainConfig:
     base = dict(
-        data=str(data), out=str(out), batch_size=4, max_iters=8, eval_interval=4,
-        eval_iters=2, warmup_iters=3, lr_decay_iters=8, lr=3e-3, threads=1, max_time=0,
-    )  # fmt: skip
+        data=str(data),
+        out=str(out),
+        batch_size=4,
+        max_iters=8,
+        eval_interval=4,
+        eval_iters=2,
+        warmup_iters=3,
+        lr_decay_iters=8,
+        lr=3e-3,
+        threads=1,
+        max_time=0,
+    )
     return TrainConfig(**{**base, **changes})
 
 
@@ -96,8 +105,12 @@ def test_an_overwrite_that_fails_while_training_keeps_the_old_run(text, tmp_path
     other = tmp_path / "other.txt"
     other.write_text("completely different: XYZ 0123456789 !?\n" * 80)
     with pytest.raises(GptlabError, match="the loss became nan"):
-        train(MODEL, settings(other, out, lr=1e9, grad_clip=0.0, eval_interval=100),
-              overwrite=True, progress=False)  # fmt: skip
+        train(
+            MODEL,
+            settings(other, out, lr=1e9, grad_clip=0.0, eval_interval=100),
+            overwrite=True,
+            progress=False,
+        )
     assert digest(out) == before
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [".gptlab-run"]
     # and one that does save replaces it whole: the old data and weights are gone
@@ -113,11 +126,28 @@ def test_an_overwrite_killed_before_its_first_checkpoint_gives_the_old_run_back(
     other = tmp_path / "other.txt"
     other.write_text("completely different: XYZ 0123456789 !?\n" * 80)
     killed = subprocess.run(
-        [sys.executable, "-m", "gptlab", "train", "--data", str(other), "--out", str(out),
-         "--overwrite", "--preset", "tiny", "--no-progress", "max_iters=4", "eval_interval=2",
-         "eval_iters=1", "block_size=16", "threads=1"],
-        env={**os.environ, "GPTLAB_FAULT": "weights-written:1"}, capture_output=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "gptlab",
+            "train",
+            "--data",
+            str(other),
+            "--out",
+            str(out),
+            "--overwrite",
+            "--preset",
+            "tiny",
+            "--no-progress",
+            "max_iters=4",
+            "eval_interval=2",
+            "eval_iters=1",
+            "block_size=16",
+            "threads=1",
+        ],
+        env={**os.environ, "GPTLAB_FAULT": "weights-written:1"},
+        capture_output=True,
+    )
     assert killed.returncode == 137 and (out / ".replaced").is_dir()  # died mid-save
     # `gptlab train --resume` puts the old run back before it reads the run's settings (the
     # killed run's train.toml, of other settings and data, must not be what it resumes with)
@@ -126,8 +156,14 @@ def test_an_overwrite_killed_before_its_first_checkpoint_gives_the_old_run_back(
     assert main(["train", "--resume", str(out), "--no-progress"]) == 0
     after = digest(out)
     assert not (out / ".replaced").exists() and not (out / ".checkpoint.tmp").exists()
-    for name in ("model.safetensors", "checkpoint/trainer.pt", "best/model.safetensors",
-                 "data/train.bin", "char_vocab.json", "train.toml"):  # fmt: skip
+    for name in (
+        "model.safetensors",
+        "checkpoint/trainer.pt",
+        "best/model.safetensors",
+        "data/train.bin",
+        "char_vocab.json",
+        "train.toml",
+    ):
         assert after[name] == before[name], name
 
 
@@ -199,8 +235,9 @@ def test_overwrite_with_another_tokenizer_leaves_no_old_vocabulary(text, tmp_pat
     assert (out / "char_vocab.json").exists()
     bpe = train_bpe([text.read_text()], 300)
     bpe.save(tmp_path / "bpe")
-    train(MODEL, settings(text, out, tokenizer=str(tmp_path / "bpe")), overwrite=True,
-          progress=False)  # fmt: skip
+    train(
+        MODEL, settings(text, out, tokenizer=str(tmp_path / "bpe")), overwrite=True, progress=False
+    )
     assert not (out / "char_vocab.json").exists()
     assert GPT.from_pretrained(out).config.vocab_size == bpe.vocab_size
     from gptlab.tokenizers import Tokenizer
@@ -268,8 +305,7 @@ def test_resume_after_a_crash_logs_each_evaluation_once(text, tmp_path):
     # a crash after logging step 12 but before its checkpoint, mid-way through a line
     with open(out / "metrics.jsonl", "a") as f:
         f.write(json.dumps({"step": 12, "val_loss": 9.0}) + "\n" + '{"step": 1')
-    train(MODEL, settings(text, out, max_iters=12, lr_decay_iters=12), resume=True,
-          progress=False)  # fmt: skip
+    train(MODEL, settings(text, out, max_iters=12, lr_decay_iters=12), resume=True, progress=False)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [4, 8, 12]
     a, b = load_file(whole / "model.safetensors"), load_file(out / "model.safetensors")
@@ -332,8 +368,7 @@ def test_prepare_never_writes_into_a_run_or_a_foreign_folder_unasked(text, tmp_p
     # a folder of the user's with a vocabulary of its own: --overwrite does not take it
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "vocab.json").write_text('{"mine": 0}')
-    result = gptlab("prepare", "--input", str(text), "--out", "mine", "--overwrite",
-                    cwd=tmp_path)  # fmt: skip
+    result = gptlab("prepare", "--input", str(text), "--out", "mine", "--overwrite", cwd=tmp_path)
     assert result.returncode == 2 and "holds vocab.json but no prepared data" in result.stderr
     assert (tmp_path / "mine" / "vocab.json").read_text() == '{"mine": 0}'
 
@@ -344,12 +379,22 @@ def test_prepare_never_writes_into_a_run_or_a_foreign_folder_unasked(text, tmp_p
     from gptlab import train_bpe
 
     train_bpe([text.read_text()], 300).save(tmp_path / "bpe")
-    result = gptlab("prepare", "--input", str(text), "--out", "data", "--tokenizer", "bpe",
-                    "--overwrite", cwd=tmp_path)  # fmt: skip
+    result = gptlab(
+        "prepare",
+        "--input",
+        str(text),
+        "--out",
+        "data",
+        "--tokenizer",
+        "bpe",
+        "--overwrite",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     assert not (data / "char_vocab.json").exists()
-    result = gptlab("prepare", "--input", str(text), "--out", "x", "--val-fraction", "1.5",
-                    cwd=tmp_path)  # fmt: skip
+    result = gptlab(
+        "prepare", "--input", str(text), "--out", "x", "--val-fraction", "1.5", cwd=tmp_path
+    )
     assert result.returncode == 2 and "--val-fraction must be in (0, 1)" in result.stderr
     assert not (tmp_path / "x").exists()
 
@@ -406,7 +451,8 @@ def test_a_kill_while_the_old_run_moves_aside_puts_every_file_back(text, tmp_pat
     assert not runfolder.has_aside(out)
     after = digest(out)
     assert {k: after[k] for k in before if k.startswith("checkpoint/")} == {
-        k: v for k, v in before.items() if k.startswith("checkpoint/")}  # fmt: skip
+        k: v for k, v in before.items() if k.startswith("checkpoint/")
+    }
 
 
 def test_a_python_resume_refuses_what_the_command_line_refuses(text, tmp_path):
@@ -415,9 +461,13 @@ def test_a_python_resume_refuses_what_the_command_line_refuses(text, tmp_path):
     out = tmp_path / "run"
     train(MODEL, settings(text, out, max_iters=4), progress=False)
     before = digest(out)
-    for model, changes in [(MODEL.replace(n_layer=3), {}), (MODEL.replace(dropout=0.0), {}),
-                           (MODEL, {"val_fraction": 0.2}), (MODEL, {"max_time": 60}),
-                           (MODEL, {"init_from": str(out)})]:  # fmt: skip
+    for model, changes in [
+        (MODEL.replace(n_layer=3), {}),
+        (MODEL.replace(dropout=0.0), {}),
+        (MODEL, {"val_fraction": 0.2}),
+        (MODEL, {"max_time": 60}),
+        (MODEL, {"init_from": str(out)}),
+    ]:
         with pytest.raises(GptlabError, match="cannot change"):
             train(model, settings(text, out, **changes), resume=True, progress=False)
     assert digest(out) == before

@@ -30,9 +30,17 @@ def corpus(tmp_path_factory):
 
 def settings(corpus, out, **changes) -> TrainConfig:
     base = dict(
-        data=str(corpus), out=str(out), batch_size=4, max_iters=12, eval_interval=4,
-        eval_iters=2, warmup_iters=3, lr_decay_iters=12, lr=3e-3, threads=1,
-    )  # fmt: skip
+        data=str(corpus),
+        out=str(out),
+        batch_size=4,
+        max_iters=12,
+        eval_interval=4,
+        eval_iters=2,
+        warmup_iters=3,
+        lr_decay_iters=12,
+        lr=3e-3,
+        threads=1,
+    )
     return TrainConfig(**{**base, **changes})
 
 
@@ -54,12 +62,20 @@ def test_run_folder_holds_what_design_lists(corpus, tmp_path):
         "checkpoint/trainer.pt",
         "best/model.safetensors",
     ):
-        assert (out / name).exists(), name  # fmt: skip
+        assert (out / name).exists(), name
     assert list((out / "tb").iterdir())
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [4, 8, 12]
-    assert set(rows[0]) == {"step", "train_loss", "val_loss", "lr", "tokens", "elapsed_s",
-                            "tokens_per_s", "mfu"}  # fmt: skip
+    assert set(rows[0]) == {
+        "step",
+        "train_loss",
+        "val_loss",
+        "lr",
+        "tokens",
+        "elapsed_s",
+        "tokens_per_s",
+        "mfu",
+    }
     assert rows[-1]["tokens"] == 12 * 4 * 16
     assert rows[-1]["val_loss"] < rows[0]["val_loss"]
     model = GPT.from_pretrained(out)
@@ -120,21 +136,28 @@ def test_fine_tune_from_a_saved_model(corpus, tmp_path):
     train(MODEL, settings(corpus, base, max_iters=4), progress=False)
     tuned = tmp_path / "tuned"
     # a text file: prepared with the base run's own tokenizer (its folder holds it)
-    train(MODEL.replace(block_size=8), settings(corpus, tuned, max_iters=4, init_from=str(base)),
-          progress=False)  # fmt: skip
+    train(
+        MODEL.replace(block_size=8),
+        settings(corpus, tuned, max_iters=4, init_from=str(base)),
+        progress=False,
+    )
     model = GPT.from_pretrained(tuned)
     assert model.config.block_size == 8 and model.config.n_embd == 32
     assert (tuned / "char_vocab.json").read_text() == (base / "char_vocab.json").read_text()
     # the weights came from the base run: with a vanishing learning rate they are its own
     still = tmp_path / "still"
-    train(MODEL.replace(block_size=8), settings(corpus, still, max_iters=2, init_from=str(base),
-          lr=1e-12, min_lr=0.0), progress=False)  # fmt: skip
+    train(
+        MODEL.replace(block_size=8),
+        settings(corpus, still, max_iters=2, init_from=str(base), lr=1e-12, min_lr=0.0),
+        progress=False,
+    )
     a, b = weights(base), weights(still)
     a["transformer.wpe.weight"] = a["transformer.wpe.weight"][:8]  # cropped to block_size 8
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in b)
     fresh = GPT(MODEL.replace(vocab_size=a["transformer.wte.weight"].size(0), block_size=8))
-    assert not torch.allclose(fresh.transformer.h[0].mlp.c_fc.weight,
-                              b["transformer.h.0.mlp.c_fc.weight"], atol=1e-3)  # fmt: skip
+    assert not torch.allclose(
+        fresh.transformer.h[0].mlp.c_fc.weight, b["transformer.h.0.mlp.c_fc.weight"], atol=1e-3
+    )
 
 
 def test_fine_tune_refuses_data_of_another_vocabulary(corpus, tmp_path):
@@ -146,8 +169,17 @@ def test_fine_tune_refuses_data_of_another_vocabulary(corpus, tmp_path):
 
     prepare([str(other)], tmp_path / "otherdata", "char", progress=False)
     with pytest.raises(GptlabError, match="reads 15 ids, but the data was tokenized with a voc"):
-        train(MODEL, settings(corpus, tmp_path / "t", max_iters=4, init_from=str(base),
-              data=str(tmp_path / "otherdata")), progress=False)  # fmt: skip
+        train(
+            MODEL,
+            settings(
+                corpus,
+                tmp_path / "t",
+                max_iters=4,
+                init_from=str(base),
+                data=str(tmp_path / "otherdata"),
+            ),
+            progress=False,
+        )
 
 
 def gptlab(*args, cwd, **kwargs):
@@ -157,12 +189,27 @@ def gptlab(*args, cwd, **kwargs):
 
 
 def test_sigterm_saves_a_checkpoint_and_resume_finishes(corpus, tmp_path):
-    args = ["train", "--preset", "tiny", "--data", str(corpus), "--out", "run", "--no-progress",
-            "max_iters=100000", "eval_interval=50", "eval_iters=1", "threads=1"]  # fmt: skip
+    args = [
+        "train",
+        "--preset",
+        "tiny",
+        "--data",
+        str(corpus),
+        "--out",
+        "run",
+        "--no-progress",
+        "max_iters=100000",
+        "eval_interval=50",
+        "eval_iters=1",
+        "threads=1",
+    ]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gptlab", *args], cwd=tmp_path, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
+        [sys.executable, "-m", "gptlab", *args],
+        cwd=tmp_path,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.time() + 60
     while not (tmp_path / "run" / "checkpoint").exists() and time.time() < deadline:
         time.sleep(0.1)
@@ -175,14 +222,17 @@ def test_sigterm_saves_a_checkpoint_and_resume_finishes(corpus, tmp_path):
     # the stop saved at once: no evaluation at the stop step, only the scheduled ones
     rows = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert all(json.loads(row)["step"] % 50 == 0 for row in rows)
-    result = gptlab("train", "--resume", "run", "--no-progress", f"max_iters={step + 3}",
-                    cwd=tmp_path)  # fmt: skip
+    result = gptlab(
+        "train", "--resume", "run", "--no-progress", f"max_iters={step + 3}", cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     assert f"done: {step + 3} steps" in result.stdout
-    for extra, message in [(["--data", "x.txt"], "--data cannot apply"),
-                           (["--out", "elsewhere"], "--out cannot apply"),
-                           (["--overwrite"], "--overwrite cannot apply"),
-                           (["n_layer=4"], "n_layer cannot change")]:  # fmt: skip
+    for extra, message in [
+        (["--data", "x.txt"], "--data cannot apply"),
+        (["--out", "elsewhere"], "--out cannot apply"),
+        (["--overwrite"], "--overwrite cannot apply"),
+        (["n_layer=4"], "n_layer cannot change"),
+    ]:
         refused = gptlab("train", "--resume", "run", *extra, cwd=tmp_path)
         assert refused.returncode == 2 and message in refused.stderr
     refused = gptlab("train", "--resume", "nowhere", cwd=tmp_path)
@@ -231,8 +281,9 @@ def test_bfloat16_autocast_trains_and_resumes_exactly(corpus, tmp_path):
     """The dtype a machine with native bfloat16 picks: a real run (emulated here if need be)."""
     bf16 = dict(dtype="bfloat16", max_iters=8, eval_interval=4, lr_decay_iters=8)
     whole = train(MODEL, settings(corpus, tmp_path / "whole", **bf16), progress=False)
-    fp32 = train(MODEL, settings(corpus, tmp_path / "fp32", **{**bf16, "dtype": "float32"}),
-                 progress=False)  # fmt: skip
+    fp32 = train(
+        MODEL, settings(corpus, tmp_path / "fp32", **{**bf16, "dtype": "float32"}), progress=False
+    )
     assert whole.dtype == "bfloat16" and whole.last_val_loss < 5.0
     # autocast really ran in bfloat16: same seed and data, yet not the float32 numbers
     assert whole.last_val_loss != fp32.last_val_loss

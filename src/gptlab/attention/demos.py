@@ -40,9 +40,16 @@ def _plt():
 
 # fonts that draw Chinese, Japanese and Korean, tried after matplotlib's own for each glyph
 CJK_FONTS = (
-    "WenQuanYi Micro Hei", "WenQuanYi Zen Hei", "Noto Sans CJK SC", "Noto Sans CJK JP",
-    "Source Han Sans SC", "Microsoft YaHei", "SimHei", "PingFang SC", "Arial Unicode MS",
-)  # fmt: skip
+    "WenQuanYi Micro Hei",
+    "WenQuanYi Zen Hei",
+    "Noto Sans CJK SC",
+    "Noto Sans CJK JP",
+    "Source Han Sans SC",
+    "Microsoft YaHei",
+    "SimHei",
+    "PingFang SC",
+    "Arial Unicode MS",
+)
 
 
 def _label_fonts() -> list[str]:
@@ -64,8 +71,9 @@ def _heatmap(fig, ax, matrix, title, xlabel, ylabel, xticks=None, yticks=None):
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if xticks is not None:
-        ax.set_xticks(range(len(xticks)), xticks, rotation=90, fontsize=7,
-                      fontfamily=_label_fonts())  # fmt: skip
+        ax.set_xticks(
+            range(len(xticks)), xticks, rotation=90, fontsize=7, fontfamily=_label_fonts()
+        )
     if yticks is not None:
         ax.set_yticks(range(len(yticks)), yticks, fontsize=7, fontfamily=_label_fonts())
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
@@ -130,10 +138,22 @@ def pooling(out: Path, quick: bool = False) -> Path:
     ax.set_ylabel("y")
     ax.set_title("Attention pooling as kernel regression")
     ax.legend(fontsize=7)
-    _heatmap(fig, axes[1], plain.attention_weights, "weights, w = 1", "keys (training x, sorted)",
-             "queries (test x)")  # fmt: skip
-    _heatmap(fig, axes[2], model.attention_weights, f"weights, learned w = {model.w.item():.2f}",
-             "keys (training x, sorted)", "queries (test x)")  # fmt: skip
+    _heatmap(
+        fig,
+        axes[1],
+        plain.attention_weights,
+        "weights, w = 1",
+        "keys (training x, sorted)",
+        "queries (test x)",
+    )
+    _heatmap(
+        fig,
+        axes[2],
+        model.attention_weights,
+        f"weights, learned w = {model.w.item():.2f}",
+        "keys (training x, sorted)",
+        "queries (test x)",
+    )
     return _save(fig, out, "pooling")
 
 
@@ -172,8 +192,14 @@ def multihead(out: Path, quick: bool = False) -> Path:
     plt = _plt()
     fig, axes = plt.subplots(1, heads, figsize=FIGSIZES["multihead"])
     for h, ax in enumerate(axes):
-        _heatmap(fig, ax, mha.attention_weights[0, h], f"head {h}", "keys (positions)",
-                 "queries (positions)")  # fmt: skip
+        _heatmap(
+            fig,
+            ax,
+            mha.attention_weights[0, h],
+            f"head {h}",
+            "keys (positions)",
+            "queries (positions)",
+        )
     fig.suptitle("Multi-head self-attention: each head weighs the past differently")
     return _save(fig, out, "multihead")
 
@@ -211,8 +237,16 @@ def bahdanau(out: Path, quick: bool = False) -> Path:
     fig, axes = plt.subplots(1, len(numbers), figsize=FIGSIZES["bahdanau"])
     for i, (ax, n) in enumerate(zip(axes, numbers, strict=True)):
         steps = max(1, len(words[i]))
-        _heatmap(fig, ax, weights[i, :steps, : lens[i]], str(n), "source digits",
-                 "target words", list(str(n)), words[i] or ["(nothing)"])  # fmt: skip
+        _heatmap(
+            fig,
+            ax,
+            weights[i, :steps, : lens[i]],
+            str(n),
+            "source digits",
+            "target words",
+            list(str(n)),
+            words[i] or ["(nothing)"],
+        )
     fig.suptitle(
         f"Bahdanau attention: where the decoder looks (held-out exact match "
         f"{result.exact_match:.1%} after {result.steps} steps)"
@@ -223,8 +257,9 @@ def bahdanau(out: Path, quick: bool = False) -> Path:
 DEFAULT_PROMPT = "To be, or not to be, that is the question"
 
 
-def gpt2(out: Path, model, tokenizer, quick: bool = False, prompt: str | None = None,
-         layer: int = 0) -> Path:  # fmt: skip
+def gpt2(
+    out: Path, model, tokenizer, quick: bool = False, prompt: str | None = None, layer: int = 0
+) -> Path:
     """Every head of one layer of a loaded GPT (`gptlab.load_for_inference`) on a prompt."""
     net, tok = model, tokenizer
     prompt = DEFAULT_PROMPT if prompt is None else prompt  # "" is a prompt, and too short
@@ -245,8 +280,9 @@ def gpt2(out: Path, model, tokenizer, quick: bool = False, prompt: str | None = 
         if h >= heads:
             ax.axis("off")
             continue
-        _heatmap(fig, ax, maps[h], f"layer {layer}, head {h}", "key token", "query token",
-                 labels, labels)  # fmt: skip
+        _heatmap(
+            fig, ax, maps[h], f"layer {layer}, head {h}", "key token", "query token", labels, labels
+        )
     return _save(fig, out, "gpt2")
 
 

@@ -151,9 +151,13 @@ class Seq2SeqResult:
 
 
 def train_numbers(
-    steps: int = 1500, batch_size: int = 128, seed: int = 0, lr: float = 5e-3,
-    n_test: int = 500, time_limit: float | None = None,
-) -> Seq2SeqResult:  # fmt: skip
+    steps: int = 1500,
+    batch_size: int = 128,
+    seed: int = 0,
+    lr: float = 5e-3,
+    n_test: int = 500,
+    time_limit: float | None = None,
+) -> Seq2SeqResult:
     """Train on random numbers 0..9999 (a held-out set of n_test numbers is never trained on)
     and return the exact-match accuracy of greedy translations of the held-out set."""
     torch.manual_seed(seed)
@@ -170,8 +174,9 @@ def train_numbers(
     for step in range(1, steps + 1):  # noqa: B007
         src, lens, tgt = encode_pairs(rng.sample(train, batch_size))
         logits = model(src, lens, tgt[:, :-1])
-        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), tgt[:, 1:].reshape(-1),
-                               ignore_index=0)  # fmt: skip
+        loss = F.cross_entropy(
+            logits.reshape(-1, logits.size(-1)), tgt[:, 1:].reshape(-1), ignore_index=0
+        )
         optimizer.zero_grad()
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)

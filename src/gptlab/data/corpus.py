@@ -157,8 +157,7 @@ def parse_hub_source(source: str) -> dict[str, str | None]:
     (config=, split=, column=) -> {"name", "config", "split", "column"}.
     hf:wikitext:config=wikitext-2-raw-v1:split=test reads WikiText-2's test split."""
     name, *parts = source.removeprefix("hf:").split(":")
-    spec: dict[str, str | None] = {"name": name, "config": None, "split": "train",
-                                   "column": "text"}  # fmt: skip
+    spec: dict[str, str | None] = {"name": name, "config": None, "split": "train", "column": "text"}
     positional = ["split", "column"]
     for part in parts:
         key, eq, value = part.partition("=")

@@ -146,8 +146,13 @@ def prepare(
 
     tmp = out / ".tokens.tmp"
     # disable=None: drawn on a terminal only, never into a log
-    bar = tqdm(desc="prepare", unit="char", unit_scale=True, disable=None if progress else True,
-               leave=False)  # fmt: skip
+    bar = tqdm(
+        desc="prepare",
+        unit="char",
+        unit_scale=True,
+        disable=None if progress else True,
+        leave=False,
+    )
     try:
         with open(tmp, "wb") as f:
             total, docs, chars = _encode_into(f, source, tokenizer, out, chunk_bytes, workers, bar)
@@ -175,8 +180,9 @@ def prepare(
     return PreparedData(out)
 
 
-def _encode_into(f, source, tokenizer: Tokenizer, out: Path, chunk_bytes: int, workers: int,
-                 bar) -> tuple[int, int, int]:  # fmt: skip
+def _encode_into(
+    f, source, tokenizer: Tokenizer, out: Path, chunk_bytes: int, workers: int, bar
+) -> tuple[int, int, int]:
     """Every piece of the source's documents, encoded in order (by a pool of `workers`
     processes, at most 2 x workers pieces in flight) and appended to the open file f ->
     (tokens, documents, characters)."""
@@ -210,8 +216,9 @@ def _encode_into(f, source, tokenizer: Tokenizer, out: Path, chunk_bytes: int, w
     return total, docs, chars
 
 
-def _split(tmp: Path, out: Path, dtype: np.dtype, total: int, val_fraction: float,
-           source: str) -> tuple[int, int]:  # fmt: skip
+def _split(
+    tmp: Path, out: Path, dtype: np.dtype, total: int, val_fraction: float, source: str
+) -> tuple[int, int]:
     """The token stream in tmp -> out/train.bin (its first part) and out/val.bin (the last
     val_fraction, as nanoGPT: int(n * 0.9) train tokens) -> (train, val) token counts."""
     if total == 0:

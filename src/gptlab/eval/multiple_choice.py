@@ -177,15 +177,20 @@ def evaluate_multiple_choice(
         raise GptlabError(f"batch_size must be at least 1, got {batch_size}")
     hits = {"acc": 0, "acc_norm": 0, "acc_bytes": 0, "acc_norm_token": 0}
     scores = []
-    bar = tqdm(total=len(examples), desc="multiple choice", leave=False,
-               disable=None if progress else True)  # fmt: skip (None: on a terminal only)
+    bar = tqdm(
+        total=len(examples), desc="multiple choice", leave=False, disable=None if progress else True
+    )  # None: on a terminal only
     try:
         for i in range(0, len(examples), batch_size):
             group = examples[i : i + batch_size]
             L = model.config.block_size
-            requests = [_pair(tokenizer, ex.context, " " + e, L,
-                              f"{_where(ex.source, ex.line)}, ending {k}")
-                        for ex in group for k, e in enumerate(ex.endings)]  # fmt: skip
+            requests = [
+                _pair(
+                    tokenizer, ex.context, " " + e, L, f"{_where(ex.source, ex.line)}, ending {k}"
+                )
+                for ex in group
+                for k, e in enumerate(ex.endings)
+            ]
             lls = iter(loglikelihoods(model, requests, batch_size=len(requests)))
             pairs = iter(requests)
             for ex in group:
@@ -194,15 +199,23 @@ def evaluate_multiple_choice(
                 by = {
                     "acc": sums,
                     "acc_norm": [t / len(e) for t, e in zip(sums, ex.endings, strict=True)],
-                    "acc_bytes": [t / len(e.encode("utf-8")) for t, e in
-                                  zip(sums, ex.endings, strict=True)],  # fmt: skip
+                    "acc_bytes": [
+                        t / len(e.encode("utf-8")) for t, e in zip(sums, ex.endings, strict=True)
+                    ],
                     "acc_norm_token": [t / n for t, n in zip(sums, tokens, strict=True)],
                 }
                 choice = {k: max(range(len(v)), key=v.__getitem__) for k, v in by.items()}
                 for key, picked in choice.items():
                     hits[key] += int(picked == ex.label)
-                scores.append({"line": ex.line, "label": ex.label, "logprob_sum": sums,
-                               "tokens": tokens, "choice": choice})  # fmt: skip
+                scores.append(
+                    {
+                        "line": ex.line,
+                        "label": ex.label,
+                        "logprob_sum": sums,
+                        "tokens": tokens,
+                        "choice": choice,
+                    }
+                )
             bar.update(len(group))
     finally:  # closed on an error too, before the error is printed
         bar.close()
@@ -246,7 +259,7 @@ def read_last_words(path: str | Path, limit: int | None = None) -> list[tuple[st
     for number, row in _jsonl_objects(path, limit):
         text = row.get("text")
         if not isinstance(text, str) or " " not in text.strip():
-            raise GptlabError(f"{path}, line {number}: expected {{\"text\": \"... word\"}}")
+            raise GptlabError(f'{path}, line {number}: expected {{"text": "... word"}}')
         context, last = text.rsplit(" ", 1)
         if not context or not last:
             raise GptlabError(f"{path}, line {number}: the text must end in a word")
@@ -276,6 +289,8 @@ def evaluate_last_word(
         "acc": sum(greedy for _, greedy in results) / n,
         "perplexity": math.exp(-sum(ll for ll, _ in results) / n),
         "examples": n,
-        "scores": [{"line": line, "logprob_sum": ll, "greedy": greedy}
-                   for (ll, greedy), (_, _, line) in zip(results, passages, strict=True)],
-    }  # fmt: skip
+        "scores": [
+            {"line": line, "logprob_sum": ll, "greedy": greedy}
+            for (ll, greedy), (_, _, line) in zip(results, passages, strict=True)
+        ],
+    }

@@ -120,8 +120,10 @@ def perplexity(
         stream = [prefix_id, *ids]
         plan = rolling_windows(len(ids), L)
         rows = [stream[b : e + 1] for b, e, _ in plan]
-        scored = [lp[-n:] for lp, (_, _, n) in zip(_token_logprobs(model, rows, batch_size),
-                                                     plan, strict=True)]  # fmt: skip
+        scored = [
+            lp[-n:]
+            for lp, (_, _, n) in zip(_token_logprobs(model, rows, batch_size), plan, strict=True)
+        ]
         total, count, stride = float(sum(s.sum() for s in scored)), len(ids), L
     elif method == "hf-guide":
         stride = L if stride is None else stride
@@ -132,12 +134,20 @@ def perplexity(
         plan = windows(len(ids), L, stride)
         rows = [ids[w.begin : w.end + 1] for w in plan]
         logps = _token_logprobs(model, rows, batch_size)
-        total = float(sum(lp[w.first_scored - w.begin - 1 :].sum() for lp, w in
-                          zip(logps, plan, strict=True)))  # fmt: skip
+        total = float(
+            sum(lp[w.first_scored - w.begin - 1 :].sum() for lp, w in zip(logps, plan, strict=True))
+        )
         count = len(ids) - 1
     mean = -total / count
-    result = {"perplexity": math.exp(mean), "nll": mean, "tokens": count, "windows": len(plan),
-              "method": method, "stride": stride, "block_size": L}  # fmt: skip
+    result = {
+        "perplexity": math.exp(mean),
+        "nll": mean,
+        "tokens": count,
+        "windows": len(plan),
+        "method": method,
+        "stride": stride,
+        "block_size": L,
+    }
     if text is not None:  # lm-eval's word and byte normalisations of the same sum
         words, nbytes = len(re.split(r"\s+", text)), len(text.encode("utf-8"))
         result.update(

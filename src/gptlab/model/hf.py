@@ -380,8 +380,12 @@ def load_int8(cls: type[GPT], tensors: dict[str, torch.Tensor], config: GPTConfi
     C, V = config.n_embd, config.vocab_size
     with torch.device("meta"):
         model = cls(config)
-    shapes = {"attn.c_attn": (3 * C, C), "attn.c_proj": (C, C), "mlp.c_fc": (4 * C, C),
-              "mlp.c_proj": (C, 4 * C)}  # fmt: skip
+    shapes = {
+        "attn.c_attn": (3 * C, C),
+        "attn.c_proj": (C, C),
+        "mlp.c_fc": (4 * C, C),
+        "mlp.c_proj": (C, 4 * C),
+    }
     for i, block in enumerate(model.transformer.h):
         for name in PROJECTIONS:
             prefix, (n_out, n_in) = f"transformer.h.{i}.{name}", shapes[name]
@@ -390,8 +394,11 @@ def load_int8(cls: type[GPT], tensors: dict[str, torch.Tensor], config: GPTConfi
             bias = take(f"{prefix}.bias", (n_out,), torch.float32) if config.bias else None
             parent, child = name.split(".")
             setattr(getattr(block, parent), child, Int8Linear(q, scale, bias))
-    model.lm_head = Int8Linear(take("lm_head.weight_int8", (V, C), torch.int8),
-                               take("lm_head.scale", (V,), torch.float32), None)  # fmt: skip
+    model.lm_head = Int8Linear(
+        take("lm_head.weight_int8", (V, C), torch.int8),
+        take("lm_head.scale", (V,), torch.float32),
+        None,
+    )
     rest = {}
     for key, param in model.state_dict().items():
         if key.endswith((".weight_int8", ".scale")) or (".c_" in key and key.endswith(".bias")):

@@ -64,8 +64,16 @@ def int8_matmul(
     x = x.contiguous()
     M, K = x.shape
     y = torch.empty(M, q.size(0), dtype=torch.float32)
-    run(x.data_ptr(), q.data_ptr(), scale.data_ptr(),
-        None if bias is None else bias.data_ptr(), y.data_ptr(), M, K, q.size(0))  # fmt: skip
+    run(
+        x.data_ptr(),
+        q.data_ptr(),
+        scale.data_ptr(),
+        None if bias is None else bias.data_ptr(),
+        y.data_ptr(),
+        M,
+        K,
+        q.size(0),
+    )
     return y
 
 

@@ -49,8 +49,15 @@ def library() -> ctypes.CDLL | None:
     except OSError:
         return None
     # -march=native: one build per CPU kind (and per torch, whose OpenMP runtime it shares)
-    machine = " ".join([*sorted(cpu_flags() or ()), platform.machine(), platform.processor(),
-                        torch.__version__, compiler])  # fmt: skip
+    machine = " ".join(
+        [
+            *sorted(cpu_flags() or ()),
+            platform.machine(),
+            platform.processor(),
+            torch.__version__,
+            compiler,
+        ]
+    )
     key = hashlib.sha256(source + machine.encode()).hexdigest()[:16]
     name = f"kernels_{key}.so"
     # the user's cache, else a temporary folder of this user's (an unwritable HOME is no
@@ -95,13 +102,25 @@ def _build(compiler: str, path: Path) -> bool:
     -march=native and OpenMP first; False if no variant compiles. An unwritable folder raises
     OSError."""
     if sys.stderr is not None and sys.stderr.isatty():  # a wait of seconds, said where seen
-        print("gptlab: note: compiling the decoding kernels for this CPU (once)",
-              file=sys.stderr, flush=True)  # fmt: skip
+        print(
+            "gptlab: note: compiling the decoding kernels for this CPU (once)",
+            file=sys.stderr,
+            flush=True,
+        )
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
         built = Path(tmp) / path.name
         for extra in (["-march=native", "-fopenmp"], ["-fopenmp"], []):
-            cmd = [compiler, "-O3", *extra, "-shared", "-fPIC", str(SOURCE),
-                   "-o", str(built), "-lm"]  # fmt: skip
+            cmd = [
+                compiler,
+                "-O3",
+                *extra,
+                "-shared",
+                "-fPIC",
+                str(SOURCE),
+                "-o",
+                str(built),
+                "-lm",
+            ]
             try:
                 if subprocess.run(cmd, capture_output=True, timeout=120).returncode == 0:
                     os.replace(built, path)
@@ -120,8 +139,12 @@ def f32_matmul(
     in another order than PyTorch's: equal to rounding (tests/model/test_fast.py bounds it)."""
     # written for speed (a decoding step makes 49 of these calls): plain attribute tests
     f32 = torch.float32
-    if (x.dtype is not f32 or weight.dtype is not f32 or not (x.is_cpu and weight.is_cpu)
-            or not weight.is_contiguous()):  # fmt: skip
+    if (
+        x.dtype is not f32
+        or weight.dtype is not f32
+        or not (x.is_cpu and weight.is_cpu)
+        or not weight.is_contiguous()
+    ):
         return None
     if bias is not None and (bias.dtype is not f32 or not bias.is_cpu or not bias.is_contiguous()):
         return None
@@ -139,9 +162,17 @@ def f32_matmul(
     if M == 0:
         return y
     work = torch.empty((threads - 1) * M * N, dtype=f32, device="cpu")  # other threads' sums
-    lib.gptlab_f32_matmul(x.data_ptr(), weight.data_ptr(),
-                          None if bias is None else bias.data_ptr(), y.data_ptr(),
-                          work.data_ptr(), M, K, N, threads)  # fmt: skip
+    lib.gptlab_f32_matmul(
+        x.data_ptr(),
+        weight.data_ptr(),
+        None if bias is None else bias.data_ptr(),
+        y.data_ptr(),
+        work.data_ptr(),
+        M,
+        K,
+        N,
+        threads,
+    )
     return y
 
 
@@ -182,7 +213,17 @@ def decode_attention(
     y = torch.empty(B, 1, H * D, dtype=f32, device="cpu")
     if B == 0:
         return y
-    lib.gptlab_decode_attention(qkv.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
-                                None if mask is None else mask.data_ptr(), y.data_ptr(),
-                                B, H, D, L, pos, torch.get_num_threads())  # fmt: skip
+    lib.gptlab_decode_attention(
+        qkv.data_ptr(),
+        k_cache.data_ptr(),
+        v_cache.data_ptr(),
+        None if mask is None else mask.data_ptr(),
+        y.data_ptr(),
+        B,
+        H,
+        D,
+        L,
+        pos,
+        torch.get_num_threads(),
+    )
     return y

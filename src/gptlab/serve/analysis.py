@@ -144,10 +144,12 @@ def logit_lens(lab: Lab, ids: Sequence[int]) -> list[list[dict]]:
         for x in states:
             logits = model.lm_head(model.transformer.ln_f(x))[0, :, : model.config.vocab_size]
             p, top = torch.softmax(logits.float(), -1).max(-1)
-            rows.append([
-                {"id": int(i), "piece": lab.piece(int(i)), "p": round(float(q), 5)}
-                for q, i in zip(p, top, strict=True)
-            ])  # fmt: skip
+            rows.append(
+                [
+                    {"id": int(i), "piece": lab.piece(int(i)), "p": round(float(q), 5)}
+                    for q, i in zip(p, top, strict=True)
+                ]
+            )
     return rows
 
 
@@ -185,11 +187,16 @@ def _scores(layer: int, a: torch.Tensor, r: torch.Tensor, n: int) -> list[dict]:
     q = torch.arange(n, 2 * n)
     induction = r[:, q, q - n + 1].mean(-1)
     return [
-        {"layer": layer, "head": h, "entropy": round(float(entropy[h]), 5),
-         "prev": round(float(prev[h]), 5), "sink": round(float(sink[h]), 5),
-         "induction": round(float(induction[h]), 5)}
+        {
+            "layer": layer,
+            "head": h,
+            "entropy": round(float(entropy[h]), 5),
+            "prev": round(float(prev[h]), 5),
+            "sink": round(float(sink[h]), 5),
+            "induction": round(float(induction[h]), 5),
+        }
         for h in range(a.size(0))
-    ]  # fmt: skip
+    ]
 
 
 def check_layer(lab: Lab, layer: int) -> None:
@@ -202,4 +209,3 @@ def check_head(lab: Lab, head: int) -> None:
     n = lab.model.config.n_head
     if not 0 <= head < n:
         raise GptlabError(f"head must be in [0, {n - 1}], got {head}")
-

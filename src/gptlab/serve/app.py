@@ -50,12 +50,18 @@ FIELDS: dict[str, tuple[str, Any, str]] = {
 }
 ENDPOINTS: dict[str, tuple[str, list[str]]] = {
     "/api/tokenize": ("the text's tokens", ["prompt", "model"]),
-    "/api/next": ("the next-token table", ["prompt", "model", "temperature", "top_k", "top_p",
-                                           "position", "ablate"]),  # fmt: skip
-    "/api/generate": ("generated tokens as server-sent events", ["prompt", "model",
-                      "max_new_tokens", "temperature", "top_k", "top_p", "seed"]),  # fmt: skip
-    "/api/attention": ("one layer's attention weights", ["prompt", "model", "layer", "head",
-                                                         "thumb"]),  # fmt: skip
+    "/api/next": (
+        "the next-token table",
+        ["prompt", "model", "temperature", "top_k", "top_p", "position", "ablate"],
+    ),
+    "/api/generate": (
+        "generated tokens as server-sent events",
+        ["prompt", "model", "max_new_tokens", "temperature", "top_k", "top_p", "seed"],
+    ),
+    "/api/attention": (
+        "one layer's attention weights",
+        ["prompt", "model", "layer", "head", "thumb"],
+    ),
     "/api/lens": ("the logit lens", ["prompt", "model"]),
     "/api/heads": ("per-head diagnostics", ["prompt", "model"]),
 }
@@ -131,13 +137,23 @@ class Server:
     async def info(self, request: Request) -> Response:
         import dataclasses
 
-        return JSONResponse({
-            "models": [{"name": lab.name, **dataclasses.asdict(lab.model.config),
+        return JSONResponse(
+            {
+                "models": [
+                    {
+                        "name": lab.name,
+                        **dataclasses.asdict(lab.model.config),
                         "parameters": lab.model.num_params(),
-                        "tokenizer": lab.tokenizer.kind} for lab in self.labs],
-            "fields": {k: {"type": t, "default": d, "description": s}
-                       for k, (t, d, s) in FIELDS.items()},
-        })  # fmt: skip
+                        "tokenizer": lab.tokenizer.kind,
+                    }
+                    for lab in self.labs
+                ],
+                "fields": {
+                    k: {"type": t, "default": d, "description": s}
+                    for k, (t, d, s) in FIELDS.items()
+                },
+            }
+        )
 
     async def tokenize(self, request: Request, body: dict) -> Any:
         lab = self.lab(body)
@@ -152,9 +168,15 @@ class Server:
             raise BadRequest(f"position must be in [0, {len(ids) - 1}], got {position}", 400)
         heads = self._heads(lab, body["ablate"])
         table = await asyncio.to_thread(
-            analysis.next_tokens, lab, ids, body["temperature"], body["top_k"], body["top_p"],
-            position, heads,
-        )  # fmt: skip
+            analysis.next_tokens,
+            lab,
+            ids,
+            body["temperature"],
+            body["top_k"],
+            body["top_p"],
+            position,
+            heads,
+        )
         table.pop("logits")
         return table
 
@@ -216,9 +238,11 @@ class Server:
                     released.set()
                     self.running -= 1
 
-        return StreamingResponse(self._events(request, lab, ids, body, release),
-                                 media_type="text/event-stream",
-                                 background=BackgroundTask(release))  # fmt: skip
+        return StreamingResponse(
+            self._events(request, lab, ids, body, release),
+            media_type="text/event-stream",
+            background=BackgroundTask(release),
+        )
 
     async def _events(self, request: Request, lab: Lab, ids: list[int], body: dict, release):
         """One event per token: {"id", "text"}, then {"done": true}. As `gptlab sample`:
@@ -226,9 +250,16 @@ class Server:
         try:
             generator = torch.Generator(device=lab.device).manual_seed(body["seed"])
             idx = lab.tensor(ids)
-            tokens = stream(lab.model, idx, body["max_new_tokens"], body["temperature"],
-                            body["top_k"], body["top_p"], eos_id=lab.tokenizer.eot_id,
-                            generator=generator)  # fmt: skip
+            tokens = stream(
+                lab.model,
+                idx,
+                body["max_new_tokens"],
+                body["temperature"],
+                body["top_k"],
+                body["top_p"],
+                eos_id=lab.tokenizer.eot_id,
+                generator=generator,
+            )
             decoder = lab.tokenizer.decoder()
 
             def step():
@@ -255,8 +286,10 @@ class Server:
         """The concepts guide the views link to, where gptlab runs from its source folder."""
         name = request.path_params["name"]
         if name not in ("concepts.md", "concepts.zh-CN.md") or not (DOCS / name).is_file():
-            return JSONResponse({"error": "the concepts guide is docs/concepts.md in gptlab's "
-                                 "repository"}, status_code=404)  # fmt: skip
+            return JSONResponse(
+                {"error": "the concepts guide is docs/concepts.md in gptlab's repository"},
+                status_code=404,
+            )
         return FileResponse(DOCS / name, media_type="text/plain; charset=utf-8")
 
     # ------------------------------------------------------------------ plumbing
@@ -298,41 +331,60 @@ class Server:
                 "type": "object",
                 "additionalProperties": False,
                 "properties": {
-                    n: {"type": FIELDS[n][0], "description": FIELDS[n][2],
-                        **({"default": FIELDS[n][1]} if FIELDS[n][1] is not None else {})}
+                    n: {
+                        "type": FIELDS[n][0],
+                        "description": FIELDS[n][2],
+                        **({"default": FIELDS[n][1]} if FIELDS[n][1] is not None else {}),
+                    }
                     for n in names
                 },
-            }  # fmt: skip
+            }
 
         paths = {
-            path: {"post": {
-                "summary": summary,
-                "requestBody": {"content": {"application/json": {"schema": schema(names)}}},
-                "responses": {"200": {"description": summary},
-                              "400": {"description": "a value out of range: {\"error\": ...}"},
-                              "422": {"description": "a wrong field or type: {\"error\": ...}"}},
-            }}
+            path: {
+                "post": {
+                    "summary": summary,
+                    "requestBody": {"content": {"application/json": {"schema": schema(names)}}},
+                    "responses": {
+                        "200": {"description": summary},
+                        "400": {"description": 'a value out of range: {"error": ...}'},
+                        "422": {"description": 'a wrong field or type: {"error": ...}'},
+                    },
+                }
+            }
             for path, (summary, names) in ENDPOINTS.items()
-        }  # fmt: skip
-        paths["/api/info"] = {"get": {"summary": "the models and the request fields",
-                                      "responses": {"200": {"description": "info"}}}}  # fmt: skip
+        }
+        paths["/api/info"] = {
+            "get": {
+                "summary": "the models and the request fields",
+                "responses": {"200": {"description": "info"}},
+            }
+        }
         from gptlab import __version__
 
-        return {"openapi": "3.1.0", "info": {"title": "gptlab serve", "version": __version__},
-                "paths": paths}  # fmt: skip
+        return {
+            "openapi": "3.1.0",
+            "info": {"title": "gptlab serve", "version": __version__},
+            "paths": paths,
+        }
 
     def app(self) -> Starlette:
         methods = {
-            "/api/tokenize": self.tokenize, "/api/next": self.next,
-            "/api/generate": self.generate, "/api/attention": self.attention,
-            "/api/lens": self.lens, "/api/heads": self.heads,
-        }  # fmt: skip
+            "/api/tokenize": self.tokenize,
+            "/api/next": self.next,
+            "/api/generate": self.generate,
+            "/api/attention": self.attention,
+            "/api/lens": self.lens,
+            "/api/heads": self.heads,
+        }
         routes = [
             Route("/", lambda request: FileResponse(STATIC / "index.html")),
             Route("/api/info", self.info),
             Route("/openapi.json", lambda request: JSONResponse(self.openapi())),
-            *[Route(path, self._endpoint(methods[path], names), methods=["POST"])
-              for path, (_, names) in ENDPOINTS.items()],  # fmt: skip
+            *[
+                Route(path, self._endpoint(methods[path], names), methods=["POST"])
+                for path, (_, names) in ENDPOINTS.items()
+            ],
             Route("/docs/{name}", self.docs),
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ]
@@ -360,8 +412,9 @@ class Background:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.api = Server(labs, max_generations)
-        config = uvicorn.Config(self.api.app(), host="127.0.0.1", port=self.port,
-                                log_level="warning")  # fmt: skip
+        config = uvicorn.Config(
+            self.api.app(), host="127.0.0.1", port=self.port, log_level="warning"
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

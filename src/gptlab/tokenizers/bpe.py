@@ -221,9 +221,13 @@ class BPETokenizer(Tokenizer):
         eot = next((t for t, i in self.special_tokens.items() if i == self._eot_id), None)
         atomic_write_json(
             directory / CONFIG_FILE,
-            {"kind": "bpe", "pattern": self.pattern, "special_tokens": self.special_tokens,
-             "eot_token": eot},
-        )  # fmt: skip
+            {
+                "kind": "bpe",
+                "pattern": self.pattern,
+                "special_tokens": self.special_tokens,
+                "eot_token": eot,
+            },
+        )
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> BPETokenizer:
@@ -428,9 +432,7 @@ def _count_chunks(texts: Iterable[str], compiled) -> Counter[str]:
     return counts
 
 
-def _learn_merges(
-    counts: Counter[str], n_merges: int
-) -> tuple[list[bytes], list[tuple[int, int]]]:
+def _learn_merges(counts: Counter[str], n_merges: int) -> tuple[list[bytes], list[tuple[int, int]]]:
     """Up to n_merges merges, the most frequent pair first (see train_bpe) -> (id -> bytes,
     the merges as id pairs)."""
     words = [list(chunk.encode("utf-8")) for chunk in counts]

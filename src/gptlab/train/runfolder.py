@@ -24,9 +24,18 @@ LOCK = ".lock"
 # Everything a training run writes at the top of its folder (data/ is the prepared-data cache,
 # handled by the trainer's resolve_data, which deletes it only when it made it).
 RUN_FILES = (
-    "checkpoint", ".checkpoint.old", ".checkpoint.tmp", "best", "tb", "metrics.jsonl",
-    "loss.png", "train.toml", "config.json", "model.safetensors", *TOKENIZER_FILES,
-)  # fmt: skip
+    "checkpoint",
+    ".checkpoint.old",
+    ".checkpoint.tmp",
+    "best",
+    "tb",
+    "metrics.jsonl",
+    "loss.png",
+    "train.toml",
+    "config.json",
+    "model.safetensors",
+    *TOKENIZER_FILES,
+)
 # Saved work: weights. A folder with train.toml or metrics.jsonl but no weights holds a start
 # that was cut short before its first checkpoint; a new run may take its place.
 RUN_EVIDENCE = ("checkpoint", ".checkpoint.old", "model.safetensors")

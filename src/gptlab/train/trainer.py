@@ -184,8 +184,9 @@ def _train(model_config, config, device, d: Dist, resume, overwrite, progress, s
             stack.callback(runfolder.settle_aside, out)
 
         on_main(d, take_folder)  # a refusal on rank 0 stops every rank with its message
-        return _train_locked(model_config, config, device, d, resume, overwrite, progress,
-                             started, out)  # fmt: skip
+        return _train_locked(
+            model_config, config, device, d, resume, overwrite, progress, started, out
+        )
 
 
 def _train_locked(model_config, config, device, d, resume, overwrite, progress, started, out):
@@ -237,8 +238,11 @@ class _Run:
         by_fsdp = self.sharded and config.dtype == "bfloat16"
         self.autocast = contextlib.nullcontext() if by_fsdp else _autocast(device, config.dtype)
         if config.cpu_offload and not (self.sharded and device.type == "cuda") and d.is_main:
-            print("note: cpu_offload=true acts on CUDA under torchrun only; ignored here",
-                  file=sys.stderr, flush=True)  # fmt: skip
+            print(
+                "note: cpu_offload=true acts on CUDA under torchrun only; ignored here",
+                file=sys.stderr,
+                flush=True,
+            )
         model.train()
         trainer_state = saved[0] if saved is not None else None
         full_moments = None  # a ddp checkpoint's AdamW state, for a run that now shards
@@ -258,8 +262,7 @@ class _Run:
                 note = _restore(trainer_state, self.data_gen, self.scaler, device, config, d)
             except GptlabError:
                 raise
-            except (AttributeError, KeyError, IndexError, TypeError, ValueError,
-                    RuntimeError) as e:  # fmt: skip
+            except (AttributeError, KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
                 raise GptlabError(
                     f"{where}: damaged checkpoint ({type(e).__name__}: {str(e)[:120]}); the "
                     "previous weights are in model.safetensors"
@@ -406,16 +409,29 @@ class _Run:
         """Losses of both splits (each rank evaluates its share of the batches) and a metrics
         row -> (val loss, whether it is the best so far)."""
         state = self.state
-        losses = _estimate_loss(self.model, self.data, self.config, self.T, self.device,
-                                self.autocast, state.step, self.d, self.sharded)  # fmt: skip
+        losses = _estimate_loss(
+            self.model,
+            self.data,
+            self.config,
+            self.T,
+            self.device,
+            self.autocast,
+            state.step,
+            self.d,
+            self.sharded,
+        )
         val = losses["val"]
         if not math.isfinite(val):  # the same sum on every rank: all stop together
             raise GptlabError(f"the validation loss became {val} at step {state.step}")
         improved = val < state.best_val
         state.best_val = min(state.best_val, val)
         speed = self.flops.take()
-        on_main(self.d, lambda: self.log.evaluation(state.step, losses, lr, state.tokens,
-                                                    self.elapsed(), speed))  # fmt: skip
+        on_main(
+            self.d,
+            lambda: self.log.evaluation(
+                state.step, losses, lr, state.tokens, self.elapsed(), speed
+            ),
+        )
         return val, improved
 
     def checkpoint_all_ranks(self, last_val: float | None, lr: float, evaluate: bool):
@@ -435,9 +451,17 @@ class _Run:
     def replan(self, budget: Budget, step_seconds: list[float]) -> None:
         """The first steps are timed; max_iters and the schedule are then fixed for good and
         recorded in train.toml, before any checkpoint can be written."""
-        self.config, message = budget.plan(self.config, self.model, self.data, self.T,
-                                           self.device, self.autocast, step_seconds,
-                                           self.state.step, self.d)  # fmt: skip
+        self.config, message = budget.plan(
+            self.config,
+            self.model,
+            self.data,
+            self.T,
+            self.device,
+            self.autocast,
+            step_seconds,
+            self.state.step,
+            self.d,
+        )
         self.log.set_total(self.config.max_iters)
         self.log.message(message)
         self.write_settings()
@@ -490,8 +514,16 @@ class _Run:
         if d.is_main and not interrupted:
             plot_losses(self.out)
         best = None if math.isinf(state.best_val) else state.best_val
-        return TrainResult(self.out, state.step, interrupted, last_val, best, step_seconds,
-                           self.config.dtype, d.is_main)  # fmt: skip
+        return TrainResult(
+            self.out,
+            state.step,
+            interrupted,
+            last_val,
+            best,
+            step_seconds,
+            self.config.dtype,
+            d.is_main,
+        )
 
 
 def _build_model(model_config, config, data, out, resume):
@@ -584,12 +616,20 @@ def _check_resume(model_config: GPTConfig, config: TrainConfig, out: Path) -> No
     if not toml.is_file():
         return
     recorded = load_toml(str(toml))
-    shape = [f.name for f in dataclasses.fields(GPTConfig)
-             if f.name not in ("vocab_size", "padded_vocab_size")]  # fmt: skip
-    given = {**{k: getattr(model_config, k) for k in shape},
-             **{k: getattr(config, k) for k in RESUME_FIXED}}  # fmt: skip
-    changed = [f"{k}={v} (the run's: {recorded[k]})" for k, v in given.items()
-               if k in recorded and recorded[k] != v]  # fmt: skip
+    shape = [
+        f.name
+        for f in dataclasses.fields(GPTConfig)
+        if f.name not in ("vocab_size", "padded_vocab_size")
+    ]
+    given = {
+        **{k: getattr(model_config, k) for k in shape},
+        **{k: getattr(config, k) for k in RESUME_FIXED},
+    }
+    changed = [
+        f"{k}={v} (the run's: {recorded[k]})"
+        for k, v in given.items()
+        if k in recorded and recorded[k] != v
+    ]
     if changed:
         raise GptlabError(
             f"a resume continues the run as it was set up; {', '.join(changed)} cannot change "
@@ -621,8 +661,7 @@ def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
         return
     if runfolder.holds_a_run(out) and not overwrite:
         raise GptlabError(
-            f"{out} holds another run; pass --resume to continue it or --overwrite to "
-            "replace it"
+            f"{out} holds another run; pass --resume to continue it or --overwrite to replace it"
         )
 
 
@@ -669,8 +708,9 @@ def _estimate_loss(model, data, config, T, device, autocast, step, d=None, shard
     out = {}
     for i, split in enumerate(("train", "val")):
         gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step * 2 + i)
-        batches = [data.window_starts(split, config.batch_size, T, gen)
-                   for _ in range(config.eval_iters)]  # fmt: skip
+        batches = [
+            data.window_starts(split, config.batch_size, T, gen) for _ in range(config.eval_iters)
+        ]
         mine = batches[d.rank :: d.world]
         rounds = -(-config.eval_iters // d.world) if sharded else len(mine)
         total = 0.0
@@ -699,4 +739,3 @@ def _set_dropout(model: GPT, p: float) -> None:
             module.p = p
     for block in model.transformer.h:
         block.attn.dropout = p
-
