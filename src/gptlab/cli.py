@@ -441,6 +441,60 @@ def _prepared_files() -> tuple[str, ...]:
     return ("meta.json", "train.bin", "val.bin", *TOKENIZER_FILES)
 
 
+def _resume_settings(args: argparse.Namespace, overrides: dict):
+    """A run's train.toml, with the key=value settings a resume may change."""
+    import dataclasses
+
+    from gptlab.config import GPTConfig, TrainConfig, apply_settings, load_toml
+
+    # what cannot apply to a run that exists already is refused, not ignored
+    given = [
+        flag
+        for flag, value in (
+            ("--preset", args.preset),
+            ("--config", args.config),
+            ("--data", args.data),
+            ("--out", args.out),
+            ("--overwrite", args.overwrite),
+        )
+        if value
+    ]
+    if given:
+        raise GptlabError(
+            f"--resume continues the run as it was set up, so {', '.join(given)} cannot "
+            "apply (a setting may change with key=value, e.g. max_iters=N)"
+        )
+
+    # what the run's data, start and folder were (data=: the trainer refuses other data)
+    fixed = ("init_from", "val_fraction", "tokenizer", "out")
+    refused = [k for k in overrides if k in fixed]
+    if refused:
+        raise GptlabError(
+            f"--resume continues the run's data and start; {', '.join(refused)} cannot "
+            "change (start a new run, or fine-tune from this one with init_from=RUN)"
+        )
+    shape = [k for k in overrides if k in {f.name for f in dataclasses.fields(GPTConfig)}]
+    if shape:
+        raise GptlabError(
+            f"--resume keeps the network's shape; {', '.join(shape)} cannot change "
+            "(start a new run, or fine-tune from this one with init_from=RUN)"
+        )
+    if "max_time" in overrides:  # the budget plans a run once, from its start
+        raise GptlabError(
+            "--resume follows the plan max_time made when the run began; to train longer "
+            "or shorter, set max_iters=N"
+        )
+    from gptlab.train.runfolder import settle_now
+
+    settle_now(Path(args.resume))  # after a killed --overwrite: the old run is back first
+    toml = Path(args.resume) / "train.toml"
+    if not toml.is_file():
+        raise GptlabError(f"{args.resume}: not a training run (no train.toml)")
+    model, train = apply_settings(GPTConfig(), TrainConfig(), load_toml(str(toml)))
+    train = apply_settings(model, train, {"out": args.resume})[1]
+    return apply_settings(model, train, overrides)
+
+
 def _train_settings(args: argparse.Namespace):
     """Preset < --config file < --data/--out < key=value, or a run's train.toml for --resume."""
     from gptlab.config import (
@@ -455,53 +509,7 @@ def _train_settings(args: argparse.Namespace):
 
     overrides = parse_overrides(args.settings)
     if args.resume:
-        # what cannot apply to a run that exists already is refused, not ignored
-        given = [
-            flag
-            for flag, value in (
-                ("--preset", args.preset),
-                ("--config", args.config),
-                ("--data", args.data),
-                ("--out", args.out),
-                ("--overwrite", args.overwrite),
-            )
-            if value
-        ]
-        if given:
-            raise GptlabError(
-                f"--resume continues the run as it was set up, so {', '.join(given)} cannot "
-                "apply (a setting may change with key=value, e.g. max_iters=N)"
-            )
-        import dataclasses
-
-        # what the run's data, start and folder were (data=: the trainer refuses other data)
-        fixed = ("init_from", "val_fraction", "tokenizer", "out")
-        refused = [k for k in overrides if k in fixed]
-        if refused:
-            raise GptlabError(
-                f"--resume continues the run's data and start; {', '.join(refused)} cannot "
-                "change (start a new run, or fine-tune from this one with init_from=RUN)"
-            )
-        shape = [k for k in overrides if k in {f.name for f in dataclasses.fields(GPTConfig)}]
-        if shape:
-            raise GptlabError(
-                f"--resume keeps the network's shape; {', '.join(shape)} cannot change "
-                "(start a new run, or fine-tune from this one with init_from=RUN)"
-            )
-        if "max_time" in overrides:  # the budget plans a run once, from its start
-            raise GptlabError(
-                "--resume follows the plan max_time made when the run began; to train longer "
-                "or shorter, set max_iters=N"
-            )
-        from gptlab.train.runfolder import settle_now
-
-        settle_now(Path(args.resume))  # after a killed --overwrite: the old run is back first
-        toml = Path(args.resume) / "train.toml"
-        if not toml.is_file():
-            raise GptlabError(f"{args.resume}: not a training run (no train.toml)")
-        model, train = apply_settings(GPTConfig(), TrainConfig(), load_toml(str(toml)))
-        train = apply_settings(model, train, {"out": args.resume})[1]
-        return apply_settings(model, train, overrides)
+        return _resume_settings(args, overrides)
     args.preset = args.preset or "shakespeare-char"
     if args.preset not in PRESETS:
         raise GptlabError(f"unknown preset {args.preset!r}; known presets: {', '.join(PRESETS)}")
