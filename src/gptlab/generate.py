@@ -219,7 +219,9 @@ def simple_generate(
     cache, no batch, no padding; each step reads the last block_size ids from scratch."""
     ids = list(ids)
     for _ in range(max_new_tokens):
-        window = torch.tensor([ids[-model.config.block_size :]])
+        window = torch.tensor(
+            [ids[-model.config.block_size :]], device=model.transformer.wte.weight.device
+        )
         logits = model(window).logits[0, -1]  # the next token's scores, (vocab_size,)
         ids.append(int(logits.argmax()))
         if ids[-1] == eos_id:

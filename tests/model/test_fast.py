@@ -2,6 +2,7 @@
 float rounding) the same logits as the plain network, and nothing changed for training."""
 
 import copy
+import io
 import shutil
 
 import pytest
@@ -161,7 +162,13 @@ def test_the_heads_copy_is_the_table_transposed_and_lives_with_the_model():
     hidden = torch.randn(2, model.config.n_embd)
     other = GPT(model.config).state_dict()
     model.load_state_dict(other)  # new weights: a new copy
+    with torch.no_grad():
+        head(hidden)
     assert torch.equal(head.weight_t, other["transformer.wte.weight"].t())
+    with torch.no_grad():
+        model.transformer.wte.weight.mul_(2.0)  # an optimizer step changes them in place
+        assert torch.allclose(head(hidden), hidden @ model.transformer.wte.weight.t(), atol=1e-6)
+    torch.save(model, io.BytesIO())  # a prepared model pickles
     with torch.no_grad():
         assert torch.allclose(head(hidden), hidden @ model.transformer.wte.weight.t(), atol=1e-6)
     # with autograd (training, a gradient through the head) the tied Parameter is read

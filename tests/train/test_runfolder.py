@@ -472,3 +472,19 @@ def test_a_python_resume_refuses_what_the_command_line_refuses(text, tmp_path):
             train(model, settings(text, out, **changes), resume=True, progress=False)
     assert digest(out) == before
     train(MODEL, settings(text, out), resume=True, progress=False)  # max_iters may change
+
+
+def test_a_python_resume_of_a_fine_tuned_run_repeats_its_call(text, tmp_path):
+    """A fine-tuned run's train.toml records the shape of the model it started from, not the
+    config the caller passed (which init_from overrides): the same call resumes it."""
+    base = tmp_path / "base"
+    train(MODEL, settings(text, base, max_iters=2), progress=False)
+    caller = MODEL.replace(n_layer=5, n_embd=64)  # ignored: the network is base's
+    out = tmp_path / "tuned"
+    tuned = settings(text, out, init_from=str(base), max_iters=2)
+    train(caller, tuned, progress=False)
+    train(
+        caller, settings(text, out, init_from=str(base), max_iters=4), resume=True, progress=False
+    )
+    with pytest.raises(GptlabError, match="dropout"):
+        train(caller.replace(dropout=0.3), tuned, resume=True, progress=False)

@@ -140,26 +140,32 @@ class DecodingHead(nn.Module):
     """The tied head for sampling: logits = x @ W^T with W the (V, C) embedding table, read
     for a few rows on a CPU from a contiguous (C, V) copy made once here (`decoding_matmul`
     reads it faster than the table). The tied Parameter stays `weight`, so the state_dict and
-    the tying are unchanged; the copy is a buffer that is not saved, made again by
-    load_state_dict. A model prepared for decoding is for inference: weights changed in place
-    afterwards (an optimizer step) are not seen by the copy."""
+    the tying are unchanged; the copy is a buffer that is not saved, made again when the
+    weights change (an optimizer step, load_state_dict, .to(): the tensor's version or place
+    changes; an edit through `weight.data` changes neither and is not seen)."""
 
     def __init__(self, head: nn.Linear) -> None:
         super().__init__()
         self.weight = head.weight  # the embedding's Parameter: still one matrix, two uses
-        self.register_buffer("weight_t", self._transposed(), persistent=False)
-        self.register_load_state_dict_post_hook(lambda module, _: module._refresh())
+        self.register_buffer("weight_t", self.weight.detach().t().contiguous(), persistent=False)
+        self._copied = self._stamp()
 
-    def _transposed(self) -> torch.Tensor:
-        return self.weight.detach().t().contiguous()
+    def _stamp(self) -> tuple:
+        w = self.weight
+        return (w.data_ptr(), w._version, w.dtype, w.device)
 
-    def _refresh(self) -> None:
-        self.weight_t = self._transposed()
+    def _current(self) -> torch.Tensor:
+        """The (C, V) copy, made again if the weights changed since it was made."""
+        stamp = self._stamp()
+        if stamp != self._copied:
+            self.weight_t = self.weight.detach().t().contiguous()
+            self._copied = stamp
+        return self.weight_t
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, x.size(-1))
-        if _decoding(x2) and x2.dtype == self.weight_t.dtype:
-            return decoding_matmul(x, self.weight_t)
+        if _decoding(x2) and x2.dtype == self.weight.dtype:
+            return decoding_matmul(x, self._current())
         return F.linear(x, self.weight)
 
 

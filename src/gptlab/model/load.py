@@ -37,7 +37,7 @@ def inference_dtype(
     if quantize == "int8" or is_int8_folder(name_or_path):
         if dtype not in ("auto", "float32"):
             what = "--quantize int8" if quantize == "int8" else f"{name_or_path} (int8 weights)"
-            raise GptlabError(f"{what} computes in float32; leave --dtype at auto or float32")
+            raise GptlabError(f"{what} computes in float32; drop --dtype (or give float32)")
         return torch.float32
     return getattr(torch, resolve_dtype(dtype, device))
 

@@ -176,10 +176,12 @@ def _train(model_config, config, device, d: Dist, resume, overwrite, progress, s
             if resume:
                 _check_resume(model_config, config, out)
             missing = [p for p in (out, *out.absolute().parents) if not p.exists()]
-            created = missing[-1] if missing else None
-            stack.callback(remove_if_unsaved)
             runfolder.claim(out)
             stack.enter_context(runfolder.RunLock(out))
+            # only the command holding the lock may remove what it made: a second training
+            # racing into the same new folder must not delete the first one's
+            created = missing[-1] if missing else None
+            stack.callback(remove_if_unsaved)
             # the run this one replaces goes only if this one has saved, else it comes back
             stack.callback(runfolder.settle_aside, out)
 
@@ -616,11 +618,16 @@ def _check_resume(model_config: GPTConfig, config: TrainConfig, out: Path) -> No
     if not toml.is_file():
         return
     recorded = load_toml(str(toml))
-    shape = [
-        f.name
-        for f in dataclasses.fields(GPTConfig)
-        if f.name not in ("vocab_size", "padded_vocab_size")
-    ]
+    # a fine-tuned run's network is the model it started from (only dropout was the caller's)
+    shape = (
+        ["dropout"]
+        if recorded.get("init_from", "scratch") != "scratch"
+        else [
+            f.name
+            for f in dataclasses.fields(GPTConfig)
+            if f.name not in ("vocab_size", "padded_vocab_size")
+        ]
+    )
     given = {
         **{k: getattr(model_config, k) for k in shape},
         **{k: getattr(config, k) for k in RESUME_FIXED},
