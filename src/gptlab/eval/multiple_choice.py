@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from gptlab.errors import GptlabError
+from gptlab.eval.logprobs import next_token_logprobs
 from gptlab.model import GPT
 from gptlab.tokenizers import Tokenizer
 
@@ -142,23 +142,16 @@ def loglikelihoods(
     loglikelihood. Padded batches of `batch_size` requests give the same numbers as one at a
     time: padding sits to the right, where a causal model never looks."""
     model.eval()
-    device = model.transformer.wte.weight.device
+    if any(not cont for _, cont in requests):
+        raise GptlabError("a continuation has no tokens")
     L = model.config.block_size
+    rows = [(ctx + cont)[-(L + 1) :] for ctx, cont in requests]  # the last L + 1 ids
     out = []
-    for i in range(0, len(requests), batch_size):
-        group = requests[i : i + batch_size]
-        rows = [(ctx + cont)[-(L + 1) :][:-1] for ctx, cont in group]
-        x = torch.zeros(len(rows), max(map(len, rows)), dtype=torch.long)
-        for j, r in enumerate(rows):
-            x[j, : len(r)] = torch.tensor(r)
-        logp = F.log_softmax(model(x.to(device)).logits.double(), dim=-1)
-        for j, ((_, cont), r) in enumerate(zip(group, rows, strict=True)):
-            if not cont:
-                raise GptlabError("a continuation has no tokens")
-            picked = logp[j, len(r) - len(cont) : len(r)]  # the positions that predict cont
-            target = torch.tensor(cont, device=device)
-            total = picked.gather(-1, target[:, None]).sum().item()
-            out.append((total, bool((picked.argmax(-1) == target).all())))
+    for (_, cont), logp in zip(requests, next_token_logprobs(model, rows, batch_size), strict=True):
+        picked = logp[len(logp) - len(cont) :]  # the positions that predict cont
+        target = torch.tensor(cont, device=logp.device)
+        total = picked.gather(-1, target[:, None]).sum().item()
+        out.append((total, bool((picked.argmax(-1) == target).all())))
     return out
 
 

@@ -21,10 +21,10 @@ import re
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from gptlab.config import PERPLEXITY_METHODS
 from gptlab.errors import GptlabError
+from gptlab.eval.logprobs import next_token_logprobs
 from gptlab.model import GPT
 
 
@@ -75,18 +75,10 @@ def rolling_windows(n_tokens: int, block_size: int) -> list[tuple[int, int, int]
 @torch.no_grad()
 def _token_logprobs(model: GPT, rows: list[list[int]], batch_size: int) -> list[torch.Tensor]:
     """For each row of ids: log p(row[i + 1] | row[: i + 1]) for every i, float64 (len - 1,)."""
-    device = model.transformer.wte.weight.device
     out = []
-    for i in range(0, len(rows), batch_size):
-        group = rows[i : i + batch_size]
-        width = max(len(r) for r in group) - 1
-        x = torch.zeros(len(group), width, dtype=torch.long)
-        for j, r in enumerate(group):  # right-padded: a causal model never looks right
-            x[j, : len(r) - 1] = torch.tensor(r[:-1])
-        logp = F.log_softmax(model(x.to(device)).logits.double(), dim=-1)
-        for j, r in enumerate(group):
-            targets = torch.tensor(r[1:], device=device)
-            out.append(logp[j, : len(r) - 1].gather(-1, targets[:, None])[:, 0].cpu())
+    for r, logp in zip(rows, next_token_logprobs(model, rows, batch_size), strict=True):
+        targets = torch.tensor(r[1:], device=logp.device)
+        out.append(logp.gather(-1, targets[:, None])[:, 0].cpu())
     return out
 
 
