@@ -34,6 +34,10 @@ def write_corpus(path):
 
 
 def run(cwd, *args, procs=1, **env):
+    """`gptlab train ARGS` in cwd: one process runs in this one (no start-up to pay; the
+    trainer restores the thread count it changes), more under torchrun."""
+    if procs == 1 and not env:
+        return _in_process(cwd, args)
     if procs == 1:
         cmd = [sys.executable, "-m", "gptlab", "train", *args]
     else:
@@ -52,6 +56,19 @@ def run(cwd, *args, procs=1, **env):
     result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
+
+
+def _in_process(cwd, args):
+    from gptlab.cli import main
+
+    before = os.getcwd()
+    os.chdir(cwd)
+    try:
+        code = main(["train", *args])
+    finally:
+        os.chdir(before)
+    assert code == 0
+    return code
 
 
 def final(folder):

@@ -55,10 +55,23 @@ def gptlab(cwd, *args, **env):
     )
 
 
+def here(cwd, *args) -> int:
+    """`gptlab train ARGS` in this process, in cwd (a run that is not killed needs no process
+    of its own)."""
+    from gptlab.cli import main
+
+    before = os.getcwd()
+    os.chdir(cwd)
+    try:
+        return main(["train", *args])
+    finally:
+        os.chdir(before)
+
+
 @pytest.fixture(scope="module")
 def reference(corpus, tmp_path_factory):
     root = tmp_path_factory.mktemp("reference")
-    assert gptlab(root, *ARGS, "--data", str(corpus), "--out", "run").returncode == 0
+    assert here(root, *ARGS, "--data", str(corpus), "--out", "run") == 0
     return load_file(root / "run" / "model.safetensors")
 
 
@@ -66,9 +79,16 @@ def reference(corpus, tmp_path_factory):
 def trained(corpus, tmp_path_factory):
     """A finished 8-step run folder, to be copied and damaged."""
     root = tmp_path_factory.mktemp("trained")
-    result = gptlab(root, *ARGS, "--data", str(corpus), "--out", "run", "max_iters=8")
-    assert result.returncode == 0, result.stderr
+    assert here(root, *ARGS, "--data", str(corpus), "--out", "run", "max_iters=8") == 0
     return root / "run"
+
+
+@pytest.fixture(scope="module")
+def sharded_whole(corpus, tmp_path_factory):
+    """The weights of an uninterrupted parallel=fsdp run."""
+    root = tmp_path_factory.mktemp("sharded")
+    assert here(root, *ARGS, "--data", str(corpus), "parallel=fsdp", "--out", "whole") == 0
+    return load_file(root / "whole" / "model.safetensors")
 
 
 def steps_logged(out):
@@ -267,16 +287,15 @@ def test_a_damaged_trainer_state_is_one_line_not_a_crash(damage, trained, tmp_pa
 
 
 @pytest.mark.parametrize("stage", ["weights-written", "new-moved"])
-def test_a_sharded_checkpoint_killed_mid_save_resumes_exactly(stage, corpus, tmp_path):
+def test_a_sharded_checkpoint_killed_mid_save_resumes_exactly(
+    stage, corpus, sharded_whole, tmp_path
+):
     """parallel=fsdp writes AdamW's state sharded into the same temporary folder, swapped in
     with the rest: a kill in the step-8 save resumes to the uninterrupted run's weights."""
     args = [*ARGS, "--data", str(corpus), "parallel=fsdp"]
-    assert gptlab(tmp_path, *args, "--out", "whole").returncode == 0
     died = gptlab(tmp_path, *args, "--out", "run", GPTLAB_FAULT=f"{stage}:2")
     assert died.returncode == 137, died.stderr
-    resumed = gptlab(tmp_path, "--resume", "run", "--no-progress")
-    assert resumed.returncode == 0, resumed.stderr
-    whole = load_file(tmp_path / "whole" / "model.safetensors")
-    assert same(load_file(tmp_path / "run" / "model.safetensors"), whole)
+    assert here(tmp_path, "--resume", "run", "--no-progress") == 0
+    assert same(load_file(tmp_path / "run" / "model.safetensors"), sharded_whole)
     assert (tmp_path / "run" / "checkpoint" / "optimizer" / ".metadata").is_file()
     assert not (tmp_path / "run" / ".checkpoint.tmp").exists()
