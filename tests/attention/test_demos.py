@@ -133,6 +133,11 @@ def test_bahdanau_alignments_are_distributions_over_the_source(tmp_path, drawn):
     assert "held-out exact match" in fig._suptitle.get_text()
 
 
+def gpt2_argv(folder, out, prompt) -> list[str]:
+    """`gptlab attention gpt2` of a model folder on a prompt, drawn into out."""
+    return ["attention", "gpt2", "--model", str(folder), "--out", str(out), "--prompt", prompt]
+
+
 def test_gpt2_demo_on_a_run_folder(tmp_path, capsys, drawn):
     folder = tmp_path / "model"
     tok = CharTokenizer.from_text("To be, or not to be, that is the question")
@@ -140,18 +145,7 @@ def test_gpt2_demo_on_a_run_folder(tmp_path, capsys, drawn):
     model.save_pretrained(folder)
     tok.save(folder)
     prompt = "To be, or not"
-    argv = [
-        "attention",
-        "gpt2",
-        "--model",
-        str(folder),
-        "--out",
-        str(tmp_path / "fig"),
-        "--prompt",
-        prompt,
-        "--layer",
-        "1",
-    ]
+    argv = [*gpt2_argv(folder, tmp_path / "fig", prompt), "--layer", "1"]
     assert main(argv) == 0
     assert_a_picture(tmp_path / "fig" / "gpt2.png", "gpt2")
     maps = heatmaps(drawn["gpt2"])
@@ -176,16 +170,7 @@ def test_tokens_no_font_draws_are_named_once(tmp_path, capsys, monkeypatch):
     tok = CharTokenizer.from_text("hello 日本語")
     GPT(GPTConfig.preset("tiny", vocab_size=tok.vocab_size)).save_pretrained(folder)
     tok.save(folder)
-    argv = [
-        "attention",
-        "gpt2",
-        "--model",
-        str(folder),
-        "--out",
-        str(tmp_path / "fig"),
-        "--prompt",
-        "日本 hello 語",
-    ]
+    argv = gpt2_argv(folder, tmp_path / "fig", "日本 hello 語")
     monkeypatch.setattr(demos, "CJK_FONTS", ())
     assert main(argv) == 0
     err = capsys.readouterr().err
