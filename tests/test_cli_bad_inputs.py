@@ -122,7 +122,7 @@ CASES = [
     (["prepare", "--input", "text.txt", "--out", "afile"], "afile: exists and is not a folder"),
     (["prepare", "--input", "text.txt", "--out", "o", "--val-fraction", "1.5"], "(0, 1)"),
     (["prepare", "--input", "text.txt", "--out", "o", "--val-fraction", "0"], "(0, 1)"),
-    (["prepare", "--input", "text.txt", "--out", "o", "--workers", "0"], "--workers must be"),
+    (["prepare", "--input", "text.txt", "--out", "o", "--workers", "0"], "workers must be at"),
     (["prepare", "--input", "nope.txt", "--out", "o"], "nope.txt: no such file or folder"),
     (["prepare", "--input", "nope.txt", "--out", "new/a/b"], "nope.txt: no such file or folder"),
     (["prepare", "--input", "text.txt", "--out", "run/mydata"], "is inside the training run"),

@@ -17,7 +17,7 @@ FLOORS = [
     ("gptlab.model",),
     ("gptlab.attention", "gptlab.tokenizers", "gptlab.data"),
     ("gptlab.config", "gptlab.hub", "gptlab.hardware"),
-    ("gptlab.errors", "gptlab.fileio"),
+    ("gptlab.errors", "gptlab.fileio", "gptlab.folders"),
 ]
 
 # The one import that points up, as ../DESIGN.md allows: GPT.generate, a thin method over

@@ -77,18 +77,16 @@ def _output_folder(
     folder: a name alone proves nothing); a folder holding anything else is written to only
     with --overwrite, which replaces `writes` and touches nothing else. A training run's
     folder is refused."""
-    from gptlab.train import runfolder
+    from gptlab.folders import check_not_inside_a_run, is_training_run
 
     folder = Path(out)
     if folder.exists() and not folder.is_dir():
         raise GptlabError(f"{folder}: exists and is not a folder")
-    parent = folder.absolute().parent
-    if any((parent / n).exists() for n in (runfolder.MARK, "train.toml")):  # RUN/checkpoint...
-        raise GptlabError(f"{folder} is inside the training run {parent}; write elsewhere")
+    check_not_inside_a_run(folder)
     _check_can_write(folder)
     if not folder.is_dir():
         return folder
-    if runfolder.is_training_run(folder):
+    if is_training_run(folder):
         raise GptlabError(f"{folder} is a training run's folder; write into another folder")
     present = {p.name for p in folder.iterdir()}
     foreign = sorted(present - {*writes, mark})
@@ -343,102 +341,25 @@ def add_prepare(sub) -> None:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    import shutil
-
-    from gptlab.data import PreparedData
-    from gptlab.train import runfolder
+    from gptlab.data import prepare
 
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise GptlabError(f"{out}: exists and is not a folder")
-    if out.is_dir() and runfolder.is_training_run(out):
-        raise GptlabError(f"{out} is a training run's folder; prepare data into another one")
-    parent = out.absolute().parent
-    if any((parent / n).exists() for n in (runfolder.MARK, "train.toml")):
-        raise GptlabError(f"{out} is inside the training run {parent}; prepare data elsewhere")
-    if not 0.0 < args.val_fraction < 1.0:
-        raise GptlabError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
-    if args.workers is not None and args.workers < 1:
-        raise GptlabError(f"--workers must be at least 1, got {args.workers}")
-    # the outermost folder this command creates: a failure removes it again
-    missing = [p for p in out.absolute().parents if not p.exists()]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # one prepare at a time into OUT (the lock lies beside OUT, which may not exist yet)
-    lock = runfolder.RunLock(out, path=out.parent / f".{out.name}.lock", what="gptlab prepare")
-    # Prepared beside OUT, then moved in: a failure leaves OUT as it was.
-    tmp = out.parent / f".{out.name}.prepare.tmp"
-    began = False  # past the checks that OUT is ours to write (made under the lock)
-    try:
-        with lock:
-            _check_prepare_out(out, args)
-            began = True
-            try:
-                _prepare_into(out, tmp, args)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        # a command refused (another prepare holds OUT, or has filled it meanwhile) leaves
-        # every folder as it found it; one that failed at its work removes what it made
-        if missing and began:
-            shutil.rmtree(missing[-1], ignore_errors=True)
-        raise
-    m = PreparedData(out).meta
+    data = prepare(
+        args.input or "shakespeare",
+        out,
+        args.tokenizer,
+        args.val_fraction,
+        overwrite=args.overwrite,
+        workers=args.workers,
+        progress=True,
+    )
+    m = data.meta
     print(
         f"{m['source']}: {m['documents']} document(s), {m['characters']:,} characters -> "
         f"{m['train_tokens']:,} train + {m['val_tokens']:,} val tokens ({m['tokenizer']}, "
         f"vocabulary {m['vocab_size']:,}, {m['dtype']}) in {out}"
     )
     return 0
-
-
-def _check_prepare_out(out: Path, args: argparse.Namespace) -> None:
-    """OUT is new, empty, or (with --overwrite) prepared data. The caller holds OUT's lock, so
-    what this sees no other prepare can change before the move."""
-    prepared = (out / "meta.json").is_file()
-    if out.is_dir() and any(out.iterdir()):
-        if not args.overwrite:
-            what = "prepared data" if prepared else "files"
-            raise GptlabError(f"{out} already holds {what}; pass --overwrite to replace them")
-        clash = [n for n in _prepared_files() if (out / n).exists()]
-        if clash and not prepared:  # not ours: --overwrite must not replace a user's files
-            raise GptlabError(
-                f"{out} holds {', '.join(clash)} but no prepared data; --overwrite replaces "
-                "prepared data only: choose another folder"
-            )
-
-
-def _prepare_into(out: Path, tmp: Path, args: argparse.Namespace) -> None:
-    """Prepare args.input into tmp, then move it into OUT (replacing prepared data there)."""
-    import os
-    import shutil
-
-    from gptlab.data import prepare
-
-    prepared = (out / "meta.json").is_file()
-    if tmp.exists():  # left by a prepare that was killed (the lock says none runs now)
-        shutil.rmtree(tmp)
-    prepare(
-        args.input or "shakespeare",
-        tmp,
-        args.tokenizer,
-        args.val_fraction,
-        workers=args.workers,
-        progress=True,
-    )
-    out.mkdir(parents=True, exist_ok=True)
-    if prepared:  # the previous data's files, tokenizer included
-        for name in _prepared_files():
-            (out / name).unlink(missing_ok=True)
-    for path in tmp.iterdir():
-        if path.name != "meta.json":
-            os.replace(path, out / path.name)
-    os.replace(tmp / "meta.json", out / "meta.json")  # last: its presence means complete
-
-
-def _prepared_files() -> tuple[str, ...]:
-    from gptlab.tokenizers import TOKENIZER_FILES
-
-    return ("meta.json", "train.bin", "val.bin", *TOKENIZER_FILES)
 
 
 def _resume_settings(args: argparse.Namespace, overrides: dict):

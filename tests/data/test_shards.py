@@ -121,3 +121,40 @@ def test_chunked_preparation_equals_one_pass_for_every_tokenizer(kind, chunk_byt
     assert len(pieces) > 20  # the text really was cut, many times
     for split in ("train", "val"):
         assert np.array_equal(one.splits[split], chunked.splits[split])
+
+
+def test_prepare_from_python_is_as_safe_as_the_command(tmp_path):
+    """gptlab.data.prepare keeps gptlab prepare's folder rules: a folder of the user's or a
+    run's is refused, a failure (an empty corpus) leaves the prepared data as it was, and an
+    overwrite replaces only prepared data, leaving no temp folder or lock behind."""
+    (tmp_path / "a.txt").write_text("to be or not to be " * 20)
+    (tmp_path / "empty.txt").write_text("")
+    out = tmp_path / "data"
+    first = prepare(str(tmp_path / "a.txt"), out, progress=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(GptlabError, match="already holds prepared data; pass --overwrite"):
+        prepare(str(tmp_path / "a.txt"), out, progress=False)
+    with pytest.raises(GptlabError, match="corpus is empty"):
+        prepare(str(tmp_path / "empty.txt"), out, overwrite=True, progress=False)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "data", "empty.txt"]
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "train.bin").write_bytes(b"mine")
+    with pytest.raises(GptlabError, match="holds train.bin but no prepared data"):
+        prepare(str(tmp_path / "a.txt"), mine, overwrite=True, progress=False)
+    assert (mine / "train.bin").read_bytes() == b"mine"
+    (mine / ".gptlab-run").write_text("")  # a run's folder, and a folder inside one
+    with pytest.raises(GptlabError, match="is a training run's folder"):
+        prepare(str(tmp_path / "a.txt"), mine, overwrite=True, progress=False)
+    with pytest.raises(GptlabError, match="is inside the training run"):
+        prepare(str(tmp_path / "a.txt"), mine / "sub", progress=False)
+    assert not (mine / "sub").exists()
+
+    (tmp_path / "b.txt").write_text("xyz " * 50)
+    again = prepare(str(tmp_path / "b.txt"), out, overwrite=True, progress=False)
+    assert again.meta["vocab_size"] == 4 != first.meta["vocab_size"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["a.txt", "b.txt", "data", "empty.txt", "mine"]
+    )

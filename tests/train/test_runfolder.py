@@ -395,7 +395,7 @@ def test_prepare_never_writes_into_a_run_or_a_foreign_folder_unasked(text, tmp_p
     result = gptlab(
         "prepare", "--input", str(text), "--out", "x", "--val-fraction", "1.5", cwd=tmp_path
     )
-    assert result.returncode == 2 and "--val-fraction must be in (0, 1)" in result.stderr
+    assert result.returncode == 2 and "val_fraction must be in (0, 1)" in result.stderr
     assert not (tmp_path / "x").exists()
 
 

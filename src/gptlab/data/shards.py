@@ -1,5 +1,8 @@
 """Token files on disk: prepare them from a text source in a stream, read random windows back.
 
+`prepare` is what `gptlab prepare` runs, with its folder rules, lock and temporary folder;
+`tokenize_into` is its work alone, for a folder the caller owns (a run's OUT/.data.tmp).
+
 A prepared data folder holds
     train.bin, val.bin   flat token ids (uint16, or uint32 when the vocabulary exceeds 65,535)
     meta.json            the header: tokenizer, token counts, dtype, source, split rule
@@ -18,6 +21,7 @@ processes, a bounded number at a time, and written in order as they finish.
 from __future__ import annotations
 
 import os
+import shutil
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -30,7 +34,8 @@ import torch
 from gptlab.data.corpus import Document, iter_documents
 from gptlab.errors import GptlabError
 from gptlab.fileio import atomic_write_json, read_json_object
-from gptlab.tokenizers import CharTokenizer, Tokenizer
+from gptlab.folders import FolderLock, check_not_inside_a_run, is_training_run
+from gptlab.tokenizers import TOKENIZER_FILES, CharTokenizer, Tokenizer
 
 META_FILE = "meta.json"
 FORMAT = "gptlab-tokens/1"
@@ -125,18 +130,113 @@ def prepare(
     out_dir: str | os.PathLike,
     tokenizer: str | Tokenizer = "char",
     val_fraction: float = 0.1,
+    *,
+    overwrite: bool = False,
     chunk_bytes: int = 1 << 22,
     workers: int | None = None,
     progress: bool = True,
 ) -> PreparedData:
-    """Tokenize a source ("shakespeare", text files or folders, "hf:NAME") into `out_dir`."""
-    from tqdm import tqdm
+    """Tokenize a source ("shakespeare", text files or folders, "hf:NAME") into `out_dir`, as
+    `gptlab prepare` does: OUT must be new, empty, or (with overwrite) prepared data; one
+    prepare at a time writes it (a lock beside it); the data is made in a folder beside OUT
+    and moved in at the end, so a failure or Ctrl-C leaves OUT as it was."""
+    _check_settings(val_fraction, workers)
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise GptlabError(f"{out}: exists and is not a folder")
+    if out.is_dir() and is_training_run(out):
+        raise GptlabError(f"{out} is a training run's folder; prepare data into another one")
+    check_not_inside_a_run(out, "prepare data elsewhere")
+    missing = [p for p in out.absolute().parents if not p.exists()]  # made here, removed on failure
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise GptlabError(f"{out}: cannot write there ({e.strerror or e})") from None
+    lock = FolderLock(out, path=out.parent / f".{out.name}.lock", what="gptlab prepare")
+    tmp = out.parent / f".{out.name}.prepare.tmp"
+    began = False  # past the checks that OUT is ours to write (made under the lock)
+    try:
+        with lock:
+            _check_prepare_out(out, overwrite)
+            began = True
+            if tmp.exists():  # left by a prepare that was killed (the lock says none runs now)
+                shutil.rmtree(tmp)
+            try:
+                tokenize_into(source, tmp, tokenizer, val_fraction, chunk_bytes, workers, progress)
+                _move_in(tmp, out)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        # refused (another prepare holds OUT, or filled it meanwhile): every folder stays as it
+        # was; failed at its work: the folders it made go again
+        if missing and began:
+            shutil.rmtree(missing[-1], ignore_errors=True)
+        raise
+    return PreparedData(out)
 
+
+def prepared_files() -> tuple[str, ...]:
+    """The names a prepared data folder may hold (tokenizer files of every kind included)."""
+    return (META_FILE, "train.bin", "val.bin", *TOKENIZER_FILES)
+
+
+def is_prepared_data(folder: Path) -> bool:
+    """True if `folder` holds prepared data: its meta.json, written last, says it is whole."""
+    return (folder / META_FILE).is_file()
+
+
+def _check_settings(val_fraction: float, workers: int | None) -> None:
     if workers is not None and (isinstance(workers, bool) or workers < 1):
         raise GptlabError(f"workers must be at least 1 (or None: every core), got {workers}")
     if not 0.0 < val_fraction < 1.0:
         raise GptlabError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    out = Path(out_dir)
+
+
+def _check_prepare_out(out: Path, overwrite: bool) -> None:
+    """OUT is new, empty, or (with overwrite) prepared data. The caller holds OUT's lock, so
+    what this sees no other prepare can change before the move."""
+    if not (out.is_dir() and any(out.iterdir())):
+        return
+    prepared = is_prepared_data(out)
+    if not overwrite:
+        what = "prepared data" if prepared else "files"
+        raise GptlabError(f"{out} already holds {what}; pass --overwrite to replace them")
+    clash = [n for n in prepared_files() if (out / n).exists()]
+    if clash and not prepared:  # not ours: overwrite must not replace a user's files
+        raise GptlabError(
+            f"{out} holds {', '.join(clash)} but no prepared data; --overwrite replaces "
+            "prepared data only: choose another folder"
+        )
+
+
+def _move_in(tmp: Path, out: Path) -> None:
+    """Prepared data in tmp replaces the prepared data in OUT (the old tokenizer's files too);
+    meta.json moves last, so OUT is whole or says it is not."""
+    out.mkdir(parents=True, exist_ok=True)
+    if is_prepared_data(out):
+        for name in prepared_files():
+            (out / name).unlink(missing_ok=True)
+    for path in tmp.iterdir():
+        if path.name != META_FILE:
+            os.replace(path, out / path.name)
+    os.replace(tmp / META_FILE, out / META_FILE)
+
+
+def tokenize_into(
+    source: str | list[str],
+    folder: str | os.PathLike,
+    tokenizer: str | Tokenizer = "char",
+    val_fraction: float = 0.1,
+    chunk_bytes: int = 1 << 22,
+    workers: int | None = None,
+    progress: bool = True,
+) -> PreparedData:
+    """`prepare`'s work, written straight into `folder` with no checks and no lock: for a
+    folder the caller owns and discards on failure (a run's OUT/.data.tmp, prepare's own)."""
+    from tqdm import tqdm
+
+    _check_settings(val_fraction, workers)
+    out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     if not isinstance(tokenizer, Tokenizer):
         tokenizer = build_tokenizer(tokenizer, iter_documents(source))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from gptlab.config import TrainConfig
 from gptlab.data.corpus import BUILTIN, parse_hub_source, text_files
-from gptlab.data.shards import META_FILE, PreparedData, prepare
+from gptlab.data.shards import META_FILE, PreparedData, prepared_files, tokenize_into
 from gptlab.errors import GptlabError
 from gptlab.fileio import atomic_write_text, read_json_object
 from gptlab.tokenizers import TOKENIZER_FILES
@@ -64,7 +64,7 @@ def resolve_data(
                 "prepared data, so move it away or train into another --out"
             )
         try:
-            prepare(config.data, tmp, tokenizer, config.val_fraction, progress=progress)
+            tokenize_into(config.data, tmp, tokenizer, config.val_fraction, progress=progress)
             meta = _read_meta(tmp)
             meta.update(tokenizer_name=tokenizer, cache_key=key)
             atomic_write_text(tmp / META_FILE, json.dumps(meta, indent=2) + "\n")
@@ -152,7 +152,7 @@ def data_key(source: str, tokenizer: str, val_fraction: float) -> str:
 
 def _is_our_cache(cache: Path) -> bool:
     """Only the files prepare writes (a cache from an older gptlab, or an interrupted one)."""
-    known = {META_FILE, "train.bin", "val.bin", ".tokens.tmp", "val.bin.tmp", *TOKENIZER_FILES}
+    known = {*prepared_files(), ".tokens.tmp", "val.bin.tmp"}
     return cache.is_dir() and all(p.name in known for p in cache.iterdir())
 
 

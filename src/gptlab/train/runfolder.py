@@ -11,16 +11,18 @@ gone is taken over.
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 from pathlib import Path
 
 from gptlab.errors import GptlabError
+from gptlab.folders import RUN_LOCK as LOCK
+from gptlab.folders import RUN_MARK as MARK
+from gptlab.folders import FolderLock as RunLock
+from gptlab.folders import check_not_inside_a_run, is_training_run
 from gptlab.tokenizers import TOKENIZER_FILES
 
-MARK = ".gptlab-run"
-LOCK = ".lock"
+__all__ = ["LOCK", "MARK", "RunLock", "is_training_run"]  # (re-exported from gptlab.folders)
 # Everything a training run writes at the top of its folder (data/ is the prepared-data cache,
 # handled by the trainer's resolve_data, which deletes it only when it made it).
 RUN_FILES = (
@@ -52,20 +54,12 @@ def is_ours(out: Path) -> bool:
     return (out / MARK).exists() or (out / LOCK).exists()
 
 
-def is_training_run(out: Path) -> bool:
-    """True if OUT is a training's folder (not merely a folder of exported weights)."""
-    marks = (MARK, LOCK, "train.toml", "metrics.jsonl", "checkpoint", ".checkpoint.old")
-    return any((out / name).exists() for name in marks)
-
-
 def check_writable(out: Path, overwrite: bool) -> None:
     """Refuse a path that is a file, and a non-empty folder gptlab did not make (without
     --overwrite)."""
     if out.exists() and not out.is_dir():
         raise GptlabError(f"{out}: exists and is not a folder")
-    parent = out.absolute().parent
-    if (parent / MARK).exists():  # RUN/sub: a run inside a run
-        raise GptlabError(f"{out} is inside the training run {parent}; train into another folder")
+    check_not_inside_a_run(out, "train into another folder")
     if out.is_dir() and overwrite and not is_ours(out):
         clash = [name for name in RUN_FILES if (out / name).exists()]
         if clash:  # --overwrite would delete them, and they are the user's, not a run's
@@ -189,55 +183,3 @@ def settle_now(out: Path) -> None:
     if has_aside(out):
         with RunLock(out):
             settle_aside(out)
-
-
-class RunLock:
-    """OUT/.lock holding this process's pid while a training writes OUT. A second training
-    into the same folder is refused; a lock left by a process that no longer runs is taken.
-    path, what: another lock file (`gptlab prepare` keeps one beside OUT) and its holder's name
-    for the refusal."""
-
-    def __init__(self, out: Path, path: Path | None = None, what: str = "training") -> None:
-        self.out, self.path, self.what = out, path or out / LOCK, what
-        self.held = False
-
-    def __enter__(self) -> RunLock:
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                pid = _read_pid(self.path)
-                if pid is not None and _alive(pid):
-                    raise GptlabError(
-                        f"{self.out}: another {self.what} (pid {pid}) is writing this "
-                        f"folder; wait for it, or remove {self.path} if that is wrong"
-                    ) from None
-                self.path.unlink(missing_ok=True)  # stale: its process is gone
-                continue
-            with os.fdopen(fd, "w") as f:
-                f.write(f"{os.getpid()}\n")
-            self.held = True
-            return self
-        raise GptlabError(f"{self.path}: cannot take the lock")
-
-    def __exit__(self, *exc) -> None:
-        if self.held and _read_pid(self.path) == os.getpid():
-            self.path.unlink(missing_ok=True)
-        self.held = False
-
-
-def _read_pid(path: Path) -> int | None:
-    try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except OSError as e:
-        return e.errno == errno.EPERM  # exists, owned by someone else
-    return True
