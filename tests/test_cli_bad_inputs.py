@@ -267,7 +267,7 @@ CASES = [
     (["eval", "multiple-choice", "run", "--data", "mc.jsonl", "--hellaswag"], "activity_label"),
     (
         ["eval", "multiple-choice", "run", "--data", "mc.jsonl", "--batch-size", "0"],
-        "--batch-size must be at least 1",
+        "batch_size must be at least 1",
     ),
     (["eval", "perplexity", "run", "--input", "text.txt", "--stride", "0"], "stride"),
     # attention

@@ -672,9 +672,9 @@ def add_eval(sub) -> None:
 def cmd_eval_perplexity(args: argparse.Namespace) -> int:
     from gptlab.data.corpus import read_text
     from gptlab.eval import perplexity
+    from gptlab.eval.logprobs import check_batch_size
 
-    if args.batch_size < 1:
-        raise GptlabError(f"--batch-size must be at least 1, got {args.batch_size}")
+    check_batch_size(args.batch_size)
     path = Path(args.input)
     if path.is_dir():
         raise GptlabError(f"{path}: is a folder; --input takes one text file")
@@ -712,10 +712,10 @@ def cmd_eval_perplexity(args: argparse.Namespace) -> int:
 
 def cmd_eval_multiple_choice(args: argparse.Namespace) -> int:
     from gptlab.eval import evaluate_multiple_choice, read_examples
+    from gptlab.eval.logprobs import check_batch_size
 
     examples = read_examples(args.data, args.limit, hellaswag=args.hellaswag)
-    if args.batch_size < 1:
-        raise GptlabError(f"--batch-size must be at least 1, got {args.batch_size}")
+    check_batch_size(args.batch_size)
     model, tok = _model_and_tokenizer(args)
     result = evaluate_multiple_choice(
         model, tok, examples, progress=not args.json, batch_size=args.batch_size
@@ -733,11 +733,11 @@ def cmd_eval_multiple_choice(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_last_word(args: argparse.Namespace) -> int:
+    from gptlab.eval.logprobs import check_batch_size
     from gptlab.eval.multiple_choice import evaluate_last_word, read_last_words
 
     passages = read_last_words(args.data, args.limit)
-    if args.batch_size < 1:
-        raise GptlabError(f"--batch-size must be at least 1, got {args.batch_size}")
+    check_batch_size(args.batch_size)
     model, tok = _model_and_tokenizer(args)
     result = evaluate_last_word(model, tok, passages, args.batch_size, source=args.data)
     if args.json:

@@ -11,6 +11,13 @@ from dataclasses import dataclass
 
 from gptlab.errors import GptlabError
 
+
+def check_val_fraction(val_fraction: float) -> None:
+    """The validation split's share of the tokens, for training and for `prepare` alike."""
+    if not 0.0 < val_fraction < 1.0:  # also refuses nan
+        raise GptlabError(f"val_fraction must be in (0, 1), got {val_fraction}")
+
+
 # gptlab eval perplexity --method (eval/perplexity.py computes each)
 DTYPES = ("float32", "bfloat16", "float16")  # what weights and arithmetic may be, besides auto
 PERPLEXITY_METHODS = ("lm-eval", "hf-guide", "gptlab")
@@ -187,8 +194,7 @@ class TrainConfig:
             )
         if not 0 <= self.max_time < float("inf"):  # also refuses nan
             raise GptlabError(f"max_time must be seconds >= 0 (0 = none), got {self.max_time}")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise GptlabError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        check_val_fraction(self.val_fraction)
         if self.lr <= 0 or self.min_lr < 0:
             raise GptlabError(f"lr must be > 0 and min_lr >= 0, got {self.lr}, {self.min_lr}")
         if self.parallel not in ("ddp", "fsdp"):

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gptlab.config import check_val_fraction
 from gptlab.data.corpus import Document, iter_documents
 from gptlab.errors import GptlabError
 from gptlab.fileio import atomic_write_json, read_json_object
@@ -188,8 +189,7 @@ def is_prepared_data(folder: Path) -> bool:
 def _check_settings(val_fraction: float, workers: int | None) -> None:
     if workers is not None and (isinstance(workers, bool) or workers < 1):
         raise GptlabError(f"workers must be at least 1 (or None: every core), got {workers}")
-    if not 0.0 < val_fraction < 1.0:
-        raise GptlabError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    check_val_fraction(val_fraction)
 
 
 def _check_prepare_out(out: Path, overwrite: bool) -> None:

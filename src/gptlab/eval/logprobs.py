@@ -13,6 +13,14 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
+from gptlab.errors import GptlabError
+
+
+def check_batch_size(batch_size: int) -> None:
+    """Every evaluation's rule for its batch size (the CLI asks before it loads a model)."""
+    if isinstance(batch_size, bool) or batch_size < 1:
+        raise GptlabError(f"batch_size must be at least 1, got {batch_size}")
+
 
 @torch.no_grad()
 def next_token_logprobs(
@@ -21,6 +29,7 @@ def next_token_logprobs(
     """For each row of ids, in order: log p(next token | row[: i + 1]) over the vocabulary at
     every position i but the last, (len(row) - 1, V) float64 (a view into its batch: use it
     before asking for the next row of another batch)."""
+    check_batch_size(batch_size)
     device = model.transformer.wte.weight.device
     for i in range(0, len(rows), batch_size):
         group = rows[i : i + batch_size]

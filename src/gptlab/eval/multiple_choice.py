@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from gptlab.errors import GptlabError
-from gptlab.eval.logprobs import next_token_logprobs
+from gptlab.eval.logprobs import check_batch_size, next_token_logprobs
 from gptlab.model import GPT
 from gptlab.tokenizers import Tokenizer
 
@@ -166,8 +166,7 @@ def evaluate_multiple_choice(
     batch_size: examples per forward pass (all their endings in one padded batch)."""
     from tqdm import tqdm
 
-    if batch_size < 1:
-        raise GptlabError(f"batch_size must be at least 1, got {batch_size}")
+    check_batch_size(batch_size)
     hits = {"acc": 0, "acc_norm": 0, "acc_bytes": 0, "acc_norm_token": 0}
     scores = []
     bar = tqdm(

@@ -24,7 +24,7 @@ import torch
 
 from gptlab.config import PERPLEXITY_METHODS
 from gptlab.errors import GptlabError
-from gptlab.eval.logprobs import next_token_logprobs
+from gptlab.eval.logprobs import check_batch_size, next_token_logprobs
 from gptlab.model import GPT
 
 
@@ -101,8 +101,7 @@ def perplexity(
     L = model.config.block_size
     if method not in METHODS:
         raise GptlabError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    if batch_size < 1:
-        raise GptlabError(f"batch_size must be at least 1, got {batch_size}")
+    check_batch_size(batch_size)
     if method == "lm-eval":
         if prefix_id is None:
             raise GptlabError(
