@@ -1,5 +1,6 @@
 """Training runs end to end on a tiny model: exact resume, stop requests, NaN, bad input."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -330,6 +331,11 @@ def test_time_budget_fixes_max_iters_and_trains_as_that_many_steps_would(corpus,
     train(MODEL, settings(corpus, tmp_path / "plain", **explicit), progress=False)
     a, b = weights(tmp_path / "budget"), weights(tmp_path / "plain")
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # a Python resume with the settings the run began with follows the plan: nothing to add
+    again = settings(corpus, tmp_path / "budget", **budget)
+    assert train(MODEL, again, resume=True, progress=False).step == n
+    longer = dataclasses.replace(again, max_iters=n + 2, lr_decay_iters=n)  # the plan's schedule
+    assert train(MODEL, longer, resume=True, progress=False).step == n + 2
 
 
 def test_trains_on_a_saved_hf_dataset_and_its_cache_follows_the_content(tmp_path, monkeypatch):

@@ -186,6 +186,8 @@ def _train(model_config, config, device, d: Dist, resume, overwrite, progress, s
             stack.callback(runfolder.settle_aside, out)
 
         on_main(d, take_folder)  # a refusal on rank 0 stops every rank with its message
+        if resume:
+            config = _follow_the_plan(config, out)
         return _train_locked(
             model_config, config, device, d, resume, overwrite, progress, started, out
         )
@@ -642,17 +644,35 @@ def _check_resume(model_config: GPTConfig, config: TrainConfig, out: Path) -> No
             f"a resume continues the run as it was set up; {', '.join(changed)} cannot change "
             "(start a new run, or fine-tune from this one with init_from=RUN)"
         )
-    data = recorded.get("data")
-    if not isinstance(data, str) or data == config.data:
+    _check_same_data(recorded.get("data"), config.data, out)
+
+
+def _follow_the_plan(config: TrainConfig, out: Path) -> TrainConfig:
+    """A resumed run of a time budget keeps the max_iters and schedule that max_time planned at
+    its start, recorded in train.toml. The CLI reads them from there (and max_iters=N then
+    trains longer or shorter on the same schedule); a Python caller who passes the settings
+    the run began with (another lr_decay_iters than the plan's) gets the plan too."""
+    toml = out / "train.toml"
+    recorded = load_toml(str(toml)) if toml.is_file() else {}
+    planned = recorded.get("max_time", 0) > 0 and "lr_decay_iters" in recorded
+    if planned and config.lr_decay_iters != recorded["lr_decay_iters"]:
+        config = dataclasses.replace(
+            config, max_iters=recorded["max_iters"], lr_decay_iters=recorded["lr_decay_iters"]
+        )
+    return config
+
+
+def _check_same_data(data: object, given: str, out: Path) -> None:
+    if not isinstance(data, str) or data == given:
         return
     try:
-        if os.path.samefile(data, config.data):
+        if os.path.samefile(data, given):
             return
     except OSError:  # either is missing here, or a built-in name
         pass
     raise GptlabError(
         f"--resume trains on the run's own data ({data}, prepared in {out / 'data'}); "
-        f"data={config.data} cannot apply (start a new run, or fine-tune from this one with "
+        f"data={given} cannot apply (start a new run, or fine-tune from this one with "
         "init_from=RUN)"
     )
 
