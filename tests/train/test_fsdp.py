@@ -9,9 +9,11 @@ from _torchrun import ARGS, assert_close, final, rows, run, write_corpus
 from gptlab.config import GPTConfig, TrainConfig
 from gptlab.errors import GptlabError
 from gptlab.model import GPT
+from gptlab.train import evaluation as evaluation_module
 from gptlab.train import train
 from gptlab.train import trainer as trainer_module
 from gptlab.train.distributed import Dist
+from gptlab.train.evaluation import Evaluation
 
 FSDP = ["parallel=fsdp", "eval_iters=3"]  # 3 batches over 2 ranks: an uneven split
 
@@ -79,13 +81,10 @@ def test_split_evaluation_equals_one_process(monkeypatch, tmp_path):
     model = GPT(GPTConfig.preset("tiny", block_size=16, vocab_size=data.vocab_size))
     config = TrainConfig(batch_size=3, eval_iters=5, seed=7)
     args = (model, data, config, 16, torch.device("cpu"), torch.autocast("cpu", enabled=False))
-    whole = trainer_module._estimate_loss(*args, 10)
-    monkeypatch.setattr(trainer_module, "all_sum", lambda d, value, device: value)
+    whole = Evaluation(*args).losses(10)
+    monkeypatch.setattr(evaluation_module, "all_sum", lambda d, value, device: value)
     for world in (2, 3):
-        parts = [
-            trainer_module._estimate_loss(*args, 10, Dist(rank=r, world=world))
-            for r in range(world)
-        ]
+        parts = [Evaluation(*args, Dist(rank=r, world=world)).losses(10) for r in range(world)]
         for split in ("train", "val"):
             assert sum(p[split] for p in parts) == pytest.approx(whole[split], rel=1e-12)
 

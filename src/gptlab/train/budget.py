@@ -8,8 +8,7 @@ import time
 import torch
 
 from gptlab.config import TrainConfig
-from gptlab.train import sharding
-from gptlab.train.distributed import broadcast_int
+from gptlab.train.distributed import Dist, broadcast_int
 
 
 class Budget:
@@ -45,10 +44,19 @@ class Budget:
         rest = (self.MIN_PROBE - step) * sum(timed) / len(timed)
         return now + rest > self.max_time * (1 - self.MARGIN)
 
-    def plan(self, config, model, data, T, device, autocast, step_seconds, step, d):
+    def plan(
+        self,
+        config: TrainConfig,
+        step_seconds: list[float],
+        step: int,
+        eval_s: float,
+        d: Dist,
+        device: torch.device,
+    ) -> tuple[TrainConfig, str]:
+        """The steps timed so far and one evaluation's cost (`Evaluation.seconds`) -> config
+        with the planned max_iters, and the line that says so. Every rank follows rank 0's."""
         timed = step_seconds[1:] or step_seconds  # the first step pays one-off costs
         step_s = sum(timed) / len(timed)
-        eval_s = _time_evaluation(model, data, config, T, device, autocast, d.world)
         left = config.max_time * (1 - self.MARGIN) - (time.perf_counter() - self.started)
         if step % config.eval_interval == 0:
             left -= eval_s  # the evaluation due at this very step
@@ -81,24 +89,3 @@ def plan_iters(seconds: float, step_s: float, eval_s: float, eval_interval: int,
         else:
             high = mid - 1
     return max(low, done)
-
-
-@torch.no_grad()
-def _time_evaluation(model, data, config, T, device, autocast, world: int = 1) -> float:
-    """Seconds one evaluation takes (2 x eval_iters forward passes shared by `world`
-    processes, plus a checkpoint save), from a timed forward pass. No random stream is
-    touched."""
-    model.eval()
-    starts = torch.arange(config.batch_size) * T % max(1, len(data.splits["val"]) - T)
-    x, y = data.windows("val", starts, T)
-    x, y = x.to(device), y.to(device)
-    seconds = []
-    for _ in range(2):
-        t = time.perf_counter()
-        with autocast:
-            model(x, targets=y).loss.item()
-        seconds.append(time.perf_counter() - t)
-    sharding.reshard(model)
-    model.train()
-    save_s = 0.1 + 3 * sum(p.numel() * 4 for p in model.parameters()) / 200e6  # ~200 MB/s
-    return 2 * -(-config.eval_iters // world) * min(seconds) + save_s

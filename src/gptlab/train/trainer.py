@@ -33,13 +33,13 @@ from gptlab.train.budget import Budget
 from gptlab.train.distributed import (
     Dist,
     all_mean,
-    all_sum,
     any_rank,
     cleanup,
     gather_objects,
     on_main,
     setup,
 )
+from gptlab.train.evaluation import Evaluation
 from gptlab.train.metrics import Logger, plot_losses
 from gptlab.train.optim import lr_at, make_optimizer
 from gptlab.train.parallel import parallelize
@@ -241,6 +241,9 @@ class _Run:
         # under fsdp, bfloat16 is FSDP's mixed precision (sharding.shard), not autocast
         by_fsdp = self.sharded and config.dtype == "bfloat16"
         self.autocast = contextlib.nullcontext() if by_fsdp else _autocast(device, config.dtype)
+        self.evaluation = Evaluation(
+            model, data, config, self.T, device, self.autocast, d, self.sharded
+        )
         if config.cpu_offload and not (self.sharded and device.type == "cuda") and d.is_main:
             print(
                 "note: cpu_offload=true acts on CUDA under torchrun only; ignored here",
@@ -413,17 +416,7 @@ class _Run:
         """Losses of both splits (each rank evaluates its share of the batches) and a metrics
         row -> (val loss, whether it is the best so far)."""
         state = self.state
-        losses = _estimate_loss(
-            self.model,
-            self.data,
-            self.config,
-            self.T,
-            self.device,
-            self.autocast,
-            state.step,
-            self.d,
-            self.sharded,
-        )
+        losses = self.evaluation.losses(state.step)
         val = losses["val"]
         if not math.isfinite(val):  # the same sum on every rank: all stop together
             raise GptlabError(f"the validation loss became {val} at step {state.step}")
@@ -457,14 +450,11 @@ class _Run:
         recorded in train.toml, before any checkpoint can be written."""
         self.config, message = budget.plan(
             self.config,
-            self.model,
-            self.data,
-            self.T,
-            self.device,
-            self.autocast,
             step_seconds,
             self.state.step,
+            self.evaluation.seconds(),
             self.d,
+            self.device,
         )
         self.log.set_total(self.config.max_iters)
         self.log.message(message)
@@ -719,38 +709,6 @@ def _autocast(device: torch.device, dtype: str):
     if dtype == "float32":
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=getattr(torch, dtype))
-
-
-@torch.no_grad()
-def _estimate_loss(model, data, config, T, device, autocast, step, d=None, sharded=False):
-    """Mean loss over eval_iters batches of each split. The batches come from a generator
-    seeded by (seed, step), so evaluating never disturbs training's random streams.
-
-    With N processes, rank r evaluates batches r, r + N, ... and the sums are added up over
-    ranks: the same batches and mean as one process, N times sooner. Sharded, every rank runs
-    the same number of forward passes (each gathers weights from all ranks): one with no batch
-    left repeats its last and drops the loss."""
-    d = d or Dist()
-    model.eval()
-    out = {}
-    for i, split in enumerate(("train", "val")):
-        gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step * 2 + i)
-        batches = [
-            data.window_starts(split, config.batch_size, T, gen) for _ in range(config.eval_iters)
-        ]
-        mine = batches[d.rank :: d.world]
-        rounds = -(-config.eval_iters // d.world) if sharded else len(mine)
-        total = 0.0
-        for r in range(rounds):
-            starts = mine[min(r, len(mine) - 1)] if mine else batches[0]
-            x, y = data.windows(split, starts, T)
-            with autocast:
-                loss = model(x.to(device), targets=y.to(device)).loss.float().item()
-            total += loss if r < len(mine) else 0.0
-        out[split] = all_sum(d, total, device) / config.eval_iters
-    sharding.reshard(model)
-    model.train()
-    return out
 
 
 def _crop_block_size(model: GPT, block_size: int) -> GPT:
