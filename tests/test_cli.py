@@ -216,8 +216,18 @@ def test_eval_commands(char_run, tmp_path, capsys):
     )
     result = json.loads(capsys.readouterr().out)
     assert result["tokens"] == len(text.read_text()) - 1 and result["perplexity"] > 1
-    # the default, lm-eval, needs an end-of-text token, which a character vocabulary lacks
-    assert main(["eval", "perplexity", str(char_run), "--input", str(text)]) == 2
+    # the default (auto) on the main job's kind of model: a character vocabulary has no
+    # end-of-text token for lm-eval's method, so auto takes gptlab's and says so
+    assert main(["eval", "perplexity", str(char_run), "--input", str(text)]) == 0
+    out = capsys.readouterr().out
+    assert (
+        out.startswith("gptlab: token perplexity")
+        and f"{len(text.read_text()) - 1:,} tokens" in out
+    )
+    assert (
+        main(["eval", "perplexity", str(char_run), "--input", str(text), "--method", "lm-eval"])
+        == 2
+    )
     assert "end-of-text token" in capsys.readouterr().err
     # endings of very different lengths, so that the summed and the per-byte scores disagree
     examples = [

@@ -61,3 +61,56 @@ def test_both_languages_cover_the_same_sections():
     assert sorted(REFERENCE.findall(english)) == sorted(REFERENCE.findall(chinese))
     snippets = re.compile(r"```python\n(.*?)```", re.S)
     assert len(snippets.findall(english)) == len(snippets.findall(chinese))
+
+
+def documented_commands() -> list[tuple[str, list[str]]]:
+    """(where, argv) for every `gptlab ...` line in the READMEs' and guides' bash blocks
+    (torchrun's `-m gptlab ...` too), continuation lines joined, comments dropped."""
+    import shlex
+
+    found = []
+    for guide in GUIDES:
+        text = guide.read_text(encoding="utf-8")
+        for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                words = shlex.split(line, comments=True)
+                for start, word in enumerate(words):
+                    if word == "gptlab" and (start == 0 or words[start - 1] in ("&&", "-m")):
+                        argv = words[start + 1 :]
+                        argv = argv[: argv.index("&&")] if "&&" in argv else argv
+                        found.append((f"{guide.name}: {line.strip()}", argv))
+    return found
+
+
+def test_every_documented_command_parses_and_runs_after_the_main_job():
+    """Each command the READMEs and guides show is one the parser takes as written, and none
+    that starts a training collides with the main job's out/shakespeare-char (a README line
+    once did: after the main job it refused "holds another run")."""
+    from gptlab.cli import build_parser
+
+    commands = documented_commands()
+    assert len(commands) > 20
+    parser = build_parser()
+    main_job = 0
+    for where, argv in commands:
+        args = parser.parse_args(argv)  # a stale flag fails here, naming nothing: see `where`
+        if args.command != "train" or args.resume or args.list_settings or args.config:
+            continue  # (a --config file shown beside its command names its own out)
+        if not argv[1:]:
+            main_job += 1  # `gptlab train`: the main job itself
+            continue
+        out = args.out or dict(a.split("=", 1) for a in args.settings if "=" in a).get("out")
+        assert out and out != "out/shakespeare-char", f"{where}: trains into the main job's run"
+    assert main_job >= 2  # both READMEs' first command
+
+
+def test_the_documented_figures_folder_is_redrawn_without_asking(tmp_path):
+    """`gptlab attention all --out docs/figures`, as the guide says, in a fresh clone: the
+    folder holds the figures and the mark that says this command drew them."""
+    import shutil
+
+    from gptlab.cli import main
+
+    figures = tmp_path / "figures"
+    shutil.copytree(ROOT / "docs" / "figures", figures)
+    assert main(["attention", "positional", "--quick", "--out", str(figures)]) == 0

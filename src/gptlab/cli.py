@@ -647,10 +647,11 @@ def add_eval(sub) -> None:
             e.add_argument("--input", required=True, help="UTF-8 text file")
             e.add_argument(
                 "--method",
-                choices=METHODS,
-                default="lm-eval",
+                choices=("auto", *METHODS),
+                default="auto",
                 help="lm-eval: the harness's rolling windows (comparable with its tables); "
-                "hf-guide: transformers' docs recipe; gptlab: each token once, sliding",
+                "hf-guide: transformers' docs recipe; gptlab: each token once, sliding; auto "
+                "(default): lm-eval where the vocabulary has an end-of-text token, else gptlab",
             )
             e.add_argument(
                 "--stride", type=int, default=None, help="hf-guide, gptlab (default: block_size)"
@@ -686,13 +687,16 @@ def cmd_eval_perplexity(args: argparse.Namespace) -> int:
             "follow one another)"
         )
     model, tok = _model_and_tokenizer(args)
+    method = args.method
+    if method == "auto":  # the harness's numbers where they exist (they need end-of-text)
+        method = "lm-eval" if tok.eot_id is not None and args.stride is None else "gptlab"
     text = read_text(path)
     result = perplexity(
         model,
         tok.encode(text),
         args.stride,
         args.batch_size,
-        args.method,
+        method,
         prefix_id=tok.eot_id,
         text=text,
     )
@@ -700,9 +704,9 @@ def cmd_eval_perplexity(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        how = "" if args.method == "lm-eval" else f", stride {result['stride']}"
+        how = "" if method == "lm-eval" else f", stride {result['stride']}"
         print(
-            f"{args.method}: token perplexity {result['perplexity']:.4f} (mean nll "
+            f"{method}: token perplexity {result['perplexity']:.4f} (mean nll "
             f"{result['nll']:.4f} nats) over {result['tokens']:,} tokens, word perplexity "
             f"{result['word_perplexity']:.4f}, bits per byte {result['bits_per_byte']:.4f}; "
             f"{result['windows']} windows of {result['block_size']}{how}"

@@ -1,6 +1,6 @@
-"""Draw docs/figures/serve.png: the page on a model, after a generation, in Chromium.
+"""Draw docs/screenshots/serve.png: the page on a model, after a generation, in Chromium.
 
-    python docs/figures/serve_screenshot.py MODEL [--prompt TEXT]
+    python docs/screenshots/serve_screenshot.py MODEL [--prompt TEXT]
 """
 
 import argparse
