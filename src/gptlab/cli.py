@@ -764,7 +764,16 @@ def add_attention(sub) -> None:
     p = sub.add_parser("attention", help="draw the attention toolkit's figures (PNG)")
     p.add_argument(
         "demo",
-        choices=["pooling", "scoring", "multihead", "positional", "bahdanau", "gpt2", "all"],
+        choices=[
+            "pooling",
+            "scoring",
+            "multihead",
+            "positional",
+            "bahdanau",
+            "architecture",
+            "gpt2",
+            "all",
+        ],
         help="which figure; all = every toolkit one",
     )
     p.add_argument("--out", default="figures", help="folder for the PNG files")

@@ -182,3 +182,15 @@ def test_tokens_no_font_draws_are_named_once(tmp_path, capsys, monkeypatch):
         pytest.skip("no CJK font installed (apt-get install fonts-wqy-microhei)")
     assert main(argv) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_architecture_names_each_steps_shape_from_the_config(tmp_path):
+    """The figure's rows come from the config: GPT-2 small's numbers, and another preset's."""
+    rows = dict(demos.architecture_steps())
+    assert rows["wte (50257, 768) + wpe (1024, 768)"] == "(B, T, 768)"
+    assert rows["    attention: c_attn (768, 2304) -> 12 heads"] == "(B, 12, T, 64) each"
+    assert rows["head = wte^T (tied) (768, 50257)"] == "(B, T, 50257) logits"
+    medium = dict(demos.architecture_steps(GPTConfig.preset("gpt2-medium")))
+    assert medium["    attention: c_attn (1024, 3072) -> 16 heads"] == "(B, 16, T, 64) each"
+    assert "24 x block:" in medium
+    assert_a_picture(DEMOS["architecture"](tmp_path), "architecture")

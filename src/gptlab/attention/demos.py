@@ -1,6 +1,6 @@
 """Pictures of the attention toolkit, one PNG per idea (matplotlib, headless).
 
-    gptlab attention pooling|scoring|multihead|positional|bahdanau|gpt2|all --out DIR
+    gptlab attention pooling|scoring|multihead|positional|bahdanau|architecture|gpt2|all --out DIR
 
 Every figure has labelled axes and a colour bar on each heatmap; sizes are fixed
 (`FIGSIZES`, at DPI dots per inch) so that a test can check the image it gets.
@@ -26,6 +26,7 @@ FIGSIZES = {  # inches; pixels = inches * DPI
     "positional": (12, 5),
     "bahdanau": (14, 4),
     "gpt2": (16, 8),
+    "architecture": (16, 8),
 }
 
 
@@ -200,7 +201,10 @@ def multihead(out: Path, quick: bool = False) -> Path:
             "keys (positions)",
             "queries (positions)",
         )
-    fig.suptitle("Multi-head self-attention: each head weighs the past differently")
+    fig.suptitle(
+        "Multi-head self-attention, the mechanics: an untrained layer on random inputs (each "
+        "head's own causal weights); trained heads specialise: gptlab attention gpt2 --model RUN"
+    )
     return _save(fig, out, "multihead")
 
 
@@ -286,6 +290,79 @@ def gpt2(
     return _save(fig, out, "gpt2")
 
 
+def architecture_steps(config=None) -> list[tuple[str, str]]:
+    """GPT-2's path from ids to logits as (step, output shape) rows, from a GPTConfig (default:
+    GPT-2 small): what `architecture` draws, kept apart so it can be checked."""
+    from gptlab.config import GPTConfig
+
+    c = config or GPTConfig.preset("gpt2")
+    C, V, L, nh = c.n_embd, c.vocab_size, c.block_size, c.n_head
+    return [
+        ("token ids", "(B, T), T <= " + str(L)),
+        (f"wte ({V}, {C}) + wpe ({L}, {C})", f"(B, T, {C})"),
+        (f"{c.n_layer} x block:", ""),
+        ("    ln_1", f"(B, T, {C})"),
+        (f"    attention: c_attn ({C}, {3 * C}) -> {nh} heads", f"(B, {nh}, T, {C // nh}) each"),
+        (f"    softmax(q k^T / sqrt({C // nh}) + causal mask) v", f"(B, {nh}, T, {C // nh})"),
+        (f"    c_proj ({C}, {C}), then x = x + attention", f"(B, T, {C})"),
+        ("    ln_2", f"(B, T, {C})"),
+        (f"    MLP: ({C}, {4 * C}), GELU, ({4 * C}, {C}); x = x + MLP", f"(B, T, {C})"),
+        ("ln_f", f"(B, T, {C})"),
+        (f"head = wte^T (tied) ({C}, {V})", f"(B, T, {V}) logits"),
+    ]
+
+
+_TRANSFORMER_2017 = [  # (encoder, decoder), row by row
+    ("source ids", "target ids (shifted right)"),
+    ("embed x sqrt(d) + sinusoids", "embed x sqrt(d) + sinusoids"),
+    ("N x encoder layer:", "N x decoder layer:"),
+    ("  self-attention, add, LN", "  causal self-attn, add, LN"),
+    ("  FFN (ReLU), add, LN", "  cross-attn (encoder), add, LN"),
+    ("", "  FFN (ReLU), add, LN"),
+    ("", "linear (tied), softmax"),
+]
+
+
+def architecture(out: Path, quick: bool = False) -> Path:
+    """GPT-2 small's path from ids to logits with each step's shape, beside the encoder-decoder
+    Transformer of 2017 it comes from (post-LN, cross-attention, fixed positions)."""
+    plt = _plt()
+    fig, (left, right) = plt.subplots(
+        1, 2, figsize=FIGSIZES["architecture"], gridspec_kw={"width_ratios": [1.7, 1]}
+    )
+    steps = architecture_steps()
+    for ax in (left, right):
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, len(steps) + 1)
+        ax.invert_yaxis()
+        ax.axis("off")
+    block = [i for i, (name, _) in enumerate(steps) if name.startswith("    ")]
+    left.add_patch(
+        plt.Rectangle((0.02, block[0] + 0.5), 0.96, len(block), color="#dde8f5", zorder=0)
+    )
+    for i, (name, shape) in enumerate(steps):
+        left.text(0.04, i + 1, name, va="center", fontsize=10, family="monospace")
+        left.text(0.97, i + 1, shape, va="center", ha="right", fontsize=10, color="#1f4e96")
+        if i:
+            left.annotate("", (0.015, i + 0.75), (0.015, i + 0.25), arrowprops={"arrowstyle": "->"})
+    left.set_title("GPT-2 small (decoder only, pre-LN): each step and its output shape")
+    for i, (enc, dec) in enumerate(_TRANSFORMER_2017):
+        right.text(0.0, i + 1, enc, va="center", fontsize=9, family="monospace")
+        right.text(0.5, i + 1, dec, va="center", fontsize=9, family="monospace")
+    right.text(
+        0.0,
+        len(_TRANSFORMER_2017) + 1.7,
+        "The encoder's output feeds every decoder layer's cross-attention;\n"
+        "LayerNorm comes after each residual addition (post-LN).\n"
+        "GPT-2 keeps the decoder without cross-attention, moves LayerNorm\n"
+        "before each sub-layer, adds ln_f, learns its positions (wpe).",
+        va="top",
+        fontsize=10,
+    )
+    right.set_title("The Transformer of 2017 (encoder | decoder)")
+    return _save(fig, out, "architecture")
+
+
 DEMOS: dict[str, Callable[..., Path]] = {
     "pooling": pooling,
     "scoring": scoring,
@@ -293,4 +370,5 @@ DEMOS: dict[str, Callable[..., Path]] = {
     "positional": positional,
     "bahdanau": bahdanau,
     "gpt2": gpt2,
+    "architecture": architecture,
 }
