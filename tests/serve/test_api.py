@@ -124,6 +124,65 @@ def test_attention_is_the_models_own(client, lab):
     np.testing.assert_allclose(one[0], want[1][0, 2].numpy(), atol=1e-6)
 
 
+def f32(field: dict) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(field["f32"]), dtype="<f4").reshape(field["shape"])
+
+
+def test_one_head_step_by_step_is_the_weights_arithmetic(client, lab, serve_folder):
+    """/api/steps recomputed from the saved weights alone (safetensors, plain torch): the
+    embedding sum, LayerNorm, the head's q/k/v, the scores, the scaling, the mask, the softmax
+    and the weighted sum; and the block's attention output is what the network's own forward
+    adds to the residual stream."""
+    import torch.nn.functional as F
+    from safetensors.torch import load_file
+
+    sd = load_file(serve_folder / "model.safetensors")
+    prompt, head, position = "To be, or not", 2, 6
+    ids = lab.tokenizer.encode(prompt)
+    T, C, nh = len(ids), 32, 4
+    hs = C // nh
+    body = {"prompt": prompt, "layer": 0, "head": head, "position": position}
+    got = {k: f32(v) for k, v in client.post("/api/steps", json=body).json()["steps"].items()}
+
+    def w(name):  # the file's name for a tensor (Hugging Face's, with or without "transformer.")
+        return next(v for k, v in sd.items() if k.removeprefix("transformer.") == name)
+
+    x = w("wte.weight")[ids] + w("wpe.weight")[:T]
+    ln = F.layer_norm(x, (C,), w("h.0.ln_1.weight"), w("h.0.ln_1.bias"), eps=1e-5)
+    qkv = ln @ w("h.0.attn.c_attn.weight") + w("h.0.attn.c_attn.bias")  # stored (in, out)
+    q, k, v = (qkv[:, i * C + head * hs : i * C + (head + 1) * hs] for i in range(3))
+    scores = k @ q[position]
+    scaled = scores / hs**0.5
+    masked = torch.where(torch.arange(T) <= position, scaled, float("-inf"))
+    weights_ = torch.softmax(masked, 0)
+    want = {"x": x, "ln_1": ln, "q": q, "k": k, "v": v, "scores": scores, "scaled": scaled}
+    want.update(masked=masked, weights=weights_, head_out=weights_ @ v)
+    for name, value in want.items():
+        np.testing.assert_allclose(got[name], value.numpy(), atol=1e-5, err_msg=name)
+    assert (
+        np.isneginf(got["masked"][position + 1 :]).all()
+        and got["weights"][position + 1 :].sum() == 0
+    )
+    np.testing.assert_allclose(
+        got["heads"][head * hs : (head + 1) * hs], got["head_out"], atol=1e-6
+    )
+    block = lab.model.transformer.h[0]
+    with torch.no_grad():
+        own = block.attn(block.ln_1(lab.model.embed(torch.tensor([ids]))))[0, position]
+    np.testing.assert_allclose(got["attn_out"], own.numpy(), atol=1e-5)
+
+
+def test_the_model_view_lists_the_state_dicts_tensors(client, lab):
+    data = client.post("/api/model", json={}).json()
+    sd = lab.model.state_dict()
+    assert [t["name"] for t in data["tensors"]] == list(sd)
+    assert all(t["shape"] == list(sd[t["name"]].shape) for t in data["tensors"])
+    head = next(t for t in data["tensors"] if t["name"] == "lm_head.weight")
+    assert head["tied_to"] == "transformer.wte.weight"
+    assert (data["n_embd"], data["n_head"], data["head_size"]) == (32, 4, 8)
+    assert data["parameters"] == lab.model.num_params() and data["dtype"] == "float32"
+
+
 def test_thumbnails_keep_each_blocks_largest_weight(lab):
     maps = torch.rand(3, 100, 100)
     small = analysis.shrink(maps, 48)
@@ -212,6 +271,7 @@ def test_tokenize_info_and_openapi(client):
     assert [t["piece"] for t in tokens] == list("To be")
     info = client.get("/api/info").json()
     assert [m["n_layer"] for m in info["models"]] == [2, 2]
+    assert [m["dtype"] for m in info["models"]] == ["float32", "float32"]
     schema = client.get("/openapi.json").json()
     assert {
         "/api/generate",
@@ -221,6 +281,8 @@ def test_tokenize_info_and_openapi(client):
         "/api/tokenize",
         "/api/info",
         "/api/next",
+        "/api/model",
+        "/api/steps",
     } <= schema["paths"].keys()
     page = client.get("/")
     assert page.status_code == 200 and "/static/app.js" in page.text
@@ -240,6 +302,9 @@ def test_tokenize_info_and_openapi(client):
         ("/api/next", {"position": 99, "prompt": "To"}, 400, "position must be in [0, 1]"),
         ("/api/attention", {"layer": 7}, 400, "layer must be in [0, 1]"),
         ("/api/attention", {"head": 4}, 400, "head must be in [0, 3]"),
+        ("/api/steps", {"prompt": "To be", "position": 5}, 400, "position must be in [0, 4]"),
+        ("/api/steps", {"prompt": "To be", "head": 9}, 400, "head must be in [0, 3]"),
+        ("/api/model", {"model": 2}, 422, "model must be in [0, 1]"),
         ("/api/attention", {"file": "/etc/passwd"}, 422, "unknown field 'file'"),
         ("/api/lens", {"model": 2}, 422, "model must be in [0, 1]"),
         ("/api/heads", {"prompt": ""}, 400, "at least 2 tokens"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -209,3 +210,79 @@ def check_head(lab: Lab, head: int) -> None:
     n = lab.model.config.n_head
     if not 0 <= head < n:
         raise GptlabError(f"head must be in [0, {n - 1}], got {head}")
+
+
+def model_parts(lab: Lab) -> dict:
+    """The loaded model as the guide's §11-§14 name it: every tensor of its state dict (name,
+    shape, count, dtype; the head marked where it is the token embedding itself) and the
+    sizes the shapes come from (C = n_embd, head_size = C / n_head)."""
+    model, c = lab.model, lab.model.config
+    storage = {}
+    tensors = []
+    for name, t in model.state_dict(keep_vars=True).items():
+        tied = storage.get((t.data_ptr(), tuple(t.shape))) if t.numel() else None
+        storage.setdefault((t.data_ptr(), tuple(t.shape)), name)
+        tensors.append(
+            {
+                "name": name,
+                "shape": list(t.shape),
+                "count": t.numel(),
+                "dtype": str(t.dtype).removeprefix("torch."),
+                **({"tied_to": tied} if tied else {}),
+            }
+        )
+    return {
+        "n_embd": c.n_embd,
+        "n_head": c.n_head,
+        "head_size": c.n_embd // c.n_head,
+        "n_layer": c.n_layer,
+        "vocab_size": c.vocab_size,
+        "block_size": c.block_size,
+        "parameters": model.num_params(),
+        "dtype": str(model.transformer.wte.weight.dtype).removeprefix("torch."),
+        "tensors": tensors,
+    }
+
+
+@torch.no_grad()
+def head_steps(lab: Lab, ids: Sequence[int], layer: int, head: int, position: int) -> dict:
+    """One head of one layer, step by step, for the query at `position` (the guide's §13), in
+    float32 whatever the model computes in: {name: tensor}, in order:
+    x (T, C) what the block reads; ln_1 (T, C); q, k, v (T, hs) of this head; scores (T,)
+    q[position] . k; scaled (T,) = scores / sqrt(hs); masked (T,) with -inf after position;
+    weights (T,) its softmax; head_out (hs,) = weights @ v; heads (C,) every head's output at
+    this position side by side; attn_out (C,) = c_proj(heads), what the block adds to x."""
+    check_layer(lab, layer)
+    check_head(lab, head)
+    model = lab.model
+    with lab.lock:
+        x = model.embed(lab.tensor(ids))
+        for block in model.transformer.h[:layer]:
+            x = block(x)
+        block = model.transformer.h[layer]
+        h = block.ln_1(x)
+        q, k, v = (t[0].float() for t in block.attn.heads(h))  # (nh, T, hs) each
+        hs = q.size(-1)
+        scores = k @ q[:, position].unsqueeze(-1)  # (nh, T, 1): every head's scores
+        scaled = scores.squeeze(-1) / math.sqrt(hs)
+        masked = scaled.clone()
+        masked[:, position + 1 :] = float("-inf")
+        weights = torch.softmax(masked, dim=-1)  # (nh, T)
+        outs = torch.einsum("nt,nth->nh", weights, v)  # (nh, hs)
+        heads = outs.reshape(-1)  # (C,): head 0's hs numbers first
+        proj = block.attn.c_proj
+        attn_out = proj(heads.to(h.dtype).unsqueeze(0)).float()[0]
+    return {
+        "x": x[0].float(),
+        "ln_1": h[0].float(),
+        "q": q[head],
+        "k": k[head],
+        "v": v[head],
+        "scores": scores[head, :, 0],
+        "scaled": scaled[head],
+        "masked": masked[head],
+        "weights": weights[head],
+        "head_out": outs[head],
+        "heads": heads,
+        "attn_out": attn_out,
+    }

@@ -64,7 +64,18 @@ ENDPOINTS: dict[str, tuple[str, list[str]]] = {
     ),
     "/api/lens": ("the logit lens", ["prompt", "model"]),
     "/api/heads": ("per-head diagnostics", ["prompt", "model"]),
+    "/api/model": ("the model's tensors and sizes", ["model"]),
+    "/api/steps": (
+        "one head, step by step, for one query position (float32)",
+        ["prompt", "model", "layer", "head", "position"],
+    ),
 }
+
+
+def _f32(t: torch.Tensor) -> dict:
+    """A float32 tensor for JSON: its shape and its bytes, little-endian, base64."""
+    data = t.detach().float().contiguous().cpu().numpy().astype("<f4").tobytes()
+    return {"shape": list(t.shape), "f32": base64.b64encode(data).decode("ascii")}
 
 
 class BadRequest(Exception):
@@ -145,6 +156,8 @@ class Server:
                         **dataclasses.asdict(lab.model.config),
                         "parameters": lab.model.num_params(),
                         "tokenizer": lab.tokenizer.kind,
+                        # what the model computes in (analysis views compute in float32)
+                        "dtype": str(lab.model.transformer.wte.weight.dtype).removeprefix("torch."),
                     }
                     for lab in self.labs
                 ],
@@ -215,6 +228,31 @@ class Server:
             return {"heads": await asyncio.to_thread(analysis.head_scores, lab, ids)}
         except GptlabError as e:
             raise BadRequest(str(e), 400) from None
+
+    async def model_parts(self, request: Request, body: dict) -> Any:
+        return analysis.model_parts(self.lab(body))
+
+    async def steps(self, request: Request, body: dict) -> Any:
+        """Each step as {"shape", "f32"} (little-endian float32, base64; -inf where masked)."""
+        lab = self.lab(body)
+        ids = self.ids(lab, body)
+        position = len(ids) - 1 if body["position"] is None else body["position"]
+        if not 0 <= position < len(ids):
+            raise BadRequest(f"position must be in [0, {len(ids) - 1}], got {position}", 400)
+        head = 0 if body["head"] is None else body["head"]
+        try:
+            steps = await asyncio.to_thread(
+                analysis.head_steps, lab, ids, body["layer"], head, position
+            )
+        except GptlabError as e:
+            raise BadRequest(str(e), 400) from None
+        return {
+            "layer": body["layer"],
+            "head": head,
+            "position": position,
+            "tokens": analysis.tokens(lab, ids),
+            "steps": {name: _f32(t) for name, t in steps.items()},
+        }
 
     async def generate(self, request: Request, body: dict) -> Response:
         lab = self.lab(body)
@@ -376,6 +414,8 @@ class Server:
             "/api/attention": self.attention,
             "/api/lens": self.lens,
             "/api/heads": self.heads,
+            "/api/model": self.model_parts,
+            "/api/steps": self.steps,
         }
         routes = [
             Route("/", lambda request: FileResponse(STATIC / "index.html")),
