@@ -65,6 +65,21 @@ def test_generate_look_inside_and_switch_language(browser, serve_folder, tmp_pat
         wait_until_drawn(page, "grid", 8 * 100)  # 8 heads, each drawn
         assert page.locator("#next-table tbody tr").count() == 10
         assert page.locator("#lens-table tr").count() == 1 + 3  # header, embeddings, 2 layers
+        # one head step by step, for a chosen query: the future masked, the softmax a distribution
+        page.click("#pane-0 .chip >> nth=2")
+        page.wait_for_function(
+            "document.querySelectorAll('#steps-table tr:last-child td').length > 0 && "
+            "document.querySelector('#steps-table th.query').textContent.startsWith('#2 ')"
+        )
+        rows = page.eval_on_selector_all(
+            "#steps-table tr", "rows => rows.map(r => [...r.cells].map(c => c.textContent))"
+        )
+        assert [r[0] for r in rows[1:]] == ["q · k", "÷ √hs", "causal mask", "softmax"]
+        assert rows[3][1 + 3 :] == ["masked"] * (len(rows[3]) - 4)  # keys after #2
+        assert abs(sum(float(v) for v in rows[4][1:4]) - 1) < 2e-4
+        assert "head 2" in page.inner_text("#steps-shapes") and "÷ √8" in page.inner_text(
+            "#steps-shapes"
+        )
         assert "prompt=To+be%2C+or" in page.url  # the state is in the URL
         with page.expect_download() as png:
             page.click("#download-png")
@@ -79,6 +94,15 @@ def test_generate_look_inside_and_switch_language(browser, serve_folder, tmp_pat
         assert page.inner_text("#attention-view h2").startswith("注意力")
         assert "lang=zh" in page.url
         page.screenshot(path=str(tmp_path / "serve.png"), full_page=True)
+        page.set_viewport_size({"width": 390, "height": 900})  # a phone: nothing spills over
+        page.wait_for_timeout(200)
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
+        page.locator("#big").scroll_into_view_if_needed()
+        box = page.locator("#big").bounding_box()
+        assert box["width"] <= 390
+        page.mouse.move(box["x"] + box["width"] * 0.99, box["y"] + box["height"] * 0.99)
+        last = len(page.locator("#pane-0 .chip").all()) - 1  # the scaled canvas's last cell
+        assert page.inner_text("#readout").startswith(f"查询 #{last} ")
         page.fill("#max_new_tokens", "99")  # past the block: the server's reason, on the page
         page.click("#go")
         page.wait_for_function("document.getElementById('status').textContent !== ''")

@@ -22,6 +22,11 @@ const I18N = {
     entropy: "entropy", prev: "previous token", sink: "first token", induction: "induction",
     off: "off", embeddings: "embeddings", ablated: "switched off:", busy: "busy",
     readout: (q, k, w) => `query ${q} → key ${k}: ${w}`,
+    steps: "One head, step by step",
+    steps_hint: "The chosen layer and head, for the chosen query token, computed in float32 from the model's own weights: its query q against every key k, divided by the square root of the head size, the future masked, then softmax; the output is those weights' sum of the values.",
+    key: "key", masked: "masked",
+    steps_rows: ["q · k", "÷ √hs", "causal mask", "softmax"],
+    steps_shapes: (m, T, p) => `layer ${m.layer}, head ${m.head}, query #${p}. Shapes: x (${T}, ${m.C}) → ln_1 (${T}, ${m.C}) → c_attn (${m.C}, ${3 * m.C}) → q, k, v (${T}, ${m.hs}) for this head → scores (${T}) → ÷ √${m.hs} = ${Math.sqrt(m.hs).toFixed(2)} → mask → softmax (${T}) → weights · v (${m.hs}); ${m.nh} heads side by side (${m.C}) → c_proj (${m.C}, ${m.C}).`,
   },
   zh: {
     generate: "生成", prompt_placeholder: "输入提示（留空：从头开始）",
@@ -41,6 +46,11 @@ const I18N = {
     entropy: "熵", prev: "前一个词元", sink: "第一个词元", induction: "归纳",
     off: "关闭", embeddings: "嵌入", ablated: "已关闭：", busy: "忙",
     readout: (q, k, w) => `查询 ${q} → 键 ${k}：${w}`,
+    steps: "单个头，逐步计算",
+    steps_hint: "所选的层和头对所选查询词元的计算，用模型自己的权重以 float32 算出：它的查询 q 与每个键 k 做点积，除以头维度的平方根，遮住未来，再做 softmax；输出是这些权重对值的加权和。",
+    key: "键", masked: "已掩蔽",
+    steps_rows: ["q · k", "÷ √hs", "因果掩码", "softmax"],
+    steps_shapes: (m, T, p) => `第 ${m.layer} 层，第 ${m.head} 个头，查询 #${p}。形状：x (${T}, ${m.C}) → ln_1 (${T}, ${m.C}) → c_attn (${m.C}, ${3 * m.C}) → 这个头的 q、k、v (${T}, ${m.hs}) → 评分 (${T}) → ÷ √${m.hs} = ${Math.sqrt(m.hs).toFixed(2)} → 掩蔽 → softmax (${T}) → 权重 · v (${m.hs})；${m.nh} 个头并排 (${m.C}) → c_proj (${m.C}, ${m.C})。`,
   },
 };
 
@@ -231,7 +241,7 @@ async function analyse() {
   if (state.position === null || state.position >= tokenized.tokens.length) {
     state.position = tokenized.tokens.length - 1;
   }
-  await Promise.all([nextTable(), drawBig(), drawGrid(), lens(), heads()]);
+  await Promise.all([nextTable(), drawBig(), drawGrid(), steps(), lens(), heads()]);
 }
 
 function selectPosition(i) {
@@ -241,6 +251,7 @@ function selectPosition(i) {
   }
   nextTable();
   shade();
+  steps();
 }
 
 async function nextTable() {
@@ -266,6 +277,13 @@ function continueWith(piece) {
   $("prompt").value = upTo + piece;
   state.generated = [];
   generate();
+}
+
+// A pointer event's place in the canvas's own pixels (on a phone the canvas is drawn smaller
+// than its width: CSS max-width).
+function canvasPoint(canvas, e) {
+  const r = canvas.getBoundingClientRect();
+  return [(e.clientX - r.left) * canvas.width / r.width, (e.clientY - r.top) * canvas.height / r.height];
 }
 
 function decode(b64, n) {
@@ -315,9 +333,9 @@ async function drawGrid() {
   ctx.lineWidth = 2;
   ctx.strokeRect(state.head * cell, state.layer * cell, cell - 1, cell - 1);
   canvas.onclick = (e) => {
-    const r = canvas.getBoundingClientRect();
-    const h = Math.floor((e.clientX - r.left) / cell);
-    const l = Math.floor((e.clientY - r.top) / cell);
+    const [x, y] = canvasPoint(canvas, e);
+    const h = Math.floor(x / cell);
+    const l = Math.floor(y / cell);
     if (h < n_head && l < n_layer) chooseHead(l, h);
   };
 }
@@ -330,6 +348,7 @@ function chooseHead(layer, head) {
   saveUrl();
   drawBig();
   drawGrid();
+  steps();
 }
 
 async function drawBig() {
@@ -346,18 +365,17 @@ async function drawBig() {
   ctx.fillRect(0, 0, canvas.width, canvas.height);
   const cell = canvas.width / T;
   heat(ctx, weights, T, 0, 0, cell);
-  canvas.onmousemove = (e) => {
-    const r = canvas.getBoundingClientRect();
-    const j = Math.floor((e.clientX - r.left) / cell);
-    const i = Math.floor((e.clientY - r.top) / cell);
+  canvas.onpointermove = canvas.onpointerdown = (e) => { // a mouse, or a finger on a phone
+    const [x, y] = canvasPoint(canvas, e);
+    const j = Math.floor(x / cell);
+    const i = Math.floor(y / cell);
     if (i < 0 || j < 0 || i >= T || j >= T) return;
     const piece = (k) => JSON.stringify(state.tokens[k] ? state.tokens[k].piece : "?");
     $("readout").textContent = t("readout")(`#${i} ${piece(i)}`, `#${j} ${piece(j)}`,
       weights[i * T + j].toFixed(4));
   };
   canvas.onclick = (e) => {
-    const r = canvas.getBoundingClientRect();
-    const i = Math.floor((e.clientY - r.top) / cell);
+    const i = Math.floor(canvasPoint(canvas, e)[1] / cell);
     if (i >= 0 && i < T) selectPosition(i);
   };
   shade();
@@ -378,6 +396,34 @@ function shade() {
     if (j === q) span.style.outline = "1px solid #c00";
     box.appendChild(span);
   });
+}
+
+let stepsRequest = 0; // only the latest request's answer is drawn
+
+async function steps() {
+  if (state.position === null) return;
+  const mine = ++stepsRequest;
+  const data = await post("/api/steps", { prompt: text(0), layer: state.layer, head: state.head,
+    position: state.position });
+  if (mine !== stepsRequest) return;
+  state.results.steps = data;
+  const T = data.tokens.length;
+  const row = (name) => decode(data.steps[name].f32, T);
+  const rows = [row("scores"), row("scaled"), row("masked"), row("weights")];
+  const m = state.info.models[0];
+  const sizes = { layer: data.layer, head: data.head, C: m.n_embd, nh: m.n_head,
+    hs: m.n_embd / m.n_head };
+  $("steps-shapes").textContent = t("steps_shapes")(sizes, T, data.position);
+  let html = `<tr><th>${t("key")}</th>` + data.tokens.map((tk, j) =>
+    `<th${j === data.position ? ' class="query"' : ""}>#${j} ${escapeHtml(JSON.stringify(tk.piece))}</th>`).join("") + "</tr>";
+  rows.forEach((values, r) => {
+    html += `<tr><th>${t("steps_rows")[r]}</th>` + Array.from(values, (v, j) => {
+      const cell = Number.isFinite(v) ? v.toFixed(4) : t("masked");
+      const shade = r === 3 ? ` style="background: rgba(180, 20, 20, ${v})"` : "";
+      return `<td${shade}${j === data.position ? ' class="query"' : ""}>${cell}</td>`;
+    }).join("") + "</tr>";
+  });
+  $("steps-table").innerHTML = html;
 }
 
 async function lens() {
@@ -462,6 +508,7 @@ async function start() {
     state.lang = state.lang === "en" ? "zh" : "en";
     applyLanguage();
     renderHeads();
+    steps();
     saveUrl();
   };
   $("download-png").onclick = () => $("big").toBlob((b) =>
