@@ -108,3 +108,32 @@ def test_generate_look_inside_and_switch_language(browser, serve_folder, tmp_pat
         page.wait_for_function("document.getElementById('status').textContent !== ''")
         assert "max_new_tokens must be in [0, 32]" in page.inner_text("#status")
         assert not [e for e in errors if "max_new_tokens" not in e], errors
+
+
+def test_a_prompt_the_model_cannot_read_leaves_the_page_usable(browser, serve_folder):
+    """Issue 23's defects 1, 15 and 17: a character outside the vocabulary is refused with the
+    server's reason and the buttons come back (no uncaught promise); the heads table sorts both
+    ways and marks the column; no 404 for a favicon; ?layer=-1 falls back to layer 0."""
+    lab = load_lab(str(serve_folder), device="cpu", dtype="float32")
+    with Background([lab]) as url:
+        page = browser.new_page(viewport={"width": 1000, "height": 900})
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.goto(url + "?prompt=To%20be&layer=-1&head=x")
+        page.wait_for_selector("body[data-ready='1']", timeout=30_000)
+        assert page.input_value("#layer") == "0" and page.input_value("#head") == "0"
+        page.fill("#prompt", "Hello 日本")
+        page.click("#go")
+        page.wait_for_function("document.getElementById('status').textContent !== ''")
+        page.wait_for_function("!document.getElementById('go').disabled")
+        assert page.is_disabled("#stop") and "not in the vocabulary" in page.inner_text("#status")
+        page.click("#heads-table th[data-key='entropy']")
+        first = page.inner_text("#heads-table tbody tr:first-child td:nth-child(3)")
+        assert page.get_attribute("#heads-table th[data-key='entropy']", "data-sorted") == "down"
+        page.click("#heads-table th[data-key='entropy']")
+        assert page.get_attribute("#heads-table th[data-key='entropy']", "data-sorted") == "up"
+        again = page.inner_text("#heads-table tbody tr:first-child td:nth-child(3)")
+        assert float(again) <= float(first)
+        # the refused prompt's one 400 is the only failed request; nothing uncaught
+        assert [e for e in errors if "400" not in e] == [], errors

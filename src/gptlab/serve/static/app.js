@@ -105,8 +105,12 @@ function loadUrl() {
   for (const id of ["temperature", "top_k", "top_p", "max_new_tokens", "seed"]) {
     if (params.has(id)) $(id).value = params.get(id);
   }
-  state.layer = Number(params.get("layer") || 0);
-  state.head = Number(params.get("head") || 0);
+  const whole = (name) => { // a layer or head from the URL: a whole number >= 0, else 0
+    const n = Number(params.get(name) || 0);
+    return Number.isInteger(n) && n >= 0 ? n : 0;
+  };
+  state.layer = whole("layer");
+  state.head = whole("head");
   state.lang = params.get("lang") === "zh" ? "zh" : "en";
 }
 
@@ -171,14 +175,18 @@ async function generate() {
   $("go").disabled = true;
   $("stop").disabled = false;
   saveUrl();
-  const first = await post("/api/tokenize", { prompt: $("prompt").value });
-  state.promptCount = first.tokens.length;
-  state.position = null;
-  showTokens(first.tokens);
-  for (let i = 1; i < state.info.models.length; i++) {
-    document.querySelector(`#pane-${i} .chips`).textContent = $("prompt").value;
-  }
+  let started = false;
   try {
+    // a prompt the model cannot read (too long, a character outside its vocabulary) stops
+    // here with the server's reason, and the buttons come back
+    const first = await post("/api/tokenize", { prompt: $("prompt").value });
+    started = true;
+    state.promptCount = first.tokens.length;
+    state.position = null;
+    showTokens(first.tokens);
+    for (let i = 1; i < state.info.models.length; i++) {
+      document.querySelector(`#pane-${i} .chips`).textContent = $("prompt").value;
+    }
     await Promise.all(state.info.models.map((_, i) => streamInto(i, s)));
   } catch (e) {
     if (e.name !== "AbortError") say(e.message);
@@ -187,7 +195,15 @@ async function generate() {
     $("stop").disabled = true;
     state.abort = null;
   }
-  await analyse();
+  if (started) await analyseOrSay();
+}
+
+async function analyseOrSay() {
+  try {
+    await analyse();
+  } catch (e) {
+    say(e.message);
+  }
 }
 
 async function streamInto(i, s) {
@@ -453,7 +469,11 @@ async function heads() {
 function renderHeads() {
   const rows = [...(state.results.heads || [])];
   const key = state.sortKey;
-  rows.sort((a, b) => (key === "layer" || key === "head" ? a[key] - b[key] : b[key] - a[key]));
+  const sign = state.sortDown ? -1 : 1; // layer and head start ascending, the scores descending
+  rows.sort((a, b) => sign * (a[key] - b[key]));
+  for (const th of document.querySelectorAll("#heads-table th[data-key]")) {
+    th.dataset.sorted = th.dataset.key === key ? (state.sortDown ? "down" : "up") : "";
+  }
   const body = $("heads-table").querySelector("tbody");
   body.innerHTML = "";
   for (const r of rows) {
@@ -503,7 +523,12 @@ async function start() {
   $("head").onchange = () => chooseHead(state.layer, Number($("head").value));
   $("go").onclick = generate;
   $("stop").onclick = () => state.abort && state.abort.abort();
-  $("analyse").onclick = () => { state.generated = []; state.promptCount = null; analyse(); };
+  $("analyse").onclick = () => {
+    say("");
+    state.generated = [];
+    state.promptCount = null;
+    analyseOrSay();
+  };
   $("lang").onclick = () => {
     state.lang = state.lang === "en" ? "zh" : "en";
     applyLanguage();
@@ -519,7 +544,12 @@ async function start() {
     tokens: state.tokens, ablate: state.ablate, ...state.results,
   }, null, 1)], { type: "application/json" }));
   for (const th of document.querySelectorAll("#heads-table th[data-key]")) {
-    th.onclick = () => { state.sortKey = th.dataset.key; renderHeads(); };
+    th.onclick = () => { // a second click on the same column turns the order round
+      const again = state.sortKey === th.dataset.key;
+      state.sortDown = again ? !state.sortDown : !["layer", "head"].includes(th.dataset.key);
+      state.sortKey = th.dataset.key;
+      renderHeads();
+    };
   }
   panes();
   try {
