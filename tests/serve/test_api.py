@@ -360,3 +360,24 @@ def test_a_client_that_leaves_stops_its_generation(serve_folder):
         time.sleep(1.0)  # time for 20 more steps, were the generation still running
         assert steps["n"] <= left + 2
         assert httpx.post(url + "api/generate", json={"max_new_tokens": 1}).status_code == 200
+
+
+def test_a_bfloat16_model_is_analysed_in_float32(serve_folder):
+    """Issue 23's defect 13: the page says the dtype the model runs in, and its views compute
+    in float32 (a bfloat16 row of weights summed to 0.998-1.002), from the same weights."""
+    from starlette.testclient import TestClient
+
+    lab = load_lab(str(serve_folder), device="cpu", dtype="bfloat16")
+    with TestClient(Server([lab]).app()) as c:
+        assert c.get("/api/info").json()["models"][0]["dtype"] == "bfloat16"
+        assert c.post("/api/model", json={}).json()["dtype"] == "bfloat16"
+        maps = weights(c.post("/api/attention", json={"prompt": "To be, or not", "layer": 1}))
+        np.testing.assert_allclose(maps.sum(-1), 1.0, atol=1e-6)
+        body = {"prompt": "To be, or not", "layer": 1, "head": 0}
+        step = c.post("/api/steps", json=body).json()["steps"]
+        assert abs(f32(step["weights"]).sum() - 1.0) < 1e-6
+        table = c.post("/api/next", json={"prompt": "To be"}).json()
+    assert lab.model.transformer.wte.weight.dtype == torch.bfloat16  # the model itself stays
+    want = lab.model.transformer.h[0].attn.c_attn.weight.float()
+    assert torch.equal(lab.analysed.transformer.h[0].attn.c_attn.weight, want)
+    assert len(table["candidates"]) == 10

@@ -32,6 +32,20 @@ class Lab:
     tokenizer: Tokenizer
     name: str
     lock: threading.Lock = field(default_factory=threading.Lock)
+    _float32: GPT | None = field(default=None, repr=False)
+
+    @property
+    def analysed(self) -> GPT:
+        """The model the views compute with: the model itself where it computes in float32
+        (int8 does too), else a float32 copy made once, so that a learner checking that a
+        row of weights sums to 1 sees 1.0000, not bfloat16's 0.998."""
+        if self.model.transformer.wte.weight.dtype == torch.float32:
+            return self.model
+        if self._float32 is None:
+            import copy
+
+            self._float32 = copy.deepcopy(self.model).float().eval()
+        return self._float32
 
     @property
     def device(self) -> torch.device:
@@ -93,8 +107,8 @@ def next_tokens(
     probability as the model gives it and after temperature / top-k / top-p, as sampling
     would draw it."""
     position = len(ids) - 1 if position is None else position
-    with lab.lock, ablated(lab.model, ablate):
-        logits = lab.model(lab.tensor(ids[: position + 1])).logits[0, -1].float()
+    with lab.lock, ablated(lab.analysed, ablate):
+        logits = lab.analysed(lab.tensor(ids[: position + 1])).logits[0, -1].float()
     probs = torch.softmax(logits, dim=-1)
     if temperature == 0:  # greedy: all of the mass on the argmax
         after = torch.zeros_like(probs)
@@ -117,7 +131,7 @@ def attention(lab: Lab, ids: Sequence[int], layer: int) -> torch.Tensor:
     """Layer `layer`'s attention weights for ids: (n_head, T, T), rows summing to 1."""
     check_layer(lab, layer)
     with lab.lock:  # the blocks up to `layer` only, one layer's maps in memory
-        maps = lab.model.iter_attention_maps(lab.tensor(ids))
+        maps = lab.analysed.iter_attention_maps(lab.tensor(ids))
         return next(itertools.islice(maps, layer, None))[0].float()
 
 
@@ -138,7 +152,7 @@ def logit_lens(lab: Lab, ids: Sequence[int]) -> list[list[dict]]:
     """For the embeddings and each block's output: at each position, the token the model
     would predict if the stream ended there (ln_f, then the head) and its probability.
     (n_layer + 1) rows of T entries {"id", "piece", "p"}; the last row is the model's own."""
-    model = lab.model
+    model = lab.analysed
     with lab.lock:
         states = model.residual_stream(lab.tensor(ids))
         rows = []
@@ -172,8 +186,8 @@ def head_scores(lab: Lab, ids: Sequence[int]) -> list[dict]:
     n = max(2, min(50, lab.model.config.block_size // 2))
     rows = []
     with lab.lock:  # a layer at a time: memory for one layer's maps, whatever the length
-        maps = lab.model.iter_attention_maps(lab.tensor(ids))
-        repeat = lab.model.iter_attention_maps(lab.tensor(_induction_sequence(lab, n)))
+        maps = lab.analysed.iter_attention_maps(lab.tensor(ids))
+        repeat = lab.analysed.iter_attention_maps(lab.tensor(_induction_sequence(lab, n)))
         for layer, (a, r) in enumerate(zip(maps, repeat, strict=True)):
             rows += _scores(layer, a[0].float(), r[0].float(), n)
     return rows
@@ -254,14 +268,14 @@ def head_steps(lab: Lab, ids: Sequence[int], layer: int, head: int, position: in
     this position side by side; attn_out (C,) = c_proj(heads), what the block adds to x."""
     check_layer(lab, layer)
     check_head(lab, head)
-    model = lab.model
+    model = lab.analysed
     with lab.lock:
         x = model.embed(lab.tensor(ids))
         for block in model.transformer.h[:layer]:
             x = block(x)
         block = model.transformer.h[layer]
         h = block.ln_1(x)
-        q, k, v = (t[0].float() for t in block.attn.heads(h))  # (nh, T, hs) each
+        q, k, v = (t[0] for t in block.attn.heads(h))  # (nh, T, hs) each
         hs = q.size(-1)
         scores = k @ q[:, position].unsqueeze(-1)  # (nh, T, 1): every head's scores
         scaled = scores.squeeze(-1) / math.sqrt(hs)
@@ -270,11 +284,10 @@ def head_steps(lab: Lab, ids: Sequence[int], layer: int, head: int, position: in
         weights = torch.softmax(masked, dim=-1)  # (nh, T)
         outs = torch.einsum("nt,nth->nh", weights, v)  # (nh, hs)
         heads = outs.reshape(-1)  # (C,): head 0's hs numbers first
-        proj = block.attn.c_proj
-        attn_out = proj(heads.to(h.dtype).unsqueeze(0)).float()[0]
+        attn_out = block.attn.c_proj(heads.unsqueeze(0))[0]
     return {
-        "x": x[0].float(),
-        "ln_1": h[0].float(),
+        "x": x[0],
+        "ln_1": h[0],
         "q": q[head],
         "k": k[head],
         "v": v[head],
