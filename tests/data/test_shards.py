@@ -158,3 +158,49 @@ def test_prepare_from_python_is_as_safe_as_the_command(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["a.txt", "b.txt", "data", "empty.txt", "mine"]
     )
+
+
+def test_a_failed_prepare_removes_only_the_folders_it_made(tmp_path, monkeypatch):
+    """Two prepares into new sibling folders (data/wiki, data/books) start while data/ does not
+    exist; the second fails after the first has finished: it removes its own folder, never
+    data/ with the first one's data (it once removed the outermost folder it had seen missing)."""
+    from gptlab.data import shards
+
+    (tmp_path / "a.txt").write_text("to be or not to be " * 20)
+    real = shards.tokenize_into
+
+    def sibling_finishes_then_this_fails(*args, **kwargs):
+        monkeypatch.setattr(shards, "tokenize_into", real)  # the sibling's own work is real
+        prepare(str(tmp_path / "a.txt"), tmp_path / "data" / "wiki", progress=False)
+        raise KeyboardInterrupt  # Ctrl-C in the second prepare
+
+    monkeypatch.setattr(shards, "tokenize_into", sibling_finishes_then_this_fails)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(str(tmp_path / "a.txt"), tmp_path / "data" / "books", progress=False)
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["wiki"]
+    assert PreparedData(tmp_path / "data" / "wiki").meta["train_tokens"] > 0
+
+
+def test_a_prepare_killed_while_moving_in_is_replaced_by_the_next(tmp_path):
+    """A kill between removing the old files and writing meta.json left a folder that
+    --overwrite refused for good ("holds train.bin but no prepared data"): the mark it leaves
+    while moving says the folder is prepare's own."""
+    from gptlab.data.shards import MOVING
+
+    (tmp_path / "a.txt").write_text("to be or not to be " * 20)
+    out = tmp_path / "data"
+    prepare(str(tmp_path / "a.txt"), out, progress=False)
+    (out / "meta.json").unlink()  # as a kill mid-move leaves it
+    (out / MOVING).touch()
+    again = prepare(str(tmp_path / "a.txt"), out, overwrite=True, progress=False)
+    assert again.meta["train_tokens"] > 0 and not (out / MOVING).exists()
+
+
+def test_prepare_into_the_current_folder(tmp_path, monkeypatch):
+    """--out . : the lock and the temporary folder are named after the folder itself, beside
+    it (they once landed inside it, so an empty folder counted as not empty)."""
+    (tmp_path / "a.txt").write_text("to be or not to be " * 20)
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    prepare(str(tmp_path / "a.txt"), ".", progress=False)
+    assert (tmp_path / "here" / "meta.json").is_file() and not list(tmp_path.glob(".*.lock"))

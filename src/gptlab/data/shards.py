@@ -148,13 +148,14 @@ def prepare(
     if out.is_dir() and is_training_run(out):
         raise GptlabError(f"{out} is a training run's folder; prepare data into another one")
     check_not_inside_a_run(out, "prepare data elsewhere")
-    missing = [p for p in out.absolute().parents if not p.exists()]  # made here, removed on failure
+    place = out.absolute()  # (named even for --out .)
+    made = [p for p in (place, *place.parents) if not p.exists()]  # innermost first
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
+        place.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise GptlabError(f"{out}: cannot write there ({e.strerror or e})") from None
-    lock = FolderLock(out, path=out.parent / f".{out.name}.lock", what="gptlab prepare")
-    tmp = out.parent / f".{out.name}.prepare.tmp"
+    lock = FolderLock(out, path=place.parent / f".{place.name}.lock", what="gptlab prepare")
+    tmp = place.parent / f".{place.name}.prepare.tmp"
     began = False  # past the checks that OUT is ours to write (made under the lock)
     try:
         with lock:
@@ -168,12 +169,27 @@ def prepare(
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
-        # refused (another prepare holds OUT, or filled it meanwhile): every folder stays as it
-        # was; failed at its work: the folders it made go again
-        if missing and began:
-            shutil.rmtree(missing[-1], ignore_errors=True)
+        if began:  # failed at its work (a refusal changed nothing): what it made goes again
+            _remove_made(place, made)
         raise
     return PreparedData(out)
+
+
+def _remove_made(out: Path, made: list[Path]) -> None:
+    """Undo the folders a failed prepare created, innermost first: OUT with what is in it, if
+    it made OUT (the lock kept every other prepare out of it), then each parent only while it
+    is empty (a prepare into a sibling folder may have started there meanwhile)."""
+    if out in made:
+        shutil.rmtree(out, ignore_errors=True)
+    for folder in made:
+        if folder == out:
+            continue
+        try:
+            folder.rmdir()
+        except FileNotFoundError:
+            continue
+        except OSError:  # not empty: the rest is someone else's too
+            break
 
 
 def prepared_files() -> tuple[str, ...]:
@@ -192,12 +208,16 @@ def _check_settings(val_fraction: float, workers: int | None) -> None:
     check_val_fraction(val_fraction)
 
 
+MOVING = ".prepare-moving"  # in OUT while new prepared data replaces old: the folder is ours
+
+
 def _check_prepare_out(out: Path, overwrite: bool) -> None:
-    """OUT is new, empty, or (with overwrite) prepared data. The caller holds OUT's lock, so
-    what this sees no other prepare can change before the move."""
+    """OUT is new, empty, or (with overwrite) prepared data, or data a killed prepare was
+    moving in. The caller holds OUT's lock, so what this sees no other prepare can change
+    before the move."""
     if not (out.is_dir() and any(out.iterdir())):
         return
-    prepared = is_prepared_data(out)
+    prepared = is_prepared_data(out) or (out / MOVING).exists()
     if not overwrite:
         what = "prepared data" if prepared else "files"
         raise GptlabError(f"{out} already holds {what}; pass --overwrite to replace them")
@@ -213,13 +233,14 @@ def _move_in(tmp: Path, out: Path) -> None:
     """Prepared data in tmp replaces the prepared data in OUT (the old tokenizer's files too);
     meta.json moves last, so OUT is whole or says it is not."""
     out.mkdir(parents=True, exist_ok=True)
-    if is_prepared_data(out):
-        for name in prepared_files():
-            (out / name).unlink(missing_ok=True)
+    (out / MOVING).touch()  # a kill from here on leaves a folder the next prepare may replace
+    for name in prepared_files():
+        (out / name).unlink(missing_ok=True)
     for path in tmp.iterdir():
         if path.name != META_FILE:
             os.replace(path, out / path.name)
     os.replace(tmp / META_FILE, out / META_FILE)
+    (out / MOVING).unlink()
 
 
 def tokenize_into(
