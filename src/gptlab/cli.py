@@ -412,6 +412,11 @@ def _resume_settings(args: argparse.Namespace, overrides: dict):
     if not toml.is_file():
         raise GptlabError(f"{args.resume}: not a training run (no train.toml)")
     model, train = apply_settings(GPTConfig(), TrainConfig(), load_toml(str(toml)))
+    if train.max_time > 0 and "lr_decay_iters" in overrides:
+        raise GptlabError(
+            f"--resume follows the plan max_time made when the run began (lr_decay_iters="
+            f"{train.lr_decay_iters}); to train longer or shorter, set max_iters=N"
+        )
     train = apply_settings(model, train, {"out": args.resume})[1]
     return apply_settings(model, train, overrides)
 

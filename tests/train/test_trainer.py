@@ -319,7 +319,7 @@ def test_plan_iters_fits_steps_and_evaluations():
     assert plan_iters(10.0, 0.1, 1.0, 20, 0) == 60  # 6 s of steps + 3 evaluations
 
 
-def test_time_budget_fixes_max_iters_and_trains_as_that_many_steps_would(corpus, tmp_path):
+def test_time_budget_fixes_max_iters_and_trains_as_that_many_steps_would(corpus, tmp_path, capsys):
     from gptlab.config import load_toml
 
     budget = dict(max_time=3.0, eval_interval=10_000, max_iters=10_000, lr_decay_iters=10_000)
@@ -334,6 +334,13 @@ def test_time_budget_fixes_max_iters_and_trains_as_that_many_steps_would(corpus,
     # a Python resume with the settings the run began with follows the plan: nothing to add
     again = settings(corpus, tmp_path / "budget", **budget)
     assert train(MODEL, again, resume=True, progress=False).step == n
+    assert f"on the plan in {tmp_path / 'budget' / 'train.toml'}: max_iters={n}" in (
+        capsys.readouterr().err
+    )
+    from gptlab.cli import main  # the command line refuses another schedule for it
+
+    assert main(["train", "--resume", str(tmp_path / "budget"), "lr_decay_iters=7"]) == 2
+    assert "follows the plan max_time made" in capsys.readouterr().err
     longer = dataclasses.replace(again, max_iters=n + 2, lr_decay_iters=n)  # the plan's schedule
     assert train(MODEL, longer, resume=True, progress=False).step == n + 2
 

@@ -187,7 +187,7 @@ def _train(model_config, config, device, d: Dist, resume, overwrite, progress, s
 
         on_main(d, take_folder)  # a refusal on rank 0 stops every rank with its message
         if resume:
-            config = _follow_the_plan(config, out)
+            config = _follow_the_plan(config, out, d)
         return _train_locked(
             model_config, config, device, d, resume, overwrite, progress, started, out
         )
@@ -637,11 +637,12 @@ def _check_resume(model_config: GPTConfig, config: TrainConfig, out: Path) -> No
     _check_same_data(recorded.get("data"), config.data, out)
 
 
-def _follow_the_plan(config: TrainConfig, out: Path) -> TrainConfig:
+def _follow_the_plan(config: TrainConfig, out: Path, d: Dist) -> TrainConfig:
     """A resumed run of a time budget keeps the max_iters and schedule that max_time planned at
-    its start, recorded in train.toml. The CLI reads them from there (and max_iters=N then
-    trains longer or shorter on the same schedule); a Python caller who passes the settings
-    the run began with (another lr_decay_iters than the plan's) gets the plan too."""
+    its start, recorded in train.toml. The CLI reads them from there (max_iters=N then trains
+    longer or shorter on the same schedule; lr_decay_iters= is refused); a Python caller who
+    passes the settings the run began with (another lr_decay_iters than the plan's) gets the
+    plan, and a line says so."""
     toml = out / "train.toml"
     recorded = load_toml(str(toml)) if toml.is_file() else {}
     planned = recorded.get("max_time", 0) > 0 and "lr_decay_iters" in recorded
@@ -649,6 +650,14 @@ def _follow_the_plan(config: TrainConfig, out: Path) -> TrainConfig:
         config = dataclasses.replace(
             config, max_iters=recorded["max_iters"], lr_decay_iters=recorded["lr_decay_iters"]
         )
+        if d.is_main:
+            print(
+                f"note: resuming a max_time run on the plan in {toml}: max_iters="
+                f"{config.max_iters}, lr_decay_iters={config.lr_decay_iters} (to train "
+                "longer, pass those and a larger max_iters)",
+                file=sys.stderr,
+                flush=True,
+            )
     return config
 
 
