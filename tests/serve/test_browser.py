@@ -135,5 +135,17 @@ def test_a_prompt_the_model_cannot_read_leaves_the_page_usable(browser, serve_fo
         assert page.get_attribute("#heads-table th[data-key='entropy']", "data-sorted") == "up"
         again = page.inner_text("#heads-table tbody tr:first-child td:nth-child(3)")
         assert float(again) <= float(first)
+        # defects 5, 6, 14: the shading wraps on a phone and shows whitespace; the read-out
+        # says "masked" above the diagonal, not 0
+        page.set_viewport_size({"width": 390, "height": 900})
+        page.fill("#prompt", "To be, or not to be: that is th")
+        page.click("#analyse")
+        page.wait_for_function("document.querySelectorAll('#shade span').length === 31")
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
+        assert page.inner_text("#shade span >> nth=2") == "·"  # the space after "To"
+        page.locator("#big").scroll_into_view_if_needed()
+        box = page.locator("#big").bounding_box()
+        page.mouse.move(box["x"] + box["width"] * 0.9, box["y"] + box["height"] * 0.1)
+        assert page.inner_text("#readout").endswith("masked")
         # the refused prompt's one 400 is the only failed request; nothing uncaught
         assert [e for e in errors if "400" not in e] == [], errors

@@ -25,6 +25,7 @@ const I18N = {
     steps: "One head, step by step",
     steps_hint: "The chosen layer and head, for the chosen query token, computed in float32 from the model's own weights: its query q against every key k, divided by the square root of the head size, the future masked, then softmax; the output is those weights' sum of the values.",
     key: "key", masked: "masked",
+    lens_window: (a, b, T) => `positions #${a} to #${b} of ${T}, around the chosen token`,
     steps_rows: ["q · k", "÷ √hs", "causal mask", "softmax"],
     steps_shapes: (m, T, p) => `layer ${m.layer}, head ${m.head}, query #${p}. Shapes: x (${T}, ${m.C}) → ln_1 (${T}, ${m.C}) → c_attn (${m.C}, ${3 * m.C}) → q, k, v (${T}, ${m.hs}) for this head → scores (${T}) → ÷ √${m.hs} = ${Math.sqrt(m.hs).toFixed(2)} → mask → softmax (${T}) → weights · v (${m.hs}); ${m.nh} heads side by side (${m.C}) → c_proj (${m.C}, ${m.C}).`,
   },
@@ -49,6 +50,7 @@ const I18N = {
     steps: "单个头，逐步计算",
     steps_hint: "所选的层和头对所选查询词元的计算，用模型自己的权重以 float32 算出：它的查询 q 与每个键 k 做点积，除以头维度的平方根，遮住未来，再做 softmax；输出是这些权重对值的加权和。",
     key: "键", masked: "已掩蔽",
+    lens_window: (a, b, T) => `共 ${T} 个位置，显示所选词元附近的 #${a} 至 #${b}`,
     steps_rows: ["q · k", "÷ √hs", "因果掩码", "softmax"],
     steps_shapes: (m, T, p) => `第 ${m.layer} 层，第 ${m.head} 个头，查询 #${p}。形状：x (${T}, ${m.C}) → ln_1 (${T}, ${m.C}) → c_attn (${m.C}, ${3 * m.C}) → 这个头的 q、k、v (${T}, ${m.hs}) → 评分 (${T}) → ÷ √${m.hs} = ${Math.sqrt(m.hs).toFixed(2)} → 掩蔽 → softmax (${T}) → 权重 · v (${m.hs})；${m.nh} 个头并排 (${m.C}) → c_proj (${m.C}, ${m.C})。`,
   },
@@ -266,8 +268,10 @@ function selectPosition(i) {
     el.classList.toggle("selected", Number(el.dataset.index) === i);
   }
   nextTable();
+  paintBig();
   shade();
   steps();
+  if (state.results.lens) lensTable(state.results.lens);
 }
 
 async function nextTable() {
@@ -376,11 +380,8 @@ async function drawBig() {
   state.results.attention = { layer: state.layer, head: state.head, tokens: T,
     weights: Array.from(weights) };
   const canvas = $("big");
-  const ctx = canvas.getContext("2d");
-  ctx.fillStyle = "#fff";
-  ctx.fillRect(0, 0, canvas.width, canvas.height);
   const cell = canvas.width / T;
-  heat(ctx, weights, T, 0, 0, cell);
+  paintBig();
   canvas.onpointermove = canvas.onpointerdown = (e) => { // a mouse, or a finger on a phone
     const [x, y] = canvasPoint(canvas, e);
     const j = Math.floor(x / cell);
@@ -388,13 +389,30 @@ async function drawBig() {
     if (i < 0 || j < 0 || i >= T || j >= T) return;
     const piece = (k) => JSON.stringify(state.tokens[k] ? state.tokens[k].piece : "?");
     $("readout").textContent = t("readout")(`#${i} ${piece(i)}`, `#${j} ${piece(j)}`,
-      weights[i * T + j].toFixed(4));
+      j > i ? t("masked") : weights[i * T + j].toFixed(4)); // the future is masked, not 0
   };
   canvas.onclick = (e) => {
     const i = Math.floor(canvasPoint(canvas, e)[1] / cell);
     if (i >= 0 && i < T) selectPosition(i);
   };
   shade();
+}
+
+// The chosen head's map, with the chosen query's row outlined.
+function paintBig() {
+  if (!state.big) return;
+  const { T, weights } = state.big;
+  const canvas = $("big");
+  const ctx = canvas.getContext("2d");
+  ctx.fillStyle = "#fff";
+  ctx.fillRect(0, 0, canvas.width, canvas.height);
+  const cell = canvas.width / T;
+  heat(ctx, weights, T, 0, 0, cell);
+  if (state.position !== null && state.position < T) {
+    ctx.strokeStyle = "#06c";
+    ctx.lineWidth = 2;
+    ctx.strokeRect(1, state.position * cell + 1, canvas.width - 2, Math.max(cell - 2, 1));
+  }
 }
 
 function shade() {
@@ -405,7 +423,8 @@ function shade() {
   const q = Math.min(state.position, T - 1);
   state.tokens.forEach((tok, j) => {
     const span = document.createElement("span");
-    span.textContent = tok.piece;
+    // whitespace drawn visibly, so that weight on a space or a newline can be seen
+    span.textContent = tok.piece.replace(/ /g, "·").replace(/\n/g, "↵\n").replace(/\t/g, "→");
     const w = j <= q ? weights[q * T + j] : 0;
     span.style.background = `rgba(180, 20, 20, ${w})`;
     span.title = w.toFixed(4);
@@ -445,18 +464,26 @@ async function steps() {
 async function lens() {
   const data = await post("/api/lens", { prompt: text(0) });
   state.results.lens = data.rows;
-  const table = $("lens-table");
-  const T = data.rows[0].length;
-  const first = Math.max(0, T - 48); // the last 48 positions fit on a screen
-  let html = "<tr><th></th>" + state.tokens.slice(first).map((tk) =>
-    `<th>${escapeHtml(JSON.stringify(tk.piece))}</th>`).join("") + "</tr>";
-  data.rows.forEach((row, layer) => {
+  lensTable(data.rows);
+}
+
+function lensTable(rows) {
+  const T = rows[0].length;
+  const shown = 48; // positions that fit on a screen: a window around the chosen one
+  const at = Math.min(state.position ?? T - 1, T - 1);
+  const first = Math.max(0, Math.min(at - shown / 2, T - shown));
+  const last = Math.min(T, first + shown);
+  $("lens-window").textContent = T > shown ? t("lens_window")(first, last - 1, T) : "";
+  const mark = (j) => (j === at ? ' class="query"' : "");
+  let html = "<tr><th></th>" + state.tokens.slice(first, last).map((tk, k) =>
+    `<th${mark(first + k)}>${escapeHtml(JSON.stringify(tk.piece))}</th>`).join("") + "</tr>";
+  rows.forEach((row, layer) => {
     const name = layer === 0 ? t("embeddings") : `${t("layer")} ${layer - 1}`;
-    html += `<tr><th>${name}</th>` + row.slice(first).map((c) =>
-      `<td style="background: rgba(20, 100, 200, ${c.p})" title="p ${c.p}">` +
+    html += `<tr><th>${name}</th>` + row.slice(first, last).map((c, k) =>
+      `<td${mark(first + k)} style="background: rgba(20, 100, 200, ${c.p})" title="p ${c.p}">` +
       `${escapeHtml(JSON.stringify(c.piece))}</td>`).join("") + "</tr>";
   });
-  table.innerHTML = html;
+  $("lens-table").innerHTML = html;
 }
 
 async function heads() {
