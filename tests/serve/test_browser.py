@@ -93,6 +93,8 @@ def test_generate_look_inside_and_switch_language(browser, serve_folder, tmp_pat
         page.click("#lang")
         assert page.inner_text("#attention-view h2").startswith("注意力")
         assert "lang=zh" in page.url
+        assert "2 层 × 4 个头" in page.inner_text("#model-name")  # the header and the lens too
+        assert page.inner_text("#lens-table tr:nth-child(2) th") == "嵌入"
         page.screenshot(path=str(tmp_path / "serve.png"), full_page=True)
         page.set_viewport_size({"width": 390, "height": 900})  # a phone: nothing spills over
         page.wait_for_timeout(200)

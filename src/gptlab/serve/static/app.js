@@ -26,6 +26,8 @@ const I18N = {
     steps_hint: "The chosen layer and head, for the chosen query token, computed in float32 from the model's own weights: its query q against every key k, divided by the square root of the head size, the future masked, then softmax; the output is those weights' sum of the values.",
     key: "key", masked: "masked",
     lens_window: (a, b, T) => `positions #${a} to #${b} of ${T}, around the chosen token`,
+    model_line: (x) => `${x.name} (${x.n_layer} layers × ${x.n_head} heads, ` +
+      `${x.parameters.toLocaleString()} parameters, ${x.dtype})`,
     steps_rows: ["q · k", "÷ √hs", "causal mask", "softmax"],
     steps_shapes: (m, T, p) => `layer ${m.layer}, head ${m.head}, query #${p}. Shapes: x (${T}, ${m.C}) → ln_1 (${T}, ${m.C}) → c_attn (${m.C}, ${3 * m.C}) → q, k, v (${T}, ${m.hs}) for this head → scores (${T}) → ÷ √${m.hs} = ${Math.sqrt(m.hs).toFixed(2)} → mask → softmax (${T}) → weights · v (${m.hs}); ${m.nh} heads side by side (${m.C}) → c_proj (${m.C}, ${m.C}).`,
   },
@@ -51,6 +53,8 @@ const I18N = {
     steps_hint: "所选的层和头对所选查询词元的计算，用模型自己的权重以 float32 算出：它的查询 q 与每个键 k 做点积，除以头维度的平方根，遮住未来，再做 softmax；输出是这些权重对值的加权和。",
     key: "键", masked: "已掩蔽",
     lens_window: (a, b, T) => `共 ${T} 个位置，显示所选词元附近的 #${a} 至 #${b}`,
+    model_line: (x) => `${x.name}（${x.n_layer} 层 × ${x.n_head} 个头，` +
+      `${x.parameters.toLocaleString()} 个参数，${x.dtype}）`,
     steps_rows: ["q · k", "÷ √hs", "因果掩码", "softmax"],
     steps_shapes: (m, T, p) => `第 ${m.layer} 层，第 ${m.head} 个头，查询 #${p}。形状：x (${T}, ${m.C}) → ln_1 (${T}, ${m.C}) → c_attn (${m.C}, ${3 * m.C}) → 这个头的 q、k、v (${T}, ${m.hs}) → 评分 (${T}) → ÷ √${m.hs} = ${Math.sqrt(m.hs).toFixed(2)} → 掩蔽 → softmax (${T}) → 权重 · v (${m.hs})；${m.nh} 个头并排 (${m.C}) → c_proj (${m.C}, ${m.C})。`,
   },
@@ -123,6 +127,11 @@ function applyLanguage() {
     el.placeholder = t(el.dataset.i18nPlaceholder);
   }
   $("lang").textContent = state.lang === "en" ? "中文" : "English";
+}
+
+function modelName() {
+  if (!state.info) return;
+  $("model-name").textContent = state.info.models.map((x) => t("model_line")(x)).join("  |  ");
 }
 
 // ------------------------------------------------------------------- tokens and generation
@@ -537,8 +546,7 @@ async function start() {
   applyLanguage();
   state.info = await (await fetch("/api/info")).json();
   const m = state.info.models[0];
-  $("model-name").textContent = state.info.models.map((x) =>
-    `${x.name} (${x.n_layer} × ${x.n_head} heads, ${x.parameters.toLocaleString()} parameters)`).join("  |  ");
+  modelName();
   for (const [id, n] of [["layer", m.n_layer], ["head", m.n_head]]) {
     $(id).innerHTML = Array.from({ length: n }, (_, i) => `<option>${i}</option>`).join("");
   }
@@ -559,8 +567,10 @@ async function start() {
   $("lang").onclick = () => {
     state.lang = state.lang === "en" ? "zh" : "en";
     applyLanguage();
+    modelName();
     renderHeads();
     steps();
+    if (state.results.lens) lensTable(state.results.lens);
     saveUrl();
   };
   $("download-png").onclick = () => $("big").toBlob((b) =>
