@@ -220,6 +220,12 @@ def test_ablating_a_head_is_zeroing_its_slice_of_c_proj(client, lab):
     assert plain["candidates"] != table["candidates"]  # the head mattered
     again = analysis.next_tokens(lab, ids[0].tolist())  # and the hooks are gone afterwards
     assert [c["p"] for c in again["candidates"]] == [c["p"] for c in plain["candidates"]]
+    # beside each candidate, the intact model's p: the before and after the table shows
+    with torch.no_grad():
+        whole = torch.softmax(lab.model(ids).logits[0, -1], -1)
+    got = [c["p_intact"] for c in table["candidates"]]
+    np.testing.assert_allclose(got, whole[top.indices].numpy(), atol=1e-6)
+    assert "p_intact" not in plain["candidates"][0]
 
 
 def test_next_table_after_sampling_filters(client):

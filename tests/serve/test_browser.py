@@ -149,5 +149,12 @@ def test_a_prompt_the_model_cannot_read_leaves_the_page_usable(browser, serve_fo
         box = page.locator("#big").bounding_box()
         page.mouse.move(box["x"] + box["width"] * 0.9, box["y"] + box["height"] * 0.1)
         assert page.inner_text("#readout").endswith("masked")
+        # defect 8: a head switched off shows the before and after in the next-token table
+        page.click("#heads-table tbody tr:first-child input")
+        page.wait_for_function("!document.getElementById('p-intact').hidden")
+        page.wait_for_function(
+            "document.querySelector('#next-table tbody tr').cells.length === 5", timeout=10_000
+        )
+        assert "acts on this table only" in page.inner_text("#ablated")
         # the refused prompt's one 400 is the only failed request; nothing uncaught
         assert [e for e in errors if "400" not in e] == [], errors

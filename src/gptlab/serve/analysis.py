@@ -105,10 +105,14 @@ def next_tokens(
 ) -> dict:
     """The top candidates for the token after `position` (default: the last): each with its
     probability as the model gives it and after temperature / top-k / top-p, as sampling
-    would draw it."""
+    would draw it; with heads ablated, also "p_intact", the probability with every head on."""
     position = len(ids) - 1 if position is None else position
-    with lab.lock, ablated(lab.analysed, ablate):
-        logits = lab.analysed(lab.tensor(ids[: position + 1])).logits[0, -1].float()
+    x = lab.tensor(ids[: position + 1])
+    with lab.lock:
+        with ablated(lab.analysed, ablate):
+            logits = lab.analysed(x).logits[0, -1].float()
+        # with heads switched off, the intact model's numbers beside them: the difference
+        intact = torch.softmax(lab.analysed(x).logits[0, -1].float(), -1) if ablate else None
     probs = torch.softmax(logits, dim=-1)
     if temperature == 0:  # greedy: all of the mass on the argmax
         after = torch.zeros_like(probs)
@@ -119,7 +123,13 @@ def next_tokens(
     return {
         "position": position,
         "candidates": [
-            {"id": int(i), "piece": lab.piece(int(i)), "p": float(p), "p_sampled": float(after[i])}
+            {
+                "id": int(i),
+                "piece": lab.piece(int(i)),
+                "p": float(p),
+                "p_sampled": float(after[i]),
+                **({"p_intact": float(intact[i])} if intact is not None else {}),
+            }
             for p, i in zip(top.values, top.indices, strict=True)
         ],
         "logits": logits,  # for callers in Python (the API drops it)

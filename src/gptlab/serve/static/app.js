@@ -21,6 +21,8 @@ const I18N = {
     heads_hint: "Computed on the current text (induction: on a random sequence repeated twice). Click a column to sort, a row to see its heatmap; tick \"off\" to ablate the head.",
     entropy: "entropy", prev: "previous token", sink: "first token", induction: "induction",
     off: "off", embeddings: "embeddings", ablated: "switched off:", busy: "busy",
+    p_intact: "p (all heads on)",
+    ablated_note: "The last column gives each token's p with every head on, and the change. Switching heads off acts on this table only.",
     readout: (q, k, w) => `query ${q} → key ${k}: ${w}`,
     steps: "One head, step by step",
     steps_hint: "The chosen layer and head, for the chosen query token, computed in float32 from the model's own weights: its query q against every key k, divided by the square root of the head size, the future masked, then softmax; the output is those weights' sum of the values.",
@@ -48,6 +50,8 @@ const I18N = {
     heads_hint: "在当前文本上计算（归纳分数：在重复两次的随机序列上）。点击列名排序，点击一行查看其热图；勾选“关闭”以消融该头。",
     entropy: "熵", prev: "前一个词元", sink: "第一个词元", induction: "归纳",
     off: "关闭", embeddings: "嵌入", ablated: "已关闭：", busy: "忙",
+    p_intact: "p（所有头都开启）",
+    ablated_note: "最后一列是所有头都开启时每个词元的 p 及其变化。关闭头只影响这张表。",
     readout: (q, k, w) => `查询 ${q} → 键 ${k}：${w}`,
     steps: "单个头，逐步计算",
     steps_hint: "所选的层和头对所选查询词元的计算，用模型自己的权重以 float32 算出：它的查询 q 与每个键 k 做点积，除以头维度的平方根，遮住未来，再做 softmax；输出是这些权重对值的加权和。",
@@ -292,13 +296,16 @@ async function nextTable() {
   body.innerHTML = "";
   for (const c of table.candidates) {
     const row = document.createElement("tr");
+    const intact = c.p_intact === undefined ? "" // with heads off: the intact model's p
+      : `<td>${c.p_intact.toFixed(4)} (${c.p >= c.p_intact ? "+" : ""}${(c.p - c.p_intact).toFixed(4)})</td>`;
     row.innerHTML = `<td class="chip">${escapeHtml(JSON.stringify(c.piece))}</td><td>${c.id}</td>` +
-      `<td>${c.p.toFixed(4)}</td><td>${c.p_sampled.toFixed(4)}</td>`;
+      `<td>${c.p.toFixed(4)}</td><td>${c.p_sampled.toFixed(4)}</td>${intact}`;
     row.onclick = () => continueWith(c.piece);
     body.appendChild(row);
   }
   $("ablated").textContent = state.ablate.length
-    ? `${t("ablated")} ${state.ablate.map(([l, h]) => `L${l}H${h}`).join(", ")}` : "";
+    ? `${t("ablated")} ${state.ablate.map(([l, h]) => `L${l}H${h}`).join(", ")}. ${t("ablated_note")}` : "";
+  $("p-intact").hidden = !state.ablate.length;
 }
 
 function continueWith(piece) {
