@@ -68,6 +68,7 @@ const $ = (id) => document.getElementById(id);
 const state = {
   lang: "en", info: null, tokens: [], position: null, layer: 0, head: 0,
   ablate: [], generated: [], abort: null, big: null, results: {}, sortKey: "layer",
+  epoch: 0, generating: false, // epoch: which text the views are about
 };
 const t = (key) => I18N[state.lang][key];
 
@@ -75,16 +76,27 @@ function say(message) {
   $("status").textContent = message || "";
 }
 
+// An answer about a text that has changed since it was asked for (a new generation, another
+// prompt): dropped, never drawn, never shown as an error.
+class Stale extends Error {}
+
 async function post(path, body) {
+  const epoch = state.epoch;
   const response = await fetch(path, {
     method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body),
   });
   const data = await response.json();
-  if (!response.ok) {
-    say(data.error || response.statusText);
-    throw new Error(data.error || response.statusText);
-  }
+  if (epoch !== state.epoch) throw new Stale(path);
+  if (!response.ok) throw new Error(data.error || response.statusText);
   return data;
+}
+
+// Run a view's update without waiting for it: its failure is said on the page, a stale
+// answer is dropped, nothing is left uncaught.
+function run(promise) {
+  promise.catch((e) => {
+    if (!(e instanceof Stale) && e.name !== "AbortError") say(e.message);
+  });
 }
 
 function settings() {
@@ -183,11 +195,14 @@ function showTokens(tokens) {
 }
 
 async function generate() {
+  if (state.generating) return; // one generation at a time: a second click waits for Stop
+  state.generating = true;
+  state.epoch += 1;
   say("");
   const s = settings();
   state.generated = state.info.models.map(() => "");
   state.abort = new AbortController();
-  $("go").disabled = true;
+  $("go").disabled = $("analyse").disabled = true;
   $("stop").disabled = false;
   saveUrl();
   let started = false;
@@ -204,11 +219,12 @@ async function generate() {
     }
     await Promise.all(state.info.models.map((_, i) => streamInto(i, s)));
   } catch (e) {
-    if (e.name !== "AbortError") say(e.message);
+    if (e.name !== "AbortError" && !(e instanceof Stale)) say(e.message);
   } finally {
-    $("go").disabled = false;
+    $("go").disabled = $("analyse").disabled = false;
     $("stop").disabled = true;
     state.abort = null;
+    state.generating = false;
   }
   if (started) await analyseOrSay();
 }
@@ -217,7 +233,7 @@ async function analyseOrSay() {
   try {
     await analyse();
   } catch (e) {
-    say(e.message);
+    if (!(e instanceof Stale)) say(e.message);
   }
 }
 
@@ -254,7 +270,7 @@ async function streamInto(i, s) {
         const el = chip(event.text, event.id, "new", index);
         el.onclick = () => selectPosition(index);
         chips.appendChild(el);
-        if (count % 16 === 0) drawGrid(); // the grid grows with the text
+        if (count % 16 === 0) run(drawGrid()); // the grid grows with the text
       } else {
         document.querySelector(`#pane-${i} .chips`).textContent = text(i);
       }
@@ -280,10 +296,10 @@ function selectPosition(i) {
   for (const el of document.querySelectorAll("#pane-0 .chip")) {
     el.classList.toggle("selected", Number(el.dataset.index) === i);
   }
-  nextTable();
+  run(nextTable());
   paintBig();
   shade();
-  steps();
+  run(steps());
   if (state.results.lens) lensTable(state.results.lens);
 }
 
@@ -309,6 +325,7 @@ async function nextTable() {
 }
 
 function continueWith(piece) {
+  if (state.generating) return; // a click during a generation, or a double click
   const upTo = state.tokens.slice(0, state.position + 1).map((tk) => tk.piece).join("");
   $("prompt").value = upTo + piece;
   state.generated = [];
@@ -382,9 +399,9 @@ function chooseHead(layer, head) {
   $("layer").value = layer;
   $("head").value = head;
   saveUrl();
-  drawBig();
-  drawGrid();
-  steps();
+  run(drawBig());
+  run(drawGrid());
+  run(steps());
 }
 
 async function drawBig() {
@@ -529,7 +546,7 @@ function renderHeads() {
       if (e.target.tagName === "INPUT") {
         state.ablate = state.ablate.filter(([l, h]) => !(l === r.layer && h === r.head));
         if (e.target.checked) state.ablate.push([r.layer, r.head]);
-        nextTable();
+        run(nextTable());
       } else {
         chooseHead(r.layer, r.head);
       }
@@ -566,6 +583,8 @@ async function start() {
   $("go").onclick = generate;
   $("stop").onclick = () => state.abort && state.abort.abort();
   $("analyse").onclick = () => {
+    if (state.generating) return;
+    state.epoch += 1;
     say("");
     state.generated = [];
     state.promptCount = null;
@@ -576,7 +595,7 @@ async function start() {
     applyLanguage();
     modelName();
     renderHeads();
-    steps();
+    run(steps());
     if (state.results.lens) lensTable(state.results.lens);
     saveUrl();
   };
@@ -596,11 +615,7 @@ async function start() {
     };
   }
   panes();
-  try {
-    await analyse();
-  } catch (e) {
-    say(e.message);
-  }
+  await analyseOrSay();
   document.body.dataset.ready = "1"; // for tests: the first analysis is drawn
 }
 
