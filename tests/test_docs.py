@@ -114,3 +114,24 @@ def test_the_documented_figures_folder_is_redrawn_without_asking(tmp_path):
     figures = tmp_path / "figures"
     shutil.copytree(ROOT / "docs" / "figures", figures)
     assert main(["attention", "positional", "--quick", "--out", str(figures)]) == 0
+
+
+def test_the_cheap_documented_commands_run_after_the_main_job(tmp_path, monkeypatch, capsys):
+    """The READMEs' `gptlab train --data notes.txt ...` and `--list-settings` lines run as
+    written (plus a tiny budget) in a folder where the main job's run already exists."""
+    from gptlab.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out" / "shakespeare-char").mkdir(parents=True)
+    (tmp_path / "out" / "shakespeare-char" / ".gptlab-run").write_text("")  # the main job's
+    (tmp_path / "notes.txt").write_text("to be or not to be, that is the question\n" * 40)
+    tiny = ["max_iters=2", "eval_interval=2", "eval_iters=1", "max_time=0", "batch_size=2"]
+    ran = set()
+    for where, argv in documented_commands():  # (both READMEs show the same lines: once each)
+        cheap = argv[:3] == ["train", "--data", "notes.txt"] or "--list-settings" in argv
+        if cheap and tuple(argv) not in ran:
+            assert main([*argv, *tiny] if "--data" in argv else argv) == 0, where
+            ran.add(tuple(argv))
+    assert len(ran) == 2
+    assert (tmp_path / "out" / "notes" / "model.safetensors").is_file()
+    assert "n_layer" in capsys.readouterr().out
