@@ -486,7 +486,8 @@ async function steps() {
     `<th${j === data.position ? ' class="query"' : ""}>#${j} ${escapeHtml(JSON.stringify(tk.piece))}</th>`).join("") + "</tr>";
   rows.forEach((values, r) => {
     html += `<tr><th>${t("steps_rows")[r]}</th>` + Array.from(values, (v, j) => {
-      const cell = Number.isFinite(v) ? v.toFixed(4) : t("masked");
+      const future = j > data.position; // masked: also where softmax gives it exactly 0
+      const cell = future && r >= 2 ? t("masked") : v.toFixed(4);
       const shade = r === 3 ? ` style="background: rgba(180, 20, 20, ${v})"` : "";
       return `<td${shade}${j === data.position ? ' class="query"' : ""}>${cell}</td>`;
     }).join("") + "</tr>";
@@ -574,6 +575,7 @@ async function start() {
   for (const [id, n] of [["layer", m.n_layer], ["head", m.n_head]]) {
     $(id).innerHTML = Array.from({ length: n }, (_, i) => `<option>${i}</option>`).join("");
   }
+  $("max_new_tokens").max = m.block_size; // the server's limit, shown before a click
   state.layer = Math.min(state.layer, m.n_layer - 1);
   state.head = Math.min(state.head, m.n_head - 1);
   $("layer").value = state.layer;
