@@ -387,3 +387,28 @@ def test_a_bfloat16_model_is_analysed_in_float32(serve_folder):
     want = lab.model.transformer.h[0].attn.c_attn.weight.float()
     assert torch.equal(lab.analysed.transformer.h[0].attn.c_attn.weight, want)
     assert len(table["candidates"]) == 10
+
+
+def test_views_of_a_text_longer_than_the_block_read_its_last_block_size_tokens(client, lab):
+    """Issue 23's defect 2: after a generation past block_size every view failed ("the prompt
+    has 164 tokens"); the views now analyse the window the model reads, and say where it
+    starts, with positions counted in the whole text."""
+    text = "To be, or not to be: that is the question.\n" * 2  # 86 tokens, block_size 32
+    ids = lab.tokenizer.encode(text)
+    window, offset = ids[-32:], len(ids) - 32
+    assert client.post("/api/tokenize", json={"prompt": text}).json()["window_start"] == offset
+    got = client.post("/api/attention", json={"prompt": text, "layer": 1})
+    assert got.json()["offset"] == offset
+    want = lab.model.attention_maps(torch.tensor([window]))[1][0]
+    np.testing.assert_allclose(weights(got), want.numpy(), atol=1e-6)
+    table = client.post("/api/next", json={"prompt": text, "position": len(ids) - 3}).json()
+    alone = analysis.next_tokens(lab, window, position=29)
+    assert table["position"] == len(ids) - 3
+    assert [c["id"] for c in table["candidates"]] == [c["id"] for c in alone["candidates"]]
+    step = client.post("/api/steps", json={"prompt": text, "position": len(ids) - 1}).json()
+    assert step["position"] == len(ids) - 1 and len(step["tokens"]) == 32
+    lens = client.post("/api/lens", json={"prompt": text}).json()
+    assert lens["offset"] == offset and len(lens["rows"][0]) == 32
+    early = client.post("/api/next", json={"prompt": text, "position": 3})
+    assert early.status_code == 400
+    assert f"position must be in [{offset}, {len(ids) - 1}], got 3" in early.json()["error"]

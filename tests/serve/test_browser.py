@@ -169,5 +169,19 @@ def test_a_prompt_the_model_cannot_read_leaves_the_page_usable(browser, serve_fo
         assert page.input_value("#prompt") == "To be" + piece
         page.wait_for_function("document.querySelectorAll('#pane-0 .chip.new').length === 20")
         assert "busy" not in page.inner_text("#status")
+        # defect 2: a generation past block_size (32 here): the views read the last 32
+        # tokens and say so (they once all failed: "the prompt has 51 tokens")
+        page.fill("#prompt", "To be, or not to be: that is th")
+        page.click("#go")
+        page.wait_for_function("document.querySelectorAll('#pane-0 .chip.new').length === 20")
+        page.wait_for_function("document.getElementById('window-note').textContent !== ''")
+        assert "the last 32 (from #19)" in page.inner_text("#window-note")
+        page.wait_for_function(
+            "document.querySelector('#steps-table th.query').textContent.startsWith('#50 ')"
+        )
+        assert page.inner_text("#steps-table tr:first-child th:nth-child(2)").startswith("#19 ")
+        assert page.inner_text("#status") == ""
+        page.click("#pane-0 .chip >> nth=3")  # before the window: said, not drawn
+        assert "the model reads the last 32" in page.inner_text("#status")
         # the refused prompt's one 400 is the only failed request; nothing uncaught
         assert [e for e in errors if "400" not in e] == [], errors

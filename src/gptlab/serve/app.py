@@ -143,6 +143,28 @@ class Server:
             )
         return ids
 
+    def window(self, lab: Lab, body: dict) -> tuple[list[int], int]:
+        """The ids the model reads of the text: its last block_size tokens, as sampling does
+        -> (those ids, the index of the first in the whole text)."""
+        try:
+            ids = start_ids(lab.tokenizer, body["prompt"])
+        except GptlabError as e:
+            raise BadRequest(str(e), 400) from None
+        offset = max(0, len(ids) - lab.model.config.block_size)
+        return ids[offset:], offset
+
+    def position(self, body: dict, ids: list[int], offset: int) -> int | None:
+        """body's position (an index in the whole text) -> an index in the window."""
+        p = body["position"]
+        if p is None:
+            return None
+        if not offset <= p < offset + len(ids):
+            why = f" (the model reads the text's last {len(ids)} tokens)" if offset else ""
+            raise BadRequest(
+                f"position must be in [{offset}, {offset + len(ids) - 1}], got {p}{why}", 400
+            )
+        return p - offset
+
     # ------------------------------------------------------------------ endpoints
 
     async def info(self, request: Request) -> Response:
@@ -170,15 +192,18 @@ class Server:
 
     async def tokenize(self, request: Request, body: dict) -> Any:
         lab = self.lab(body)
-        return {"tokens": analysis.tokens(lab, self.ids(lab, body))}
+        try:
+            ids = start_ids(lab.tokenizer, body["prompt"])
+        except GptlabError as e:
+            raise BadRequest(str(e), 400) from None
+        offset = max(0, len(ids) - lab.model.config.block_size)
+        return {"tokens": analysis.tokens(lab, ids), "window_start": offset}
 
     async def next(self, request: Request, body: dict) -> Any:
         lab = self.lab(body)
-        ids = self.ids(lab, body)
+        ids, offset = self.window(lab, body)
         self._sampling(body)
-        position = body["position"]
-        if position is not None and not 0 <= position < len(ids):
-            raise BadRequest(f"position must be in [0, {len(ids) - 1}], got {position}", 400)
+        position = self.position(body, ids, offset)
         heads = self._heads(lab, body["ablate"])
         table = await asyncio.to_thread(
             analysis.next_tokens,
@@ -191,11 +216,11 @@ class Server:
             heads,
         )
         table.pop("logits")
-        return table
+        return {**table, "position": table["position"] + offset, "offset": offset}
 
     async def attention(self, request: Request, body: dict) -> Any:
         lab = self.lab(body)
-        ids = self.ids(lab, body)
+        ids, offset = self.window(lab, body)
         try:
             analysis.check_layer(lab, body["layer"])
             if body["head"] is not None:
@@ -213,19 +238,22 @@ class Server:
             "heads": [body["head"]] if body["head"] is not None else list(range(maps.size(0))),
             "shape": list(maps.shape),
             "tokens": len(ids),
+            "offset": offset,
             "weights_f32": base64.b64encode(data).decode("ascii"),
         }
 
     async def lens(self, request: Request, body: dict) -> Any:
         lab = self.lab(body)
-        ids = self.ids(lab, body)
-        return {"rows": await asyncio.to_thread(analysis.logit_lens, lab, ids)}
+        ids, offset = self.window(lab, body)
+        rows = await asyncio.to_thread(analysis.logit_lens, lab, ids)
+        return {"rows": rows, "offset": offset}
 
     async def heads(self, request: Request, body: dict) -> Any:
         lab = self.lab(body)
-        ids = self.ids(lab, body)
+        ids, offset = self.window(lab, body)
         try:
-            return {"heads": await asyncio.to_thread(analysis.head_scores, lab, ids)}
+            heads = await asyncio.to_thread(analysis.head_scores, lab, ids)
+            return {"heads": heads, "offset": offset}
         except GptlabError as e:
             raise BadRequest(str(e), 400) from None
 
@@ -235,10 +263,9 @@ class Server:
     async def steps(self, request: Request, body: dict) -> Any:
         """Each step as {"shape", "f32"} (little-endian float32, base64; -inf where masked)."""
         lab = self.lab(body)
-        ids = self.ids(lab, body)
-        position = len(ids) - 1 if body["position"] is None else body["position"]
-        if not 0 <= position < len(ids):
-            raise BadRequest(f"position must be in [0, {len(ids) - 1}], got {position}", 400)
+        ids, offset = self.window(lab, body)
+        position = self.position(body, ids, offset)
+        position = len(ids) - 1 if position is None else position
         head = 0 if body["head"] is None else body["head"]
         try:
             steps = await asyncio.to_thread(
@@ -249,7 +276,8 @@ class Server:
         return {
             "layer": body["layer"],
             "head": head,
-            "position": position,
+            "position": position + offset,
+            "offset": offset,
             "tokens": analysis.tokens(lab, ids),
             "steps": {name: _f32(t) for name, t in steps.items()},
         }

@@ -28,6 +28,8 @@ const I18N = {
     steps_hint: "The chosen layer and head, for the chosen query token, computed in float32 from the model's own weights: its query q against every key k, divided by the square root of the head size, the future masked, then softmax; the output is those weights' sum of the values.",
     key: "key", masked: "masked",
     lens_window: (a, b, T) => `positions #${a} to #${b} of ${T}, around the chosen token`,
+    window_note: (n, block, o) => `The text has ${n} tokens; the model reads the last ${block} (from #${o}), as sampling does: the views show those.`,
+    outside: "before the window the model reads",
     model_line: (x) => `${x.name} (${x.n_layer} layers × ${x.n_head} heads, ` +
       `${x.parameters.toLocaleString()} parameters, ${x.dtype})`,
     steps_rows: ["q · k", "÷ √hs", "causal mask", "softmax"],
@@ -57,6 +59,8 @@ const I18N = {
     steps_hint: "所选的层和头对所选查询词元的计算，用模型自己的权重以 float32 算出：它的查询 q 与每个键 k 做点积，除以头维度的平方根，遮住未来，再做 softmax；输出是这些权重对值的加权和。",
     key: "键", masked: "已掩蔽",
     lens_window: (a, b, T) => `共 ${T} 个位置，显示所选词元附近的 #${a} 至 #${b}`,
+    window_note: (n, block, o) => `文本共有 ${n} 个词元；模型只读最后 ${block} 个（从 #${o} 开始），与采样时相同：各视图显示的就是这些。`,
+    outside: "在模型读取的窗口之前",
     model_line: (x) => `${x.name}（${x.n_layer} 层 × ${x.n_head} 个头，` +
       `${x.parameters.toLocaleString()} 个参数，${x.dtype}）`,
     steps_rows: ["q · k", "÷ √hs", "因果掩码", "softmax"],
@@ -69,6 +73,7 @@ const state = {
   lang: "en", info: null, tokens: [], position: null, layer: 0, head: 0,
   ablate: [], generated: [], abort: null, big: null, results: {}, sortKey: "layer",
   epoch: 0, generating: false, // epoch: which text the views are about
+  offset: 0, // the first token the model reads: the views show the last block_size tokens
 };
 const t = (key) => I18N[state.lang][key];
 
@@ -189,6 +194,7 @@ function showTokens(tokens) {
   tokens.forEach((tok, i) => {
     const el = chip(tok.piece, tok.id, i < promptCount ? "prompt" : "new", i);
     if (i === state.position) el.classList.add("selected");
+    if (i < state.offset) el.classList.add("outside"); // the model no longer reads it
     el.onclick = () => selectPosition(i);
     chips.appendChild(el);
   });
@@ -284,14 +290,21 @@ async function analyse() {
   saveUrl();
   const body = { prompt: text(0) };
   const tokenized = await post("/api/tokenize", body);
+  state.offset = tokenized.window_start;
   showTokens(tokenized.tokens);
-  if (state.position === null || state.position >= tokenized.tokens.length) {
-    state.position = tokenized.tokens.length - 1;
+  const n = tokenized.tokens.length;
+  if (state.position === null || state.position >= n || state.position < state.offset) {
+    state.position = n - 1;
   }
+  $("window-note").textContent = state.offset ? t("window_note")(n, n - state.offset, state.offset) : "";
   await Promise.all([nextTable(), drawBig(), drawGrid(), steps(), lens(), heads()]);
 }
 
 function selectPosition(i) {
+  if (i < state.offset) { // before the window the model reads: nothing to show there
+    say(t("window_note")(state.tokens.length, state.tokens.length - state.offset, state.offset));
+    return;
+  }
   state.position = i;
   for (const el of document.querySelectorAll("#pane-0 .chip")) {
     el.classList.toggle("selected", Number(el.dataset.index) === i);
@@ -420,13 +433,14 @@ async function drawBig() {
     const j = Math.floor(x / cell);
     const i = Math.floor(y / cell);
     if (i < 0 || j < 0 || i >= T || j >= T) return;
-    const piece = (k) => JSON.stringify(state.tokens[k] ? state.tokens[k].piece : "?");
-    $("readout").textContent = t("readout")(`#${i} ${piece(i)}`, `#${j} ${piece(j)}`,
+    const o = state.offset; // row and column k are token o + k of the text
+    const piece = (k) => JSON.stringify(state.tokens[o + k] ? state.tokens[o + k].piece : "?");
+    $("readout").textContent = t("readout")(`#${o + i} ${piece(i)}`, `#${o + j} ${piece(j)}`,
       j > i ? t("masked") : weights[i * T + j].toFixed(4)); // the future is masked, not 0
   };
   canvas.onclick = (e) => {
     const i = Math.floor(canvasPoint(canvas, e)[1] / cell);
-    if (i >= 0 && i < T) selectPosition(i);
+    if (i >= 0 && i < T) selectPosition(state.offset + i);
   };
   shade();
 }
@@ -441,10 +455,11 @@ function paintBig() {
   ctx.fillRect(0, 0, canvas.width, canvas.height);
   const cell = canvas.width / T;
   heat(ctx, weights, T, 0, 0, cell);
-  if (state.position !== null && state.position < T) {
+  const q = state.position === null ? -1 : state.position - state.offset;
+  if (q >= 0 && q < T) {
     ctx.strokeStyle = "#06c";
     ctx.lineWidth = 2;
-    ctx.strokeRect(1, state.position * cell + 1, canvas.width - 2, Math.max(cell - 2, 1));
+    ctx.strokeRect(1, q * cell + 1, canvas.width - 2, Math.max(cell - 2, 1));
   }
 }
 
@@ -453,14 +468,16 @@ function shade() {
   box.innerHTML = "";
   if (!state.big || state.position === null) return;
   const { T, weights } = state.big;
-  const q = Math.min(state.position, T - 1);
-  state.tokens.forEach((tok, j) => {
+  const q = Math.min(state.position - state.offset, T - 1); // in the window
+  state.tokens.forEach((tok, k) => {
+    const j = k - state.offset; // < 0: before the window, not read
     const span = document.createElement("span");
     // whitespace drawn visibly, so that weight on a space or a newline can be seen
     span.textContent = tok.piece.replace(/ /g, "·").replace(/\n/g, "↵\n").replace(/\t/g, "→");
-    const w = j <= q ? weights[q * T + j] : 0;
+    const w = j >= 0 && j <= q ? weights[q * T + j] : 0;
     span.style.background = `rgba(180, 20, 20, ${w})`;
-    span.title = w.toFixed(4);
+    span.title = j < 0 ? t("outside") : w.toFixed(4);
+    if (j < 0) span.style.color = "#aaa";
     if (j === q) span.style.outline = "1px solid #c00";
     box.appendChild(span);
   });
@@ -482,14 +499,15 @@ async function steps() {
   const sizes = { layer: data.layer, head: data.head, C: m.n_embd, nh: m.n_head,
     hs: m.n_embd / m.n_head };
   $("steps-shapes").textContent = t("steps_shapes")(sizes, T, data.position);
+  const q = data.position - data.offset; // the query's column in the window
   let html = `<tr><th>${t("key")}</th>` + data.tokens.map((tk, j) =>
-    `<th${j === data.position ? ' class="query"' : ""}>#${j} ${escapeHtml(JSON.stringify(tk.piece))}</th>`).join("") + "</tr>";
+    `<th${j === q ? ' class="query"' : ""}>#${data.offset + j} ${escapeHtml(JSON.stringify(tk.piece))}</th>`).join("") + "</tr>";
   rows.forEach((values, r) => {
     html += `<tr><th>${t("steps_rows")[r]}</th>` + Array.from(values, (v, j) => {
-      const future = j > data.position; // masked: also where softmax gives it exactly 0
+      const future = j > q; // masked: also where softmax gives it exactly 0
       const cell = future && r >= 2 ? t("masked") : v.toFixed(4);
       const shade = r === 3 ? ` style="background: rgba(180, 20, 20, ${v})"` : "";
-      return `<td${shade}${j === data.position ? ' class="query"' : ""}>${cell}</td>`;
+      return `<td${shade}${j === q ? ' class="query"' : ""}>${cell}</td>`;
     }).join("") + "</tr>";
   });
   $("steps-table").innerHTML = html;
@@ -502,14 +520,15 @@ async function lens() {
 }
 
 function lensTable(rows) {
-  const T = rows[0].length;
+  const T = rows[0].length; // the window's positions: token o + j of the text
+  const o = state.offset;
   const shown = 48; // positions that fit on a screen: a window around the chosen one
-  const at = Math.min(state.position ?? T - 1, T - 1);
+  const at = Math.min((state.position ?? o + T - 1) - o, T - 1);
   const first = Math.max(0, Math.min(at - shown / 2, T - shown));
   const last = Math.min(T, first + shown);
-  $("lens-window").textContent = T > shown ? t("lens_window")(first, last - 1, T) : "";
+  $("lens-window").textContent = T > shown ? t("lens_window")(o + first, o + last - 1, o + T) : "";
   const mark = (j) => (j === at ? ' class="query"' : "");
-  let html = "<tr><th></th>" + state.tokens.slice(first, last).map((tk, k) =>
+  let html = "<tr><th></th>" + state.tokens.slice(o + first, o + last).map((tk, k) =>
     `<th${mark(first + k)}>${escapeHtml(JSON.stringify(tk.piece))}</th>`).join("") + "</tr>";
   rows.forEach((row, layer) => {
     const name = layer === 0 ? t("embeddings") : `${t("layer")} ${layer - 1}`;
