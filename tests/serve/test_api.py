@@ -412,3 +412,17 @@ def test_views_of_a_text_longer_than_the_block_read_its_last_block_size_tokens(c
     early = client.post("/api/next", json={"prompt": text, "position": 3})
     assert early.status_code == 400
     assert f"position must be in [{offset}, {len(ids) - 1}], got 3" in early.json()["error"]
+
+
+def test_a_text_generated_from_an_empty_prompt_keeps_its_start_token(client, lab):
+    """Issue 23's defect 7: the page showed the start token while generating and dropped it
+    after the analysis, so every view was about another sequence; with start=true the views
+    see the text as the generation did."""
+    start = lab.tokenizer.encode("\n")  # a character vocabulary's start: its newline
+    tokens = client.post("/api/tokenize", json={"prompt": "To be", "start": True}).json()
+    assert [t["id"] for t in tokens["tokens"]] == start + lab.tokenizer.encode("To be")
+    got = weights(client.post("/api/attention", json={"prompt": "To be", "start": True}))
+    want = lab.model.attention_maps(torch.tensor([start + lab.tokenizer.encode("To be")]))[0]
+    np.testing.assert_allclose(got, want[0].numpy(), atol=1e-6)
+    empty = client.post("/api/tokenize", json={"prompt": ""}).json()["tokens"]
+    assert [t["id"] for t in empty] == start  # an empty prompt is the start token alone

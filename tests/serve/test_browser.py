@@ -183,5 +183,15 @@ def test_a_prompt_the_model_cannot_read_leaves_the_page_usable(browser, serve_fo
         assert page.inner_text("#status") == ""
         page.click("#pane-0 .chip >> nth=3")  # before the window: said, not drawn
         assert "the model reads the last 32" in page.inner_text("#status")
+        # defect 7: from an empty prompt the start token stays the first chip after the
+        # analysis (it was dropped, and every view was about another sequence)
+        page.fill("#prompt", "")
+        page.fill("#max_new_tokens", "10")
+        page.click("#go")
+        page.wait_for_function(
+            "document.querySelector('#steps-table th.query').textContent.startsWith('#10 ')"
+        )
+        assert page.locator("#pane-0 .chip").count() == 11
+        assert page.inner_text("#pane-0 .chip >> nth=0").startswith("\n")
         # the refused prompt's one 400 is the only failed request; nothing uncaught
         assert [e for e in errors if "400" not in e] == [], errors

@@ -47,12 +47,17 @@ FIELDS: dict[str, tuple[str, Any, str]] = {
     "position": ("integer", None, "a position in the text (default: the last)"),
     "thumb": ("boolean", False, "attention: small thumbnails (at most 48 x 48) of every head"),
     "ablate": ("array", [], "heads to switch off, as [layer, head] pairs"),
+    "start": (
+        "boolean",
+        False,
+        "the text begins with the start token (as a generation from an empty prompt did)",
+    ),
 }
 ENDPOINTS: dict[str, tuple[str, list[str]]] = {
-    "/api/tokenize": ("the text's tokens", ["prompt", "model"]),
+    "/api/tokenize": ("the text's tokens", ["prompt", "model", "start"]),
     "/api/next": (
         "the next-token table",
-        ["prompt", "model", "temperature", "top_k", "top_p", "position", "ablate"],
+        ["prompt", "model", "start", "temperature", "top_k", "top_p", "position", "ablate"],
     ),
     "/api/generate": (
         "generated tokens as server-sent events",
@@ -60,14 +65,14 @@ ENDPOINTS: dict[str, tuple[str, list[str]]] = {
     ),
     "/api/attention": (
         "one layer's attention weights",
-        ["prompt", "model", "layer", "head", "thumb"],
+        ["prompt", "model", "start", "layer", "head", "thumb"],
     ),
-    "/api/lens": ("the logit lens", ["prompt", "model"]),
-    "/api/heads": ("per-head diagnostics", ["prompt", "model"]),
+    "/api/lens": ("the logit lens", ["prompt", "model", "start"]),
+    "/api/heads": ("per-head diagnostics", ["prompt", "model", "start"]),
     "/api/model": ("the model's tensors and sizes", ["model"]),
     "/api/steps": (
         "one head, step by step, for one query position (float32)",
-        ["prompt", "model", "layer", "head", "position"],
+        ["prompt", "model", "start", "layer", "head", "position"],
     ),
 }
 
@@ -143,13 +148,23 @@ class Server:
             )
         return ids
 
+    def text_ids(self, lab: Lab, body: dict) -> list[int]:
+        """The text's ids, as a generation saw them: the prompt's (the start token for none),
+        after the start token where `start` says the text began from an empty prompt."""
+        try:
+            if body.get("start"):
+                prompt = body["prompt"]
+                return start_ids(lab.tokenizer, "") + (
+                    lab.tokenizer.encode(prompt) if prompt else []
+                )
+            return start_ids(lab.tokenizer, body["prompt"])
+        except GptlabError as e:
+            raise BadRequest(str(e), 400) from None
+
     def window(self, lab: Lab, body: dict) -> tuple[list[int], int]:
         """The ids the model reads of the text: its last block_size tokens, as sampling does
         -> (those ids, the index of the first in the whole text)."""
-        try:
-            ids = start_ids(lab.tokenizer, body["prompt"])
-        except GptlabError as e:
-            raise BadRequest(str(e), 400) from None
+        ids = self.text_ids(lab, body)
         offset = max(0, len(ids) - lab.model.config.block_size)
         return ids[offset:], offset
 
@@ -192,10 +207,7 @@ class Server:
 
     async def tokenize(self, request: Request, body: dict) -> Any:
         lab = self.lab(body)
-        try:
-            ids = start_ids(lab.tokenizer, body["prompt"])
-        except GptlabError as e:
-            raise BadRequest(str(e), 400) from None
+        ids = self.text_ids(lab, body)
         offset = max(0, len(ids) - lab.model.config.block_size)
         return {"tokens": analysis.tokens(lab, ids), "window_start": offset}
 

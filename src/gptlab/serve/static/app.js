@@ -72,7 +72,7 @@ const $ = (id) => document.getElementById(id);
 const state = {
   lang: "en", info: null, tokens: [], position: null, layer: 0, head: 0,
   ablate: [], generated: [], abort: null, big: null, results: {}, sortKey: "layer",
-  epoch: 0, generating: false, // epoch: which text the views are about
+  epoch: 0, generating: false, fromStart: false, // epoch: which text the views are about
   offset: 0, // the first token the model reads: the views show the last block_size tokens
 };
 const t = (key) => I18N[state.lang][key];
@@ -114,6 +114,12 @@ function settings() {
 
 function text(i = 0) {
   return $("prompt").value + (state.generated[i] || "");
+}
+
+// What the views ask about: the text, and whether it began at the start token (a generation
+// from an empty prompt starts there, and its text does not show it).
+function textBody() {
+  return { prompt: text(0), start: state.fromStart };
 }
 
 // ------------------------------------------------------------------- URL state, language
@@ -215,6 +221,7 @@ async function generate() {
   try {
     // a prompt the model cannot read (too long, a character outside its vocabulary) stops
     // here with the server's reason, and the buttons come back
+    state.fromStart = $("prompt").value === ""; // then the text follows the start token
     const first = await post("/api/tokenize", { prompt: $("prompt").value });
     started = true;
     state.promptCount = first.tokens.length;
@@ -288,7 +295,7 @@ async function streamInto(i, s) {
 
 async function analyse() {
   saveUrl();
-  const body = { prompt: text(0) };
+  const body = textBody();
   const tokenized = await post("/api/tokenize", body);
   state.offset = tokenized.window_start;
   showTokens(tokenized.tokens);
@@ -318,7 +325,7 @@ function selectPosition(i) {
 
 async function nextTable() {
   const s = settings();
-  const table = await post("/api/next", { prompt: text(0), temperature: s.temperature,
+  const table = await post("/api/next", { ...textBody(), temperature: s.temperature,
     top_k: s.top_k, top_p: s.top_p, position: state.position, ablate: state.ablate });
   state.results.next = table;
   const body = $("next-table").querySelector("tbody");
@@ -339,9 +346,11 @@ async function nextTable() {
 
 function continueWith(piece) {
   if (state.generating) return; // a click during a generation, or a double click
-  const upTo = state.tokens.slice(0, state.position + 1).map((tk) => tk.piece).join("");
+  const from = state.fromStart ? 1 : 0; // the start token is not text: it stays out
+  const upTo = state.tokens.slice(from, state.position + 1).map((tk) => tk.piece).join("");
   $("prompt").value = upTo + piece;
   state.generated = [];
+  state.fromStart = false; // the chips' text is the prompt now (its start token dropped)
   generate();
 }
 
@@ -382,11 +391,11 @@ async function drawGrid() {
   const canvas = $("grid");
   const ctx = canvas.getContext("2d");
   const cell = Math.floor(canvas.width / Math.max(n_layer, n_head));
-  const prompt = text(0);
+  const body = textBody();
   const drawing = (state.gridDrawing = {}); // a newer call takes over from an older one
   ctx.clearRect(0, 0, canvas.width, canvas.height);
   for (let layer = 0; layer < n_layer; layer++) { // one request per layer: rows appear in turn
-    const data = await post("/api/attention", { prompt, layer, thumb: true });
+    const data = await post("/api/attention", { ...body, layer, thumb: true });
     if (state.gridDrawing !== drawing) return;
     const [heads, size] = data.shape;
     const all = decode(data.weights_f32, heads * size * size);
@@ -418,7 +427,7 @@ function chooseHead(layer, head) {
 }
 
 async function drawBig() {
-  const data = await post("/api/attention", { prompt: text(0), layer: state.layer,
+  const data = await post("/api/attention", { ...textBody(), layer: state.layer,
     head: state.head });
   const T = data.tokens;
   const weights = decode(data.weights_f32, T * T);
@@ -488,7 +497,7 @@ let stepsRequest = 0; // only the latest request's answer is drawn
 async function steps() {
   if (state.position === null) return;
   const mine = ++stepsRequest;
-  const data = await post("/api/steps", { prompt: text(0), layer: state.layer, head: state.head,
+  const data = await post("/api/steps", { ...textBody(), layer: state.layer, head: state.head,
     position: state.position });
   if (mine !== stepsRequest) return;
   state.results.steps = data;
@@ -514,7 +523,7 @@ async function steps() {
 }
 
 async function lens() {
-  const data = await post("/api/lens", { prompt: text(0) });
+  const data = await post("/api/lens", textBody());
   state.results.lens = data.rows;
   lensTable(data.rows);
 }
@@ -541,7 +550,7 @@ function lensTable(rows) {
 
 async function heads() {
   if (state.tokens.length < 2) return;
-  const data = await post("/api/heads", { prompt: text(0) });
+  const data = await post("/api/heads", textBody());
   state.results.heads = data.heads;
   renderHeads();
 }
@@ -609,6 +618,7 @@ async function start() {
     say("");
     state.generated = [];
     state.promptCount = null;
+    state.fromStart = false;
     analyseOrSay();
   };
   $("lang").onclick = () => {
