@@ -426,3 +426,27 @@ def test_a_text_generated_from_an_empty_prompt_keeps_its_start_token(client, lab
     np.testing.assert_allclose(got, want[0].numpy(), atol=1e-6)
     empty = client.post("/api/tokenize", json={"prompt": ""}).json()["tokens"]
     assert [t["id"] for t in empty] == start  # an empty prompt is the start token alone
+
+
+def test_byte_tokens_show_their_bytes_and_continuing_decodes_ids(tmp_path):
+    """Issue 23's defect 4: GPT-2-style tokens that are part of a UTF-8 character showed as
+    "�" and continuing re-encoded that display text ("我爱北京天安门" became "���..."):
+    pieces show their bytes, and /api/decode gives the text of the ids themselves."""
+    from starlette.testclient import TestClient
+
+    from gptlab import GPTConfig, train_bpe
+
+    tok = train_bpe(["hello world " * 20], vocab_size=260)  # no merge inside a CJK character
+    GPT(
+        GPTConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=16)
+    ).save_pretrained(tmp_path / "m")
+    tok.save(tmp_path / "m")
+    lab = load_lab(str(tmp_path / "m"), device="cpu", dtype="float32")
+    with TestClient(Server([lab]).app()) as c:
+        tokens = c.post("/api/tokenize", json={"prompt": "我爱"}).json()["tokens"]
+        assert [t["piece"] for t in tokens] == ["‹e6›", "‹88›", "‹91›", "‹e7›", "‹88›", "‹b1›"]
+        ids = [t["id"] for t in tokens]
+        assert c.post("/api/decode", json={"ids": ids}).json() == {"text": "我爱", "whole": True}
+        assert c.post("/api/decode", json={"ids": ids[:4]}).json()["whole"] is False
+        bad = c.post("/api/decode", json={"ids": [ids[0], 10**6]})
+        assert bad.status_code == 400 and "ids must be token ids" in bad.json()["error"]

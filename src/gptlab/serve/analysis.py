@@ -55,7 +55,28 @@ class Lab:
         return torch.tensor([list(ids)], dtype=torch.long, device=self.device)
 
     def piece(self, i: int) -> str:
-        return self.tokenizer.decode([i])
+        """The text of one token; a byte-level token that is only part of a UTF-8 character
+        shows its bytes, as ‹e6 97›, rather than a replacement character."""
+        raw = getattr(self.tokenizer, "decode_bytes", None)
+        if raw is None:
+            return self.tokenizer.decode([i])
+        data = raw([i])
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            return "‹" + " ".join(f"{b:02x}" for b in data) + "›"
+
+    def decode(self, ids: Sequence[int]) -> tuple[str, bool]:
+        """ids -> (their text, whether it ends on a whole character): the text a page may
+        continue from, made from ids, never from pieces' display text."""
+        raw = getattr(self.tokenizer, "decode_bytes", None)
+        if raw is None:
+            return self.tokenizer.decode(list(ids)), True
+        data = raw(list(ids))
+        try:
+            return data.decode("utf-8"), True
+        except UnicodeDecodeError:
+            return data.decode("utf-8", errors="replace"), False
 
 
 def tokens(lab: Lab, ids: Sequence[int]) -> list[dict]:

@@ -47,6 +47,7 @@ FIELDS: dict[str, tuple[str, Any, str]] = {
     "position": ("integer", None, "a position in the text (default: the last)"),
     "thumb": ("boolean", False, "attention: small thumbnails (at most 48 x 48) of every head"),
     "ablate": ("array", [], "heads to switch off, as [layer, head] pairs"),
+    "ids": ("array", [], "token ids"),
     "start": (
         "boolean",
         False,
@@ -70,6 +71,10 @@ ENDPOINTS: dict[str, tuple[str, list[str]]] = {
     "/api/lens": ("the logit lens", ["prompt", "model", "start"]),
     "/api/heads": ("per-head diagnostics", ["prompt", "model", "start"]),
     "/api/model": ("the model's tensors and sizes", ["model"]),
+    "/api/decode": (
+        "the text of token ids, and whether it ends on a whole character",
+        ["ids", "model"],
+    ),
     "/api/steps": (
         "one head, step by step, for one query position (float32)",
         ["prompt", "model", "start", "layer", "head", "position"],
@@ -269,6 +274,15 @@ class Server:
         except GptlabError as e:
             raise BadRequest(str(e), 400) from None
 
+    async def decode(self, request: Request, body: dict) -> Any:
+        lab = self.lab(body)
+        ids = body["ids"]
+        vocab = lab.model.config.vocab_size
+        if not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < vocab for i in ids):
+            raise BadRequest(f"ids must be token ids in [0, {vocab - 1}]", 400)
+        text, whole = lab.decode(ids)
+        return {"text": text, "whole": whole}
+
     async def model_parts(self, request: Request, body: dict) -> Any:
         return analysis.model_parts(self.lab(body))
 
@@ -455,6 +469,7 @@ class Server:
             "/api/lens": self.lens,
             "/api/heads": self.heads,
             "/api/model": self.model_parts,
+            "/api/decode": self.decode,
             "/api/steps": self.steps,
         }
         routes = [

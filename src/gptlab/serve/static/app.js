@@ -30,6 +30,7 @@ const I18N = {
     lens_window: (a, b, T) => `positions #${a} to #${b} of ${T}, around the chosen token`,
     window_note: (n, block, o) => `The text has ${n} tokens; the model reads the last ${block} (from #${o}), as sampling does: the views show those.`,
     outside: "before the window the model reads",
+    partial: "That token is part of a character (its bytes are shown as ‹…›): the text would end half-way through it. Pick another, or generate on from here.",
     model_line: (x) => `${x.name} (${x.n_layer} layers × ${x.n_head} heads, ` +
       `${x.parameters.toLocaleString()} parameters, ${x.dtype})`,
     steps_rows: ["q · k", "÷ √hs", "causal mask", "softmax"],
@@ -61,6 +62,7 @@ const I18N = {
     lens_window: (a, b, T) => `共 ${T} 个位置，显示所选词元附近的 #${a} 至 #${b}`,
     window_note: (n, block, o) => `文本共有 ${n} 个词元；模型只读最后 ${block} 个（从 #${o} 开始），与采样时相同：各视图显示的就是这些。`,
     outside: "在模型读取的窗口之前",
+    partial: "这个词元只是一个字符的一部分（以 ‹…› 显示它的字节）：文本会停在这个字符的中间。请换一个，或从这里继续生成。",
     model_line: (x) => `${x.name}（${x.n_layer} 层 × ${x.n_head} 个头，` +
       `${x.parameters.toLocaleString()} 个参数，${x.dtype}）`,
     steps_rows: ["q · k", "÷ √hs", "因果掩码", "softmax"],
@@ -336,7 +338,7 @@ async function nextTable() {
       : `<td>${c.p_intact.toFixed(4)} (${c.p >= c.p_intact ? "+" : ""}${(c.p - c.p_intact).toFixed(4)})</td>`;
     row.innerHTML = `<td class="chip">${escapeHtml(JSON.stringify(c.piece))}</td><td>${c.id}</td>` +
       `<td>${c.p.toFixed(4)}</td><td>${c.p_sampled.toFixed(4)}</td>${intact}`;
-    row.onclick = () => continueWith(c.piece);
+    row.onclick = () => continueWith(c.id);
     body.appendChild(row);
   }
   $("ablated").textContent = state.ablate.length
@@ -344,13 +346,36 @@ async function nextTable() {
   $("p-intact").hidden = !state.ablate.length;
 }
 
-function continueWith(piece) {
-  if (state.generating) return; // a click during a generation, or a double click
+// Continue from a candidate: the new prompt is the text of the ids up to the chosen position
+// and the candidate's id, decoded together by the server (a token may be part of a character:
+// its display text would destroy the prompt).
+async function continueWith(id) {
+  if (state.generating || state.continuing) return; // a click during a generation, or twice
+  state.continuing = true;
+  try {
+    await continueFrom(id);
+  } finally {
+    state.continuing = false;
+  }
+}
+
+async function continueFrom(id) {
   const from = state.fromStart ? 1 : 0; // the start token is not text: it stays out
-  const upTo = state.tokens.slice(from, state.position + 1).map((tk) => tk.piece).join("");
-  $("prompt").value = upTo + piece;
+  const ids = [...state.tokens.slice(from, state.position + 1).map((tk) => tk.id), id];
+  let decoded;
+  try {
+    decoded = await post("/api/decode", { ids });
+  } catch (e) {
+    if (!(e instanceof Stale)) say(e.message);
+    return;
+  }
+  if (!decoded.whole) {
+    say(t("partial"));
+    return;
+  }
+  $("prompt").value = decoded.text;
   state.generated = [];
-  state.fromStart = false; // the chips' text is the prompt now (its start token dropped)
+  state.fromStart = false;
   generate();
 }
 
