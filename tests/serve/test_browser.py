@@ -165,9 +165,11 @@ def test_a_prompt_the_model_cannot_read_leaves_the_page_usable(browser, serve_fo
         page.wait_for_function("document.querySelectorAll('#shade span').length === 5")
         piece = json.loads(page.inner_text("#next-table tbody tr:first-child td:first-child"))
         page.dblclick("#next-table tbody tr:first-child")
+        # (the ids are decoded by the server first: wait for the new prompt, then the end)
+        page.wait_for_function("document.getElementById('prompt').value !== 'To be'")
+        page.wait_for_function("document.querySelectorAll('#pane-0 .chip.new').length === 20")
         page.wait_for_function("!document.getElementById('go').disabled", timeout=30_000)
         assert page.input_value("#prompt") == "To be" + piece
-        page.wait_for_function("document.querySelectorAll('#pane-0 .chip.new').length === 20")
         assert "busy" not in page.inner_text("#status")
         # defect 2: a generation past block_size (32 here): the views read the last 32
         # tokens and say so (they once all failed: "the prompt has 51 tokens")
