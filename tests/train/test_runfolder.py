@@ -351,51 +351,45 @@ def test_a_second_training_into_the_same_folder_is_refused(text, tmp_path):
     assert result.step == 8 and not (out / LOCK).exists()
 
 
-def gptlab(*args, cwd):
-    return subprocess.run(
-        [sys.executable, "-m", "gptlab", *args], capture_output=True, text=True, cwd=cwd
-    )
+def test_prepare_never_writes_into_a_run_or_a_foreign_folder_unasked(
+    text, tmp_path, monkeypatch, capsys
+):
+    """gptlab prepare's folder rules, through the command line in this process (the one
+    subprocess run of prepare is tests/test_cli_bad_inputs.py's table)."""
+    from gptlab.cli import main
 
+    monkeypatch.chdir(tmp_path)
 
-def test_prepare_never_writes_into_a_run_or_a_foreign_folder_unasked(text, tmp_path):
+    def prepare_cmd(*args):
+        code = main(["prepare", "--input", str(text), *args])
+        return code, capsys.readouterr().err
+
     run = tmp_path / "run"
     train(MODEL, settings(text, run, max_iters=4), progress=False)
     before = digest(run)
     for extra in ([], ["--overwrite"]):  # a run's folder is never prepared into
-        result = gptlab("prepare", "--input", str(text), "--out", "run", *extra, cwd=tmp_path)
-        assert result.returncode == 2 and "a training run's folder" in result.stderr
+        code, err = prepare_cmd("--out", "run", *extra)
+        assert code == 2 and "a training run's folder" in err
         assert digest(run) == before
     # a folder of the user's with a vocabulary of its own: --overwrite does not take it
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "vocab.json").write_text('{"mine": 0}')
-    result = gptlab("prepare", "--input", str(text), "--out", "mine", "--overwrite", cwd=tmp_path)
-    assert result.returncode == 2 and "holds vocab.json but no prepared data" in result.stderr
+    code, err = prepare_cmd("--out", "mine", "--overwrite")
+    assert code == 2 and "holds vocab.json but no prepared data" in err
     assert (tmp_path / "mine" / "vocab.json").read_text() == '{"mine": 0}'
 
     # --overwrite onto prepared data of another tokenizer: no stale vocabulary file is left
     data = tmp_path / "data"
-    assert gptlab("prepare", "--input", str(text), "--out", "data", cwd=tmp_path).returncode == 0
+    assert prepare_cmd("--out", "data")[0] == 0
     assert (data / "char_vocab.json").exists()
     from gptlab import train_bpe
 
     train_bpe([text.read_text()], 300).save(tmp_path / "bpe")
-    result = gptlab(
-        "prepare",
-        "--input",
-        str(text),
-        "--out",
-        "data",
-        "--tokenizer",
-        "bpe",
-        "--overwrite",
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr
+    code, err = prepare_cmd("--out", "data", "--tokenizer", "bpe", "--overwrite")
+    assert code == 0, err
     assert not (data / "char_vocab.json").exists()
-    result = gptlab(
-        "prepare", "--input", str(text), "--out", "x", "--val-fraction", "1.5", cwd=tmp_path
-    )
-    assert result.returncode == 2 and "val_fraction must be in (0, 1)" in result.stderr
+    code, err = prepare_cmd("--out", "x", "--val-fraction", "1.5")
+    assert code == 2 and "val_fraction must be in (0, 1)" in err
     assert not (tmp_path / "x").exists()
 
 
