@@ -450,3 +450,19 @@ def test_byte_tokens_show_their_bytes_and_continuing_decodes_ids(tmp_path):
         assert c.post("/api/decode", json={"ids": ids[:4]}).json()["whole"] is False
         bad = c.post("/api/decode", json={"ids": [ids[0], 10**6]})
         assert bad.status_code == 400 and "ids must be token ids" in bad.json()["error"]
+
+
+def test_the_guide_ships_with_the_page_and_opens_at_a_section(client):
+    """Issue 23's defect 12: § links opened the raw English Markdown at its top, and only from
+    a source checkout. The guide is package data now (src/gptlab/serve/guide links to docs/),
+    served as a page whose numbered sections are anchors, in both languages."""
+    from gptlab.serve import app as serve_app
+
+    assert (serve_app.GUIDE / "concepts.md").read_text(encoding="utf-8").startswith("# gptlab")
+    page = client.get("/guide/concepts.zh-CN.md")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert '<h2 id="13">13. GPT-2 small 中的多头自注意力' in page.text
+    assert '<h2 id="7">7. Multi-head attention</h2>' in client.get("/guide/concepts.md").text
+    assert "&lt;details&gt;" in page.text  # the text as written, escaped
+    assert client.get("/guide/../../pyproject.toml").status_code == 404
+    assert client.get("/guide/README.md").status_code == 404

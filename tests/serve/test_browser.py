@@ -96,6 +96,9 @@ def test_generate_look_inside_and_switch_language(browser, serve_folder, tmp_pat
         assert "lang=zh" in page.url
         assert "2 层 × 4 个头" in page.inner_text("#model-name")  # the header and the lens too
         assert page.inner_text("#lens-table tr:nth-child(2) th") == "嵌入"
+        link = page.locator("#attention-view a.doc")  # § in the page's language, in a new tab
+        assert link.get_attribute("href") == "/guide/concepts.zh-CN.md#13"
+        assert link.get_attribute("target") == "_blank"
         page.screenshot(path=str(tmp_path / "serve.png"), full_page=True)
         page.set_viewport_size({"width": 390, "height": 900})  # a phone: nothing spills over
         page.wait_for_timeout(200)

@@ -19,7 +19,13 @@ import torch
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.responses import (
+    FileResponse,
+    HTMLResponse,
+    JSONResponse,
+    Response,
+    StreamingResponse,
+)
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -29,7 +35,10 @@ from gptlab.serve import analysis
 from gptlab.serve.analysis import Lab
 
 STATIC = Path(__file__).parent / "static"
-DOCS = Path(__file__).resolve().parents[3] / "docs"  # present in a source checkout
+# The concepts guide, shipped with the package (links to docs/ in the repository, copied into
+# the wheel), so that the page's § links work from an installed gptlab too.
+GUIDE = Path(__file__).parent / "guide"
+GUIDES = ("concepts.md", "concepts.zh-CN.md")
 THUMB = 48  # cells per side of a grid thumbnail
 
 # name -> (JSON type, default, description). The one list the validator, the OpenAPI schema and
@@ -86,6 +95,35 @@ def _f32(t: torch.Tensor) -> dict:
     """A float32 tensor for JSON: its shape and its bytes, little-endian, base64."""
     data = t.detach().float().contiguous().cpu().numpy().astype("<f4").tobytes()
     return {"shape": list(t.shape), "f32": base64.b64encode(data).decode("ascii")}
+
+
+def guide_html(markdown: str, lang: str) -> str:
+    """The guide's Markdown as a readable page: the text as it is (wrapped, escaped), each
+    numbered section a heading with the number as its anchor (#13), no renderer needed."""
+    import html
+    import re
+
+    out = []
+    for line in markdown.splitlines():
+        numbered = re.match(r"## (\d+)\. ", line)
+        if numbered:
+            out.append(f'<h2 id="{numbered.group(1)}">{html.escape(line[3:])}</h2>')
+        elif line.startswith("#"):
+            level = min(len(line) - len(line.lstrip("#")), 3)
+            out.append(f"<h{level}>{html.escape(line.lstrip('#').strip())}</h{level}>")
+        else:
+            out.append(f"<div>{html.escape(line) or '&nbsp;'}</div>")
+    body = "\n".join(out)
+    style = (
+        "body{font:15px/1.5 system-ui,sans-serif;max-width:52em;margin:1em auto;padding:0 1em}"
+        "div{white-space:pre-wrap;overflow-wrap:anywhere;font-family:inherit}"
+        "h2{margin-top:1.6em;border-top:1px solid #ddd;padding-top:.6em}"
+    )
+    return (
+        f'<!doctype html><html lang="{lang}"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>gptlab concepts</title><style>{style}</style></head><body>{body}</body></html>"
+    )
 
 
 class BadRequest(Exception):
@@ -374,15 +412,13 @@ class Server:
         finally:
             release()
 
-    async def docs(self, request: Request) -> Response:
-        """The concepts guide the views link to, where gptlab runs from its source folder."""
+    async def guide(self, request: Request) -> Response:
+        """The concepts guide as a page the § links open at their section (/guide/NAME#13)."""
         name = request.path_params["name"]
-        if name not in ("concepts.md", "concepts.zh-CN.md") or not (DOCS / name).is_file():
-            return JSONResponse(
-                {"error": "the concepts guide is docs/concepts.md in gptlab's repository"},
-                status_code=404,
-            )
-        return FileResponse(DOCS / name, media_type="text/plain; charset=utf-8")
+        if name not in GUIDES or not (GUIDE / name).is_file():
+            return JSONResponse({"error": f"no guide {name!r}"}, status_code=404)
+        text = (GUIDE / name).read_text(encoding="utf-8")
+        return HTMLResponse(guide_html(text, "zh-CN" if "zh" in name else "en"))
 
     # ------------------------------------------------------------------ plumbing
 
@@ -480,7 +516,7 @@ class Server:
                 Route(path, self._endpoint(methods[path], names), methods=["POST"])
                 for path, (_, names) in ENDPOINTS.items()
             ],
-            Route("/docs/{name}", self.docs),
+            Route("/guide/{name}", self.guide),
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ]
         return Starlette(routes=routes)

@@ -156,6 +156,14 @@ function applyLanguage() {
     el.placeholder = t(el.dataset.i18nPlaceholder);
   }
   $("lang").textContent = state.lang === "en" ? "中文" : "English";
+  // § links: the guide in this language, opened at the section, in a new tab (the page and its
+  // generated text stay)
+  const guide = state.lang === "zh" ? "concepts.zh-CN.md" : "concepts.md";
+  for (const el of document.querySelectorAll("a.doc")) {
+    el.href = `/guide/${guide}#${el.dataset.doc}`;
+    el.target = "_blank";
+    el.rel = "noopener";
+  }
 }
 
 function modelName() {
