@@ -134,6 +134,15 @@ def test_a_prompt_the_model_cannot_read_leaves_the_page_usable(browser, serve_fo
         page.wait_for_function("document.getElementById('status').textContent !== ''")
         page.wait_for_function("!document.getElementById('go').disabled")
         assert page.is_disabled("#stop") and "not in the vocabulary" in page.inner_text("#status")
+        page.click("#lang")  # the server's reason stays its own, said to be the server's
+        page.fill("#prompt", "日本")
+        page.click("#analyse")
+        page.wait_for_function("document.getElementById('status').textContent.startsWith('服务器')")
+        page.click("#lang")
+        page.fill("#prompt", "")  # an empty prompt: the start token alone, said
+        page.click("#analyse")
+        page.wait_for_function("document.getElementById('status').textContent !== ''")
+        assert "start token alone" in page.inner_text("#status")
         page.click("#heads-table th[data-key='entropy']")
         first = page.inner_text("#heads-table tbody tr:first-child td:nth-child(3)")
         assert page.get_attribute("#heads-table th[data-key='entropy']", "data-sorted") == "down"

@@ -22,6 +22,7 @@ const I18N = {
     entropy: "entropy", prev: "previous token", sink: "first token", induction: "induction",
     off: "off", embeddings: "embeddings", ablated: "switched off:", busy: "busy",
     p_intact: "p (all heads on)",
+    server: "", empty_prompt: "The prompt is empty: the views show the start token alone (what a generation from nothing begins with).",
     ablated_note: "The last column gives each token's p with every head on, and the change. Switching heads off acts on this table only.",
     readout: (q, k, w) => `query ${q} → key ${k}: ${w}`,
     steps: "One head, step by step",
@@ -54,6 +55,7 @@ const I18N = {
     entropy: "熵", prev: "前一个词元", sink: "第一个词元", induction: "归纳",
     off: "关闭", embeddings: "嵌入", ablated: "已关闭：", busy: "忙",
     p_intact: "p（所有头都开启）",
+    server: "服务器的说明（英文）：", empty_prompt: "提示为空：各视图只显示起始词元（从零开始生成时的第一个词元）。",
     ablated_note: "最后一列是所有头都开启时每个词元的 p 及其变化。关闭头只影响这张表。",
     readout: (q, k, w) => `查询 ${q} → 键 ${k}：${w}`,
     steps: "单个头，逐步计算",
@@ -94,8 +96,14 @@ async function post(path, body) {
   });
   const data = await response.json();
   if (epoch !== state.epoch) throw new Stale(path);
-  if (!response.ok) throw new Error(data.error || response.statusText);
+  if (!response.ok) throw new Error(serverSays(data.error || response.statusText));
   return data;
+}
+
+// The server's reason, in its own words (English), said to be the server's in the page's
+// language.
+function serverSays(reason) {
+  return `${t("server")}${reason}`;
 }
 
 // Run a view's update without waiting for it: its failure is said on the page, a stale
@@ -266,7 +274,7 @@ async function streamInto(i, s) {
     body: JSON.stringify({ prompt: $("prompt").value, model: i, ...s }),
   });
   if (!response.ok) {
-    const message = (await response.json()).error;
+    const message = serverSays((await response.json()).error);
     say(message);
     throw new Error(message);
   }
@@ -652,7 +660,8 @@ async function start() {
     state.generated = [];
     state.promptCount = null;
     state.fromStart = false;
-    analyseOrSay();
+    state.position = null; // a new text: the views start at its last token
+    analyseOrSay().then(() => { if ($("prompt").value === "") say(t("empty_prompt")); });
   };
   $("lang").onclick = () => {
     state.lang = state.lang === "en" ? "zh" : "en";
