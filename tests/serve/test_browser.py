@@ -143,6 +143,7 @@ def test_a_prompt_the_model_cannot_read_leaves_the_page_usable(browser, serve_fo
         page.click("#analyse")
         page.wait_for_function("document.getElementById('status').textContent !== ''")
         assert "start token alone" in page.inner_text("#status")
+        assert page.locator("#pane-0 .chip.selected").count() == 1  # the chosen token, marked
         page.click("#heads-table th[data-key='entropy']")
         first = page.inner_text("#heads-table tbody tr:first-child td:nth-child(3)")
         assert page.get_attribute("#heads-table th[data-key='entropy']", "data-sorted") == "down"

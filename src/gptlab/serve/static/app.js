@@ -316,11 +316,11 @@ async function analyse() {
   const body = textBody();
   const tokenized = await post("/api/tokenize", body);
   state.offset = tokenized.window_start;
-  showTokens(tokenized.tokens);
   const n = tokenized.tokens.length;
   if (state.position === null || state.position >= n || state.position < state.offset) {
     state.position = n - 1;
   }
+  showTokens(tokenized.tokens); // (after the position: its chip is outlined)
   $("window-note").textContent = state.offset ? t("window_note")(n, n - state.offset, state.offset) : "";
   await Promise.all([nextTable(), drawBig(), drawGrid(), steps(), lens(), heads()]);
 }
