@@ -126,6 +126,11 @@ def guide_html(markdown: str, lang: str) -> str:
     )
 
 
+def _window_start(lab: Lab, ids: list[int]) -> int:
+    """The first of the text's tokens the model reads: it reads the last block_size."""
+    return max(0, len(ids) - lab.model.config.block_size)
+
+
 class BadRequest(Exception):
     def __init__(self, message: str, status: int = 422) -> None:
         super().__init__(message)
@@ -208,7 +213,7 @@ class Server:
         """The ids the model reads of the text: its last block_size tokens, as sampling does
         -> (those ids, the index of the first in the whole text)."""
         ids = self.text_ids(lab, body)
-        offset = max(0, len(ids) - lab.model.config.block_size)
+        offset = _window_start(lab, ids)
         return ids[offset:], offset
 
     def position(self, body: dict, ids: list[int], offset: int) -> int | None:
@@ -251,8 +256,7 @@ class Server:
     async def tokenize(self, request: Request, body: dict) -> Any:
         lab = self.lab(body)
         ids = self.text_ids(lab, body)
-        offset = max(0, len(ids) - lab.model.config.block_size)
-        return {"tokens": analysis.tokens(lab, ids), "window_start": offset}
+        return {"tokens": analysis.tokens(lab, ids), "window_start": _window_start(lab, ids)}
 
     async def next(self, request: Request, body: dict) -> Any:
         lab = self.lab(body)
