@@ -165,6 +165,7 @@ class TrainConfig:
     activation_checkpointing: bool = False
     cpu_offload: bool = False
     peak_tflops: float = 0.0
+    snapshots: bool = False
 
     def __post_init__(self) -> None:
         for name, kind in field_types(TrainConfig).items():  # types first (TOML, key=value)
@@ -254,6 +255,8 @@ SETTINGS_HELP: dict[str, str] = {
     "cpu_offload": "fsdp on CUDA: keep weights and AdamW state in CPU memory between uses",
     "peak_tflops": "the device's peak TFLOP/s for the MFU figure; 0 = a table for known GPUs, "
     "a matmul probe on CPU",
+    "snapshots": "keep the weights of every evaluation (and of step 0) in OUT/snapshots/step-N, "
+    "each a model folder: gptlab serve shows how the model learned",
 }
 
 
@@ -282,6 +285,7 @@ TRAIN_PRESETS: dict[str, dict] = {
         max_time=300,
         eval_interval=250,
         eval_iters=20,
+        snapshots=True,  # 3.3 MB a snapshot: the page's "Watch it learn"
     ),
     # Val loss <= 1.8857 on tinyshakespeare (nanoGPT's baby GPT after 2000 iterations) in
     # under half of nanoGPT's time: 3 layers, a high learning rate, one evaluation at the end

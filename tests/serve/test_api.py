@@ -289,6 +289,9 @@ def test_tokenize_info_and_openapi(client):
         "/api/next",
         "/api/model",
         "/api/steps",
+        "/api/embeddings",
+        "/api/residual",
+        "/api/snapshots",
     } <= schema["paths"].keys()
     page = client.get("/")
     assert page.status_code == 200 and "/static/app.js" in page.text
@@ -315,6 +318,9 @@ def test_tokenize_info_and_openapi(client):
         ("/api/lens", {"model": 2}, 422, "model must be in [0, 1]"),
         ("/api/heads", {"prompt": ""}, 400, "at least 2 tokens"),
         ("/api/tokenize", [1, 2], 422, "must be a JSON object"),
+        ("/api/embeddings", {"token": 999}, 400, "token must be an id in [0, "),
+        ("/api/residual", {"layer": 3}, 400, "layer must be in [0, 2] (2: ln_f)"),
+        ("/api/residual", {"step": 3}, 400, "no snapshot at step 3 (saved steps: none)"),
     ],
 )
 def test_bad_requests_are_4xx_with_one_line(client, path, body, status, message):
@@ -466,3 +472,137 @@ def test_the_guide_ships_with_the_page_and_opens_at_a_section(client):
     assert "&lt;details&gt;" in page.text  # the text as written, escaped
     assert client.get("/guide/../../pyproject.toml").status_code == 404
     assert client.get("/guide/README.md").status_code == 404
+
+
+def test_embeddings_are_cosine_neighbours_pca_and_position_similarity(client, lab, serve_folder):
+    """/api/embeddings recomputed from the saved weights with numpy: a token's nearest rows of
+    wte by cosine similarity, the points' coordinates on wte's two principal directions, and
+    the cosine similarity of wpe's rows and of the sinusoidal table's."""
+    from safetensors.numpy import load_file
+
+    sd = {
+        k.removeprefix("transformer."): v
+        for k, v in load_file(serve_folder / "model.safetensors").items()
+    }
+    wte, wpe = sd["wte.weight"].astype(np.float64), sd["wpe.weight"].astype(np.float64)
+    token = lab.tokenizer.encode("q")[0]
+    data = client.post("/api/embeddings", json={"prompt": "To be", "token": token}).json()
+    unit = wte / np.linalg.norm(wte, axis=1, keepdims=True)
+    cos = unit @ unit[token]
+    cos[token] = -np.inf
+    want = np.argsort(-cos)[:10]
+    assert [n["id"] for n in data["nearest"]] == want.tolist()
+    np.testing.assert_allclose([n["cosine"] for n in data["nearest"]], cos[want], atol=1e-5)
+    centred = wte - wte.mean(0)
+    _, s, vt = np.linalg.svd(centred, full_matrices=False)
+    np.testing.assert_allclose(data["pca"]["explained"], (s[:2] ** 2) / (s**2).sum(), atol=1e-5)
+    points = data["pca"]["points"]
+    xy = centred[[p["id"] for p in points]] @ vt[:2].T
+    got = np.array([[p["x"], p["y"]] for p in points])
+    np.testing.assert_allclose(np.abs(got), np.abs(xy), atol=1e-4)  # an axis's sign is free
+    assert {p["id"] for p in points if p["in_text"]} == set(lab.tokenizer.encode("To be"))
+    assert len(points) == lab.model.config.vocab_size  # a small vocabulary: every token
+    where = data["positions"]
+    rows = wpe[where] / np.linalg.norm(wpe[where], axis=1, keepdims=True)
+    np.testing.assert_allclose(f32(data["wpe_similarity"]), rows @ rows.T, atol=1e-5)
+    sim = f32(data["sinusoid_similarity"])
+    assert sim.shape == (32, 32) and np.allclose(np.diag(sim), 1, atol=1e-5)
+    assert sim[0, 1] > sim[0, 31]  # the sinusoids: near positions are alike, far ones less
+
+
+def test_residual_stream_adds_up_and_layernorm_is_taken_apart(client, lab):
+    """Embeddings + every block's attention and MLP add up to the network's own stream; the
+    LayerNorm's pieces: mean 0 and variance 1 after normalising, then gain and bias give the
+    module's output."""
+    import torch.nn.functional as F
+
+    prompt = "To be, or not"
+    ids = torch.tensor([lab.tokenizer.encode(prompt)])
+    data = client.post("/api/residual", json={"prompt": prompt, "layer": 1, "position": 4}).json()
+    with torch.no_grad():
+        stream = lab.model.residual_stream(ids)
+    norms = f32(data["norms"])
+    assert norms.shape == (3, ids.size(1)) and f32(data["attn"]).shape == (2, ids.size(1))
+    for layer, x in enumerate(stream):
+        np.testing.assert_allclose(norms[layer], x[0].norm(dim=-1).numpy(), rtol=1e-5)
+    x = stream[1][0, 4]
+    np.testing.assert_allclose(f32(data["x"]), x.numpy(), atol=1e-6)
+    normalized = f32(data["normalized"])
+    # mean 0, variance 1 but for eps (this small random model's stream has a small variance)
+    var, eps = data["var"], data["eps"]
+    assert abs(normalized.mean()) < 1e-5
+    assert normalized.var() == pytest.approx(var / (var + eps), rel=1e-4)
+    ln = lab.model.transformer.h[1].ln_1
+    with torch.no_grad():
+        want = F.layer_norm(x, (32,), ln.weight, ln.bias, ln.eps).numpy()
+    np.testing.assert_allclose(f32(data["out"]), want, atol=1e-5)
+    np.testing.assert_allclose(f32(data["layer_norm"]), want, atol=1e-5)
+    np.testing.assert_allclose(f32(data["gain"]), ln.weight.detach().numpy())
+    assert data["mean"] == pytest.approx(float(x.mean()), abs=1e-6)
+    ln_f = client.post("/api/residual", json={"prompt": prompt, "layer": 2}).json()
+    with torch.no_grad():
+        final = lab.model.transformer.ln_f(stream[2][0, -1]).numpy()
+    np.testing.assert_allclose(f32(ln_f["out"]), final, atol=1e-5)
+
+
+def test_a_runs_snapshots_are_views_of_their_own_weights(serve_folder, tmp_path):
+    """A run folder with snapshots: /api/snapshots lists their steps with the run's losses, and
+    a request's `step` computes with that snapshot's weights (attention recomputed from its
+    file), generation included; a step never saved is a 400."""
+    import shutil
+
+    from starlette.testclient import TestClient
+
+    from gptlab.train.checkpoint import save_snapshot
+
+    run = tmp_path / "run"
+    shutil.copytree(serve_folder, run)
+    base = GPT.from_pretrained(serve_folder)
+    tok = load_lab(str(serve_folder), device="cpu").tokenizer
+    for step in (0, 10):
+        torch.manual_seed(100 + step)
+        save_snapshot(run, step, tok, GPT(base.config))
+    rows = [{"step": 10, "train_loss": 3.5, "val_loss": 3.25, "lr": 1e-3}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    lab = load_lab(str(run), device="cpu", dtype="float32")
+    with TestClient(Server([lab]).app()) as client:
+        listed = client.post("/api/snapshots", json={}).json()
+        assert listed["steps"] == [
+            {"step": 0, "train_loss": None, "val_loss": None},
+            {"step": 10, "train_loss": 3.5, "val_loss": 3.25},
+        ]
+        body = {"prompt": "To be", "layer": 1, "head": 2, "step": 10}
+        got = weights(client.post("/api/attention", json=body))[0]
+        final = weights(client.post("/api/attention", json={**body, "step": None}))[0]
+        ids = torch.tensor([tok.encode("To be")])
+        snapshot = GPT.from_pretrained(run / "snapshots" / "step-000010")
+        with torch.no_grad():
+            x = snapshot.transformer.h[0](snapshot.embed(ids))
+            q, k, _ = snapshot.transformer.h[1].attn.heads(snapshot.transformer.h[1].ln_1(x))
+            scores = (q[0, 2] @ k[0, 2].T) / 8**0.5
+            want = torch.softmax(
+                scores.masked_fill(torch.ones(5, 5).triu(1).bool(), -torch.inf), -1
+            )
+        np.testing.assert_allclose(got, want.numpy(), atol=1e-5)
+        assert not np.allclose(got, final, atol=1e-3)
+        generation = {"prompt": "To", "max_new_tokens": 8, "temperature": 0, "step": 0}
+        with client.stream("POST", "/api/generate", json=generation) as response:
+            response.read()
+        greedy = "".join(e.get("text", "") for e in events(response))
+        want_ids = snapshot_greedy(run / "snapshots" / "step-000000", tok.encode("To"), 8)
+        assert greedy == tok.decode(want_ids)
+        missing = client.post("/api/next", json={"step": 5})
+        assert missing.status_code == 400 and "saved steps: 0, 10" in missing.json()["error"]
+
+
+def snapshot_greedy(folder, ids, n) -> list[int]:
+    """Greedy continuation by the plain network, one full forward per token."""
+    model = GPT.from_pretrained(folder).eval()
+    out = []
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        for _ in range(n):
+            nxt = int(model(x).logits[0, -1].argmax())
+            out.append(nxt)
+            x = torch.cat([x, torch.tensor([[nxt]])], 1)
+    return out

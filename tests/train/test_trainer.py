@@ -84,15 +84,36 @@ def test_run_folder_holds_what_design_lists(corpus, tmp_path):
 
 
 def test_resume_is_bitwise_identical(corpus, tmp_path):
+    """...and so are the snapshots (snapshots=true) the two runs keep of the same steps; a
+    snapshot a crashed command left after the checkpoint resumed from goes."""
+    from gptlab.train.checkpoint import snapshots
+
     whole = tmp_path / "whole"
-    train(MODEL, settings(corpus, whole), progress=False)
+    train(MODEL, settings(corpus, whole, snapshots=True), progress=False)
     half = tmp_path / "half"
-    train(MODEL, settings(corpus, half, max_iters=6), progress=False)
-    result = train(MODEL, settings(corpus, half), resume=True, progress=False)
+    train(MODEL, settings(corpus, half, max_iters=6, snapshots=True), progress=False)
+    assert list(snapshots(half)) == [0, 4, 6]  # the untrained weights, then every evaluation
+    stray = half / "snapshots" / "step-000010"  # as if a crashed command had kept it
+    stray.mkdir()
+    (stray / "model.safetensors").write_bytes(b"")
+    (half / "snapshots" / ".step-000008.tmp").mkdir()
+    result = train(MODEL, settings(corpus, half, snapshots=True), resume=True, progress=False)
     assert result.step == 12
     a, b = weights(whole), weights(half)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
+    kept_whole, kept_half = snapshots(whole), snapshots(half)
+    assert list(kept_whole) == [0, 4, 8, 12] and list(kept_half) == [0, 4, 6, 8, 12]
+    assert sorted(p.name for p in (half / "snapshots").iterdir()) == [
+        f"step-{s:06d}" for s in kept_half
+    ]
+    for step in kept_whole:  # each a model folder, of the weights at that step
+        a, b = weights(kept_whole[step]), weights(kept_half[step])
+        assert all(torch.equal(a[k], b[k]) for k in a), step
+        assert (kept_whole[step] / "char_vocab.json").is_file()
+    final, first = weights(whole), weights(kept_whole[0])
+    assert all(torch.equal(final[k], weights(kept_whole[12])[k]) for k in final)
+    assert not torch.equal(final["transformer.wte.weight"], first["transformer.wte.weight"])
 
 
 def test_another_run_is_refused_unless_resume_or_overwrite(corpus, tmp_path):

@@ -13,6 +13,7 @@ import math
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -32,7 +33,10 @@ class Lab:
     tokenizer: Tokenizer
     name: str
     lock: threading.Lock = field(default_factory=threading.Lock)
+    snapshots: dict[int, Path] = field(default_factory=dict)  # step -> a run's model folder
     _float32: GPT | None = field(default=None, repr=False)
+    _pca: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
+    _at: dict[int, Lab] = field(default_factory=dict, repr=False)
 
     @property
     def analysed(self) -> GPT:
@@ -46,6 +50,34 @@ class Lab:
 
             self._float32 = copy.deepcopy(self.model).float().eval()
         return self._float32
+
+    def at(self, step: int) -> Lab:
+        """The model as it was at a snapshot of its run (float32, the same tokenizer); the
+        two last asked for are kept."""
+        if step not in self.snapshots:
+            saved = ", ".join(map(str, self.snapshots)) or "none"
+            raise GptlabError(f"no snapshot at step {step} (saved steps: {saved})")
+        with self.lock:
+            if step not in self._at:
+                from gptlab.model.load import load_model
+
+                model = load_model(self.snapshots[step], self.device, "float32")
+                while len(self._at) >= 2:
+                    self._at.pop(next(iter(self._at)))
+                self._at[step] = Lab(model, self.tokenizer, f"{self.name} @ step {step}")
+            return self._at[step]
+
+    def pca(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """wte's two principal directions (C, 2) and the share of the variance each explains
+        (2,), fitted once on every row (the eigenvectors of wte's covariance)."""
+        if self._pca is None:
+            wte = self.analysed.transformer.wte.weight[: self.model.config.vocab_size]
+            centred = wte.detach().double() - wte.detach().double().mean(0)
+            values, vectors = torch.linalg.eigh(centred.T @ centred)  # ascending
+            top = vectors[:, -2:].flip(-1)
+            top = top * top.sum(0).sign().where(top.sum(0) != 0, torch.ones(2, dtype=top.dtype))
+            self._pca = (top.float(), (values[-2:].flip(0) / values.sum()).float())
+        return self._pca
 
     @property
     def device(self) -> torch.device:
@@ -329,4 +361,121 @@ def head_steps(lab: Lab, ids: Sequence[int], layer: int, head: int, position: in
         "head_out": outs[head],
         "heads": heads,
         "attn_out": attn_out,
+    }
+
+
+def _cosine(rows: torch.Tensor) -> torch.Tensor:
+    """(N, C) -> (N, N) cosine similarity of every pair of rows."""
+    unit = rows / rows.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return unit @ unit.T
+
+
+def _spread(n: int, size: int) -> list[int]:
+    """At most `size` indices spread evenly over range(n), first and last included."""
+    if n <= size:
+        return list(range(n))
+    return torch.linspace(0, n - 1, size).round().long().tolist()
+
+
+@torch.no_grad()
+def embeddings(
+    lab: Lab, token: int, ids: Sequence[int] = (), k: int = 10, n: int = 200, size: int = 96
+) -> dict:
+    """The embedding tables as the guide's §11 and §9 draw them, in float32:
+    nearest: the k tokens whose wte rows are closest to `token`'s by cosine similarity;
+    pca: the vocabulary's two principal directions (fitted on every row of wte) and the
+    points of the text's tokens and of the first n ids (for a BPE vocabulary the earliest
+    merges, from id 256: frequent pieces); positions: wpe at up to `size` positions spread
+    over block_size (first 64 channels), the cosine similarity of those positions' rows, and
+    the same similarity for the sinusoidal table of the same shape (what wpe replaced)."""
+    from gptlab.attention.positional import sinusoidal_table
+
+    model, vocab = lab.analysed, lab.model.config.vocab_size
+    if not 0 <= token < vocab:
+        raise GptlabError(f"token must be an id in [0, {vocab - 1}], got {token}")
+    with lab.lock:
+        wte = model.transformer.wte.weight[:vocab].float()
+        wpe = model.transformer.wpe.weight.float()
+    unit = wte / wte.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    sims = unit @ unit[token]
+    sims[token] = -2.0  # not its own neighbour
+    top = torch.topk(sims, min(k, vocab - 1))
+    axes, explained = lab.pca()
+    first = 256 if vocab >= 256 + n else 0
+    chosen = list(dict.fromkeys([*ids, *range(first, min(vocab, first + n))]))
+    xy = (wte[chosen] - wte.mean(0)) @ axes  # (len(chosen), 2)
+    in_text = set(ids)
+    where = _spread(wpe.size(0), size)
+    C = wpe.size(1)
+    sinusoid = sinusoidal_table(wpe.size(0), C - C % 2)
+    return {
+        "token": {"id": token, "piece": lab.piece(token)},
+        "nearest": [
+            {"id": int(i), "piece": lab.piece(int(i)), "cosine": float(c)}
+            for c, i in zip(top.values, top.indices, strict=True)
+        ],
+        "pca": {
+            "explained": [float(e) for e in explained],
+            "points": [
+                {
+                    "id": i,
+                    "piece": lab.piece(i),
+                    "x": float(p[0]),
+                    "y": float(p[1]),
+                    "in_text": i in in_text,
+                }
+                for i, p in zip(chosen, xy, strict=True)
+            ],
+        },
+        "positions": where,
+        "wpe": wpe[where, :64],
+        "wpe_similarity": _cosine(wpe[where]),
+        "sinusoid_similarity": _cosine(sinusoid[where]),
+    }
+
+
+@torch.no_grad()
+def residual(lab: Lab, ids: Sequence[int], layer: int, position: int) -> dict:
+    """The residual stream (the guide's §12) for ids, float32: the norm of the stream at each
+    position after the embeddings and after each block, norms (n_layer + 1, T); what each
+    block's attention and MLP add there, attn (n_layer, T), mlp (n_layer, T); and one LayerNorm
+    taken apart for the stream entering `layer` at `position` (layer == n_layer: ln_f): the
+    vector x (C,), its mean and variance, normalized = (x - mean) / sqrt(var + eps) (mean 0,
+    variance 1), then out = normalized * gain + bias, which equals the LayerNorm's output."""
+    n_layer = lab.model.config.n_layer
+    if not 0 <= layer <= n_layer:
+        raise GptlabError(f"layer must be in [0, {n_layer}] ({n_layer}: ln_f), got {layer}")
+    model = lab.analysed
+    blocks = model.transformer.h
+    with lab.lock:
+        x = model.embed(lab.tensor(ids))
+        stream, attn, mlp = [x[0]], [], []
+        for block in blocks:
+            a = block.attn(block.ln_1(x))
+            m = block.mlp(block.ln_2(x + a))
+            x = x + a + m
+            stream.append(x[0])
+            attn.append(a[0])
+            mlp.append(m[0])
+        norm = blocks[layer].ln_1 if layer < n_layer else model.transformer.ln_f
+        v = stream[layer][position].float()
+        mean, var = v.mean(), v.var(unbiased=False)
+        normalized = (v - mean) / torch.sqrt(var + norm.eps)
+        gain = norm.weight.float() if norm.weight is not None else torch.ones_like(v)
+        bias = norm.bias.float() if norm.bias is not None else torch.zeros_like(v)
+        out = normalized * gain + bias
+        layer_norm = norm(stream[layer][position : position + 1])[0].float()
+    return {
+        "norms": torch.stack([s.float().norm(dim=-1) for s in stream]),
+        "attn": torch.stack([a.float().norm(dim=-1) for a in attn]),
+        "mlp": torch.stack([m.float().norm(dim=-1) for m in mlp]),
+        "x": v,
+        "mean": float(mean),
+        "var": float(var),
+        "eps": float(norm.eps),
+        "normalized": normalized,
+        "gain": gain,
+        "bias": bias,
+        "out": out,
+        "layer_norm": layer_norm,  # the module's own output: equals out
     }

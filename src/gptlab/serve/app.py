@@ -62,23 +62,21 @@ FIELDS: dict[str, tuple[str, Any, str]] = {
         False,
         "the text begins with the start token (as a generation from an empty prompt did)",
     ),
+    "step": ("integer", None, "a snapshot of the model's run (default: its final weights)"),
+    "token": ("integer", None, "a token id (embeddings: default the text's last token)"),
 }
+TEXT = ["prompt", "model", "step", "start"]  # the text a view is about, and which model
+SAMPLING = ["temperature", "top_k", "top_p"]
 ENDPOINTS: dict[str, tuple[str, list[str]]] = {
     "/api/tokenize": ("the text's tokens", ["prompt", "model", "start"]),
-    "/api/next": (
-        "the next-token table",
-        ["prompt", "model", "start", "temperature", "top_k", "top_p", "position", "ablate"],
-    ),
+    "/api/next": ("the next-token table", [*TEXT, *SAMPLING, "position", "ablate"]),
     "/api/generate": (
         "generated tokens as server-sent events",
-        ["prompt", "model", "max_new_tokens", "temperature", "top_k", "top_p", "seed"],
+        ["prompt", "model", "step", "max_new_tokens", *SAMPLING, "seed"],
     ),
-    "/api/attention": (
-        "one layer's attention weights",
-        ["prompt", "model", "start", "layer", "head", "thumb"],
-    ),
-    "/api/lens": ("the logit lens", ["prompt", "model", "start"]),
-    "/api/heads": ("per-head diagnostics", ["prompt", "model", "start"]),
+    "/api/attention": ("one layer's attention weights", [*TEXT, "layer", "head", "thumb"]),
+    "/api/lens": ("the logit lens", TEXT),
+    "/api/heads": ("per-head diagnostics", TEXT),
     "/api/model": ("the model's tensors and sizes", ["model"]),
     "/api/decode": (
         "the text of token ids, and whether it ends on a whole character",
@@ -86,8 +84,18 @@ ENDPOINTS: dict[str, tuple[str, list[str]]] = {
     ),
     "/api/steps": (
         "one head, step by step, for one query position (float32)",
-        ["prompt", "model", "start", "layer", "head", "position"],
+        [*TEXT, "layer", "head", "position"],
     ),
+    "/api/embeddings": (
+        "a token's nearest tokens, a PCA of the vocabulary, position similarity (float32)",
+        [*TEXT, "token"],
+    ),
+    "/api/residual": (
+        "the residual stream's norms and one LayerNorm taken apart (float32; layer = "
+        "n_layer: ln_f)",
+        [*TEXT, "layer", "position"],
+    ),
+    "/api/snapshots": ("the saved steps of the model's run, with its losses", ["model"]),
 }
 
 
@@ -179,10 +187,16 @@ class Server:
     # ------------------------------------------------------------------ helpers
 
     def lab(self, body: dict) -> Lab:
+        """The model a request names, at its snapshot `step` where one is given."""
         i = body.get("model", 0)
         if not 0 <= i < len(self.labs):
             raise BadRequest(f"model must be in [0, {len(self.labs) - 1}], got {i}")
-        return self.labs[i]
+        if body.get("step") is None:
+            return self.labs[i]
+        try:
+            return self.labs[i].at(body["step"])
+        except GptlabError as e:
+            raise BadRequest(str(e), 400) from None
 
     def ids(self, lab: Lab, body: dict) -> list[int]:
         try:
@@ -350,6 +364,52 @@ class Server:
             "steps": {name: _f32(t) for name, t in steps.items()},
         }
 
+    async def embeddings(self, request: Request, body: dict) -> Any:
+        lab = self.lab(body)
+        ids, _ = self.window(lab, body)
+        token = ids[-1] if body["token"] is None else body["token"]
+        try:
+            found = await asyncio.to_thread(analysis.embeddings, lab, token, ids)
+        except GptlabError as e:
+            raise BadRequest(str(e), 400) from None
+        for name in ("wpe", "wpe_similarity", "sinusoid_similarity"):
+            found[name] = _f32(found[name])
+        return found
+
+    async def residual(self, request: Request, body: dict) -> Any:
+        lab = self.lab(body)
+        ids, offset = self.window(lab, body)
+        position = self.position(body, ids, offset)
+        position = len(ids) - 1 if position is None else position
+        try:
+            found = await asyncio.to_thread(analysis.residual, lab, ids, body["layer"], position)
+        except GptlabError as e:
+            raise BadRequest(str(e), 400) from None
+        arrays = {k: _f32(v) for k, v in found.items() if isinstance(v, torch.Tensor)}
+        numbers = {k: v for k, v in found.items() if not isinstance(v, torch.Tensor)}
+        return {
+            "layer": body["layer"],
+            "position": position + offset,
+            "offset": offset,
+            **numbers,
+            **arrays,
+        }
+
+    async def snapshots(self, request: Request, body: dict) -> Any:
+        lab = self.lab(body)
+        losses = _metrics(Path(lab.name)) if lab.snapshots else []
+        by_step = {row["step"]: row for row in losses}
+        return {
+            "steps": [
+                {
+                    "step": step,
+                    **{k: by_step.get(step, {}).get(k) for k in ("train_loss", "val_loss")},
+                }
+                for step in lab.snapshots
+            ],
+            "losses": losses,
+        }
+
     async def generate(self, request: Request, body: dict) -> Response:
         lab = self.lab(body)
         ids = self.ids(lab, body)
@@ -511,6 +571,9 @@ class Server:
             "/api/model": self.model_parts,
             "/api/decode": self.decode,
             "/api/steps": self.steps,
+            "/api/embeddings": self.embeddings,
+            "/api/residual": self.residual,
+            "/api/snapshots": self.snapshots,
         }
         routes = [
             Route("/", lambda request: FileResponse(STATIC / "index.html")),
@@ -529,9 +592,27 @@ class Server:
 def load_lab(name: str, device: str = "auto", dtype: str = "auto", quantize: str = "none") -> Lab:
     """A model and its tokenizer, as `gptlab sample` loads them (`gptlab.model.load`)."""
     from gptlab.model.load import load_for_inference
+    from gptlab.train.checkpoint import snapshots
 
     model, tok = load_for_inference(name, device, dtype, quantize)
-    return Lab(model, tok, name)
+    return Lab(model, tok, name, snapshots=snapshots(Path(name)) if Path(name).is_dir() else {})
+
+
+def _metrics(run: Path) -> list[dict]:
+    """The evaluations in a run's metrics.jsonl: [{"step", "train_loss", "val_loss"}]."""
+    rows = []
+    try:
+        lines = (run / "metrics.jsonl").read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return rows
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int):
+            rows.append({k: row.get(k) for k in ("step", "train_loss", "val_loss")})
+    return rows
 
 
 class Background:

@@ -31,6 +31,7 @@ CHECKPOINT_DIR = "checkpoint"
 TMP_DIR = ".checkpoint.tmp"  # the next checkpoint, while it is written
 OLD_DIR = ".checkpoint.old"  # the previous checkpoint, while a new one is swapped in
 BEST_DIR = "best"
+SNAPSHOT_DIR = "snapshots"  # snapshots=true: OUT/snapshots/step-000250/, a model folder each
 
 
 def begin(out: Path) -> Path:
@@ -114,6 +115,50 @@ def save_best(out: Path, tokenizer=None) -> None:
         atomic_write(best / name, lambda tmp, src=src: shutil.copyfile(src, tmp))
     if tokenizer is not None:
         tokenizer.save(best)
+
+
+def snapshot_folder(out: Path, step: int) -> Path:
+    return out / SNAPSHOT_DIR / f"step-{step:06d}"
+
+
+def save_snapshot(out: Path, step: int, tokenizer=None, model: GPT | None = None) -> None:
+    """Keep this step's weights as OUT/snapshots/step-N, a model folder (`gptlab sample` and
+    `gptlab serve` read it): hard links to the checkpoint just written (the next checkpoint
+    replaces those files, so the links keep these weights), or `model` itself written there
+    (step 0, before any checkpoint). Written beside and moved in: a folder there is whole."""
+    final = snapshot_folder(out, step)
+    tmp = final.with_name(f".{final.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    if model is not None:
+        model.save_pretrained(tmp)
+    else:
+        for name in ("model.safetensors", "config.json"):
+            _link_into(out / CHECKPOINT_DIR / name, tmp / name)
+    if tokenizer is not None:
+        tokenizer.save(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+
+
+def snapshots(out: Path) -> dict[int, Path]:
+    """The whole snapshots of a run: {step: folder}, in step order."""
+    found = {}
+    for folder in (Path(out) / SNAPSHOT_DIR).glob("step-*"):
+        step = folder.name.removeprefix("step-")
+        if step.isdigit() and (folder / "model.safetensors").is_file():
+            found[int(step)] = folder
+    return dict(sorted(found.items()))
+
+
+def drop_snapshots_after(out: Path, step: int) -> None:
+    """Resuming from step N: snapshots a crashed command kept after N (and half-written ones)
+    go, so that the snapshots are of this run's history."""
+    for folder in (Path(out) / SNAPSHOT_DIR).glob("*step-*"):
+        step_of = folder.name.removeprefix("step-")
+        if not step_of.isdigit() or int(step_of) > step:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _undo_cut_swap(out: Path) -> None:

@@ -219,6 +219,7 @@ def _train_locked(model_config, config, device, d, resume, overwrite, progress, 
         runfolder.mark(out)
         if resume:
             _drop_metrics_after(out, saved[1]["step"])
+            checkpoint.drop_snapshots_after(out, saved[1]["step"])
             checkpoint.finish_interrupted_save(out, saved[1], data.tokenizer())
     run = _Run(model, model_config, config, data, saved, device, d, out, started)
     budget = Budget(config, started) if config.max_time > 0 and not resume else None
@@ -441,6 +442,10 @@ class _Run:
         self.save(last_val, rngs)
         if improved:
             on_main(self.d, functools.partial(checkpoint.save_best, self.out, self.tokenizer))
+        if evaluate and self.config.snapshots:
+            step = self.state.step
+            save = functools.partial(checkpoint.save_snapshot, self.out, step, self.tokenizer)
+            on_main(self.d, save)
         return last_val
 
     # ------------------------------------------------------------------ the time budget
@@ -471,6 +476,11 @@ class _Run:
         last_val = None
         interrupted = False
         step_seconds: list[float] = []
+        if self.config.snapshots and state.step == 0 and not self.sharded:  # the untrained
+            save = functools.partial(  # weights, where "Watch it learn" starts
+                checkpoint.save_snapshot, self.out, 0, self.tokenizer, self.model
+            )
+            on_main(d, save)
         try:  # the bar is closed whatever ends the loop (a NaN, Ctrl-C, a full disk)
             with _StopRequest() as stop:
                 while state.step < self.config.max_iters:
