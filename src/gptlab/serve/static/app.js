@@ -34,6 +34,41 @@ const I18N = {
     partial: "That token is part of a character (its bytes are shown as ‹…›): the text would end half-way through it. Pick another, or generate on from here.",
     model_line: (x) => `${x.name} (${x.n_layer} layers × ${x.n_head} heads, ` +
       `${x.parameters.toLocaleString()} parameters, ${x.dtype})`,
+    views_of: "views of", learn: "Watch it learn", step: "step",
+    learn_hint: "The run kept its weights at every evaluation. Move the slider: every view below, and Generate, use the weights of that step.",
+    learn_sample: "A sample at this step (temperature 0.8, seed 1337, from the start token):",
+    step_label: (s, n) => s === null ? `final weights (${n} snapshots)` : `step ${s.step}` +
+      (s.val_loss == null ? " (before training)" : ` (val loss ${s.val_loss.toFixed(4)})`),
+    loss_legend: "train loss (grey), val loss (blue)",
+    model: "Model", model_hint: "The loaded model's parts with their real shapes and parameter counts (T = the text's tokens). Click a part to open its view.",
+    block_repeat: (n) => `block, repeated ${n} times (the shapes of one; parameters: all ${n})`,
+    tied: "the same matrix as wte (tied): no parameters of its own",
+    params: "parameters",
+    embeddings_title: "Embeddings", nearest_hint: "Nearest tokens in wte (cosine similarity):",
+    embeddings_token: (p, id) => `The chosen token ${p} (id ${id}): its row of wte, compared with every other row.`,
+    pca_hint: (e, n) => `${n} tokens on wte's two principal directions (${(100 * e[0]).toFixed(1)}% and ${(100 * e[1]).toFixed(1)}% of the variance); the text's tokens in red.`,
+    wpe_hint: "wpe (positions × first channels):", wpe_sim_hint: "Cosine similarity of positions, learned wpe:",
+    sin_sim_hint: "…and of the sinusoidal encoding of the same size (§9):",
+    positions_note: (n, b) => `${n} of the ${b} positions, spread evenly (0 at the top left).`,
+    qkv_hint: "Rows: positions; columns: the head's hs numbers (blue below 0, red above). The chosen query's row is outlined.",
+    residual: "Residual stream and LayerNorm",
+    residual_hint: "Each block adds what its attention and its MLP compute to the stream (x + attn(ln_1(x)), then x + mlp(ln_2(x))). The size (norm) of the stream at each position after each step:",
+    layernorm_of: "LayerNorm", ln_x: "x, the stream at the chosen token",
+    ln_norm: "(x − mean) / √(var + eps): mean 0, variance 1", ln_out: "× gain + bias: what the next layer reads",
+    ln_option: (l, n) => l < n ? `ln_1 of block ${l}` : "ln_f (before the head)",
+    ln_numbers: (d, m, v) => `Token #${d.position}: x has mean ${d.mean.toFixed(4)} and variance ${d.var.toFixed(4)} (eps ${d.eps}); after normalising, mean ${m.toFixed(4)} and variance ${v.toFixed(4)}.`,
+    rows_residual: (l) => [`+ attention ${l}`, `+ MLP ${l}`, `after block ${l}`],
+    tour: "Tour",
+    tour_steps: [
+      ["generate-view", 1, "Tokens", "The text becomes token ids. Each chip is one token: its text and, small, its id. Click a chip: every view below looks at that position."],
+      ["model-view", 11, "The model", "The whole network with its real shapes: the embeddings, n_layer blocks, ln_f and the head. Click a part to go to its view."],
+      ["embeddings-view", 12, "Embeddings", "An id picks a row of wte (what the token is), a position a row of wpe (where it is); the first block reads their sum. Similar tokens get similar rows."],
+      ["steps-view", 13, "One head, step by step", "ln_1, then this head's q, k, v; the scores q·k, divided by √hs, the future masked, softmax; the output is the weighted sum of v."],
+      ["attention-view", 7, "Multi-head", "Every head of every layer at once: each has its own q, k, v and looks for something else. Their outputs side by side go through c_proj."],
+      ["residual-view", 14, "The block", "A block adds attention's output to the stream, then the MLP's: x + attn(ln_1(x)), x + mlp(ln_2(x)). LayerNorm sets each vector to mean 0, variance 1, then scales it."],
+      ["lens-view", 14, "Logit lens", "Read the stream through ln_f and the head after each block: what the model would predict if it stopped there."],
+      ["next-view", 17, "Sampling", "The last position's logits, softmax, then temperature, top-k and top-p: the table the next token is drawn from. Click one to continue."],
+    ],
     steps_rows: ["q · k", "÷ √hs", "causal mask", "softmax"],
     steps_shapes: (m, T, p) => `layer ${m.layer}, head ${m.head}, query #${p}. Shapes: x (${T}, ${m.C}) → ln_1 (${T}, ${m.C}) → c_attn (${m.C}, ${3 * m.C}) → q, k, v (${T}, ${m.hs}) for this head → scores (${T}) → ÷ √${m.hs} = ${Math.sqrt(m.hs).toFixed(2)} → mask → softmax (${T}) → weights · v (${m.hs}); ${m.nh} heads side by side (${m.C}) → c_proj (${m.C}, ${m.C}).`,
   },
@@ -67,6 +102,41 @@ const I18N = {
     partial: "这个词元只是一个字符的一部分（以 ‹…› 显示它的字节）：文本会停在这个字符的中间。请换一个，或从这里继续生成。",
     model_line: (x) => `${x.name}（${x.n_layer} 层 × ${x.n_head} 个头，` +
       `${x.parameters.toLocaleString()} 个参数，${x.dtype}）`,
+    views_of: "视图对应", learn: "看它学习", step: "步数",
+    learn_hint: "训练时在每次评估都保存了权重。拖动滑块：下面所有视图以及“生成”都使用那一步的权重。",
+    learn_sample: "这一步的一个样本（温度 0.8，随机种子 1337，从起始词元开始）：",
+    step_label: (s, n) => s === null ? `最终权重（共 ${n} 个快照）` : `第 ${s.step} 步` +
+      (s.val_loss == null ? "（训练之前）" : `（验证损失 ${s.val_loss.toFixed(4)}）`),
+    loss_legend: "训练损失（灰），验证损失（蓝）",
+    model: "模型", model_hint: "已加载模型的各个部分，带着真实的形状和参数量（T = 文本的词元数）。点击一个部分打开它的视图。",
+    block_repeat: (n) => `块，重复 ${n} 次（形状为一个块的；参数量为全部 ${n} 个）`,
+    tied: "与 wte 是同一个矩阵（权重共享）：没有自己的参数",
+    params: "个参数",
+    embeddings_title: "嵌入", nearest_hint: "wte 中最接近的词元（余弦相似度）：",
+    embeddings_token: (p, id) => `所选词元 ${p}（编号 ${id}）：它在 wte 中的那一行，与其他每一行比较。`,
+    pca_hint: (e, n) => `${n} 个词元投影到 wte 的两个主方向上（分别占方差的 ${(100 * e[0]).toFixed(1)}% 和 ${(100 * e[1]).toFixed(1)}%）；红色为文本中的词元。`,
+    wpe_hint: "wpe（位置 × 前若干通道）：", wpe_sim_hint: "位置之间的余弦相似度，学到的 wpe：",
+    sin_sim_hint: "……以及同样大小的正弦位置编码（§9）：",
+    positions_note: (n, b) => `${b} 个位置中均匀取 ${n} 个（左上角为 0）。`,
+    qkv_hint: "行：位置；列：这个头的 hs 个数（蓝色小于 0，红色大于 0）。所选查询的那一行有外框。",
+    residual: "残差流与层归一化",
+    residual_hint: "每个块把注意力和 MLP 的结果加到残差流上（x + attn(ln_1(x))，再 x + mlp(ln_2(x))）。每一步之后，每个位置上残差流的大小（范数）：",
+    layernorm_of: "层归一化", ln_x: "x，所选词元处的残差流",
+    ln_norm: "(x − 均值) / √(方差 + eps)：均值 0，方差 1", ln_out: "× 增益 + 偏置：下一层读到的",
+    ln_option: (l, n) => l < n ? `第 ${l} 块的 ln_1` : "ln_f（输出头之前）",
+    ln_numbers: (d, m, v) => `词元 #${d.position}：x 的均值为 ${d.mean.toFixed(4)}，方差为 ${d.var.toFixed(4)}（eps ${d.eps}）；归一化之后，均值为 ${m.toFixed(4)}，方差为 ${v.toFixed(4)}。`,
+    rows_residual: (l) => [`+ 注意力 ${l}`, `+ MLP ${l}`, `第 ${l} 块之后`],
+    tour: "导览",
+    tour_steps: [
+      ["generate-view", 1, "词元", "文本先变成词元编号。每个小块是一个词元：它的文本，以及小字的编号。点击一个：下面所有视图都看这个位置。"],
+      ["model-view", 11, "模型", "整个网络及其真实形状：嵌入、n_layer 个块、ln_f 和输出头。点击一个部分跳到它的视图。"],
+      ["embeddings-view", 12, "嵌入", "编号选出 wte 的一行（这是什么词元），位置选出 wpe 的一行（它在哪里）；第一个块读的是两者之和。相似的词元有相似的行。"],
+      ["steps-view", 13, "单个头，逐步计算", "先 ln_1，再算这个头的 q、k、v；评分 q·k，除以 √hs，遮住未来，softmax；输出是 v 的加权和。"],
+      ["attention-view", 7, "多头", "所有层的所有头：每个头有自己的 q、k、v，各自寻找不同的东西。它们的输出并排后经过 c_proj。"],
+      ["residual-view", 14, "块", "一个块先把注意力的输出加到残差流上，再加上 MLP 的：x + attn(ln_1(x))，x + mlp(ln_2(x))。层归一化把每个向量变为均值 0、方差 1，再缩放。"],
+      ["lens-view", 14, "Logit 透镜", "在每个块之后把残差流经过 ln_f 和输出头：如果模型在这里停下，它会预测什么。"],
+      ["next-view", 17, "采样", "最后一个位置的 logits，softmax，再经过温度、top-k 和 top-p：下一个词元就从这张表中抽取。点击一个继续。"],
+    ],
     steps_rows: ["q · k", "÷ √hs", "因果掩码", "softmax"],
     steps_shapes: (m, T, p) => `第 ${m.layer} 层，第 ${m.head} 个头，查询 #${p}。形状：x (${T}, ${m.C}) → ln_1 (${T}, ${m.C}) → c_attn (${m.C}, ${3 * m.C}) → 这个头的 q、k、v (${T}, ${m.hs}) → 评分 (${T}) → ÷ √${m.hs} = ${Math.sqrt(m.hs).toFixed(2)} → 掩蔽 → softmax (${T}) → 权重 · v (${m.hs})；${m.nh} 个头并排 (${m.C}) → c_proj (${m.C}, ${m.C})。`,
   },
@@ -78,7 +148,11 @@ const state = {
   ablate: [], generated: [], abort: null, big: null, results: {}, sortKey: "layer",
   epoch: 0, generating: false, fromStart: false, // epoch: which text the views are about
   offset: 0, // the first token the model reads: the views show the last block_size tokens
+  viewModel: 0, // which model the views are about (with --compare: 0 or 1)
+  step: null, // a snapshot of model 0's run (null: its final weights)
+  snapshots: [], tour: 0,
 };
+const model = () => state.info.models[state.viewModel];
 const t = (key) => I18N[state.lang][key];
 
 function say(message) {
@@ -129,7 +203,8 @@ function text(i = 0) {
 // What the views ask about: the text, and whether it began at the start token (a generation
 // from an empty prompt starts there, and its text does not show it).
 function textBody() {
-  return { prompt: text(0), start: state.fromStart };
+  const i = state.viewModel;
+  return { prompt: text(i), start: state.fromStart, model: i, step: i === 0 ? state.step : null };
 }
 
 // ------------------------------------------------------------------- URL state, language
@@ -212,7 +287,7 @@ function chip(piece, id, cls, index) {
 
 function showTokens(tokens) {
   state.tokens = tokens;
-  const chips = document.querySelector("#pane-0 .chips");
+  const chips = document.querySelector(`#pane-${state.viewModel} .chips`);
   chips.innerHTML = "";
   const promptCount = state.promptCount ?? tokens.length;
   tokens.forEach((tok, i) => {
@@ -222,6 +297,13 @@ function showTokens(tokens) {
     el.onclick = () => selectPosition(i);
     chips.appendChild(el);
   });
+}
+
+// A chip in model i's pane: in the pane the views are about, a click chooses its position.
+function paneChip(i, piece, id, cls, index) {
+  const el = chip(piece, id, cls, index);
+  if (i === state.viewModel) el.onclick = () => selectPosition(index);
+  return el;
 }
 
 async function generate() {
@@ -244,9 +326,11 @@ async function generate() {
     started = true;
     state.promptCount = first.tokens.length;
     state.position = null;
-    showTokens(first.tokens);
-    for (let i = 1; i < state.info.models.length; i++) {
-      document.querySelector(`#pane-${i} .chips`).textContent = $("prompt").value;
+    for (let i = 0; i < state.info.models.length; i++) { // each model's own tokens
+      const mine = i === 0 ? first : await post("/api/tokenize", { prompt: $("prompt").value, model: i });
+      const chips = document.querySelector(`#pane-${i} .chips`);
+      chips.innerHTML = "";
+      mine.tokens.forEach((tok, k) => chips.appendChild(paneChip(i, tok.piece, tok.id, "prompt", k)));
     }
     await Promise.all(state.info.models.map((_, i) => streamInto(i, s)));
   } catch (e) {
@@ -271,7 +355,8 @@ async function analyseOrSay() {
 async function streamInto(i, s) {
   const response = await fetch("/api/generate", {
     method: "POST", headers: { "content-type": "application/json" }, signal: state.abort.signal,
-    body: JSON.stringify({ prompt: $("prompt").value, model: i, ...s }),
+    body: JSON.stringify({ prompt: $("prompt").value, model: i, step: i === 0 ? state.step : null,
+      ...s }),
   });
   if (!response.ok) {
     const message = serverSays((await response.json()).error);
@@ -295,16 +380,9 @@ async function streamInto(i, s) {
       state.generated[i] += event.text || "";
       if (event.done) continue;
       count += 1;
-      if (i === 0) {
-        const chips = document.querySelector("#pane-0 .chips");
-        const index = chips.children.length;
-        const el = chip(event.text, event.id, "new", index);
-        el.onclick = () => selectPosition(index);
-        chips.appendChild(el);
-        if (count % 16 === 0) run(drawGrid()); // the grid grows with the text
-      } else {
-        document.querySelector(`#pane-${i} .chips`).textContent = text(i);
-      }
+      const chips = document.querySelector(`#pane-${i} .chips`);
+      chips.appendChild(paneChip(i, event.text, event.id, "new", chips.children.length));
+      if (i === state.viewModel && count % 16 === 0) run(drawGrid()); // it grows with the text
     }
   }
 }
@@ -313,7 +391,7 @@ async function streamInto(i, s) {
 
 async function analyse() {
   saveUrl();
-  const body = textBody();
+  const { step, ...body } = textBody(); // (the tokens are the same at every step)
   const tokenized = await post("/api/tokenize", body);
   state.offset = tokenized.window_start;
   const n = tokenized.tokens.length;
@@ -322,7 +400,8 @@ async function analyse() {
   }
   showTokens(tokenized.tokens); // (after the position: its chip is outlined)
   $("window-note").textContent = state.offset ? t("window_note")(n, n - state.offset, state.offset) : "";
-  await Promise.all([nextTable(), drawBig(), drawGrid(), steps(), lens(), heads()]);
+  await Promise.all([nextTable(), drawBig(), drawGrid(), steps(), lens(), heads(),
+    embeddingsView(), residualView()]);
 }
 
 function selectPosition(i) {
@@ -331,13 +410,15 @@ function selectPosition(i) {
     return;
   }
   state.position = i;
-  for (const el of document.querySelectorAll("#pane-0 .chip")) {
+  for (const el of document.querySelectorAll(`#pane-${state.viewModel} .chip`)) {
     el.classList.toggle("selected", Number(el.dataset.index) === i);
   }
   run(nextTable());
   paintBig();
   shade();
   run(steps());
+  run(embeddingsView());
+  run(residualView());
   if (state.results.lens) lensTable(state.results.lens);
 }
 
@@ -380,7 +461,7 @@ async function continueFrom(id) {
   const ids = [...state.tokens.slice(from, state.position + 1).map((tk) => tk.id), id];
   let decoded;
   try {
-    decoded = await post("/api/decode", { ids });
+    decoded = await post("/api/decode", { ids, model: state.viewModel });
   } catch (e) {
     if (!(e instanceof Stale)) say(e.message);
     return;
@@ -428,7 +509,7 @@ function heat(ctx, weights, size, x0, y0, cell) {
 }
 
 async function drawGrid() {
-  const { n_layer, n_head } = state.info.models[0];
+  const { n_layer, n_head } = model();
   const canvas = $("grid");
   const ctx = canvas.getContext("2d");
   const cell = Math.floor(canvas.width / Math.max(n_layer, n_head));
@@ -545,7 +626,7 @@ async function steps() {
   const T = data.tokens.length;
   const row = (name) => decode(data.steps[name].f32, T);
   const rows = [row("scores"), row("scaled"), row("masked"), row("weights")];
-  const m = state.info.models[0];
+  const m = model();
   const sizes = { layer: data.layer, head: data.head, C: m.n_embd, nh: m.n_head,
     hs: m.n_embd / m.n_head };
   $("steps-shapes").textContent = t("steps_shapes")(sizes, T, data.position);
@@ -561,6 +642,11 @@ async function steps() {
     }).join("") + "</tr>";
   });
   $("steps-table").innerHTML = html;
+  const hs = sizes.hs;
+  for (const name of ["q", "k", "v"]) { // this head's vectors at every position, as pictures
+    const values = decode(data.steps[name].f32, T * hs);
+    diverging($(`${name}-map`), values, T, hs, q);
+  }
 }
 
 async function lens() {
@@ -625,6 +711,342 @@ function renderHeads() {
   }
 }
 
+// ------------------------------------------------------------------- pictures of numbers
+
+// rows x cols values on a canvas, blue below 0, white at 0, red above, scaled to the largest
+// magnitude (or to `limit`); the row `mark` is outlined.
+function diverging(canvas, values, rows, cols, mark = -1, limit = null) {
+  let max = limit || 1e-9;
+  if (!limit) for (const v of values) if (Math.abs(v) > max) max = Math.abs(v);
+  const image = new ImageData(cols, rows);
+  for (let k = 0; k < rows * cols; k++) {
+    const w = Math.max(-1, Math.min(1, values[k] / max));
+    const fade = Math.round(255 * (1 - Math.abs(w)));
+    image.data[4 * k] = w > 0 ? 255 : fade;
+    image.data[4 * k + 1] = fade;
+    image.data[4 * k + 2] = w < 0 ? 255 : fade;
+    image.data[4 * k + 3] = 255;
+  }
+  const tile = document.createElement("canvas");
+  tile.width = cols;
+  tile.height = rows;
+  tile.getContext("2d").putImageData(image, 0, 0);
+  const ctx = canvas.getContext("2d");
+  ctx.imageSmoothingEnabled = false;
+  ctx.clearRect(0, 0, canvas.width, canvas.height);
+  ctx.drawImage(tile, 0, 0, canvas.width, canvas.height);
+  if (mark >= 0) {
+    const h = canvas.height / rows;
+    ctx.strokeStyle = "#0a0";
+    ctx.lineWidth = 2;
+    ctx.strokeRect(1, mark * h, canvas.width - 2, Math.max(h, 2));
+  }
+  canvas.title = `${rows} × ${cols}, |max| ${max.toFixed(4)}`;
+}
+
+// A vector as bars around a zero line.
+function bars(canvas, values, limit) {
+  const ctx = canvas.getContext("2d");
+  const { width, height } = canvas;
+  ctx.clearRect(0, 0, width, height);
+  ctx.fillStyle = "#eee";
+  ctx.fillRect(0, height / 2, width, 1);
+  const w = width / values.length;
+  values.forEach((v, i) => {
+    const h = Math.max(-1, Math.min(1, v / limit)) * (height / 2 - 2);
+    ctx.fillStyle = v >= 0 ? "#c33" : "#36c";
+    ctx.fillRect(i * w, height / 2 - Math.max(h, 0), Math.max(w - (w > 3 ? 1 : 0), 1), Math.abs(h));
+  });
+  canvas.title = `${values.length} numbers; the bars span ±${limit.toFixed(3)}`;
+}
+
+// ------------------------------------------------------------------- the model, drawn
+
+async function diagram() {
+  const data = await post("/api/model", { model: state.viewModel });
+  const count = (prefix) => data.tensors.filter((x) => x.name.startsWith(prefix) && !x.tied_to)
+    .reduce((a, x) => a + x.count, 0);
+  const C = data.n_embd, V = data.vocab_size, B = data.block_size, nh = data.n_head;
+  const hs = data.head_size, L = data.n_layer;
+  const n = (x) => x.toLocaleString();
+  const part = (name, shape, params, target, note = "") =>
+    `<button type="button" class="part" data-target="${target}" title="${escapeHtml(note)}">` +
+    `<b>${name}</b> <span>${shape}</span>` +
+    (params === null ? "" : `<small>${n(params)} ${t("params")}</small>`) + "</button>";
+  const arrow = '<span class="arrow">↓</span>';
+  const h0 = "transformer.h.0.";
+  const tiedHead = data.tensors.some((x) => x.name === "lm_head.weight" && x.tied_to);
+  $("diagram").innerHTML = [
+    part("ids", "(T)", null, "generate-view"),
+    arrow,
+    `<div class="row">${part("wte", `(${n(V)}, ${C})`, count("transformer.wte."), "embeddings-view")}` +
+    `<span>+</span>${part("wpe", `(${n(B)}, ${C})`, count("transformer.wpe."), "embeddings-view")}</div>`,
+    arrow,
+    `<div class="block"><p class="hint">${t("block_repeat")(L)}</p>`,
+    part("ln_1", `(${C}) gain, bias`, count(h0 + "ln_1.") * L, "residual-view"),
+    arrow,
+    part("c_attn", `(${C}, ${3 * C}) → q, k, v: ${nh} × (T, ${C} / ${nh} = ${hs})`, count(h0 + "attn.c_attn.") * L, "steps-view"),
+    arrow,
+    part("q · kᵀ / √" + hs, `(${nh}, T, T), ${t("masked")} → softmax`, null, "attention-view"),
+    arrow,
+    part("· v", `(${nh}, T, ${hs}) → (T, ${C})`, null, "steps-view"),
+    arrow,
+    part("c_proj", `(${C}, ${C}), + x`, count(h0 + "attn.c_proj.") * L, "residual-view"),
+    arrow,
+    part("ln_2", `(${C}) gain, bias`, count(h0 + "ln_2.") * L, "residual-view"),
+    arrow,
+    part("MLP", `c_fc (${C}, ${4 * C}) → GELU → c_proj (${4 * C}, ${C}), + x`, count(h0 + "mlp.") * L, "residual-view"),
+    "</div>",
+    arrow,
+    part("ln_f", `(${C}) gain, bias`, count("transformer.ln_f."), "lens-view"),
+    arrow,
+    part("lm_head", `(${C}, ${n(V)})`, tiedHead ? 0 : count("lm_head."), "next-view", tiedHead ? t("tied") : ""),
+    arrow,
+    part("logits → softmax", `(T, ${n(V)})`, null, "next-view"),
+    `<p class="hint">${n(data.parameters)} ${t("params")}, ${data.dtype}</p>`,
+  ].join("");
+  for (const el of document.querySelectorAll("#diagram .part")) {
+    el.onclick = () => focusView(el.dataset.target);
+  }
+}
+
+function focusView(id) {
+  const view = $(id);
+  view.scrollIntoView({ behavior: "smooth", block: "start" });
+  for (const el of document.querySelectorAll("section.focus")) el.classList.remove("focus");
+  view.classList.add("focus");
+}
+
+// ------------------------------------------------------------------- embeddings
+
+async function embeddingsView() {
+  if (state.position === null || !state.tokens[state.position]) return;
+  const token = state.tokens[state.position].id;
+  const data = await post("/api/embeddings", { ...textBody(), token });
+  state.results.embeddings = { token: data.token, nearest: data.nearest, pca: data.pca };
+  $("embeddings-token").textContent = t("embeddings_token")(JSON.stringify(data.token.piece), token);
+  $("nearest-table").innerHTML = `<tr><th>${t("token")}</th><th>id</th><th>cos</th></tr>` +
+    data.nearest.map((c) => `<tr><td class="chip">${escapeHtml(JSON.stringify(c.piece))}</td>` +
+      `<td>${c.id}</td><td>${c.cosine.toFixed(4)}</td></tr>`).join("");
+  const points = data.pca.points;
+  $("pca-hint").textContent = t("pca_hint")(data.pca.explained, points.length);
+  const canvas = $("pca");
+  const ctx = canvas.getContext("2d");
+  ctx.clearRect(0, 0, canvas.width, canvas.height);
+  const xs = points.map((p) => p.x), ys = points.map((p) => p.y);
+  const [x0, x1, y0, y1] = [Math.min(...xs), Math.max(...xs), Math.min(...ys), Math.max(...ys)];
+  const px = (x) => 20 + (x - x0) / (x1 - x0 || 1) * (canvas.width - 60);
+  const py = (y) => canvas.height - 15 - (y - y0) / (y1 - y0 || 1) * (canvas.height - 30);
+  ctx.font = "11px monospace";
+  for (const p of [...points].sort((a, b) => a.in_text - b.in_text)) { // the text's on top
+    const chosen = p.id === token;
+    ctx.fillStyle = chosen ? "#0a0" : p.in_text ? "#c00" : "#999";
+    ctx.fillRect(px(p.x) - 2, py(p.y) - 2, chosen ? 6 : 4, chosen ? 6 : 4);
+    if (p.in_text || points.length <= 100) ctx.fillText(JSON.stringify(p.piece).slice(1, -1), px(p.x) + 4, py(p.y) + 4);
+  }
+  const S = data.positions.length;
+  diverging($("wpe"), decode(data.wpe.f32, S * data.wpe.shape[1]), S, data.wpe.shape[1]);
+  diverging($("wpe-sim"), decode(data.wpe_similarity.f32, S * S), S, S, -1, 1);
+  diverging($("sin-sim"), decode(data.sinusoid_similarity.f32, S * S), S, S, -1, 1);
+  $("positions-note").textContent = t("positions_note")(S, model().block_size);
+}
+
+// ------------------------------------------------------------------- residual stream
+
+async function residualView() {
+  if (state.position === null) return;
+  const layer = Number($("ln-layer").value || 0);
+  const data = await post("/api/residual", { ...textBody(), layer, position: state.position });
+  const T = data.norms.shape[1];
+  const L = data.attn.shape[0];
+  const norms = decode(data.norms.f32, (L + 1) * T);
+  const attn = decode(data.attn.f32, L * T), mlp = decode(data.mlp.f32, L * T);
+  state.results.residual = { layer, position: data.position, mean: data.mean, var: data.var };
+  const o = data.offset;
+  const at = data.position - o;
+  const shown = 48; // as the lens: the positions around the chosen one
+  const first = Math.max(0, Math.min(at - shown / 2, T - shown));
+  const last = Math.min(T, first + shown);
+  let max = 1e-9;
+  for (const v of norms) max = Math.max(max, v);
+  const mark = (j) => (j === at ? ' class="query"' : "");
+  const row = (name, values, r) => `<tr><th>${name}</th>` + Array.from(
+    values.subarray(r * T + first, r * T + last), (v, k) =>
+      `<td${mark(first + k)} style="background: rgba(20, 100, 200, ${Math.min(1, v / max) * 0.8})">${v.toFixed(1)}</td>`).join("") + "</tr>";
+  let html = "<tr><th></th>" + state.tokens.slice(o + first, o + last).map((tk, k) =>
+    `<th${mark(first + k)}>${escapeHtml(JSON.stringify(tk.piece))}</th>`).join("") + "</tr>";
+  html += row(t("embeddings"), norms, 0);
+  for (let l = 0; l < L; l++) {
+    const [a, m, after] = t("rows_residual")(l);
+    html += row(a, attn, l) + row(m, mlp, l) + row(after, norms, l + 1);
+  }
+  $("residual-table").innerHTML = html;
+  const C = data.x.shape[0];
+  const x = decode(data.x.f32, C), normalized = decode(data.normalized.f32, C);
+  const out = decode(data.out.f32, C);
+  const mean = normalized.reduce((a, v) => a + v, 0) / C;
+  const variance = normalized.reduce((a, v) => a + (v - mean) ** 2, 0) / C;
+  $("ln-numbers").textContent = t("ln_numbers")(data, mean, variance);
+  const big = (v) => Math.max(...Array.from(v, Math.abs), 1e-9);
+  bars($("ln-x"), x, big(x));
+  bars($("ln-n"), normalized, big(normalized));
+  bars($("ln-out"), out, big(out));
+}
+
+// ------------------------------------------------------------------- watch it learn
+
+async function snapshots() {
+  const data = await post("/api/snapshots", { model: 0 });
+  state.snapshots = data.steps;
+  state.losses = data.losses;
+  $("learn-view").hidden = !data.steps.length;
+  if (!data.steps.length) return;
+  const slider = $("step");
+  slider.max = data.steps.length; // the last place: the final weights
+  slider.value = data.steps.length;
+  slider.oninput = () => stepLabel();
+  slider.onchange = () => chooseStep();
+  stepLabel();
+  drawLoss();
+}
+
+function chosenSnapshot() {
+  const i = Number($("step").value);
+  return i < state.snapshots.length ? state.snapshots[i] : null;
+}
+
+function stepLabel() {
+  $("step-label").textContent = t("step_label")(chosenSnapshot(), state.snapshots.length);
+  drawLoss();
+}
+
+function chooseStep() {
+  if (state.generating) { // a generation runs with the weights it started with
+    $("step").value = state.step === null ? state.snapshots.length
+      : state.snapshots.findIndex((s) => s.step === state.step);
+    stepLabel();
+    return;
+  }
+  const s = chosenSnapshot();
+  state.step = s === null ? null : s.step;
+  state.epoch += 1; // the views are about other weights now
+  say("");
+  run(analyse());
+  run(learnSample());
+}
+
+function drawLoss() {
+  const canvas = $("loss");
+  const ctx = canvas.getContext("2d");
+  const rows = (state.losses || []).filter((r) => r.val_loss != null);
+  ctx.clearRect(0, 0, canvas.width, canvas.height);
+  if (!rows.length) return;
+  const last = Math.max(...state.snapshots.map((s) => s.step), ...rows.map((r) => r.step));
+  const values = rows.flatMap((r) => [r.train_loss, r.val_loss]);
+  const lo = Math.min(...values), hi = Math.max(...values);
+  const px = (step) => 30 + step / (last || 1) * (canvas.width - 40);
+  const py = (v) => 10 + (hi - v) / (hi - lo || 1) * (canvas.height - 30);
+  ctx.font = "10px sans-serif";
+  ctx.fillStyle = "#666";
+  ctx.fillText(hi.toFixed(2), 0, 14);
+  ctx.fillText(lo.toFixed(2), 0, canvas.height - 18);
+  ctx.fillText(t("loss_legend"), 30, canvas.height - 4);
+  for (const [key, colour] of [["train_loss", "#aaa"], ["val_loss", "#06c"]]) {
+    ctx.strokeStyle = colour;
+    ctx.beginPath();
+    rows.forEach((r, k) => (k ? ctx.lineTo : ctx.moveTo).call(ctx, px(r.step), py(r[key])));
+    ctx.stroke();
+  }
+  const s = chosenSnapshot();
+  const x = px(s === null ? last : s.step);
+  ctx.strokeStyle = "#c00";
+  ctx.beginPath();
+  ctx.moveTo(x, 5);
+  ctx.lineTo(x, canvas.height - 20);
+  ctx.stroke();
+}
+
+async function learnSample() {
+  if (state.learnAbort) state.learnAbort.abort();
+  const abort = (state.learnAbort = new AbortController());
+  const box = $("learn-sample");
+  box.textContent = "";
+  const response = await fetch("/api/generate", {
+    method: "POST", headers: { "content-type": "application/json" }, signal: abort.signal,
+    body: JSON.stringify({ prompt: "", step: state.step, temperature: 0.8, seed: 1337,
+      max_new_tokens: Math.min(200, state.info.models[0].block_size) }),
+  });
+  if (!response.ok) throw new Error(serverSays((await response.json()).error));
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done || abort.signal.aborted) break;
+    buffer += decoder.decode(value, { stream: true });
+    let cut;
+    while ((cut = buffer.indexOf("\n\n")) >= 0) {
+      const line = buffer.slice(0, cut);
+      buffer = buffer.slice(cut + 2);
+      if (line.startsWith("data: ")) box.textContent += JSON.parse(line.slice(6)).text || "";
+    }
+  }
+}
+
+// ------------------------------------------------------------------- the tour
+
+function tour() {
+  const steps = t("tour_steps");
+  const k = state.tour;
+  $("tour-steps").innerHTML = `<b>${t("tour")}</b> ` + steps.map(([, , name], i) =>
+    `<button type="button" data-k="${i}"${i === k ? ' class="current"' : ""}>${i + 1}. ${escapeHtml(name)}</button>`).join("");
+  for (const el of document.querySelectorAll("#tour-steps button")) {
+    el.onclick = () => { state.tour = Number(el.dataset.k); tour(); focusView(steps[state.tour][0]); };
+  }
+  const [, doc, , words] = steps[k];
+  const guide = state.lang === "zh" ? "concepts.zh-CN.md" : "concepts.md";
+  $("tour-text").innerHTML = `${escapeHtml(words)} <a class="doc" target="_blank" rel="noopener" href="/guide/${guide}#${doc}">§${doc}</a>`;
+  $("tour-prev").disabled = k === 0;
+  $("tour-next").disabled = k === steps.length - 1;
+}
+
+function tourMove(by) {
+  const steps = t("tour_steps");
+  state.tour = Math.max(0, Math.min(steps.length - 1, state.tour + by));
+  tour();
+  focusView(steps[state.tour][0]);
+}
+
+// ------------------------------------------------------------------- which model
+
+// The selectors follow the model the views are about (a --compare model may have other sizes).
+function modelControls() {
+  const m = model();
+  for (const [id, n] of [["layer", m.n_layer], ["head", m.n_head]]) {
+    $(id).innerHTML = Array.from({ length: n }, (_, i) => `<option>${i}</option>`).join("");
+  }
+  state.layer = Math.min(state.layer, m.n_layer - 1);
+  state.head = Math.min(state.head, m.n_head - 1);
+  $("layer").value = state.layer;
+  $("head").value = state.head;
+  const keep = Number($("ln-layer").value || 0);
+  $("ln-layer").innerHTML = Array.from({ length: m.n_layer + 1 }, (_, l) =>
+    `<option value="${l}">${escapeHtml(t("ln_option")(l, m.n_layer))}</option>`).join("");
+  $("ln-layer").value = Math.min(keep, m.n_layer);
+}
+
+function chooseViewModel(i) {
+  if (state.generating) { $("view-model").value = state.viewModel; return; }
+  state.viewModel = i;
+  state.epoch += 1;
+  state.position = null;
+  state.results = {};
+  for (const el of document.querySelectorAll(".pane")) el.classList.toggle("viewed", el.id === `pane-${i}`);
+  modelControls();
+  run(diagram());
+  run(analyse());
+}
+
 function download(name, blob) {
   const a = document.createElement("a");
   a.href = URL.createObjectURL(blob);
@@ -641,14 +1063,20 @@ async function start() {
   state.info = await (await fetch("/api/info")).json();
   const m = state.info.models[0];
   modelName();
-  for (const [id, n] of [["layer", m.n_layer], ["head", m.n_head]]) {
-    $(id).innerHTML = Array.from({ length: n }, (_, i) => `<option>${i}</option>`).join("");
-  }
+  modelControls();
   $("max_new_tokens").max = m.block_size; // the server's limit, shown before a click
-  state.layer = Math.min(state.layer, m.n_layer - 1);
-  state.head = Math.min(state.head, m.n_head - 1);
-  $("layer").value = state.layer;
-  $("head").value = state.head;
+  $("ln-layer").onchange = () => run(residualView());
+  $("tour-prev").onclick = () => tourMove(-1);
+  $("tour-next").onclick = () => tourMove(1);
+  if (state.info.models.length > 1) {
+    $("view-model-label").hidden = false;
+    $("view-model").innerHTML = state.info.models.map((x, i) =>
+      `<option value="${i}">${i}: ${escapeHtml(x.name)}</option>`).join("");
+    $("view-model").onchange = () => chooseViewModel(Number($("view-model").value));
+  }
+  tour();
+  run(diagram());
+  run(snapshots());
   $("layer").onchange = () => chooseHead(Number($("layer").value), state.head);
   $("head").onchange = () => chooseHead(state.layer, Number($("head").value));
   $("go").onclick = generate;
@@ -669,6 +1097,14 @@ async function start() {
     modelName();
     renderHeads();
     run(steps());
+    run(diagram());
+    run(residualView());
+    run(embeddingsView());
+    tour();
+    const ln = $("ln-layer").value;
+    modelControls();
+    $("ln-layer").value = ln;
+    if (state.snapshots.length) stepLabel();
     if (state.results.lens) lensTable(state.results.lens);
     saveUrl();
   };
@@ -688,6 +1124,7 @@ async function start() {
     };
   }
   panes();
+  document.querySelector("#pane-0").classList.add("viewed");
   await analyseOrSay();
   document.body.dataset.ready = "1"; // for tests: the first analysis is drawn
 }
