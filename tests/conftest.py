@@ -83,6 +83,28 @@ def serve_folder(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="module")
+def serve_run(serve_folder, tmp_path_factory):
+    """serve_folder as a run that kept snapshots (snapshots=true): other random weights at
+    steps 0 and 10, and a metrics row for step 10."""
+    import json
+    import shutil
+
+    from gptlab.tokenizers import Tokenizer
+    from gptlab.train.checkpoint import save_snapshot
+
+    run = tmp_path_factory.mktemp("serve-run") / "run"
+    shutil.copytree(serve_folder, run)
+    config = GPT.from_pretrained(serve_folder).config
+    tok = Tokenizer.from_pretrained(serve_folder)
+    for step in (0, 10):
+        torch.manual_seed(100 + step)
+        save_snapshot(run, step, tok, GPT(config))
+    row = {"step": 10, "train_loss": 3.5, "val_loss": 3.25, "lr": 1e-3}
+    (run / "metrics.jsonl").write_text(json.dumps(row) + "\n")
+    return run
+
+
 def pytest_report_header(config):
     """The machine the figures and tolerances of this run come from (and the bf16 switch)."""
     from gptlab import hardware

@@ -545,25 +545,13 @@ def test_residual_stream_adds_up_and_layernorm_is_taken_apart(client, lab):
     np.testing.assert_allclose(f32(ln_f["out"]), final, atol=1e-5)
 
 
-def test_a_runs_snapshots_are_views_of_their_own_weights(serve_folder, tmp_path):
+def test_a_runs_snapshots_are_views_of_their_own_weights(serve_run):
     """A run folder with snapshots: /api/snapshots lists their steps with the run's losses, and
     a request's `step` computes with that snapshot's weights (attention recomputed from its
     file), generation included; a step never saved is a 400."""
-    import shutil
-
     from starlette.testclient import TestClient
 
-    from gptlab.train.checkpoint import save_snapshot
-
-    run = tmp_path / "run"
-    shutil.copytree(serve_folder, run)
-    base = GPT.from_pretrained(serve_folder)
-    tok = load_lab(str(serve_folder), device="cpu").tokenizer
-    for step in (0, 10):
-        torch.manual_seed(100 + step)
-        save_snapshot(run, step, tok, GPT(base.config))
-    rows = [{"step": 10, "train_loss": 3.5, "val_loss": 3.25, "lr": 1e-3}]
-    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = serve_run
     lab = load_lab(str(run), device="cpu", dtype="float32")
     with TestClient(Server([lab]).app()) as client:
         listed = client.post("/api/snapshots", json={}).json()
@@ -574,6 +562,7 @@ def test_a_runs_snapshots_are_views_of_their_own_weights(serve_folder, tmp_path)
         body = {"prompt": "To be", "layer": 1, "head": 2, "step": 10}
         got = weights(client.post("/api/attention", json=body))[0]
         final = weights(client.post("/api/attention", json={**body, "step": None}))[0]
+        tok = lab.tokenizer
         ids = torch.tensor([tok.encode("To be")])
         snapshot = GPT.from_pretrained(run / "snapshots" / "step-000010")
         with torch.no_grad():

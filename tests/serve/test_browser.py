@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from gptlab.serve.app import Background, load_lab
 
@@ -59,7 +61,17 @@ def test_generate_look_inside_and_switch_language(browser, serve_folder, tmp_pat
             "document.querySelectorAll('#pane-0 .chip.new').length === 12", timeout=30_000
         )
         page.wait_for_function("!document.getElementById('go').disabled", timeout=30_000)
-        assert len(page.inner_text("#pane-1 .chips")) > len("To be, or")  # the compared model
+        # defect 9: the compared model's text as chips too, and the views of either model
+        assert page.locator("#pane-1 .chip").count() == len("To be, or") + 12
+        page.select_option("#view-model", "1")
+        page.wait_for_function("document.getElementById('pane-1').classList.contains('viewed')")
+        page.wait_for_function("document.querySelectorAll('#pane-1 .chip.selected').length")
+        page.click("#pane-1 .chip >> nth=4")
+        page.wait_for_function(
+            "document.querySelector('#steps-table th.query').textContent.startsWith('#4 ')"
+        )
+        page.select_option("#view-model", "0")
+        page.wait_for_function("document.querySelectorAll('#pane-0 .chip.selected').length")
         page.wait_for_function("document.querySelectorAll('#heads-table tbody tr').length === 8")
         wait_until_drawn(page, "big")
         wait_until_drawn(page, "grid", 8 * 100)  # 8 heads, each drawn
@@ -82,10 +94,18 @@ def test_generate_look_inside_and_switch_language(browser, serve_folder, tmp_pat
             "#steps-shapes"
         )
         assert "prompt=To+be%2C+or" in page.url  # the state is in the URL
-        with page.expect_download() as png:
+        with page.expect_download() as png:  # defect 14: a picture to keep, not the screen's
             page.click("#download-png")
-        data = open(png.value.path(), "rb").read()
-        assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[16:24] == (480).to_bytes(4, "big") * 2
+        picture = np.asarray(Image.open(png.value.path()).convert("RGBA"))
+        assert picture.shape == (850, 800, 4)
+        assert (picture[61, 799] == 255).all()  # masked, above the diagonal: white, opaque
+        assert (picture[..., 3] == 255).all()  # no transparent gaps
+        assert picture[60:800, :58, :3].min() < 128  # the tokens' labels down the left
+        with page.expect_download() as grid:
+            page.click("#download-grid")
+        grid = np.asarray(Image.open(grid.value.path()).convert("RGBA")).astype(int)
+        assert (grid[..., 3] == 255).all()
+        assert not ((grid[..., 2] > 150) & (grid[..., 0] < 60)).any()  # no blue selection box
         with page.expect_download() as saved:
             page.click("#download-json")
         analysis = json.load(open(saved.value.path()))
@@ -161,7 +181,7 @@ def test_a_prompt_the_model_cannot_read_leaves_the_page_usable(browser, serve_fo
         assert page.inner_text("#shade span >> nth=2") == "·"  # the space after "To"
         page.locator("#big").scroll_into_view_if_needed()
         box = page.locator("#big").bounding_box()
-        page.mouse.move(box["x"] + box["width"] * 0.9, box["y"] + box["height"] * 0.1)
+        page.mouse.move(box["x"] + box["width"] * 0.95, box["y"] + box["height"] * 0.2)
         assert page.inner_text("#readout").endswith("masked")
         # defect 8: a head switched off shows the before and after in the next-token table
         page.click("#heads-table tbody tr:first-child input")
@@ -210,3 +230,71 @@ def test_a_prompt_the_model_cannot_read_leaves_the_page_usable(browser, serve_fo
         assert page.inner_text("#pane-0 .chip >> nth=0").startswith("\n")
         # the refused prompt's one 400 is the only failed request; nothing uncaught
         assert [e for e in errors if "400" not in e] == [], errors
+
+
+def test_the_computation_the_guide_explains_is_on_the_page(browser, serve_run):
+    """Issue 23's new views on a run that kept snapshots: the model's parts with their real
+    shapes, the embeddings, the residual stream and LayerNorm, the step slider (every view and a
+    sample then use that step's weights) and the tour; at 1400 px and on a phone, in English
+    and Chinese, without a console error."""
+    lab = load_lab(str(serve_run), device="cpu", dtype="float32")
+    V = lab.model.config.vocab_size
+    with Background([lab]) as url:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.goto(url + "?prompt=To%20be%2C%20or")
+        page.wait_for_selector("body[data-ready='1']", timeout=30_000)
+        parts = page.locator("#diagram .part").all_inner_texts()
+        assert any(p.startswith(f"wte ({V}, 32)") for p in parts)
+        assert any("c_attn (32, 96) → q, k, v: 4 × (T, 32 / 4 = 8)" in p for p in parts)
+        assert any("MLP c_fc (32, 128) → GELU → c_proj (128, 32)" in p for p in parts)
+        page.click("#diagram .part >> text=wpe")  # a part opens its view
+        page.wait_for_function(
+            "document.getElementById('embeddings-view').classList.contains('focus')"
+        )
+        page.wait_for_function("document.querySelectorAll('#nearest-table tr').length === 11")
+        assert '"r" (id' in page.inner_text("#embeddings-token")  # the last token, chosen
+        wait_until_drawn(page, "pca", 50)
+        wait_until_drawn(page, "sin-sim", 1000)
+        # the residual stream: embeddings, then + attention, + MLP, after block, per layer
+        page.wait_for_function("document.querySelectorAll('#residual-table tr').length === 8")
+        numbers = page.inner_text("#ln-numbers")
+        assert "after normalising, mean" in numbers and "mean -0.0000" not in numbers
+        page.select_option("#ln-layer", "2")  # ln_f
+        page.wait_for_function(
+            "document.getElementById('ln-numbers').textContent !== " + json.dumps(numbers)
+        )
+        # watch it learn: the slider's steps; a step's weights reach the views and a sample
+        assert page.is_visible("#learn-view")
+        before = page.inner_text("#next-table tbody tr:first-child")
+        page.wait_for_function("document.getElementById('learn-sample').textContent.length > 20")
+        final_sample = page.inner_text("#learn-sample")
+        page.eval_on_selector(
+            "#step", "s => { s.value = 1; s.dispatchEvent(new Event('change')); }"
+        )
+        assert page.inner_text("#step-label") == "step 10 (val loss 3.2500)"
+        page.wait_for_function(
+            "document.querySelector('#next-table tbody tr').innerText !== " + json.dumps(before)
+        )
+        page.wait_for_function(
+            "document.getElementById('learn-sample').textContent.length > 20 && "
+            f"document.getElementById('learn-sample').textContent !== {json.dumps(final_sample)}"
+        )
+        # the tour, in the guide's order, with its § link
+        page.click("#tour-next")
+        assert page.inner_text("#tour-steps button.current") == "2. The model"
+        assert page.get_attribute("#tour-text a", "href") == "/guide/concepts.md#11"
+        page.wait_for_function("document.getElementById('model-view').classList.contains('focus')")
+        for width in (1400, 390):
+            page.set_viewport_size({"width": width, "height": 900})
+            for lang in ("中文", "English"):
+                page.click("#lang")
+                page.wait_for_timeout(100)
+                assert page.evaluate("document.documentElement.scrollWidth") <= width, (width, lang)
+        page.click("#lang")  # Chinese: the tour and the new views speak it
+        assert page.inner_text("#tour-steps button.current") == "2. 模型"
+        assert page.inner_text("#residual-view h2").startswith("残差流与层归一化")
+        assert page.inner_text("#step-label") == "第 10 步（验证损失 3.2500）"
+        assert errors == [], errors

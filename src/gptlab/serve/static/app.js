@@ -28,6 +28,8 @@ const I18N = {
     steps: "One head, step by step",
     steps_hint: "The chosen layer and head, for the chosen query token, computed in float32 from the model's own weights: its query q against every key k, divided by the square root of the head size, the future masked, then softmax; the output is those weights' sum of the values.",
     key: "key", masked: "masked",
+    scale: "colour scale", linear: "linear", log: "log (4 decades)",
+    keys_queries: "keys →, queries ↓", masked_white: "white above the diagonal: masked",
     lens_window: (a, b, T) => `positions #${a} to #${b} of ${T}, around the chosen token`,
     window_note: (n, block, o) => `The text has ${n} tokens; the model reads the last ${block} (from #${o}), as sampling does: the views show those.`,
     outside: "before the window the model reads",
@@ -96,6 +98,8 @@ const I18N = {
     steps: "单个头，逐步计算",
     steps_hint: "所选的层和头对所选查询词元的计算，用模型自己的权重以 float32 算出：它的查询 q 与每个键 k 做点积，除以头维度的平方根，遮住未来，再做 softmax；输出是这些权重对值的加权和。",
     key: "键", masked: "已掩蔽",
+    scale: "色标", linear: "线性", log: "对数（4 个数量级）",
+    keys_queries: "键 →，查询 ↓", masked_white: "对角线以上的白色：已掩蔽",
     lens_window: (a, b, T) => `共 ${T} 个位置，显示所选词元附近的 #${a} 至 #${b}`,
     window_note: (n, block, o) => `文本共有 ${n} 个词元；模型只读最后 ${block} 个（从 #${o} 开始），与采样时相同：各视图显示的就是这些。`,
     outside: "在模型读取的窗口之前",
@@ -150,7 +154,7 @@ const state = {
   offset: 0, // the first token the model reads: the views show the last block_size tokens
   viewModel: 0, // which model the views are about (with --compare: 0 or 1)
   step: null, // a snapshot of model 0's run (null: its final weights)
-  snapshots: [], tour: 0,
+  snapshots: [], tour: 0, scale: "linear",
 };
 const model = () => state.info.models[state.viewModel];
 const t = (key) => I18N[state.lang][key];
@@ -490,12 +494,19 @@ function decode(b64, n) {
 
 // A size x size map as pixels (one per weight, white to red, scaled to its largest weight),
 // drawn enlarged at (x0, y0): a 1,024-token map is one putImageData, not a million rectangles.
+// A weight's shade in [0, 1] under the chosen colour scale: linear up to the map's largest
+// weight, or log over 4 decades below it (diffuse heads' small weights become visible).
+function shadeOf(w, max) {
+  if (state.scale !== "log") return Math.min(1, w / max);
+  return w <= 0 ? 0 : Math.max(0, 1 + Math.log10(w / max) / 4);
+}
+
 function heat(ctx, weights, size, x0, y0, cell) {
   let max = 1e-9;
   for (let k = 0; k < size * size; k++) if (weights[k] > max) max = weights[k];
   const image = new ImageData(size, size);
   for (let k = 0; k < size * size; k++) {
-    const w = Math.min(1, weights[k] / max);
+    const w = shadeOf(weights[k], max);
     image.data[4 * k] = 255 - 75 * w;
     image.data[4 * k + 1] = 255 - 235 * w;
     image.data[4 * k + 2] = 255 - 235 * w;
@@ -516,14 +527,16 @@ async function drawGrid() {
   const body = textBody();
   const drawing = (state.gridDrawing = {}); // a newer call takes over from an older one
   ctx.clearRect(0, 0, canvas.width, canvas.height);
+  state.gridThumbs = [];
   for (let layer = 0; layer < n_layer; layer++) { // one request per layer: rows appear in turn
     const data = await post("/api/attention", { ...body, layer, thumb: true });
     if (state.gridDrawing !== drawing) return;
     const [heads, size] = data.shape;
     const all = decode(data.weights_f32, heads * size * size);
     for (let h = 0; h < heads; h++) {
-      heat(ctx, all.subarray(h * size * size, (h + 1) * size * size), size, h * cell,
-        layer * cell, (cell - 2) / size);
+      const values = all.subarray(h * size * size, (h + 1) * size * size);
+      heat(ctx, values, size, h * cell, layer * cell, (cell - 2) / size);
+      state.gridThumbs.push([layer, h, size, values]);
     }
   }
   ctx.strokeStyle = "#06c";
@@ -557,12 +570,12 @@ async function drawBig() {
   state.results.attention = { layer: state.layer, head: state.head, tokens: T,
     weights: Array.from(weights) };
   const canvas = $("big");
-  const cell = canvas.width / T;
+  const cell = (canvas.width - MARGIN) / T;
   paintBig();
   canvas.onpointermove = canvas.onpointerdown = (e) => { // a mouse, or a finger on a phone
     const [x, y] = canvasPoint(canvas, e);
-    const j = Math.floor(x / cell);
-    const i = Math.floor(y / cell);
+    const j = Math.floor((x - MARGIN) / cell);
+    const i = Math.floor((y - MARGIN) / cell);
     if (i < 0 || j < 0 || i >= T || j >= T) return;
     const o = state.offset; // row and column k are token o + k of the text
     const piece = (k) => JSON.stringify(state.tokens[o + k] ? state.tokens[o + k].piece : "?");
@@ -570,28 +583,76 @@ async function drawBig() {
       j > i ? t("masked") : weights[i * T + j].toFixed(4)); // the future is masked, not 0
   };
   canvas.onclick = (e) => {
-    const i = Math.floor(canvasPoint(canvas, e)[1] / cell);
+    const i = Math.floor((canvasPoint(canvas, e)[1] - MARGIN) / cell);
     if (i >= 0 && i < T) selectPosition(state.offset + i);
   };
   shade();
 }
 
-// The chosen head's map, with the chosen query's row outlined.
-function paintBig() {
-  if (!state.big) return;
+const MARGIN = 60; // room for the tokens' labels left of and above the big map
+
+// The chosen head's map on a canvas: queries down the left, keys along the top (their tokens,
+// or every few positions' numbers where cells are small), the chosen query's row outlined
+// (not on a downloaded picture).
+function paintMap(canvas, outline = true) {
   const { T, weights } = state.big;
-  const canvas = $("big");
   const ctx = canvas.getContext("2d");
   ctx.fillStyle = "#fff";
   ctx.fillRect(0, 0, canvas.width, canvas.height);
-  const cell = canvas.width / T;
-  heat(ctx, weights, T, 0, 0, cell);
-  const q = state.position === null ? -1 : state.position - state.offset;
-  if (q >= 0 && q < T) {
+  const cell = (canvas.width - MARGIN) / T;
+  heat(ctx, weights, T, MARGIN, MARGIN, cell);
+  ctx.fillStyle = "#333";
+  ctx.font = `${Math.max(8, Math.min(12, Math.floor(cell)))}px monospace`;
+  const every = Math.ceil(9 / cell); // a label per 9 pixels at most
+  const o = state.offset;
+  for (let k = 0; k < T; k += every) {
+    const tok = state.tokens[o + k];
+    const label = every === 1 && tok ? JSON.stringify(tok.piece).slice(1, -1).slice(0, 6) : `${o + k}`;
+    ctx.textAlign = "right";
+    ctx.fillText(label, MARGIN - 3, MARGIN + (k + 0.8) * cell);
+    ctx.save();
+    ctx.translate(MARGIN + (k + 0.8) * cell, MARGIN - 3);
+    ctx.rotate(-Math.PI / 2);
+    ctx.textAlign = "left";
+    ctx.fillText(label, 0, 0);
+    ctx.restore();
+  }
+  ctx.textAlign = "left";
+  ctx.fillText(t("keys_queries"), 2, 10);
+  const q = state.position === null ? -1 : state.position - o;
+  if (outline && q >= 0 && q < T) {
     ctx.strokeStyle = "#06c";
     ctx.lineWidth = 2;
-    ctx.strokeRect(1, q * cell + 1, canvas.width - 2, Math.max(cell - 2, 1));
+    ctx.strokeRect(MARGIN + 1, MARGIN + q * cell + 1, T * cell - 2, Math.max(cell - 2, 1));
   }
+}
+
+function paintBig() {
+  if (!state.big) return;
+  paintMap($("big"));
+  colourBar($("colour-bar"), state.big.weights);
+}
+
+// White to red, with the weights the ends stand for (and the middle, on a log scale).
+function colourBar(canvas, weights) {
+  let max = 1e-9;
+  for (const w of weights) if (w > max) max = w;
+  const ctx = canvas.getContext("2d");
+  ctx.fillStyle = "#fff";
+  ctx.fillRect(0, 0, canvas.width, canvas.height);
+  const x0 = MARGIN, width = canvas.width - MARGIN - 50;
+  for (let i = 0; i < width; i++) {
+    const w = i / (width - 1);
+    ctx.fillStyle = `rgb(${255 - 75 * w}, ${255 - 235 * w}, ${255 - 235 * w})`;
+    ctx.fillRect(x0 + i, 2, 1, 12);
+  }
+  ctx.fillStyle = "#333";
+  ctx.font = "10px sans-serif";
+  const low = state.scale === "log" ? (max / 1e4).toExponential(0) : "0";
+  ctx.fillText(low, x0, 26);
+  ctx.fillText(max.toFixed(4), x0 + width - 30, 26);
+  if (state.scale === "log") ctx.fillText((max / 100).toExponential(0), x0 + width / 2 - 10, 26);
+  ctx.fillText(t("masked_white"), x0 + width + 4, 12);
 }
 
 function shade() {
@@ -772,7 +833,8 @@ async function diagram() {
   const part = (name, shape, params, target, note = "") =>
     `<button type="button" class="part" data-target="${target}" title="${escapeHtml(note)}">` +
     `<b>${name}</b> <span>${shape}</span>` +
-    (params === null ? "" : `<small>${n(params)} ${t("params")}</small>`) + "</button>";
+    (params === null ? "" : `<small>${n(params)} ${t("params")}</small>`) +
+    (note ? `<small>${escapeHtml(note)}</small>` : "") + "</button>";
   const arrow = '<span class="arrow">↓</span>';
   const h0 = "transformer.h.0.";
   const tiedHead = data.tensors.some((x) => x.name === "lm_head.weight" && x.tied_to);
@@ -800,7 +862,7 @@ async function diagram() {
     arrow,
     part("ln_f", `(${C}) gain, bias`, count("transformer.ln_f."), "lens-view"),
     arrow,
-    part("lm_head", `(${C}, ${n(V)})`, tiedHead ? 0 : count("lm_head."), "next-view", tiedHead ? t("tied") : ""),
+    part("lm_head", `(${C}, ${n(V)})`, tiedHead ? null : count("lm_head."), "next-view", tiedHead ? t("tied") : ""),
     arrow,
     part("logits → softmax", `(T, ${n(V)})`, null, "next-view"),
     `<p class="hint">${n(data.parameters)} ${t("params")}, ${data.dtype}</p>`,
@@ -908,6 +970,7 @@ async function snapshots() {
   slider.onchange = () => chooseStep();
   stepLabel();
   drawLoss();
+  await learnSample();
 }
 
 function chosenSnapshot() {
@@ -928,6 +991,7 @@ function chooseStep() {
     return;
   }
   const s = chosenSnapshot();
+  stepLabel();
   state.step = s === null ? null : s.step;
   state.epoch += 1; // the views are about other weights now
   say("");
@@ -1047,6 +1111,50 @@ function chooseViewModel(i) {
   run(analyse());
 }
 
+// The big map as a picture to keep: white, labelled, its colour bar and a title under it, no
+// selection outline.
+function bigPicture() {
+  const out = document.createElement("canvas");
+  out.width = 800;
+  out.height = 800 + 50;
+  paintMap(out, false);
+  const bar = document.createElement("canvas");
+  bar.width = 800;
+  bar.height = 28;
+  colourBar(bar, state.big.weights);
+  const ctx = out.getContext("2d");
+  ctx.fillStyle = "#fff";
+  ctx.fillRect(0, 800, 800, 50);
+  ctx.drawImage(bar, 0, 800);
+  ctx.fillStyle = "#333";
+  ctx.font = "12px sans-serif";
+  ctx.fillText(`${model().name}: layer ${state.layer}, head ${state.head}` +
+    (state.step === null ? "" : `, step ${state.step}`), MARGIN, 844);
+  return out;
+}
+
+// Every head's thumbnail on white, labelled L (layer) and H (head), without the selection box.
+function gridPicture() {
+  const grid = $("grid");
+  const { n_layer, n_head } = model();
+  const cell = Math.floor(grid.width / Math.max(n_layer, n_head));
+  const pad = 24;
+  const out = document.createElement("canvas");
+  out.width = n_head * cell + pad;
+  out.height = n_layer * cell + pad;
+  const ctx = out.getContext("2d");
+  ctx.fillStyle = "#fff";
+  ctx.fillRect(0, 0, out.width, out.height);
+  const thumbs = state.gridThumbs || [];
+  thumbs.forEach(([layer, h, size, values]) =>
+    heat(ctx, values, size, pad + h * cell, pad + layer * cell, (cell - 2) / size));
+  ctx.fillStyle = "#333";
+  ctx.font = "11px sans-serif";
+  for (let h = 0; h < n_head; h++) ctx.fillText(`H${h}`, pad + h * cell + 2, 14);
+  for (let l = 0; l < n_layer; l++) ctx.fillText(`L${l}`, 2, pad + l * cell + 14);
+  return out;
+}
+
 function download(name, blob) {
   const a = document.createElement("a");
   a.href = URL.createObjectURL(blob);
@@ -1108,11 +1216,13 @@ async function start() {
     if (state.results.lens) lensTable(state.results.lens);
     saveUrl();
   };
-  $("download-png").onclick = () => $("big").toBlob((b) =>
+  $("download-png").onclick = () => bigPicture().toBlob((b) =>
     download(`attention-layer${state.layer}-head${state.head}.png`, b));
-  $("download-grid").onclick = () => $("grid").toBlob((b) => download("attention-grid.png", b));
+  $("download-grid").onclick = () => gridPicture().toBlob((b) => download("attention-grid.png", b));
+  $("scale").onchange = () => { state.scale = $("scale").value; paintBig(); run(drawGrid()); };
   $("download-json").onclick = () => download("gptlab-analysis.json", new Blob([JSON.stringify({
-    model: m.name, text: text(0), settings: settings(), position: state.position,
+    model: model().name, step: state.step, text: text(state.viewModel), settings: settings(),
+    position: state.position,
     tokens: state.tokens, ablate: state.ablate, ...state.results,
   }, null, 1)], { type: "application/json" }));
   for (const th of document.querySelectorAll("#heads-table th[data-key]")) {
