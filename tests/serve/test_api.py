@@ -200,6 +200,9 @@ def test_logit_lens_last_layer_is_the_models_prediction(client, lab):
     probs = torch.softmax(logits, -1)
     assert [c["id"] for c in rows[-1]] == probs.argmax(-1).tolist()
     np.testing.assert_allclose([c["p"] for c in rows[-1]], probs.max(-1).values, atol=1e-5)
+    ids = lab.tokenizer.encode(prompt)  # a window of positions: the same numbers
+    part = analysis.logit_lens(lab, ids, 3, 7)
+    assert [row[3:7] for row in rows] == part
 
 
 def test_ablating_a_head_is_zeroing_its_slice_of_c_proj(client, lab):
@@ -264,9 +267,11 @@ def test_planted_heads_get_their_scores(lab, monkeypatch):
             maps[0, 3, i, : i + 1] = 1 / (i + 1)
         return [maps, maps]
 
+    fresh = Lab(lab.model, lab.tokenizer, "planted")  # (a lab keeps its induction scores)
     monkeypatch.setattr(lab.model, "iter_attention_maps", lambda idx: iter(planted(idx)))
+    monkeypatch.setattr(fresh, "maps", lambda ids, layer: planted(torch.tensor([ids]))[0][0])
     ids = lab.tokenizer.encode("To be, or not to be")
-    rows = {h["head"]: h for h in analysis.head_scores(lab, ids) if h["layer"] == 0}
+    rows = {h["head"]: h for h in analysis.head_scores(fresh, ids) if h["layer"] == 0}
     assert rows[0]["prev"] == 1 and rows[1]["sink"] == 1 and rows[2]["induction"] == 1
     assert rows[0]["entropy"] == 0 and rows[3]["entropy"] > 1
     assert rows[3]["induction"] < 0.2 and rows[0]["induction"] == 0

@@ -109,7 +109,7 @@ def test_generate_look_inside_and_switch_language(browser, serve_folder, tmp_pat
         with page.expect_download() as saved:
             page.click("#download-json")
         analysis = json.load(open(saved.value.path()))
-        assert analysis["text"].startswith("To be, or") and len(analysis["lens"]) == 3
+        assert analysis["text"].startswith("To be, or") and len(analysis["lens"]["rows"]) == 3
         assert analysis["attention"]["layer"] == 1 and analysis["attention"]["head"] == 2
         page.click("#lang")
         assert page.inner_text("#attention-view h2").startswith("注意力")

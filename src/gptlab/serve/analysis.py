@@ -8,7 +8,6 @@ serialises the model's use, so one request's ablation hooks never reach another'
 from __future__ import annotations
 
 import contextlib
-import itertools
 import math
 import threading
 from collections.abc import Iterator, Sequence
@@ -37,6 +36,8 @@ class Lab:
     _float32: GPT | None = field(default=None, repr=False)
     _pca: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
     _at: dict[int, Lab] = field(default_factory=dict, repr=False)
+    _streams: dict[tuple[int, ...], list[torch.Tensor]] = field(default_factory=dict, repr=False)
+    _induction: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
 
     @property
     def analysed(self) -> GPT:
@@ -78,6 +79,24 @@ class Lab:
             top = top * top.sum(0).sign().where(top.sum(0) != 0, torch.ones(2, dtype=top.dtype))
             self._pca = (top.float(), (values[-2:].flip(0) / values.sum()).float())
         return self._pca
+
+    def stream(self, ids: Sequence[int]) -> list[torch.Tensor]:
+        """The residual stream of the analysed model for ids (the caller holds the lock):
+        n_layer + 1 tensors (T, C), the embeddings first. The last two texts' are kept: a page
+        asks about one text many times (each layer's maps, the lens, one head's steps)."""
+        key = tuple(ids)
+        if key not in self._streams:
+            states = [x[0] for x in self.analysed.residual_stream(self.tensor(ids))]
+            while len(self._streams) >= 2:
+                self._streams.pop(next(iter(self._streams)))
+            self._streams[key] = states
+        return self._streams[key]
+
+    def maps(self, ids: Sequence[int], layer: int) -> torch.Tensor:
+        """Layer `layer`'s attention weights (n_head, T, T) from the cached stream (caller
+        holds the lock)."""
+        block = self.analysed.transformer.h[layer]
+        return block.attn.weights(block.ln_1(self.stream(ids)[layer][None]))[0].float()
 
     @property
     def device(self) -> torch.device:
@@ -160,12 +179,18 @@ def next_tokens(
     probability as the model gives it and after temperature / top-k / top-p, as sampling
     would draw it; with heads ablated, also "p_intact", the probability with every head on."""
     position = len(ids) - 1 if position is None else position
-    x = lab.tensor(ids[: position + 1])
+    model = lab.analysed
     with lab.lock:
-        with ablated(lab.analysed, ablate):
-            logits = lab.analysed(x).logits[0, -1].float()
-        # with heads switched off, the intact model's numbers beside them: the difference
-        intact = torch.softmax(lab.analysed(x).logits[0, -1].float(), -1) if ablate else None
+        # the intact model's logits at `position`, from the text's stream (causal: the same as
+        # reading the text up to there)
+        last = model.transformer.ln_f(lab.stream(ids)[-1][position])
+        logits = model.lm_head(last)[: model.config.vocab_size].float()
+        intact = None
+        if ablate:  # with heads switched off, the intact model's numbers beside them
+            intact = torch.softmax(logits, -1)
+            with ablated(model, ablate):
+                x = lab.tensor(ids[: position + 1])
+                logits = model(x).logits[0, -1, : model.config.vocab_size].float()
     probs = torch.softmax(logits, dim=-1)
     if temperature == 0:  # greedy: all of the mass on the argmax
         after = torch.zeros_like(probs)
@@ -193,9 +218,8 @@ def next_tokens(
 def attention(lab: Lab, ids: Sequence[int], layer: int) -> torch.Tensor:
     """Layer `layer`'s attention weights for ids: (n_head, T, T), rows summing to 1."""
     check_layer(lab, layer)
-    with lab.lock:  # the blocks up to `layer` only, one layer's maps in memory
-        maps = lab.analysed.iter_attention_maps(lab.tensor(ids))
-        return next(itertools.islice(maps, layer, None))[0].float()
+    with lab.lock:
+        return lab.maps(ids, layer)
 
 
 def shrink(maps: torch.Tensor, size: int) -> torch.Tensor:
@@ -211,16 +235,20 @@ def shrink(maps: torch.Tensor, size: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def logit_lens(lab: Lab, ids: Sequence[int]) -> list[list[dict]]:
-    """For the embeddings and each block's output: at each position, the token the model
-    would predict if the stream ended there (ln_f, then the head) and its probability.
-    (n_layer + 1) rows of T entries {"id", "piece", "p"}; the last row is the model's own."""
+def logit_lens(
+    lab: Lab, ids: Sequence[int], first: int = 0, last: int | None = None
+) -> list[list[dict]]:
+    """For the embeddings and each block's output: at each position in [first, last) (default
+    all), the token the model would predict if the stream ended there (ln_f, then the head)
+    and its probability. (n_layer + 1) rows of entries {"id", "piece", "p"}; the last row is
+    the model's own prediction. (A position costs n_layer + 1 products with the whole
+    vocabulary: GPT-2's 200 positions take seconds, the page's 48 a fraction.)"""
     model = lab.analysed
     with lab.lock:
-        states = model.residual_stream(lab.tensor(ids))
         rows = []
-        for x in states:
-            logits = model.lm_head(model.transformer.ln_f(x))[0, :, : model.config.vocab_size]
+        for x in lab.stream(ids):
+            x = x[first:last]
+            logits = model.lm_head(model.transformer.ln_f(x))[:, : model.config.vocab_size]
             p, top = torch.softmax(logits.float(), -1).max(-1)
             rows.append(
                 [
@@ -246,24 +274,32 @@ def head_scores(lab: Lab, ids: Sequence[int]) -> list[dict]:
     token after i's earlier occurrence)."""
     if len(ids) < 2:
         raise GptlabError("head diagnostics need at least 2 tokens")
-    n = max(2, min(50, lab.model.config.block_size // 2))
     rows = []
     with lab.lock:  # a layer at a time: memory for one layer's maps, whatever the length
-        maps = lab.analysed.iter_attention_maps(lab.tensor(ids))
-        repeat = lab.analysed.iter_attention_maps(lab.tensor(_induction_sequence(lab, n)))
-        for layer, (a, r) in enumerate(zip(maps, repeat, strict=True)):
-            rows += _scores(layer, a[0].float(), r[0].float(), n)
+        induction = _induction_scores(lab)
+        for layer in range(lab.model.config.n_layer):
+            rows += _scores(layer, lab.maps(ids, layer), induction[layer])
     return rows
 
 
-def _scores(layer: int, a: torch.Tensor, r: torch.Tensor, n: int) -> list[dict]:
-    """One layer's head diagnostics from its maps on the text a (nh, T, T) and on the
-    repeated sequence r (nh, 2n, 2n)."""
+def _induction_scores(lab: Lab) -> torch.Tensor:
+    """(n_layer, n_head) induction scores, on a random sequence repeated twice: the mean
+    weight from position i of the repeat on the token after i's earlier occurrence. The same
+    for every text: computed once (caller holds the lock)."""
+    if not lab._induction:
+        n = max(2, min(50, lab.model.config.block_size // 2))
+        q = torch.arange(n, 2 * n)
+        maps = lab.analysed.iter_attention_maps(lab.tensor(_induction_sequence(lab, n)))
+        lab._induction[0] = torch.stack([r[0][:, q, q - n + 1].float().mean(-1) for r in maps])
+    return lab._induction[0]
+
+
+def _scores(layer: int, a: torch.Tensor, induction: torch.Tensor) -> list[dict]:
+    """One layer's head diagnostics from its maps on the text a (nh, T, T) and its heads'
+    induction scores (nh,)."""
     entropy = -(a * torch.log(a.clamp_min(1e-12))).sum(-1).mean(-1)
     prev = a.diagonal(offset=-1, dim1=1, dim2=2).mean(-1)
     sink = a[:, 1:, 0].mean(-1)
-    q = torch.arange(n, 2 * n)
-    induction = r[:, q, q - n + 1].mean(-1)
     return [
         {
             "layer": layer,
@@ -333,9 +369,7 @@ def head_steps(lab: Lab, ids: Sequence[int], layer: int, head: int, position: in
     check_head(lab, head)
     model = lab.analysed
     with lab.lock:
-        x = model.embed(lab.tensor(ids))
-        for block in model.transformer.h[:layer]:
-            x = block(x)
+        x = lab.stream(ids)[layer][None]  # what block `layer` reads
         block = model.transformer.h[layer]
         h = block.ln_1(x)
         q, k, v = (t[0] for t in block.attn.heads(h))  # (nh, T, hs) each
@@ -448,15 +482,12 @@ def residual(lab: Lab, ids: Sequence[int], layer: int, position: int) -> dict:
     model = lab.analysed
     blocks = model.transformer.h
     with lab.lock:
-        x = model.embed(lab.tensor(ids))
-        stream, attn, mlp = [x[0]], [], []
-        for block in blocks:
-            a = block.attn(block.ln_1(x))
-            m = block.mlp(block.ln_2(x + a))
-            x = x + a + m
-            stream.append(x[0])
-            attn.append(a[0])
-            mlp.append(m[0])
+        stream = lab.stream(ids)
+        attn, mlp = [], []
+        for block, x, after in zip(blocks, stream, stream[1:], strict=False):
+            a = block.attn(block.ln_1(x[None]))[0]
+            attn.append(a)
+            mlp.append(after - x - a)  # the block's output is x + a + mlp(ln_2(x + a))
         norm = blocks[layer].ln_1 if layer < n_layer else model.transformer.ln_f
         v = stream[layer][position].float()
         mean, var = v.mean(), v.var(unbiased=False)

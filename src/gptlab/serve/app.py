@@ -40,6 +40,7 @@ STATIC = Path(__file__).parent / "static"
 GUIDE = Path(__file__).parent / "guide"
 GUIDES = ("concepts.md", "concepts.zh-CN.md")
 THUMB = 48  # cells per side of a grid thumbnail
+LENS = 48  # positions of the logit lens per request
 
 # name -> (JSON type, default, description). The one list the validator, the OpenAPI schema and
 # the page share.
@@ -75,7 +76,7 @@ ENDPOINTS: dict[str, tuple[str, list[str]]] = {
         ["prompt", "model", "step", "max_new_tokens", *SAMPLING, "seed"],
     ),
     "/api/attention": ("one layer's attention weights", [*TEXT, "layer", "head", "thumb"]),
-    "/api/lens": ("the logit lens", TEXT),
+    "/api/lens": ("the logit lens, at most 48 positions around `position`", [*TEXT, "position"]),
     "/api/heads": ("per-head diagnostics", TEXT),
     "/api/model": ("the model's tensors and sizes", ["model"]),
     "/api/decode": (
@@ -318,8 +319,11 @@ class Server:
     async def lens(self, request: Request, body: dict) -> Any:
         lab = self.lab(body)
         ids, offset = self.window(lab, body)
-        rows = await asyncio.to_thread(analysis.logit_lens, lab, ids)
-        return {"rows": rows, "offset": offset}
+        position = self.position(body, ids, offset)
+        at = len(ids) - 1 if position is None else position
+        first = max(0, min(at - LENS // 2, len(ids) - LENS))
+        rows = await asyncio.to_thread(analysis.logit_lens, lab, ids, first, first + LENS)
+        return {"rows": rows, "offset": offset, "first": first + offset}
 
     async def heads(self, request: Request, body: dict) -> Any:
         lab = self.lab(body)

@@ -404,8 +404,9 @@ async function analyse() {
   }
   showTokens(tokenized.tokens); // (after the position: its chip is outlined)
   $("window-note").textContent = state.offset ? t("window_note")(n, n - state.offset, state.offset) : "";
-  await Promise.all([nextTable(), drawBig(), drawGrid(), steps(), lens(), heads(),
-    embeddingsView(), residualView()]);
+  // (the server answers one at a time: the quick views first, the logit lens last)
+  await Promise.all([nextTable(), drawBig(), steps(), embeddingsView(), residualView(), heads(),
+    drawGrid(), lens()]);
 }
 
 function selectPosition(i) {
@@ -423,7 +424,7 @@ function selectPosition(i) {
   run(steps());
   run(embeddingsView());
   run(residualView());
-  if (state.results.lens) lensTable(state.results.lens);
+  run(lens());
 }
 
 async function nextTable() {
@@ -710,27 +711,32 @@ async function steps() {
   }
 }
 
+let lensRequest = 0; // only the latest request's answer is drawn
+
+// The logit lens at most 48 positions around the chosen token (each position costs n_layer + 1
+// products with the whole vocabulary): asked for again when the position changes.
 async function lens() {
-  const data = await post("/api/lens", textBody());
-  state.results.lens = data.rows;
-  lensTable(data.rows);
+  const mine = ++lensRequest;
+  const data = await post("/api/lens", { ...textBody(), position: state.position });
+  if (mine !== lensRequest) return;
+  state.results.lens = data;
+  lensTable(data);
 }
 
-function lensTable(rows) {
-  const T = rows[0].length; // the window's positions: token o + j of the text
-  const o = state.offset;
-  const shown = 48; // positions that fit on a screen: a window around the chosen one
-  const at = Math.min((state.position ?? o + T - 1) - o, T - 1);
-  const first = Math.max(0, Math.min(at - shown / 2, T - shown));
-  const last = Math.min(T, first + shown);
-  $("lens-window").textContent = T > shown ? t("lens_window")(o + first, o + last - 1, o + T) : "";
-  const mark = (j) => (j === at ? ' class="query"' : "");
-  let html = "<tr><th></th>" + state.tokens.slice(o + first, o + last).map((tk, k) =>
-    `<th${mark(first + k)}>${escapeHtml(JSON.stringify(tk.piece))}</th>`).join("") + "</tr>";
+function lensTable(data) {
+  const { rows, first } = data; // rows[l][k] is about token first + k of the text
+  const shown = rows[0].length;
+  const T = state.tokens.length - state.offset; // the positions the model reads
+  const at = (state.position ?? state.tokens.length - 1) - first;
+  $("lens-window").textContent = T > shown
+    ? t("lens_window")(first, first + shown - 1, state.tokens.length) : "";
+  const mark = (k) => (k === at ? ' class="query"' : "");
+  let html = "<tr><th></th>" + state.tokens.slice(first, first + shown).map((tk, k) =>
+    `<th${mark(k)}>${escapeHtml(JSON.stringify(tk.piece))}</th>`).join("") + "</tr>";
   rows.forEach((row, layer) => {
     const name = layer === 0 ? t("embeddings") : `${t("layer")} ${layer - 1}`;
-    html += `<tr><th>${name}</th>` + row.slice(first, last).map((c, k) =>
-      `<td${mark(first + k)} style="background: rgba(20, 100, 200, ${c.p})" title="p ${c.p}">` +
+    html += `<tr><th>${name}</th>` + row.map((c, k) =>
+      `<td${mark(k)} style="background: rgba(20, 100, 200, ${c.p})" title="p ${c.p}">` +
       `${escapeHtml(JSON.stringify(c.piece))}</td>`).join("") + "</tr>";
   });
   $("lens-table").innerHTML = html;
