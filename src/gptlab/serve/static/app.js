@@ -29,6 +29,8 @@ const I18N = {
     steps_hint: "The chosen layer and head, for the chosen query token, computed in float32 from the model's own weights: its query q against every key k, divided by the square root of the head size, the future masked, then softmax; the output is those weights' sum of the values.",
     key: "key", masked: "masked",
     scale: "colour scale", linear: "linear", log: "log (4 decades)",
+    steps_vectors: "At the chosen query token, the vectors in order (bars: each number, red above 0, blue below):",
+    all_heads: (n, C) => `${n} heads side by side`,
     keys_queries: "keys →, queries ↓", masked_white: "white above the diagonal: masked",
     lens_window: (a, b, T) => `positions #${a} to #${b} of ${T}, around the chosen token`,
     window_note: (n, block, o) => `The text has ${n} tokens; the model reads the last ${block} (from #${o}), as sampling does: the views show those.`,
@@ -99,6 +101,8 @@ const I18N = {
     steps_hint: "所选的层和头对所选查询词元的计算，用模型自己的权重以 float32 算出：它的查询 q 与每个键 k 做点积，除以头维度的平方根，遮住未来，再做 softmax；输出是这些权重对值的加权和。",
     key: "键", masked: "已掩蔽",
     scale: "色标", linear: "线性", log: "对数（4 个数量级）",
+    steps_vectors: "在所选查询词元处，依次经过的向量（条形：每个数，红色大于 0，蓝色小于 0）：",
+    all_heads: (n, C) => `${n} 个头并排`,
     keys_queries: "键 →，查询 ↓", masked_white: "对角线以上的白色：已掩蔽",
     lens_window: (a, b, T) => `共 ${T} 个位置，显示所选词元附近的 #${a} 至 #${b}`,
     window_note: (n, block, o) => `文本共有 ${n} 个词元；模型只读最后 ${block} 个（从 #${o} 开始），与采样时相同：各视图显示的就是这些。`,
@@ -709,6 +713,34 @@ async function steps() {
     const values = decode(data.steps[name].f32, T * hs);
     diverging($(`${name}-map`), values, T, hs, q);
   }
+  const C = sizes.C;
+  const at = (name, n) => decode(data.steps[name].f32, data.steps[name].shape.reduce((a, b) => a * b))
+    .subarray(n === C ? q * C : 0, (n === C ? q * C : 0) + n); // a (T, C) field: the query's row
+  const vectors = [["x", at("x", C)], ["ln_1(x)", at("ln_1", C)],
+    ["q", decode(data.steps.q.f32, T * hs).subarray(q * hs, (q + 1) * hs)],
+    ["weights · v", decode(data.steps.head_out.f32, hs)],
+    [t("all_heads")(sizes.nh, C), decode(data.steps.heads.f32, C)],
+    ["c_proj → + x", decode(data.steps.attn_out.f32, C)]];
+  const box = $("step-vectors");
+  box.innerHTML = "";
+  for (const [name, values] of vectors) {
+    const cell = document.createElement("div");
+    cell.innerHTML = `<p class="hint">${escapeHtml(name)} (${values.length})</p>`;
+    const canvas = document.createElement("canvas");
+    canvas.width = 180;
+    canvas.height = 60;
+    cell.appendChild(canvas);
+    box.appendChild(cell);
+    bars(canvas, values, Math.max(...Array.from(values, Math.abs), 1e-9));
+  }
+  showColumn($("steps-table"), "th.query");
+}
+
+// Scroll a wide table's box so that the chosen column is in view.
+function showColumn(table, selector) {
+  const cell = table.querySelector(selector);
+  const box = table.parentElement;
+  if (cell && box) box.scrollLeft = Math.max(0, cell.offsetLeft - box.clientWidth / 2);
 }
 
 let lensRequest = 0; // only the latest request's answer is drawn
@@ -740,6 +772,7 @@ function lensTable(data) {
       `${escapeHtml(JSON.stringify(c.piece))}</td>`).join("") + "</tr>";
   });
   $("lens-table").innerHTML = html;
+  showColumn($("lens-table"), "th.query");
 }
 
 async function heads() {
@@ -949,6 +982,7 @@ async function residualView() {
     html += row(a, attn, l) + row(m, mlp, l) + row(after, norms, l + 1);
   }
   $("residual-table").innerHTML = html;
+  showColumn($("residual-table"), "th.query");
   const C = data.x.shape[0];
   const x = decode(data.x.f32, C), normalized = decode(data.normalized.f32, C);
   const out = decode(data.out.f32, C);
