@@ -589,6 +589,32 @@ def test_a_runs_snapshots_are_views_of_their_own_weights(serve_run):
         assert missing.status_code == 400 and "saved steps: 0, 10" in missing.json()["error"]
 
 
+def test_a_snapshot_of_another_model_or_damaged_losses_are_said_not_500(serve_run, tmp_path):
+    """A snapshot folder of another shape (copied in by hand) is a 400 naming the difference,
+    and a loss that is not a number in metrics.jsonl is null (JSON has no NaN)."""
+    import shutil
+
+    from starlette.testclient import TestClient
+
+    from gptlab import GPTConfig
+    from gptlab.train.checkpoint import save_snapshot
+
+    run = tmp_path / "run"
+    shutil.copytree(serve_run, run)
+    tok = load_lab(str(run), device="cpu").tokenizer
+    other = GPTConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=8)
+    save_snapshot(run, 20, tok, GPT(other))
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"step": 20, "train_loss": NaN, "val_loss": Infinity}\n')
+    with TestClient(Server([load_lab(str(run), device="cpu")]).app()) as client:
+        wrong = client.post("/api/next", json={"prompt": "To", "step": 20})
+        assert wrong.status_code == 400
+        assert "is not a snapshot of" in wrong.json()["error"]
+        assert "block_size=16" in wrong.json()["error"]
+        listed = client.post("/api/snapshots", json={}).json()["steps"]
+        assert listed[-1] == {"step": 20, "train_loss": None, "val_loss": None}
+
+
 def snapshot_greedy(folder, ids, n) -> list[int]:
     """Greedy continuation by the plain network, one full forward per token."""
     model = GPT.from_pretrained(folder).eval()

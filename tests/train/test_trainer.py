@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -85,7 +86,8 @@ def test_run_folder_holds_what_design_lists(corpus, tmp_path):
 
 def test_resume_is_bitwise_identical(corpus, tmp_path):
     """...and so are the snapshots (snapshots=true) the two runs keep of the same steps; a
-    snapshot a crashed command left after the checkpoint resumed from goes."""
+    snapshot a crashed command left after the checkpoint resumed from goes, and the one of that
+    checkpoint's evaluation, if a crash came before it, is made."""
     from gptlab.train.checkpoint import snapshots
 
     whole = tmp_path / "whole"
@@ -97,6 +99,7 @@ def test_resume_is_bitwise_identical(corpus, tmp_path):
     stray.mkdir()
     (stray / "model.safetensors").write_bytes(b"")
     (half / "snapshots" / ".step-000008.tmp").mkdir()
+    shutil.rmtree(half / "snapshots" / "step-000006")  # a crash after the checkpoint's swap
     result = train(MODEL, settings(corpus, half, snapshots=True), resume=True, progress=False)
     assert result.step == 12
     a, b = weights(whole), weights(half)
@@ -117,14 +120,17 @@ def test_resume_is_bitwise_identical(corpus, tmp_path):
 
 
 def test_another_run_is_refused_unless_resume_or_overwrite(corpus, tmp_path):
+    """...and an overwrite replaces the whole run: the old run's snapshots go with it (they
+    once stayed, and the page showed the old run's weights as the new run's steps)."""
     out = tmp_path / "run"
-    train(MODEL, settings(corpus, out, max_iters=4), progress=False)
+    train(MODEL, settings(corpus, out, max_iters=8, snapshots=True), progress=False)
     before = (out / "model.safetensors").read_bytes()
     with pytest.raises(GptlabError, match="holds another run; pass --resume .* or --overwrite"):
         train(MODEL, settings(corpus, out, max_iters=4), progress=False)
     assert (out / "model.safetensors").read_bytes() == before
     train(MODEL, settings(corpus, out, max_iters=4, seed=7), overwrite=True, progress=False)
     assert (out / "model.safetensors").read_bytes() != before
+    assert not (out / "snapshots").exists()
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(corpus, tmp_path, monkeypatch):

@@ -11,7 +11,7 @@ import contextlib
 import math
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -36,8 +36,9 @@ class Lab:
     _float32: GPT | None = field(default=None, repr=False)
     _pca: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
     _at: dict[int, Lab] = field(default_factory=dict, repr=False)
+    _at_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _streams: dict[tuple[int, ...], list[torch.Tensor]] = field(default_factory=dict, repr=False)
-    _induction: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
+    _induction: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def analysed(self) -> GPT:
@@ -53,19 +54,25 @@ class Lab:
         return self._float32
 
     def at(self, step: int) -> Lab:
-        """The model as it was at a snapshot of its run (float32, the same tokenizer); the
-        two last asked for are kept."""
+        """The model as it was at a snapshot of its run (float32, the same tokenizer), which
+        must have the served model's shape; the two last used are kept."""
         if step not in self.snapshots:
             saved = ", ".join(map(str, self.snapshots)) or "none"
             raise GptlabError(f"no snapshot at step {step} (saved steps: {saved})")
-        with self.lock:
+        with self._at_lock:  # (not the model's lock: the model goes on serving meanwhile)
             if step not in self._at:
                 from gptlab.model.load import load_model
 
-                model = load_model(self.snapshots[step], self.device, "float32")
+                folder = self.snapshots[step]
+                model = load_model(folder, self.device, "float32")
+                mine, theirs = asdict(self.model.config), asdict(model.config)
+                if mine != theirs:
+                    what = ", ".join(f"{k}={theirs[k]}" for k in mine if mine[k] != theirs[k])
+                    raise GptlabError(f"{folder} is not a snapshot of {self.name} ({what})")
                 while len(self._at) >= 2:
                     self._at.pop(next(iter(self._at)))
                 self._at[step] = Lab(model, self.tokenizer, f"{self.name} @ step {step}")
+            self._at[step] = self._at.pop(step)  # the last used goes last
             return self._at[step]
 
     def pca(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,6 +97,7 @@ class Lab:
             while len(self._streams) >= 2:
                 self._streams.pop(next(iter(self._streams)))
             self._streams[key] = states
+        self._streams[key] = self._streams.pop(key)  # the last used goes last
         return self._streams[key]
 
     def maps(self, ids: Sequence[int], layer: int) -> torch.Tensor:
@@ -243,8 +251,8 @@ def logit_lens(
     and its probability. (n_layer + 1) rows of entries {"id", "piece", "p"}; the last row is
     the model's own prediction. (A position costs n_layer + 1 products with the whole
     vocabulary: GPT-2's 200 positions take seconds, the page's 48 a fraction.)"""
-    model = lab.analysed
     with lab.lock:
+        model = lab.analysed
         rows = []
         for x in lab.stream(ids):
             x = x[first:last]
@@ -286,12 +294,12 @@ def _induction_scores(lab: Lab) -> torch.Tensor:
     """(n_layer, n_head) induction scores, on a random sequence repeated twice: the mean
     weight from position i of the repeat on the token after i's earlier occurrence. The same
     for every text: computed once (caller holds the lock)."""
-    if not lab._induction:
+    if lab._induction is None:
         n = max(2, min(50, lab.model.config.block_size // 2))
         q = torch.arange(n, 2 * n)
         maps = lab.analysed.iter_attention_maps(lab.tensor(_induction_sequence(lab, n)))
-        lab._induction[0] = torch.stack([r[0][:, q, q - n + 1].float().mean(-1) for r in maps])
-    return lab._induction[0]
+        lab._induction = torch.stack([r[0][:, q, q - n + 1].float().mean(-1) for r in maps])
+    return lab._induction
 
 
 def _scores(layer: int, a: torch.Tensor, induction: torch.Tensor) -> list[dict]:
@@ -424,17 +432,18 @@ def embeddings(
     the same similarity for the sinusoidal table of the same shape (what wpe replaced)."""
     from gptlab.attention.positional import sinusoidal_table
 
-    model, vocab = lab.analysed, lab.model.config.vocab_size
+    vocab = lab.model.config.vocab_size
     if not 0 <= token < vocab:
         raise GptlabError(f"token must be an id in [0, {vocab - 1}], got {token}")
-    with lab.lock:
+    with lab.lock:  # (the float32 copy and the PCA are made once, by one request)
+        model = lab.analysed
         wte = model.transformer.wte.weight[:vocab].float()
         wpe = model.transformer.wpe.weight.float()
+        axes, explained = lab.pca()
     unit = wte / wte.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     sims = unit @ unit[token]
     sims[token] = -2.0  # not its own neighbour
     top = torch.topk(sims, min(k, vocab - 1))
-    axes, explained = lab.pca()
     first = 256 if vocab >= 256 + n else 0
     chosen = list(dict.fromkeys([*ids, *range(first, min(vocab, first + n))]))
     xy = (wte[chosen] - wte.mean(0)) @ axes  # (len(chosen), 2)

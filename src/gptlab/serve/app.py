@@ -33,6 +33,7 @@ from gptlab.errors import GptlabError
 from gptlab.generate import check_sampling, start_ids, stream
 from gptlab.serve import analysis
 from gptlab.serve.analysis import Lab
+from gptlab.train.metrics import read_losses
 
 STATIC = Path(__file__).parent / "static"
 # The concepts guide, shipped with the package (links to docs/ in the repository, copied into
@@ -187,15 +188,16 @@ class Server:
 
     # ------------------------------------------------------------------ helpers
 
-    def lab(self, body: dict) -> Lab:
-        """The model a request names, at its snapshot `step` where one is given."""
+    async def lab(self, body: dict) -> Lab:
+        """The model a request names, at its snapshot `step` where one is given (loaded in a
+        worker thread: the server goes on answering meanwhile)."""
         i = body.get("model", 0)
         if not 0 <= i < len(self.labs):
             raise BadRequest(f"model must be in [0, {len(self.labs) - 1}], got {i}")
         if body.get("step") is None:
             return self.labs[i]
         try:
-            return self.labs[i].at(body["step"])
+            return await asyncio.to_thread(self.labs[i].at, body["step"])
         except GptlabError as e:
             raise BadRequest(str(e), 400) from None
 
@@ -269,12 +271,12 @@ class Server:
         )
 
     async def tokenize(self, request: Request, body: dict) -> Any:
-        lab = self.lab(body)
+        lab = await self.lab(body)
         ids = self.text_ids(lab, body)
         return {"tokens": analysis.tokens(lab, ids), "window_start": _window_start(lab, ids)}
 
     async def next(self, request: Request, body: dict) -> Any:
-        lab = self.lab(body)
+        lab = await self.lab(body)
         ids, offset = self.window(lab, body)
         self._sampling(body)
         position = self.position(body, ids, offset)
@@ -293,7 +295,7 @@ class Server:
         return {**table, "position": table["position"] + offset, "offset": offset}
 
     async def attention(self, request: Request, body: dict) -> Any:
-        lab = self.lab(body)
+        lab = await self.lab(body)
         ids, offset = self.window(lab, body)
         try:
             analysis.check_layer(lab, body["layer"])
@@ -317,7 +319,7 @@ class Server:
         }
 
     async def lens(self, request: Request, body: dict) -> Any:
-        lab = self.lab(body)
+        lab = await self.lab(body)
         ids, offset = self.window(lab, body)
         position = self.position(body, ids, offset)
         at = len(ids) - 1 if position is None else position
@@ -326,7 +328,7 @@ class Server:
         return {"rows": rows, "offset": offset, "first": first + offset}
 
     async def heads(self, request: Request, body: dict) -> Any:
-        lab = self.lab(body)
+        lab = await self.lab(body)
         ids, offset = self.window(lab, body)
         try:
             heads = await asyncio.to_thread(analysis.head_scores, lab, ids)
@@ -335,7 +337,7 @@ class Server:
             raise BadRequest(str(e), 400) from None
 
     async def decode(self, request: Request, body: dict) -> Any:
-        lab = self.lab(body)
+        lab = await self.lab(body)
         ids = body["ids"]
         vocab = lab.model.config.vocab_size
         if not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < vocab for i in ids):
@@ -344,11 +346,11 @@ class Server:
         return {"text": text, "whole": whole}
 
     async def model_parts(self, request: Request, body: dict) -> Any:
-        return analysis.model_parts(self.lab(body))
+        return analysis.model_parts(await self.lab(body))
 
     async def steps(self, request: Request, body: dict) -> Any:
         """Each step as {"shape", "f32"} (little-endian float32, base64; -inf where masked)."""
-        lab = self.lab(body)
+        lab = await self.lab(body)
         ids, offset = self.window(lab, body)
         position = self.position(body, ids, offset)
         position = len(ids) - 1 if position is None else position
@@ -369,7 +371,7 @@ class Server:
         }
 
     async def embeddings(self, request: Request, body: dict) -> Any:
-        lab = self.lab(body)
+        lab = await self.lab(body)
         ids, _ = self.window(lab, body)
         token = ids[-1] if body["token"] is None else body["token"]
         try:
@@ -381,7 +383,7 @@ class Server:
         return found
 
     async def residual(self, request: Request, body: dict) -> Any:
-        lab = self.lab(body)
+        lab = await self.lab(body)
         ids, offset = self.window(lab, body)
         position = self.position(body, ids, offset)
         position = len(ids) - 1 if position is None else position
@@ -400,8 +402,8 @@ class Server:
         }
 
     async def snapshots(self, request: Request, body: dict) -> Any:
-        lab = self.lab(body)
-        losses = _metrics(Path(lab.name)) if lab.snapshots else []
+        lab = await self.lab(body)
+        losses = await asyncio.to_thread(read_losses, Path(lab.name)) if lab.snapshots else []
         by_step = {row["step"]: row for row in losses}
         return {
             "steps": [
@@ -415,7 +417,7 @@ class Server:
         }
 
     async def generate(self, request: Request, body: dict) -> Response:
-        lab = self.lab(body)
+        lab = await self.lab(body)
         ids = self.ids(lab, body)
         self._sampling(body)
         block = lab.model.config.block_size
@@ -600,23 +602,6 @@ def load_lab(name: str, device: str = "auto", dtype: str = "auto", quantize: str
 
     model, tok = load_for_inference(name, device, dtype, quantize)
     return Lab(model, tok, name, snapshots=snapshots(Path(name)) if Path(name).is_dir() else {})
-
-
-def _metrics(run: Path) -> list[dict]:
-    """The evaluations in a run's metrics.jsonl: [{"step", "train_loss", "val_loss"}]."""
-    rows = []
-    try:
-        lines = (run / "metrics.jsonl").read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
-        return rows
-    for line in lines:
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict) and isinstance(row.get("step"), int):
-            rows.append({k: row.get(k) for k in ("step", "train_loss", "val_loss")})
-    return rows
 
 
 class Background:

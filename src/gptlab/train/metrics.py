@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -89,19 +90,34 @@ class Logger:
             self.writer.close()
 
 
-def plot_losses(out: Path) -> None:
-    """OUT/loss.png: train and val loss against step, from metrics.jsonl."""
-    path = out / "metrics.jsonl"
-    if not path.is_file():
-        return
+def read_losses(out: Path) -> list[dict]:
+    """The evaluations of OUT/metrics.jsonl as [{"step", "train_loss", "val_loss"}]: whole rows
+    only (a line cut short by a crash is skipped), a loss that is not a finite number as None."""
+    path = Path(out) / "metrics.jsonl"
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return []
     rows = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+    for line in lines:
         try:
             row = json.loads(line)
-        except ValueError:  # a line cut short by a crash: the plot skips it
+        except ValueError:
             continue
-        if isinstance(row, dict) and {"step", "train_loss", "val_loss"} <= row.keys():
-            rows.append(row)
+        if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+            continue
+        loss = {}
+        for key in ("train_loss", "val_loss"):
+            v = row.get(key)
+            ok = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+            loss[key] = v if ok else None
+        rows.append({"step": row["step"], **loss})
+    return rows
+
+
+def plot_losses(out: Path) -> None:
+    """OUT/loss.png: train and val loss against step, from metrics.jsonl."""
+    rows = [r for r in read_losses(out) if None not in r.values()]
     if not rows:
         return
     import matplotlib

@@ -30,6 +30,7 @@ RUN_FILES = (
     ".checkpoint.old",
     ".checkpoint.tmp",
     "best",
+    "snapshots",
     "tb",
     "metrics.jsonl",
     "loss.png",

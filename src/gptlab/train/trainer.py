@@ -219,8 +219,8 @@ def _train_locked(model_config, config, device, d, resume, overwrite, progress, 
         runfolder.mark(out)
         if resume:
             _drop_metrics_after(out, saved[1]["step"])
-            checkpoint.drop_snapshots_after(out, saved[1]["step"])
             checkpoint.finish_interrupted_save(out, saved[1], data.tokenizer())
+            _settle_snapshots(out, saved[1], config, data.tokenizer())
     run = _Run(model, model_config, config, data, saved, device, d, out, started)
     budget = Budget(config, started) if config.max_time > 0 and not resume else None
     return run.loop(budget, progress)
@@ -375,7 +375,7 @@ class _Run:
 
     # ------------------------------------------------------------------ checkpoints
 
-    def save(self, last_val: float | None, rngs: list[dict]) -> None:
+    def save(self, last_val: float | None, rngs: list[dict], evaluated: bool = False) -> None:
         """The checkpoint (every rank calls: under fsdp each writes its optimizer shards)."""
         trainer_state = {
             "data_generator": self.data_gen.get_state(),
@@ -396,6 +396,7 @@ class _Run:
             "tokens": state.tokens,
             "best_val_loss": None if math.isinf(state.best_val) else state.best_val,
             "last_val_loss": last_val,
+            "evaluated": evaluated,  # this step's checkpoint came with an evaluation
             "elapsed_s": self.elapsed(),
         }
         d, out, weights = self.d, self.out, self.model
@@ -439,7 +440,7 @@ class _Run:
         improved = False
         if evaluate:
             last_val, improved = self.evaluate(lr)
-        self.save(last_val, rngs)
+        self.save(last_val, rngs, evaluated=evaluate)
         if improved:
             on_main(self.d, functools.partial(checkpoint.save_best, self.out, self.tokenizer))
         if evaluate and self.config.snapshots:
@@ -721,6 +722,17 @@ def _drop_metrics_after(out: Path, step: int) -> None:
             changed = True
     if changed:
         atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+def _settle_snapshots(out: Path, state: dict, config: TrainConfig, tokenizer) -> None:
+    """Resuming from step N: snapshots kept after N go (a crashed command's); the one of N
+    itself, if N's checkpoint came with an evaluation, is made where a crash came between the
+    checkpoint and it."""
+    step = state["step"]
+    checkpoint.drop_snapshots_after(out, step)
+    missing = step not in checkpoint.snapshots(out)
+    if config.snapshots and state.get("evaluated") and missing:
+        checkpoint.save_snapshot(out, step, tokenizer)
 
 
 def _autocast(device: torch.device, dtype: str):

@@ -317,6 +317,7 @@ function paneChip(i, piece, id, cls, index) {
 async function generate() {
   if (state.generating) return; // one generation at a time: a second click waits for Stop
   state.generating = true;
+  if (state.learnAbort) state.learnAbort.abort(); // the learn sample gives way
   state.epoch += 1;
   say("");
   const s = settings();
@@ -350,6 +351,7 @@ async function generate() {
     state.generating = false;
   }
   if (started) await analyseOrSay();
+  if (state.snapshots.length && !state.sampleDone) run(learnSample()); // it gave way
 }
 
 async function analyseOrSay() {
@@ -371,10 +373,22 @@ async function streamInto(i, s) {
     say(message);
     throw new Error(message);
   }
+  let count = 0;
+  await readEvents(response, (event) => {
+    state.generated[i] += event.text || "";
+    if (event.done) return;
+    count += 1;
+    const chips = document.querySelector(`#pane-${i} .chips`);
+    chips.appendChild(paneChip(i, event.text, event.id, "new", chips.children.length));
+    if (i === state.viewModel && count % 16 === 0) run(drawGrid()); // it grows with the text
+  });
+}
+
+// The server-sent events of a generation, each handed to onEvent as it arrives.
+async function readEvents(response, onEvent) {
   const reader = response.body.getReader();
   const decoder = new TextDecoder();
   let buffer = "";
-  let count = 0;
   for (;;) {
     const { value, done } = await reader.read();
     if (done) break;
@@ -383,16 +397,17 @@ async function streamInto(i, s) {
     while ((cut = buffer.indexOf("\n\n")) >= 0) {
       const line = buffer.slice(0, cut);
       buffer = buffer.slice(cut + 2);
-      if (!line.startsWith("data: ")) continue;
-      const event = JSON.parse(line.slice(6));
-      state.generated[i] += event.text || "";
-      if (event.done) continue;
-      count += 1;
-      const chips = document.querySelector(`#pane-${i} .chips`);
-      chips.appendChild(paneChip(i, event.text, event.id, "new", chips.children.length));
-      if (i === state.viewModel && count % 16 === 0) run(drawGrid()); // it grows with the text
+      if (line.startsWith("data: ")) onEvent(JSON.parse(line.slice(6)));
     }
   }
+}
+
+// A view's request number: only the answer to its latest request is drawn (the server may
+// answer two requests of one view in either order).
+const asked = {};
+function ask(view) {
+  const mine = (asked[view] = (asked[view] || 0) + 1);
+  return () => asked[view] === mine;
 }
 
 // ------------------------------------------------------------------- the views
@@ -433,8 +448,10 @@ function selectPosition(i) {
 
 async function nextTable() {
   const s = settings();
+  const latest = ask("next");
   const table = await post("/api/next", { ...textBody(), temperature: s.temperature,
     top_k: s.top_k, top_p: s.top_p, position: state.position, ablate: state.ablate });
+  if (!latest()) return;
   state.results.next = table;
   const body = $("next-table").querySelector("tbody");
   body.innerHTML = "";
@@ -567,8 +584,10 @@ function chooseHead(layer, head) {
 }
 
 async function drawBig() {
+  const latest = ask("big");
   const data = await post("/api/attention", { ...textBody(), layer: state.layer,
     head: state.head });
+  if (!latest()) return;
   const T = data.tokens;
   const weights = decode(data.weights_f32, T * T);
   state.big = { T, weights };
@@ -680,14 +699,12 @@ function shade() {
   });
 }
 
-let stepsRequest = 0; // only the latest request's answer is drawn
-
 async function steps() {
   if (state.position === null) return;
-  const mine = ++stepsRequest;
+  const latest = ask("steps");
   const data = await post("/api/steps", { ...textBody(), layer: state.layer, head: state.head,
     position: state.position });
-  if (mine !== stepsRequest) return;
+  if (!latest()) return;
   state.results.steps = data;
   const T = data.tokens.length;
   const row = (name) => decode(data.steps[name].f32, T);
@@ -743,14 +760,12 @@ function showColumn(table, selector) {
   if (cell && box) box.scrollLeft = Math.max(0, cell.offsetLeft - box.clientWidth / 2);
 }
 
-let lensRequest = 0; // only the latest request's answer is drawn
-
 // The logit lens at most 48 positions around the chosen token (each position costs n_layer + 1
 // products with the whole vocabulary): asked for again when the position changes.
 async function lens() {
-  const mine = ++lensRequest;
+  const latest = ask("lens");
   const data = await post("/api/lens", { ...textBody(), position: state.position });
-  if (mine !== lensRequest) return;
+  if (!latest()) return;
   state.results.lens = data;
   lensTable(data);
 }
@@ -923,7 +938,9 @@ function focusView(id) {
 async function embeddingsView() {
   if (state.position === null || !state.tokens[state.position]) return;
   const token = state.tokens[state.position].id;
+  const latest = ask("embeddings");
   const data = await post("/api/embeddings", { ...textBody(), token });
+  if (!latest()) return;
   state.results.embeddings = { token: data.token, nearest: data.nearest, pca: data.pca };
   $("embeddings-token").textContent = t("embeddings_token")(JSON.stringify(data.token.piece), token);
   $("nearest-table").innerHTML = `<tr><th>${t("token")}</th><th>id</th><th>cos</th></tr>` +
@@ -957,7 +974,9 @@ async function embeddingsView() {
 async function residualView() {
   if (state.position === null) return;
   const layer = Number($("ln-layer").value || 0);
+  const latest = ask("residual");
   const data = await post("/api/residual", { ...textBody(), layer, position: state.position });
+  if (!latest()) return;
   const T = data.norms.shape[1];
   const L = data.attn.shape[0];
   const norms = decode(data.norms.f32, (L + 1) * T);
@@ -1010,7 +1029,6 @@ async function snapshots() {
   slider.onchange = () => chooseStep();
   stepLabel();
   drawLoss();
-  await learnSample();
 }
 
 function chosenSnapshot() {
@@ -1070,30 +1088,29 @@ function drawLoss() {
   ctx.stroke();
 }
 
+// A sample with the chosen step's weights, below the loss curve. It gives way to Generate
+// (which stops it) and waits while the server's generation slots are busy.
 async function learnSample() {
   if (state.learnAbort) state.learnAbort.abort();
   const abort = (state.learnAbort = new AbortController());
   const box = $("learn-sample");
   box.textContent = "";
-  const response = await fetch("/api/generate", {
-    method: "POST", headers: { "content-type": "application/json" }, signal: abort.signal,
-    body: JSON.stringify({ prompt: "", step: state.step, temperature: 0.8, seed: 1337,
-      max_new_tokens: Math.min(200, state.info.models[0].block_size) }),
-  });
-  if (!response.ok) throw new Error(serverSays((await response.json()).error));
-  const reader = response.body.getReader();
-  const decoder = new TextDecoder();
-  let buffer = "";
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done || abort.signal.aborted) break;
-    buffer += decoder.decode(value, { stream: true });
-    let cut;
-    while ((cut = buffer.indexOf("\n\n")) >= 0) {
-      const line = buffer.slice(0, cut);
-      buffer = buffer.slice(cut + 2);
-      if (line.startsWith("data: ")) box.textContent += JSON.parse(line.slice(6)).text || "";
+  state.sampleDone = false;
+  for (let tries = 0; ; tries++) {
+    if (state.generating) return; // (Generate draws the next sample when it ends)
+    const response = await fetch("/api/generate", {
+      method: "POST", headers: { "content-type": "application/json" }, signal: abort.signal,
+      body: JSON.stringify({ prompt: "", step: state.step, temperature: 0.8, seed: 1337,
+        max_new_tokens: Math.min(200, state.info.models[0].block_size) }),
+    });
+    if (response.status === 429 && tries < 20) { // a slot frees when a stopped stream ends
+      await new Promise((resolve) => setTimeout(resolve, 250));
+      continue;
     }
+    if (!response.ok) throw new Error(serverSays((await response.json()).error));
+    await readEvents(response, (event) => { box.textContent += event.text || ""; });
+    state.sampleDone = !abort.signal.aborted;
+    return;
   }
 }
 
@@ -1224,7 +1241,7 @@ async function start() {
   }
   tour();
   run(diagram());
-  run(snapshots());
+  const learning = snapshots();
   $("layer").onchange = () => chooseHead(Number($("layer").value), state.head);
   $("head").onchange = () => chooseHead(state.layer, Number($("head").value));
   $("go").onclick = generate;
@@ -1276,6 +1293,7 @@ async function start() {
   panes();
   document.querySelector("#pane-0").classList.add("viewed");
   await analyseOrSay();
+  run(learning.then(() => state.snapshots.length && learnSample())); // after the first views
   document.body.dataset.ready = "1"; // for tests: the first analysis is drawn
 }
 
