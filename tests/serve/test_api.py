@@ -40,22 +40,24 @@ def events(response) -> list[dict]:
     return [json.loads(line[6:]) for line in response.text.split("\n\n") if line.startswith("data")]
 
 
-def test_generation_streams_what_gptlab_sample_prints(client, serve_folder, capsys):
-    settings = {"prompt": "To be", "max_new_tokens": 25, "temperature": 0.9, "top_k": 20, "seed": 7}
+@pytest.mark.parametrize("prompt", ["To be", "To be, or not to be: that is the question. To"])
+def test_generation_streams_what_gptlab_sample_prints(client, serve_folder, capsys, prompt):
+    """...also from a prompt longer than the block (32 here): both read its last 32 tokens."""
+    settings = {"prompt": prompt, "max_new_tokens": 25, "temperature": 0.9, "top_k": 20, "seed": 7}
     with client.stream("POST", "/api/generate", json=settings) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         response.read()
     got = events(response)
     assert got[-1]["done"] is True and len(got) == 26
-    streamed = "To be" + "".join(e["text"] for e in got)
+    streamed = prompt + "".join(e["text"] for e in got)
     assert (
         main(
             [
                 "sample",
                 str(serve_folder),
                 "--prompt",
-                "To be",
+                prompt,
                 "--max-new-tokens",
                 "25",
                 "--temperature",
@@ -84,7 +86,15 @@ def test_an_int8_page_streams_what_gptlab_sample_int8_prints(serve_folder, capsy
         with client.stream("POST", "/api/generate", json=settings) as response:
             response.read()
         heads = client.post("/api/heads", json={"prompt": "To be, or not"})
+        parts = client.post("/api/model", json={}).json()
+        info = client.get("/api/info").json()["models"][0]
     assert heads.status_code == 200  # the views work on int8 projections too
+    # the float model's parameters, said to be int8 (the int8 tensors are buffers, not
+    # parameters: num_params() counts only the embeddings and LayerNorms)
+    assert (
+        parts["parameters"] == info["parameters"] == GPT.from_pretrained(serve_folder).num_params()
+    )
+    assert parts["quantized"] == info["quantized"] == "int8"
     streamed = "To be" + "".join(e["text"] for e in events(response))
     assert (
         main(
@@ -181,6 +191,7 @@ def test_the_model_view_lists_the_state_dicts_tensors(client, lab):
     assert head["tied_to"] == "transformer.wte.weight"
     assert (data["n_embd"], data["n_head"], data["head_size"]) == (32, 4, 8)
     assert data["parameters"] == lab.model.num_params() and data["dtype"] == "float32"
+    assert data["quantized"] is None
 
 
 def test_thumbnails_keep_each_blocks_largest_weight(lab):
@@ -306,7 +317,7 @@ def test_tokenize_info_and_openapi(client):
 @pytest.mark.parametrize(
     "path, body, status, message",
     [
-        ("/api/generate", {"prompt": "To be " * 10}, 400, "reads at most 32"),
+        ("/api/generate", {"seed": "x"}, 422, "seed must be an integer"),
         ("/api/generate", {"max_new_tokens": 33}, 400, "max_new_tokens must be in [0, 32]"),
         ("/api/generate", {"top_k": -1}, 400, "top_k must be at least 1"),
         ("/api/generate", {"temperature": "hot"}, 422, "temperature must be a number"),
@@ -325,6 +336,7 @@ def test_tokenize_info_and_openapi(client):
         ("/api/tokenize", [1, 2], 422, "must be a JSON object"),
         ("/api/embeddings", {"token": 999}, 400, "token must be an id in [0, "),
         ("/api/residual", {"layer": 3}, 400, "layer must be in [0, 2] (2: ln_f)"),
+        ("/api/residual", {"norm": "ln_3"}, 400, "norm must be ln_1 or ln_2"),
         ("/api/residual", {"step": 3}, 400, "no snapshot at step 3 (saved steps: none)"),
     ],
 )
@@ -544,6 +556,17 @@ def test_residual_stream_adds_up_and_layernorm_is_taken_apart(client, lab):
     np.testing.assert_allclose(f32(data["layer_norm"]), want, atol=1e-5)
     np.testing.assert_allclose(f32(data["gain"]), ln.weight.detach().numpy())
     assert data["mean"] == pytest.approx(float(x.mean()), abs=1e-6)
+    # ln_2 reads the stream after the block's attention; the MLP's output completes the block
+    body = {"prompt": prompt, "layer": 1, "position": 4, "norm": "ln_2"}
+    two = client.post("/api/residual", json=body).json()
+    block = lab.model.transformer.h[1]
+    with torch.no_grad():
+        mid = x + block.attn(block.ln_1(stream[1]))[0, 4]
+        want = F.layer_norm(mid, (32,), block.ln_2.weight, block.ln_2.bias, block.ln_2.eps)
+    np.testing.assert_allclose(f32(two["x"]), mid.numpy(), atol=1e-5)
+    np.testing.assert_allclose(f32(two["out"]), want.numpy(), atol=1e-5)
+    assert f32(two["mlp_hidden"]).shape == (128,)
+    np.testing.assert_allclose(f32(two["mlp_out"]) + mid.numpy(), stream[2][0, 4], atol=1e-5)
     ln_f = client.post("/api/residual", json={"prompt": prompt, "layer": 2}).json()
     with torch.no_grad():
         final = lab.model.transformer.ln_f(stream[2][0, -1]).numpy()

@@ -70,6 +70,10 @@ def test_generate_look_inside_and_switch_language(browser, serve_folder, tmp_pat
         page.wait_for_function(
             "document.querySelector('#steps-table th.query').textContent.startsWith('#4 ')"
         )
+        page.click("#pane-0 .chip >> nth=6")  # the other pane's chip: not this text's #6
+        page.wait_for_timeout(300)
+        assert page.inner_text("#steps-table th.query").startswith("#4 ")
+        assert page.locator("#pane-0 .chip.selected").count() == 0
         page.select_option("#view-model", "0")
         page.wait_for_function("document.querySelectorAll('#pane-0 .chip.selected').length")
         page.wait_for_function("document.querySelectorAll('#heads-table tbody tr').length === 8")
@@ -97,7 +101,7 @@ def test_generate_look_inside_and_switch_language(browser, serve_folder, tmp_pat
         with page.expect_download() as png:  # defect 14: a picture to keep, not the screen's
             page.click("#download-png")
         picture = np.asarray(Image.open(png.value.path()).convert("RGBA"))
-        assert picture.shape == (850, 800, 4)
+        assert picture.shape == (864, 800, 4)
         assert (picture[61, 799] == 255).all()  # masked, above the diagonal: white, opaque
         assert (picture[..., 3] == 255).all()  # no transparent gaps
         assert picture[60:800, :58, :3].min() < 128  # the tokens' labels down the left
@@ -218,6 +222,8 @@ def test_a_prompt_the_model_cannot_read_leaves_the_page_usable(browser, serve_fo
         assert page.inner_text("#status") == ""
         page.click("#pane-0 .chip >> nth=3")  # before the window: said, not drawn
         assert "the model reads the last 32" in page.inner_text("#status")
+        page.click("#pane-0 .chip >> nth=40")  # a token it reads: the warning goes
+        assert page.inner_text("#status") == ""
         # defect 7: from an empty prompt the start token stays the first chip after the
         # analysis (it was dropped, and every view was about another sequence)
         page.fill("#prompt", "")
@@ -262,7 +268,9 @@ def test_the_computation_the_guide_explains_is_on_the_page(browser, serve_run):
         page.wait_for_function("document.querySelectorAll('#residual-table tr').length === 8")
         numbers = page.inner_text("#ln-numbers")
         assert "after normalising, mean" in numbers and "mean -0.0000" not in numbers
-        page.select_option("#ln-layer", "2")  # ln_f
+        page.select_option("#ln-layer", "1:ln_2")  # and the MLP after it
+        page.wait_for_selector("#mlp-bars:not([hidden])")
+        page.select_option("#ln-layer", "2:ln_1")  # ln_f
         page.wait_for_function(
             "document.getElementById('ln-numbers').textContent !== " + json.dumps(numbers)
         )

@@ -333,10 +333,24 @@ def check_head(lab: Lab, head: int) -> None:
         raise GptlabError(f"head must be in [0, {n - 1}], got {head}")
 
 
+def parameters(lab: Lab) -> int:
+    """The parameters of the float model of this shape (an int8 model stores int8 weights,
+    their scales and its own copy of the head, but has these parameters)."""
+    with torch.device("meta"):  # shapes only
+        return GPT(lab.model.config).num_params()
+
+
+def quantized(lab: Lab) -> str | None:
+    """ "int8" for a model with int8 weights, else None."""
+    int8 = any(b.dtype == torch.int8 for b in lab.model.buffers())
+    return "int8" if int8 or any(p.dtype == torch.int8 for p in lab.model.parameters()) else None
+
+
 def model_parts(lab: Lab) -> dict:
     """The loaded model as the guide's §11-§14 name it: every tensor of its state dict (name,
-    shape, count, dtype; the head marked where it is the token embedding itself) and the
-    sizes the shapes come from (C = n_embd, head_size = C / n_head)."""
+    shape, count, dtype; the head marked where it is the token embedding itself), the sizes
+    the shapes come from (C = n_embd, head_size = C / n_head) and the parameters of the float
+    model (an int8 model stores int8 weights, their scales and its own copy of the head)."""
     model, c = lab.model, lab.model.config
     storage = {}
     tensors = []
@@ -359,8 +373,9 @@ def model_parts(lab: Lab) -> dict:
         "n_layer": c.n_layer,
         "vocab_size": c.vocab_size,
         "block_size": c.block_size,
-        "parameters": model.num_params(),
+        "parameters": parameters(lab),
         "dtype": str(model.transformer.wte.weight.dtype).removeprefix("torch."),
+        "quantized": quantized(lab),
         "tensors": tensors,
     }
 
@@ -478,16 +493,21 @@ def embeddings(
 
 
 @torch.no_grad()
-def residual(lab: Lab, ids: Sequence[int], layer: int, position: int) -> dict:
+def residual(lab: Lab, ids: Sequence[int], layer: int, position: int, norm: str = "ln_1") -> dict:
     """The residual stream (the guide's §12) for ids, float32: the norm of the stream at each
     position after the embeddings and after each block, norms (n_layer + 1, T); what each
     block's attention and MLP add there, attn (n_layer, T), mlp (n_layer, T); and one LayerNorm
-    taken apart for the stream entering `layer` at `position` (layer == n_layer: ln_f): the
+    taken apart at `position`: block `layer`'s ln_1 (its input is the stream entering the
+    block) or ln_2 (the stream after the block's attention), or (layer == n_layer) ln_f: the
     vector x (C,), its mean and variance, normalized = (x - mean) / sqrt(var + eps) (mean 0,
-    variance 1), then out = normalized * gain + bias, which equals the LayerNorm's output."""
+    variance var / (var + eps), 1 unless var is as small as eps), then out = normalized * gain
+    + bias, which equals the LayerNorm's output. For ln_2 also the MLP that reads it:
+    mlp_hidden = GELU(c_fc(out)) (4C,) and mlp_out = c_proj(mlp_hidden) (C,)."""
     n_layer = lab.model.config.n_layer
     if not 0 <= layer <= n_layer:
         raise GptlabError(f"layer must be in [0, {n_layer}] ({n_layer}: ln_f), got {layer}")
+    if norm not in ("ln_1", "ln_2"):
+        raise GptlabError(f"norm must be ln_1 or ln_2, got {norm!r}")
     model = lab.analysed
     blocks = model.transformer.h
     with lab.lock:
@@ -497,22 +517,33 @@ def residual(lab: Lab, ids: Sequence[int], layer: int, position: int) -> dict:
             a = block.attn(block.ln_1(x[None]))[0]
             attn.append(a)
             mlp.append(after - x - a)  # the block's output is x + a + mlp(ln_2(x + a))
-        norm = blocks[layer].ln_1 if layer < n_layer else model.transformer.ln_f
-        v = stream[layer][position].float()
+        x = stream[layer][position]
+        if layer == n_layer:
+            ln = model.transformer.ln_f
+        elif norm == "ln_1":
+            ln = blocks[layer].ln_1
+        else:
+            ln, x = blocks[layer].ln_2, x + attn[layer][position]  # after the attention
+        v = x.float()
         mean, var = v.mean(), v.var(unbiased=False)
-        normalized = (v - mean) / torch.sqrt(var + norm.eps)
-        gain = norm.weight.float() if norm.weight is not None else torch.ones_like(v)
-        bias = norm.bias.float() if norm.bias is not None else torch.zeros_like(v)
+        normalized = (v - mean) / torch.sqrt(var + ln.eps)
+        gain = ln.weight.float() if ln.weight is not None else torch.ones_like(v)
+        bias = ln.bias.float() if ln.bias is not None else torch.zeros_like(v)
         out = normalized * gain + bias
-        layer_norm = norm(stream[layer][position : position + 1])[0].float()
+        layer_norm = ln(x[None])[0].float()
+        mlp_parts = {}
+        if layer < n_layer and norm == "ln_2":
+            hidden = blocks[layer].mlp.gelu(blocks[layer].mlp.c_fc(layer_norm[None]))
+            mlp_parts = {"mlp_hidden": hidden[0], "mlp_out": blocks[layer].mlp.c_proj(hidden)[0]}
     return {
+        **mlp_parts,
         "norms": torch.stack([s.float().norm(dim=-1) for s in stream]),
         "attn": torch.stack([a.float().norm(dim=-1) for a in attn]),
         "mlp": torch.stack([m.float().norm(dim=-1) for m in mlp]),
         "x": v,
         "mean": float(mean),
         "var": float(var),
-        "eps": float(norm.eps),
+        "eps": float(ln.eps),
         "normalized": normalized,
         "gain": gain,
         "bias": bias,

@@ -66,6 +66,7 @@ FIELDS: dict[str, tuple[str, Any, str]] = {
     ),
     "step": ("integer", None, "a snapshot of the model's run (default: its final weights)"),
     "token": ("integer", None, "a token id (embeddings: default the text's last token)"),
+    "norm": ("string", "ln_1", "residual: block `layer`'s ln_1 or ln_2 (layer = n_layer: ln_f)"),
 }
 TEXT = ["prompt", "model", "step", "start"]  # the text a view is about, and which model
 SAMPLING = ["temperature", "top_k", "top_p"]
@@ -95,7 +96,7 @@ ENDPOINTS: dict[str, tuple[str, list[str]]] = {
     "/api/residual": (
         "the residual stream's norms and one LayerNorm taken apart (float32; layer = "
         "n_layer: ln_f)",
-        [*TEXT, "layer", "position"],
+        [*TEXT, "layer", "position", "norm"],
     ),
     "/api/snapshots": ("the saved steps of the model's run, with its losses", ["model"]),
 }
@@ -116,7 +117,11 @@ def guide_html(markdown: str, lang: str) -> str:
     out = []
     for line in markdown.splitlines():
         numbered = re.match(r"## (\d+)\. ", line)
-        if numbered:
+        picture = re.fullmatch(r"!\[([^\]]*)\]\(([^)]*)\)", line.strip())
+        if picture:  # a screenshot of the page: the page itself is one tab away
+            alt, path = (html.escape(g) for g in picture.groups())
+            out.append(f"<div><i>[{alt}: {path}]</i></div>")
+        elif numbered:
             out.append(f'<h2 id="{numbered.group(1)}">{html.escape(line[3:])}</h2>')
         elif line.startswith("#"):
             level = min(len(line) - len(line.lstrip("#")), 3)
@@ -202,16 +207,13 @@ class Server:
             raise BadRequest(str(e), 400) from None
 
     def ids(self, lab: Lab, body: dict) -> list[int]:
+        """The prompt's ids as generation reads them: its last block_size (as gptlab sample
+        reads a longer prompt)."""
         try:
             ids = start_ids(lab.tokenizer, body["prompt"])
         except GptlabError as e:
             raise BadRequest(str(e), 400) from None
-        block = lab.model.config.block_size
-        if len(ids) > block:
-            raise BadRequest(
-                f"the prompt has {len(ids)} tokens; this model reads at most {block}", 400
-            )
-        return ids
+        return ids[-lab.model.config.block_size :]
 
     def text_ids(self, lab: Lab, body: dict) -> list[int]:
         """The text's ids, as a generation saw them: the prompt's (the start token for none),
@@ -256,7 +258,8 @@ class Server:
                     {
                         "name": lab.name,
                         **dataclasses.asdict(lab.model.config),
-                        "parameters": lab.model.num_params(),
+                        "parameters": analysis.parameters(lab),
+                        "quantized": analysis.quantized(lab),
                         "tokenizer": lab.tokenizer.kind,
                         # what the model computes in (analysis views compute in float32)
                         "dtype": str(lab.model.transformer.wte.weight.dtype).removeprefix("torch."),
@@ -388,7 +391,9 @@ class Server:
         position = self.position(body, ids, offset)
         position = len(ids) - 1 if position is None else position
         try:
-            found = await asyncio.to_thread(analysis.residual, lab, ids, body["layer"], position)
+            found = await asyncio.to_thread(
+                analysis.residual, lab, ids, body["layer"], position, body["norm"]
+            )
         except GptlabError as e:
             raise BadRequest(str(e), 400) from None
         arrays = {k: _f32(v) for k, v in found.items() if isinstance(v, torch.Tensor)}

@@ -35,9 +35,15 @@ const I18N = {
     lens_window: (a, b, T) => `positions #${a} to #${b} of ${T}, around the chosen token`,
     window_note: (n, block, o) => `The text has ${n} tokens; the model reads the last ${block} (from #${o}), as sampling does: the views show those.`,
     outside: "before the window the model reads",
-    partial: "That token is part of a character (its bytes are shown as ‹…›): the text would end half-way through it. Pick another, or generate on from here.",
+    partial: "That token is part of a character (its bytes are shown as ‹…›): the text would end half-way through it. Pick another token.",
     model_line: (x) => `${x.name} (${x.n_layer} layers × ${x.n_head} heads, ` +
-      `${x.parameters.toLocaleString()} parameters, ${x.dtype})`,
+      `${x.parameters.toLocaleString()} parameters, ` +
+      `${x.quantized ? `${x.quantized} weights computing in ` : ""}${x.dtype})`,
+    gain_bias: "gain, bias", int8_head: "an int8 copy of wte (the float model ties them)",
+    bars_title: (n, limit) => `${n} numbers; the bars span ±${limit.toFixed(3)}`,
+    c_proj_out: "c_proj(heads), added to x", mlp_hidden: "GELU(c_fc(ln_2(x)))", mlp_out: "c_proj(…): the MLP's output, added to x",
+    wait_generation: "A generation is running: wait for it to end (or Stop it) first.",
+    step_other_model: "The snapshots are model 0's: choose model 0 under “views of” to use them.",
     views_of: "views of", learn: "Watch it learn", step: "step",
     learn_hint: "The run kept its weights at every evaluation. Move the slider: every view below, and Generate, use the weights of that step.",
     learn_sample: "A sample at this step (temperature 0.8, seed 1337, from the start token):",
@@ -59,8 +65,9 @@ const I18N = {
     residual_hint: "Each block adds what its attention and its MLP compute to the stream (x + attn(ln_1(x)), then x + mlp(ln_2(x))). The size (norm) of the stream at each position after each step:",
     layernorm_of: "LayerNorm", ln_x: "x, the stream at the chosen token",
     ln_norm: "(x − mean) / √(var + eps): mean 0, variance 1", ln_out: "× gain + bias: what the next layer reads",
-    ln_option: (l, n) => l < n ? `ln_1 of block ${l}` : "ln_f (before the head)",
-    ln_numbers: (d, m, v) => `Token #${d.position}: x has mean ${d.mean.toFixed(4)} and variance ${d.var.toFixed(4)} (eps ${d.eps}); after normalising, mean ${m.toFixed(4)} and variance ${v.toFixed(4)}.`,
+    ln_option: (l, n, norm) => l < n ? `${norm} of block ${l}` + (norm === "ln_2" ? " (and the MLP after it)" : "") : "ln_f (before the head)",
+    ln_numbers: (d, m, v) => `Token #${d.position}: x has mean ${d.mean.toFixed(4)} and variance ${d.var.toFixed(4)} (eps ${d.eps}); after normalising, mean ${m.toFixed(4)} and variance ${v.toFixed(4)}` +
+      ` (= var / (var + eps): 1 unless the variance is as small as eps).`,
     rows_residual: (l) => [`+ attention ${l}`, `+ MLP ${l}`, `after block ${l}`],
     tour: "Tour",
     tour_steps: [
@@ -107,9 +114,15 @@ const I18N = {
     lens_window: (a, b, T) => `共 ${T} 个位置，显示所选词元附近的 #${a} 至 #${b}`,
     window_note: (n, block, o) => `文本共有 ${n} 个词元；模型只读最后 ${block} 个（从 #${o} 开始），与采样时相同：各视图显示的就是这些。`,
     outside: "在模型读取的窗口之前",
-    partial: "这个词元只是一个字符的一部分（以 ‹…› 显示它的字节）：文本会停在这个字符的中间。请换一个，或从这里继续生成。",
+    partial: "这个词元只是一个字符的一部分（以 ‹…› 显示它的字节）：文本会停在这个字符的中间。请换一个词元。",
     model_line: (x) => `${x.name}（${x.n_layer} 层 × ${x.n_head} 个头，` +
-      `${x.parameters.toLocaleString()} 个参数，${x.dtype}）`,
+      `${x.parameters.toLocaleString()} 个参数，` +
+      `${x.quantized ? `${x.quantized} 权重，以 ` : ""}${x.dtype}${x.quantized ? " 计算" : ""}）`,
+    gain_bias: "增益、偏置", int8_head: "wte 的 int8 副本（浮点模型中两者共享）",
+    bars_title: (n, limit) => `${n} 个数；条形范围 ±${limit.toFixed(3)}`,
+    c_proj_out: "c_proj(各头)，加到 x 上", mlp_hidden: "GELU(c_fc(ln_2(x)))", mlp_out: "c_proj(…)：MLP 的输出，加到 x 上",
+    wait_generation: "正在生成：请等它结束（或点停止）。",
+    step_other_model: "快照属于模型 0：在“视图对应”中选择模型 0 才能使用。",
     views_of: "视图对应", learn: "看它学习", step: "步数",
     learn_hint: "训练时在每次评估都保存了权重。拖动滑块：下面所有视图以及“生成”都使用那一步的权重。",
     learn_sample: "这一步的一个样本（温度 0.8，随机种子 1337，从起始词元开始）：",
@@ -131,8 +144,9 @@ const I18N = {
     residual_hint: "每个块把注意力和 MLP 的结果加到残差流上（x + attn(ln_1(x))，再 x + mlp(ln_2(x))）。每一步之后，每个位置上残差流的大小（范数）：",
     layernorm_of: "层归一化", ln_x: "x，所选词元处的残差流",
     ln_norm: "(x − 均值) / √(方差 + eps)：均值 0，方差 1", ln_out: "× 增益 + 偏置：下一层读到的",
-    ln_option: (l, n) => l < n ? `第 ${l} 块的 ln_1` : "ln_f（输出头之前）",
-    ln_numbers: (d, m, v) => `词元 #${d.position}：x 的均值为 ${d.mean.toFixed(4)}，方差为 ${d.var.toFixed(4)}（eps ${d.eps}）；归一化之后，均值为 ${m.toFixed(4)}，方差为 ${v.toFixed(4)}。`,
+    ln_option: (l, n, norm) => l < n ? `第 ${l} 块的 ${norm}` + (norm === "ln_2" ? "（以及其后的 MLP）" : "") : "ln_f（输出头之前）",
+    ln_numbers: (d, m, v) => `词元 #${d.position}：x 的均值为 ${d.mean.toFixed(4)}，方差为 ${d.var.toFixed(4)}（eps ${d.eps}）；归一化之后，均值为 ${m.toFixed(4)}，方差为 ${v.toFixed(4)}` +
+      `（= 方差 / (方差 + eps)：除非方差小到与 eps 相当，否则为 1）。`,
     rows_residual: (l) => [`+ 注意力 ${l}`, `+ MLP ${l}`, `第 ${l} 块之后`],
     tour: "导览",
     tour_steps: [
@@ -302,7 +316,7 @@ function showTokens(tokens) {
     const el = chip(tok.piece, tok.id, i < promptCount ? "prompt" : "new", i);
     if (i === state.position) el.classList.add("selected");
     if (i < state.offset) el.classList.add("outside"); // the model no longer reads it
-    el.onclick = () => selectPosition(i);
+    el.onclick = () => { if (chips.closest(".pane").id === `pane-${state.viewModel}`) selectPosition(i); };
     chips.appendChild(el);
   });
 }
@@ -310,7 +324,7 @@ function showTokens(tokens) {
 // A chip in model i's pane: in the pane the views are about, a click chooses its position.
 function paneChip(i, piece, id, cls, index) {
   const el = chip(piece, id, cls, index);
-  if (i === state.viewModel) el.onclick = () => selectPosition(index);
+  el.onclick = () => { if (i === state.viewModel) selectPosition(index); }; // (the other pane: no)
   return el;
 }
 
@@ -434,6 +448,7 @@ function selectPosition(i) {
     return;
   }
   state.position = i;
+  say("");
   for (const el of document.querySelectorAll(`#pane-${state.viewModel} .chip`)) {
     el.classList.toggle("selected", Number(el.dataset.index) === i);
   }
@@ -458,7 +473,7 @@ async function nextTable() {
   for (const c of table.candidates) {
     const row = document.createElement("tr");
     const intact = c.p_intact === undefined ? "" // with heads off: the intact model's p
-      : `<td>${c.p_intact.toFixed(4)} (${c.p >= c.p_intact ? "+" : ""}${(c.p - c.p_intact).toFixed(4)})</td>`;
+      : `<td>${c.p_intact.toFixed(4)} (${c.p >= c.p_intact ? "+" : ""}${change(c.p - c.p_intact)})</td>`;
     row.innerHTML = `<td class="chip">${escapeHtml(JSON.stringify(c.piece))}</td><td>${c.id}</td>` +
       `<td>${c.p.toFixed(4)}</td><td>${c.p_sampled.toFixed(4)}</td>${intact}`;
     row.onclick = () => continueWith(c.id);
@@ -467,6 +482,11 @@ async function nextTable() {
   $("ablated").textContent = state.ablate.length
     ? `${t("ablated")} ${state.ablate.map(([l, h]) => `L${l}H${h}`).join(", ")}. ${t("ablated_note")}` : "";
   $("p-intact").hidden = !state.ablate.length;
+}
+
+// A change of probability, readable however small (+0.0123, -3.1e-5).
+function change(d) {
+  return Math.abs(d) >= 1e-3 || d === 0 ? d.toFixed(4) : d.toExponential(1);
 }
 
 // Continue from a candidate: the new prompt is the text of the ids up to the chosen position
@@ -631,7 +651,7 @@ function paintMap(canvas, outline = true) {
   const o = state.offset;
   for (let k = 0; k < T; k += every) {
     const tok = state.tokens[o + k];
-    const label = every === 1 && tok ? JSON.stringify(tok.piece).slice(1, -1).slice(0, 6) : `${o + k}`;
+    const label = every === 1 && tok ? visible(tok.piece).slice(0, 6) : `${o + k}`;
     ctx.textAlign = "right";
     ctx.fillText(label, MARGIN - 3, MARGIN + (k + 0.8) * cell);
     ctx.save();
@@ -664,7 +684,7 @@ function colourBar(canvas, weights) {
   const ctx = canvas.getContext("2d");
   ctx.fillStyle = "#fff";
   ctx.fillRect(0, 0, canvas.width, canvas.height);
-  const x0 = MARGIN, width = canvas.width - MARGIN - 50;
+  const x0 = MARGIN, width = canvas.width - MARGIN - 10;
   for (let i = 0; i < width; i++) {
     const w = i / (width - 1);
     ctx.fillStyle = `rgb(${255 - 75 * w}, ${255 - 235 * w}, ${255 - 235 * w})`;
@@ -676,7 +696,12 @@ function colourBar(canvas, weights) {
   ctx.fillText(low, x0, 26);
   ctx.fillText(max.toFixed(4), x0 + width - 30, 26);
   if (state.scale === "log") ctx.fillText((max / 100).toExponential(0), x0 + width / 2 - 10, 26);
-  ctx.fillText(t("masked_white"), x0 + width + 4, 12);
+  ctx.fillText(t("masked_white"), x0, 38);
+}
+
+// A token's text with its whitespace drawn (·, ↵, →), so that a space is seen.
+function visible(piece) {
+  return piece.replace(/ /g, "·").replace(/\n/g, "↵").replace(/\t/g, "→");
 }
 
 function shade() {
@@ -737,7 +762,7 @@ async function steps() {
     ["q", decode(data.steps.q.f32, T * hs).subarray(q * hs, (q + 1) * hs)],
     ["weights · v", decode(data.steps.head_out.f32, hs)],
     [t("all_heads")(sizes.nh, C), decode(data.steps.heads.f32, C)],
-    ["c_proj → + x", decode(data.steps.attn_out.f32, C)]];
+    [t("c_proj_out"), decode(data.steps.attn_out.f32, C)]];
   const box = $("step-vectors");
   box.innerHTML = "";
   for (const [name, values] of vectors) {
@@ -872,15 +897,15 @@ function bars(canvas, values, limit) {
     ctx.fillStyle = v >= 0 ? "#c33" : "#36c";
     ctx.fillRect(i * w, height / 2 - Math.max(h, 0), Math.max(w - (w > 3 ? 1 : 0), 1), Math.abs(h));
   });
-  canvas.title = `${values.length} numbers; the bars span ±${limit.toFixed(3)}`;
+  canvas.title = t("bars_title")(values.length, limit);
 }
 
 // ------------------------------------------------------------------- the model, drawn
 
 async function diagram() {
   const data = await post("/api/model", { model: state.viewModel });
-  const count = (prefix) => data.tensors.filter((x) => x.name.startsWith(prefix) && !x.tied_to)
-    .reduce((a, x) => a + x.count, 0);
+  const count = (prefix) => data.tensors.filter((x) => x.name.startsWith(prefix) && !x.tied_to &&
+    !x.name.endsWith(".scale")).reduce((a, x) => a + x.count, 0); // (int8 scales: not parameters)
   const C = data.n_embd, V = data.vocab_size, B = data.block_size, nh = data.n_head;
   const hs = data.head_size, L = data.n_layer;
   const n = (x) => x.toLocaleString();
@@ -892,6 +917,7 @@ async function diagram() {
   const arrow = '<span class="arrow">↓</span>';
   const h0 = "transformer.h.0.";
   const tiedHead = data.tensors.some((x) => x.name === "lm_head.weight" && x.tied_to);
+  const int8Head = data.tensors.some((x) => x.name === "lm_head.weight_int8");
   $("diagram").innerHTML = [
     part("ids", "(T)", null, "generate-view"),
     arrow,
@@ -899,7 +925,7 @@ async function diagram() {
     `<span>+</span>${part("wpe", `(${n(B)}, ${C})`, count("transformer.wpe."), "embeddings-view")}</div>`,
     arrow,
     `<div class="block"><p class="hint">${t("block_repeat")(L)}</p>`,
-    part("ln_1", `(${C}) gain, bias`, count(h0 + "ln_1.") * L, "residual-view"),
+    part("ln_1", `(${C}) ${t("gain_bias")}`, count(h0 + "ln_1.") * L, "residual-view"),
     arrow,
     part("c_attn", `(${C}, ${3 * C}) → q, k, v: ${nh} × (T, ${C} / ${nh} = ${hs})`, count(h0 + "attn.c_attn.") * L, "steps-view"),
     arrow,
@@ -909,17 +935,19 @@ async function diagram() {
     arrow,
     part("c_proj", `(${C}, ${C}), + x`, count(h0 + "attn.c_proj.") * L, "residual-view"),
     arrow,
-    part("ln_2", `(${C}) gain, bias`, count(h0 + "ln_2.") * L, "residual-view"),
+    part("ln_2", `(${C}) ${t("gain_bias")}`, count(h0 + "ln_2.") * L, "residual-view"),
     arrow,
     part("MLP", `c_fc (${C}, ${4 * C}) → GELU → c_proj (${4 * C}, ${C}), + x`, count(h0 + "mlp.") * L, "residual-view"),
     "</div>",
     arrow,
-    part("ln_f", `(${C}) gain, bias`, count("transformer.ln_f."), "lens-view"),
+    part("ln_f", `(${C}) ${t("gain_bias")}`, count("transformer.ln_f."), "lens-view"),
     arrow,
-    part("lm_head", `(${C}, ${n(V)})`, tiedHead ? null : count("lm_head."), "next-view", tiedHead ? t("tied") : ""),
+    part("lm_head", `(${C}, ${n(V)})`, tiedHead || int8Head ? null : count("lm_head."), "next-view",
+      tiedHead ? t("tied") : int8Head ? t("int8_head") : ""),
     arrow,
     part("logits → softmax", `(T, ${n(V)})`, null, "next-view"),
-    `<p class="hint">${n(data.parameters)} ${t("params")}, ${data.dtype}</p>`,
+    `<p class="hint">${n(data.parameters)} ${t("params")}, ` +
+      `${data.quantized ? `${data.quantized} → ` : ""}${data.dtype}</p>`,
   ].join("");
   for (const el of document.querySelectorAll("#diagram .part")) {
     el.onclick = () => focusView(el.dataset.target);
@@ -928,7 +956,8 @@ async function diagram() {
 
 function focusView(id) {
   const view = $(id);
-  view.scrollIntoView({ behavior: "smooth", block: "start" });
+  const top = view.getBoundingClientRect().top + window.scrollY - $("tour").offsetHeight - 8;
+  window.scrollTo({ top, behavior: "smooth" }); // (below the tour bar, whatever its height)
   for (const el of document.querySelectorAll("section.focus")) el.classList.remove("focus");
   view.classList.add("focus");
 }
@@ -973,9 +1002,10 @@ async function embeddingsView() {
 
 async function residualView() {
   if (state.position === null) return;
-  const layer = Number($("ln-layer").value || 0);
+  const [layer, norm] = ($("ln-layer").value || "0:ln_1").split(":");
   const latest = ask("residual");
-  const data = await post("/api/residual", { ...textBody(), layer, position: state.position });
+  const data = await post("/api/residual", { ...textBody(), layer: Number(layer), norm,
+    position: state.position });
   if (!latest()) return;
   const T = data.norms.shape[1];
   const L = data.attn.shape[0];
@@ -1012,6 +1042,14 @@ async function residualView() {
   bars($("ln-x"), x, big(x));
   bars($("ln-n"), normalized, big(normalized));
   bars($("ln-out"), out, big(out));
+  $("mlp-bars").hidden = !data.mlp_hidden; // ln_2: and the MLP that reads its output
+  if (data.mlp_hidden) {
+    const hidden = decode(data.mlp_hidden.f32, 4 * C), mlpOut = decode(data.mlp_out.f32, C);
+    $("mlp-hidden-label").textContent = `${t("mlp_hidden")} (${4 * C})`;
+    $("mlp-out-label").textContent = `${t("mlp_out")} (${C})`;
+    bars($("mlp-hidden"), hidden, big(hidden));
+    bars($("mlp-out"), mlpOut, big(mlpOut));
+  }
 }
 
 // ------------------------------------------------------------------- watch it learn
@@ -1042,10 +1080,11 @@ function stepLabel() {
 }
 
 function chooseStep() {
-  if (state.generating) { // a generation runs with the weights it started with
+  if (state.generating || state.viewModel !== 0) { // a generation keeps its weights
     $("step").value = state.step === null ? state.snapshots.length
       : state.snapshots.findIndex((s) => s.step === state.step);
     stepLabel();
+    say(t(state.generating ? "wait_generation" : "step_other_model"));
     return;
   }
   const s = chosenSnapshot();
@@ -1150,19 +1189,27 @@ function modelControls() {
   state.head = Math.min(state.head, m.n_head - 1);
   $("layer").value = state.layer;
   $("head").value = state.head;
-  const keep = Number($("ln-layer").value || 0);
-  $("ln-layer").innerHTML = Array.from({ length: m.n_layer + 1 }, (_, l) =>
-    `<option value="${l}">${escapeHtml(t("ln_option")(l, m.n_layer))}</option>`).join("");
-  $("ln-layer").value = Math.min(keep, m.n_layer);
+  const keep = $("ln-layer").value || "0:ln_1";
+  const options = [];
+  for (let l = 0; l <= m.n_layer; l++) {
+    for (const norm of l < m.n_layer ? ["ln_1", "ln_2"] : ["ln_1"]) {
+      options.push(`<option value="${l}:${norm}">${escapeHtml(t("ln_option")(l, m.n_layer, norm))}</option>`);
+    }
+  }
+  $("ln-layer").innerHTML = options.join("");
+  $("ln-layer").value = keep;
+  if (!$("ln-layer").value) $("ln-layer").value = "0:ln_1"; // (a model with fewer layers)
 }
 
 function chooseViewModel(i) {
-  if (state.generating) { $("view-model").value = state.viewModel; return; }
+  if (state.generating) { $("view-model").value = state.viewModel; say(t("wait_generation")); return; }
   state.viewModel = i;
+  $("step").disabled = i !== 0; // the snapshots are model 0's
   state.epoch += 1;
   state.position = null;
   state.results = {};
   for (const el of document.querySelectorAll(".pane")) el.classList.toggle("viewed", el.id === `pane-${i}`);
+  for (const el of document.querySelectorAll(".chip.selected")) el.classList.remove("selected");
   modelControls();
   run(diagram());
   run(analyse());
@@ -1173,20 +1220,20 @@ function chooseViewModel(i) {
 function bigPicture() {
   const out = document.createElement("canvas");
   out.width = 800;
-  out.height = 800 + 50;
+  out.height = 800 + 64;
   paintMap(out, false);
   const bar = document.createElement("canvas");
   bar.width = 800;
-  bar.height = 28;
+  bar.height = 42;
   colourBar(bar, state.big.weights);
   const ctx = out.getContext("2d");
   ctx.fillStyle = "#fff";
-  ctx.fillRect(0, 800, 800, 50);
+  ctx.fillRect(0, 800, 800, 64);
   ctx.drawImage(bar, 0, 800);
   ctx.fillStyle = "#333";
   ctx.font = "12px sans-serif";
   ctx.fillText(`${model().name}: layer ${state.layer}, head ${state.head}` +
-    (state.step === null ? "" : `, step ${state.step}`), MARGIN, 844);
+    (state.step === null ? "" : `, step ${state.step}`), MARGIN, 858);
   return out;
 }
 
@@ -1262,6 +1309,14 @@ async function start() {
     modelName();
     renderHeads();
     run(steps());
+    run(nextTable()); // (its "switched off" line)
+    paintBig();
+    shade();
+    if (state.tokens.length && state.offset) {
+      const n = state.tokens.length;
+      $("window-note").textContent = t("window_note")(n, n - state.offset, state.offset);
+    }
+    say("");
     run(diagram());
     run(residualView());
     run(embeddingsView());
