@@ -336,28 +336,49 @@ def add_prepare(sub) -> None:
     p.add_argument("--out", default="data/shakespeare-char", help="output folder")
     p.add_argument("--val-fraction", type=float, default=0.1, help="last part of the stream")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument(
+        "--column", default="text", help="the text column of .jsonl(.gz) and .parquet inputs"
+    )
+    p.add_argument(
+        "--shard-tokens",
+        type=int,
+        default=100_000_000,
+        help="tokens per shard file (default 100 M)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace prepared data in OUT")
     p.set_defaults(run=cmd_prepare)
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     from gptlab.data import prepare
+    from gptlab.data.shards import PROGRESS_FILE
 
     out = Path(args.out)
-    data = prepare(
-        args.input or "shakespeare",
-        out,
-        args.tokenizer,
-        args.val_fraction,
-        overwrite=args.overwrite,
-        workers=args.workers,
-        progress=True,
-    )
+    try:
+        data = prepare(
+            args.input or "shakespeare",
+            out,
+            args.tokenizer,
+            args.val_fraction,
+            overwrite=args.overwrite,
+            workers=args.workers,
+            progress=True,
+            column=args.column,
+            shard_tokens=args.shard_tokens,
+        )
+    except KeyboardInterrupt:
+        place = out.absolute()
+        if (place.parent / f".{place.name}.prepare.tmp" / PROGRESS_FILE).is_file():
+            _say("gptlab: interrupted; the tokens so far are kept: the same command continues")
+            return 130
+        raise
     m = data.meta
+    shards = len(m["shards"])
     print(
-        f"{m['source']}: {m['documents']} document(s), {m['characters']:,} characters -> "
+        f"{m['source']}: {m['documents']:,} document(s), {m['characters']:,} characters -> "
         f"{m['train_tokens']:,} train + {m['val_tokens']:,} val tokens ({m['tokenizer']}, "
-        f"vocabulary {m['vocab_size']:,}, {m['dtype']}) in {out}"
+        f"vocabulary {m['vocab_size']:,}, {m['dtype']}) in {out}, "
+        f"{shards} shard{'s' if shards > 1 else ''}"
     )
     return 0
 

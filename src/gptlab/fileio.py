@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -80,3 +80,33 @@ def _fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+    """(line number, JSON object) for each non-blank line of a .jsonl (or .jsonl.gz) file, a
+    line at a time; a missing file, bytes that are not UTF-8 or a bad line is a GptlabError
+    naming the file and the line."""
+    import gzip
+
+    path = Path(path)
+    if path.is_dir():
+        raise GptlabError(f"{path}: is a folder, not a JSONL file")
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            for number, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except ValueError as e:
+                    raise GptlabError(f"{path}, line {number}: not valid JSON ({e})") from None
+                if not isinstance(row, dict):
+                    raise GptlabError(f"{path}, line {number}: expected a JSON object")
+                yield number, row
+    except FileNotFoundError:
+        raise GptlabError(f"{path}: no such file") from None
+    except UnicodeDecodeError as e:
+        raise GptlabError(f"{path}: not UTF-8 text ({e})") from None
+    except (OSError, EOFError) as e:  # gzip's errors, a truncated file
+        raise GptlabError(f"{path}: cannot read it ({getattr(e, 'strerror', None) or e})") from None

@@ -160,7 +160,7 @@ def test_an_overwrite_killed_before_its_first_checkpoint_gives_the_old_run_back(
         "model.safetensors",
         "checkpoint/trainer.pt",
         "best/model.safetensors",
-        "data/train.bin",
+        "data/tokens-000000.bin",
         "char_vocab.json",
         "train.toml",
     ):

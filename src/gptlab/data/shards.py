@@ -4,91 +4,82 @@
 `tokenize_into` is its work alone, for a folder the caller owns (a run's OUT/.data.tmp).
 
 A prepared data folder holds
-    train.bin, val.bin   flat token ids (uint16, or uint32 when the vocabulary exceeds 65,535)
-    meta.json            the header: tokenizer, token counts, dtype, source, split rule
-    tokenizer files      whatever `Tokenizer.save` writes (char_vocab.json, vocab.json, ...)
+    tokens-000000.bin, ...  the token stream (uint16, or uint32 when the vocabulary exceeds
+                            65,535), in shards of at most `shard_tokens` ids (100 M by default)
+    meta.json               the header: the shards and their token counts, tokenizer, dtype,
+                            source, split rule
+    tokenizer files         whatever `Tokenizer.save` writes (char_vocab.json, vocab.json, ...)
+(Folders prepared before shards, "gptlab-tokens/1", hold train.bin and val.bin instead; they are
+read as before.)
 
 The split is deterministic: documents are tokenized in order into one stream (the end-of-text id
 after each document where the tokenizer has one); the last `val_fraction` of the stream is the
 validation split. For one text file that is exactly "the first 90% train, the last 10% val".
+Training reads the shards as one stream (memory-mapped), so a window may span two shards.
 
-Memory is bounded by the chunk size, not the corpus: text is cut into chunks of about
-`chunk_bytes` (between documents, or inside a long one just after a run of letters, where no
-pre-tokenizer joins across), chunks are tokenized by a pool of
-processes, a bounded number at a time, and written in order as they finish.
+Memory is bounded by the chunk size, not the corpus: files are read a block at a time and text
+is cut into chunks of about `chunk_bytes` (between documents, or inside a long one just after a
+run of letters, where no pre-tokenizer joins across; `corpus.safe_cut`); chunks are tokenized
+by a pool of processes, a bounded number at a time, and appended in order as they finish.
+
+A prepare that is stopped (Ctrl-C, a kill, a full disk) keeps its temporary folder with a
+progress record written after every chunk; the same command continues from there, and the
+result equals an uninterrupted prepare's byte for byte.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from itertools import chain, islice
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from gptlab.config import check_val_fraction
-from gptlab.data.corpus import Document, iter_documents
+from gptlab.data.corpus import BUILTIN, Piece, iter_pieces, text_files
 from gptlab.errors import GptlabError
 from gptlab.fileio import atomic_write_json, read_json_object
 from gptlab.folders import FolderLock, check_not_inside_a_run, is_training_run
 from gptlab.tokenizers import TOKENIZER_FILES, CharTokenizer, Tokenizer
 
 META_FILE = "meta.json"
-FORMAT = "gptlab-tokens/1"
+FORMAT = "gptlab-tokens/2"  # /1: train.bin + val.bin; /2: the stream in shards
+PROGRESS_FILE = "progress.json"  # in a prepare's temporary folder: how far it got
+SHARD_TOKENS = 100_000_000
+_SHARD = re.compile(r"tokens-\d{6}\.bin")
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 65536 else np.dtype(np.uint32)
 
 
+def shard_name(i: int) -> str:
+    return f"tokens-{i:06d}.bin"
+
+
 # ----------------------------------------------------------------------------- preparing
 
-Piece = tuple[str, bool]  # (text, this piece ends its document)
 
-
-def _pieces(documents: Iterable[Document], chunk_bytes: int) -> Iterator[list[Piece]]:
-    """Group documents into chunks of about chunk_bytes characters, cutting long documents
-    where no token changes (`_safe_cut`)."""
+def _chunks(pieces: Iterable[Piece], chunk_bytes: int) -> Iterator[list[Piece]]:
+    """Pieces (each at most about chunk_bytes characters, `corpus.iter_pieces`) grouped into
+    chunks of about chunk_bytes characters."""
     chunk: list[Piece] = []
     size = 0
-    for doc in documents:
-        text = doc.text
-        while len(text) > chunk_bytes:
-            cut = _safe_cut(text, chunk_bytes)
-            if cut is None:
-                break
-            chunk.append((text[:cut], False))
-            yield chunk
-            chunk, size = [], 0
-            text = text[cut:]
-        chunk.append((text, True))
+    for text, ends in pieces:
+        chunk.append((text, ends))
         size += len(text)
         if size >= chunk_bytes:
             yield chunk
             chunk, size = [], 0
     if chunk:
         yield chunk
-
-
-def _safe_cut(text: str, near: int) -> int | None:
-    """An index at or after `near` where a cut changes no token: just after a letter that is
-    followed by something else; None if there is none.
-
-    There every pre-tokenizer gptlab has (characters; GPT-2's and GPT-4's patterns) ends a
-    token in one pass over the whole text, since a run of letters takes nothing but letters;
-    the right-hand piece then starts a token exactly where the one pass does (no pattern looks
-    behind). Cuts elsewhere are not safe: whitespace at the end of a piece becomes one token
-    ('\n\n' = 628 in GPT-2) that one pass splits differently, and GPT-4's pattern joins
-    punctuation to the newlines after it."""
-    for i in range(max(near, 1), len(text)):
-        if text[i - 1].isalpha() and not text[i].isalpha():
-            return i
-    return None
 
 
 _WORKER_TOKENIZER: Tokenizer | None = None
@@ -105,7 +96,8 @@ def _encode_chunk(chunk: list[Piece], tokenizer: Tokenizer | None = None) -> tup
     parts = []
     docs = 0
     for text, ends in chunk:
-        ids = tok.encode_array(text) if isinstance(tok, CharTokenizer) else tok.encode(text)
+        encode = getattr(tok, "encode_array", None)  # an array straight from the encoder
+        ids = encode(text) if encode is not None else tok.encode(text)
         parts.append(np.asarray(ids, dtype=dtype))
         if ends:
             docs += 1
@@ -114,12 +106,12 @@ def _encode_chunk(chunk: list[Piece], tokenizer: Tokenizer | None = None) -> tup
     return (np.concatenate(parts) if parts else np.zeros(0, dtype)), docs
 
 
-def build_tokenizer(name: str, documents: Iterable[Document]) -> Tokenizer:
+def build_tokenizer(name: str, pieces: Iterable[Piece]) -> Tokenizer:
     """ "char" (vocabulary from the corpus, one streaming pass), "gpt2", or a tokenizer folder."""
     if name == "char":
         chars: set[str] = set()
-        for doc in documents:
-            chars.update(doc.text)
+        for text, _ in pieces:
+            chars.update(text)
         if not chars:
             raise GptlabError("the corpus is empty")
         return CharTokenizer(chars)
@@ -136,12 +128,15 @@ def prepare(
     chunk_bytes: int = 1 << 22,
     workers: int | None = None,
     progress: bool = True,
+    column: str = "text",
+    shard_tokens: int = SHARD_TOKENS,
 ) -> PreparedData:
-    """Tokenize a source ("shakespeare", text files or folders, "hf:NAME") into `out_dir`, as
-    `gptlab prepare` does: OUT must be new, empty, or (with overwrite) prepared data; one
-    prepare at a time writes it (a lock beside it); the data is made in a folder beside OUT
-    and moved in at the end, so a failure or Ctrl-C leaves OUT as it was."""
-    _check_settings(val_fraction, workers)
+    """Tokenize a source ("shakespeare", text/JSONL/Parquet files or folders, "hf:NAME") into
+    `out_dir`, as `gptlab prepare` does: OUT must be new, empty, or (with overwrite) prepared
+    data; one prepare at a time writes it (a lock beside it); the data is made in a folder
+    beside OUT and moved in at the end, so a failure leaves OUT as it was. A prepare stopped
+    by Ctrl-C, a kill or a full disk keeps that folder, and the same call continues it."""
+    _check_settings(val_fraction, workers, shard_tokens)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise GptlabError(f"{out}: exists and is not a folder")
@@ -161,13 +156,27 @@ def prepare(
         with lock:
             _check_prepare_out(out, overwrite)
             began = True
-            if tmp.exists():  # left by a prepare that was killed (the lock says none runs now)
-                shutil.rmtree(tmp)
+            keep = False  # a stopped prepare keeps its work for the next one
             try:
-                tokenize_into(source, tmp, tokenizer, val_fraction, chunk_bytes, workers, progress)
+                tokenize_into(
+                    source,
+                    tmp,
+                    tokenizer,
+                    val_fraction,
+                    chunk_bytes,
+                    workers,
+                    progress,
+                    column=column,
+                    shard_tokens=shard_tokens,
+                    resume=True,
+                )
                 _move_in(tmp, out)
+            except (KeyboardInterrupt, OSError):
+                keep = (tmp / PROGRESS_FILE).is_file()
+                raise
             finally:
-                shutil.rmtree(tmp, ignore_errors=True)
+                if not keep:
+                    shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
         if began:  # failed at its work (a refusal changed nothing): what it made goes again
             _remove_made(place, made)
@@ -192,9 +201,12 @@ def _remove_made(out: Path, made: list[Path]) -> None:
             break
 
 
-def prepared_files() -> tuple[str, ...]:
-    """The names a prepared data folder may hold (tokenizer files of every kind included)."""
-    return (META_FILE, "train.bin", "val.bin", *TOKENIZER_FILES)
+def is_prepared_file(name: str) -> bool:
+    """A name prepare writes in a data folder (shards, tokenizer files of every kind, meta)."""
+    return (
+        name in (META_FILE, "train.bin", "val.bin", *TOKENIZER_FILES)
+        or _SHARD.fullmatch(name) is not None
+    )
 
 
 def is_prepared_data(folder: Path) -> bool:
@@ -202,9 +214,11 @@ def is_prepared_data(folder: Path) -> bool:
     return (folder / META_FILE).is_file()
 
 
-def _check_settings(val_fraction: float, workers: int | None) -> None:
+def _check_settings(val_fraction: float, workers: int | None, shard_tokens: int) -> None:
     if workers is not None and (isinstance(workers, bool) or workers < 1):
         raise GptlabError(f"workers must be at least 1 (or None: every core), got {workers}")
+    if isinstance(shard_tokens, bool) or not isinstance(shard_tokens, int) or shard_tokens < 1:
+        raise GptlabError(f"shard_tokens must be at least 1, got {shard_tokens!r}")
     check_val_fraction(val_fraction)
 
 
@@ -221,7 +235,7 @@ def _check_prepare_out(out: Path, overwrite: bool) -> None:
     if not overwrite:
         what = "prepared data" if prepared else "files"
         raise GptlabError(f"{out} already holds {what}; pass --overwrite to replace them")
-    clash = [n for n in prepared_files() if (out / n).exists()]
+    clash = sorted(p.name for p in out.iterdir() if is_prepared_file(p.name))
     if clash and not prepared:  # not ours: overwrite must not replace a user's files
         raise GptlabError(
             f"{out} holds {', '.join(clash)} but no prepared data; --overwrite replaces "
@@ -234,8 +248,9 @@ def _move_in(tmp: Path, out: Path) -> None:
     meta.json moves last, so OUT is whole or says it is not."""
     out.mkdir(parents=True, exist_ok=True)
     (out / MOVING).touch()  # a kill from here on leaves a folder the next prepare may replace
-    for name in prepared_files():
-        (out / name).unlink(missing_ok=True)
+    for path in out.iterdir():
+        if is_prepared_file(path.name):
+            path.unlink()
     for path in tmp.iterdir():
         if path.name != META_FILE:
             os.replace(path, out / path.name)
@@ -251,38 +266,55 @@ def tokenize_into(
     chunk_bytes: int = 1 << 22,
     workers: int | None = None,
     progress: bool = True,
+    *,
+    column: str = "text",
+    shard_tokens: int = SHARD_TOKENS,
+    resume: bool = False,
 ) -> PreparedData:
     """`prepare`'s work, written straight into `folder` with no checks and no lock: for a
-    folder the caller owns and discards on failure (a run's OUT/.data.tmp, prepare's own)."""
+    folder the caller owns and discards on failure (a run's OUT/.data.tmp, prepare's own).
+    resume: where `folder` holds the progress of a prepare of the same source and settings
+    (the same files, unchanged), continue it; anything else there is replaced."""
     from tqdm import tqdm
 
-    _check_settings(val_fraction, workers)
+    _check_settings(val_fraction, workers, shard_tokens)
     out = Path(folder)
-    out.mkdir(parents=True, exist_ok=True)
-    if not isinstance(tokenizer, Tokenizer):
-        tokenizer = build_tokenizer(tokenizer, iter_documents(source))
-    tokenizer.save(out)
+    settings = _settings(source, tokenizer, val_fraction, chunk_bytes, column, shard_tokens)
+    done = _progress(out, settings) if resume else None
+    if done is None:
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        if not isinstance(tokenizer, Tokenizer):
+            tokenizer = build_tokenizer(tokenizer, iter_pieces(source, chunk_bytes, column))
+        tokenizer.save(out)
+        done = {"settings": settings, "chunks": 0, "documents": 0, "characters": 0}
+        done.update(bytes=0, shards=[])
+        atomic_write_json(out / PROGRESS_FILE, done)
+    else:
+        tokenizer = Tokenizer.from_pretrained(out)  # the one the tokens so far were made with
+        if progress:
+            print(
+                f"gptlab: continuing the prepare stopped after {sum(done['shards']):,} tokens",
+                flush=True,
+            )
     dtype = token_dtype(tokenizer.vocab_size)
-    workers = workers or os.cpu_count() or 1
-
-    tmp = out / ".tokens.tmp"
     # disable=None: drawn on a terminal only, never into a log
     bar = tqdm(
         desc="prepare",
-        unit="char",
+        unit="B",
         unit_scale=True,
         disable=None if progress else True,
         leave=False,
+        total=_input_bytes(source),
     )
+    bar.update(done["bytes"])
     try:
-        with open(tmp, "wb") as f:
-            total, docs, chars = _encode_into(f, source, tokenizer, out, chunk_bytes, workers, bar)
-        n_train, n_val = _split(tmp, out, dtype, total, val_fraction, _describe(source))
+        with _ShardWriter(out, dtype, shard_tokens, done["shards"]) as writer:
+            _encode_into(writer, out, source, tokenizer, chunk_bytes, workers, bar, done, column)
     finally:
         bar.close()
-        for leftover in (tmp, out / "val.bin.tmp"):
-            if leftover.exists():
-                leftover.unlink()
+    total = sum(done["shards"])
+    n_train, n_val = _split_sizes(total, val_fraction, _describe(source))
     meta = {
         "format": FORMAT,
         "source": _describe(source),
@@ -292,56 +324,157 @@ def tokenize_into(
         "dtype": dtype.name,
         "train_tokens": n_train,
         "val_tokens": n_val,
-        "documents": docs,
-        "characters": chars,
+        "shards": [[shard_name(i), n] for i, n in enumerate(done["shards"])],
+        "documents": done["documents"],
+        "characters": done["characters"],
         "val_fraction": val_fraction,
         "split": "the last val_fraction of the token stream (documents in order) is val",
     }
+    (out / PROGRESS_FILE).unlink()
     atomic_write_json(out / META_FILE, meta)  # written last: its presence means complete
     return PreparedData(out)
 
 
+def _settings(source, tokenizer, val_fraction, chunk_bytes, column, shard_tokens) -> dict:
+    """What decides the tokens a prepare writes: a stopped prepare continues only under the
+    same (the input files by name, size and time of change)."""
+    if isinstance(tokenizer, Tokenizer):
+        tokenizer = f"{tokenizer.kind}, {tokenizer.vocab_size} ids, eot {tokenizer.eot_id}"
+    inputs = []
+    if not isinstance(source, str) or (source not in BUILTIN and not source.startswith("hf:")):
+        for path in text_files([source] if isinstance(source, str) else source):
+            stat = path.stat()
+            inputs.append([str(path), stat.st_size, stat.st_mtime_ns])
+    return {
+        "source": _describe(source),
+        "tokenizer": str(tokenizer),
+        "val_fraction": val_fraction,
+        "chunk_bytes": chunk_bytes,
+        "column": column,
+        "shard_tokens": shard_tokens,
+        "inputs": inputs,
+    }
+
+
+def _progress(out: Path, settings: dict) -> dict | None:
+    """The progress record of a stopped prepare in `out`, if it prepared the same (else None:
+    start afresh)."""
+    try:
+        done = read_json_object(out / PROGRESS_FILE)
+    except (OSError, GptlabError):
+        return None
+    shards = done.get("shards")
+    counts = ("chunks", "documents", "characters", "bytes")
+    whole = all(isinstance(done.get(k), int) for k in counts)
+    if done.get("settings") != settings or not whole or not isinstance(shards, list):
+        return None
+    if not all(isinstance(n, int) and n >= 0 for n in shards):
+        return None
+    if not all((out / shard_name(i)).is_file() for i in range(len(shards))):
+        return None
+    return done
+
+
+def _input_bytes(source) -> int | None:
+    """The size of the input text files, for the progress bar's total (None: not known, e.g.
+    rows of JSONL or Parquet, whose files hold more than their text)."""
+    if isinstance(source, str) and (source in BUILTIN or source.startswith("hf:")):
+        return None
+    try:
+        files = text_files([source] if isinstance(source, str) else source)
+    except GptlabError:
+        return None
+    if not all(p.suffix.lower() in (".txt", ".md") for p in files):
+        return None
+    return sum(p.stat().st_size for p in files)
+
+
+class _ShardWriter:
+    """Appends ids to the token stream, a shard of at most `size` tokens at a time; `counts`:
+    the tokens already in each shard (a continued prepare), later bytes cut off."""
+
+    def __init__(self, folder: Path, dtype: np.dtype, size: int, counts: list[int]) -> None:
+        self.folder, self.dtype, self.size, self.counts = folder, dtype, size, counts
+        for path in folder.glob("tokens-*.bin"):
+            if not _SHARD.fullmatch(path.name) or int(path.name[7:13]) >= len(counts):
+                path.unlink()
+        self.file = None
+        if counts:
+            self.file = open(folder / shard_name(len(counts) - 1), "r+b")  # noqa: SIM115
+            self.file.truncate(counts[-1] * dtype.itemsize)
+            self.file.seek(0, os.SEEK_END)
+
+    def write(self, ids: np.ndarray) -> None:
+        while len(ids):
+            if self.file is None or self.counts[-1] == self.size:
+                self._next()
+            room = self.size - self.counts[-1]
+            self.file.write(ids[:room].tobytes())
+            self.counts[-1] += len(ids[:room])
+            ids = ids[room:]
+
+    def _next(self) -> None:
+        if self.file is not None:
+            self.sync()
+            self.file.close()
+        self.counts.append(0)
+        self.file = open(self.folder / shard_name(len(self.counts) - 1), "wb")  # noqa: SIM115
+
+    def sync(self) -> None:
+        if self.file is not None:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+
+    def __enter__(self) -> _ShardWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.file is not None:
+            self.file.close()
+
+
 def _encode_into(
-    f, source, tokenizer: Tokenizer, out: Path, chunk_bytes: int, workers: int, bar
-) -> tuple[int, int, int]:
-    """Every piece of the source's documents, encoded in order (by a pool of `workers`
-    processes, at most 2 x workers pieces in flight) and appended to the open file f ->
-    (tokens, documents, characters)."""
-    total = docs = chars = 0
+    writer: _ShardWriter, out: Path, source, tokenizer, chunk_bytes, workers, bar, done, column
+) -> None:
+    """Every chunk of the source after the `done["chunks"]` already written, encoded in order
+    (by a pool of `workers` processes, at most 2 x workers chunks in flight) and appended; the
+    progress record is written after each (the shards synced first)."""
+    workers = workers or os.cpu_count() or 1
 
     def write(ids: np.ndarray, n_docs: int, chunk) -> None:
-        nonlocal total, docs, chars
-        n_chars = sum(len(t) for t, _ in chunk)
-        f.write(ids.tobytes())
-        total, docs, chars = total + len(ids), docs + n_docs, chars + n_chars
-        bar.update(n_chars)
+        n_bytes = sum(len(t.encode("utf-8", "surrogatepass")) for t, _ in chunk)
+        writer.write(ids)
+        writer.sync()
+        done["chunks"] += 1
+        done["documents"] += n_docs
+        done["characters"] += sum(len(t) for t, _ in chunk)
+        done["bytes"] += n_bytes
+        atomic_write_json(out / PROGRESS_FILE, done)
+        bar.update(n_bytes)
 
-    chunks = _pieces(iter_documents(source), chunk_bytes)
+    chunks = islice(
+        _chunks(iter_pieces(source, chunk_bytes, column), chunk_bytes), done["chunks"], None
+    )
     first, second = next(chunks, None), next(chunks, None)
     if second is None or workers == 1:  # small corpus: no pool to start
-        for chunk in filter(None, [first, second, *chunks]):
+        for chunk in filter(None, chain([first, second], chunks)):  # (a list would hold all)
             write(*_encode_chunk(chunk, tokenizer), chunk)
-    else:
-        with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(str(out),)) as pool:
-            pending: deque = deque((pool.submit(_encode_chunk, c), c) for c in (first, second))
-            for chunk in chunks:
-                while len(pending) >= 2 * workers:  # bounded: memory ~ chunks in flight
-                    future, done = pending.popleft()
-                    write(*future.result(), done)
-                pending.append((pool.submit(_encode_chunk, chunk), chunk))
-            while pending:
-                future, done = pending.popleft()
-                write(*future.result(), done)
-    f.flush()
-    os.fsync(f.fileno())
-    return total, docs, chars
+        return
+    with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(str(out),)) as pool:
+        pending: deque = deque((pool.submit(_encode_chunk, c), c) for c in (first, second))
+        for chunk in chunks:
+            while len(pending) >= 2 * workers:  # bounded: memory ~ chunks in flight
+                future, finished = pending.popleft()
+                write(*future.result(), finished)
+            pending.append((pool.submit(_encode_chunk, chunk), chunk))
+        while pending:
+            future, finished = pending.popleft()
+            write(*future.result(), finished)
 
 
-def _split(
-    tmp: Path, out: Path, dtype: np.dtype, total: int, val_fraction: float, source: str
-) -> tuple[int, int]:
-    """The token stream in tmp -> out/train.bin (its first part) and out/val.bin (the last
-    val_fraction, as nanoGPT: int(n * 0.9) train tokens) -> (train, val) token counts."""
+def _split_sizes(total: int, val_fraction: float, source: str) -> tuple[int, int]:
+    """(train, val) token counts: the last val_fraction of the stream is val (as nanoGPT:
+    int(n * 0.9) train tokens)."""
     if total == 0:
         raise GptlabError(f"{source}: the corpus is empty")
     n_train = min(int(total * (1 - val_fraction)), total - 1)
@@ -349,13 +482,6 @@ def _split(
         raise GptlabError(
             f"{source}: val_fraction={val_fraction} leaves no training tokens of {total}"
         )
-    tokens = np.memmap(tmp, dtype=dtype, mode="r")
-    with open(out / "val.bin.tmp", "wb") as f:
-        f.write(tokens[n_train:].tobytes())
-    del tokens
-    os.truncate(tmp, n_train * dtype.itemsize)
-    os.replace(out / "val.bin.tmp", out / "val.bin")
-    os.replace(tmp, out / "train.bin")
     return n_train, total - n_train
 
 
@@ -364,6 +490,44 @@ def _describe(source: str | list[str]) -> str:
 
 
 # ----------------------------------------------------------------------------- reading
+
+
+class TokenStream:
+    """Shards (memory-mapped arrays) read as one array: len() and [a:b] slices (a window
+    that spans two shards is joined). `span(a, b)` is the part [a, b) as a stream of its own."""
+
+    def __init__(self, parts: list[np.ndarray], start: int = 0, stop: int | None = None) -> None:
+        self.parts = parts
+        self.ends = np.cumsum([len(p) for p in parts]).tolist()
+        self.start = start
+        self.stop = self.ends[-1] if stop is None else stop
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def span(self, start: int, stop: int) -> TokenStream:
+        return TokenStream(self.parts, self.start + start, self.start + stop)
+
+    def __getitem__(self, index: slice) -> np.ndarray:
+        if not isinstance(index, slice) or index.step not in (None, 1):
+            raise TypeError("a TokenStream takes [a:b] slices")
+        a, b, _ = index.indices(len(self))
+        a, b = a + self.start, max(a, b) + self.start
+        out, begin = [], 0
+        for part, end in zip(self.parts, self.ends, strict=True):
+            if a < end and b > begin:
+                out.append(part[max(a - begin, 0) : min(b, end) - begin])
+            begin = end
+        if len(out) == 1:
+            return out[0]
+        return np.concatenate(out) if out else self.parts[0][:0]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        whole = self[:]
+        return whole if dtype is None else whole.astype(dtype)
+
+    def tolist(self) -> list[int]:
+        return self[:].tolist()
 
 
 @dataclass
@@ -379,21 +543,57 @@ class PreparedData:
             self.meta = read_json_object(path)
         except FileNotFoundError:
             raise GptlabError(f"{self.directory}: not prepared data (no {META_FILE})") from None
-        if self.meta.get("format") != FORMAT:
-            raise GptlabError(f"{path}: unknown format {self.meta.get('format')!r}")
+        form = self.meta.get("format")
+        if form not in (FORMAT, "gptlab-tokens/1"):
+            raise GptlabError(f"{path}: unknown format {form!r}")
         whole = ("vocab_size", "train_tokens", "val_tokens")
         if not all(isinstance(self.meta.get(k), int) and self.meta[k] > 0 for k in whole) or (
             self.meta.get("dtype") not in ("uint16", "uint32")
         ):
             raise GptlabError(f"{path}: damaged ({', '.join(whole)}, dtype); prepare again")
         dtype = np.dtype(self.meta["dtype"])
-        self.splits: dict[str, np.ndarray] = {}
-        for split in ("train", "val"):
-            file = self.directory / f"{split}.bin"
-            expected = self.meta[f"{split}_tokens"]
-            if not file.is_file() or file.stat().st_size != expected * dtype.itemsize:
-                raise GptlabError(f"{file}: missing or not {expected} tokens long; prepare again")
-            self.splits[split] = np.memmap(file, dtype=dtype, mode="r")
+        n_train, n_val = self.meta["train_tokens"], self.meta["val_tokens"]
+        if form == FORMAT:  # the stream in shards; train is its first n_train tokens
+            stream = TokenStream([self._file(f, n, dtype) for f, n in self._shards(path)])
+            if len(stream) != n_train + n_val:
+                raise GptlabError(
+                    f"{path}: the shards hold {len(stream)} tokens, not "
+                    f"{n_train} + {n_val}; prepare again"
+                )
+            self.splits = {
+                "train": stream.span(0, n_train),
+                "val": stream.span(n_train, n_train + n_val),
+            }
+        else:  # gptlab-tokens/1: a file per split
+            self.splits = {
+                split: self._file(f"{split}.bin", n, dtype)
+                for split, n in (("train", n_train), ("val", n_val))
+            }
+
+    def _shards(self, path: Path) -> list[tuple[str, int]]:
+        shards = self.meta.get("shards")
+        ok = (
+            isinstance(shards, list)
+            and shards
+            and all(
+                isinstance(x, list)
+                and len(x) == 2
+                and isinstance(x[0], str)
+                and _SHARD.fullmatch(x[0])
+                and isinstance(x[1], int)
+                and x[1] > 0
+                for x in shards
+            )
+        )
+        if not ok:
+            raise GptlabError(f"{path}: damaged (shards); prepare again")
+        return [(name, n) for name, n in shards]
+
+    def _file(self, name: str, expected: int, dtype: np.dtype) -> np.memmap:
+        file = self.directory / name
+        if not file.is_file() or file.stat().st_size != expected * dtype.itemsize:
+            raise GptlabError(f"{file}: missing or not {expected} tokens long; prepare again")
+        return np.memmap(file, dtype=dtype, mode="r")
 
     @property
     def vocab_size(self) -> int:

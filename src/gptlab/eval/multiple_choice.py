@@ -18,7 +18,6 @@ A context + ending longer than block_size keeps its last block_size + 1 tokens.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ import torch
 
 from gptlab.errors import GptlabError
 from gptlab.eval.logprobs import check_batch_size, next_token_logprobs
+from gptlab.fileio import read_jsonl
 from gptlab.model import GPT
 from gptlab.tokenizers import Tokenizer
 
@@ -45,24 +45,7 @@ def _jsonl_objects(path: Path, limit: int | None):
     """(line number, JSON object) for each non-blank line; a bad line names file and line."""
     if limit is not None and limit < 1:
         raise GptlabError(f"--limit must be at least 1, got {limit}")
-    if path.is_dir():
-        raise GptlabError(f"{path}: is a folder, not a JSONL file")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise GptlabError(f"{path}: no such file") from None
-    except UnicodeDecodeError as e:
-        raise GptlabError(f"{path}: not UTF-8 text ({e})") from None
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as e:
-            raise GptlabError(f"{path}, line {number}: not valid JSON ({e})") from None
-        if not isinstance(row, dict):
-            raise GptlabError(f"{path}, line {number}: expected a JSON object")
-        yield number, row
+    yield from read_jsonl(path)
 
 
 def read_examples(

@@ -21,6 +21,7 @@ from collections.abc import Collection, Iterable, Sequence
 from itertools import pairwise
 from pathlib import Path
 
+import numpy as np
 import regex
 
 from gptlab.errors import GptlabError
@@ -122,6 +123,13 @@ class BPETokenizer(Tokenizer):
         if not allowed:
             return self._core.encode_ordinary(text)
         return self._core.encode(text, allowed_special=allowed, disallowed_special=())
+
+    def encode_array(self, text: str) -> np.ndarray:
+        """encode(text) as a uint32 array, special-token text as ordinary text: straight from
+        tiktoken's buffer where encoding runs through it (no Python list of ints between)."""
+        if self._core is not None:
+            return self._core.encode_to_numpy(text, disallowed_special=())
+        return np.asarray(self.encode_python(text), dtype=np.uint32)
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
         table = self._bytes

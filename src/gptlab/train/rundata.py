@@ -15,7 +15,13 @@ from pathlib import Path
 
 from gptlab.config import TrainConfig
 from gptlab.data.corpus import BUILTIN, parse_hub_source, text_files
-from gptlab.data.shards import META_FILE, PreparedData, prepared_files, tokenize_into
+from gptlab.data.shards import (
+    META_FILE,
+    PROGRESS_FILE,
+    PreparedData,
+    is_prepared_file,
+    tokenize_into,
+)
 from gptlab.errors import GptlabError
 from gptlab.fileio import atomic_write_text, read_json_object
 from gptlab.tokenizers import TOKENIZER_FILES
@@ -152,8 +158,10 @@ def data_key(source: str, tokenizer: str, val_fraction: float) -> str:
 
 def _is_our_cache(cache: Path) -> bool:
     """Only the files prepare writes (a cache from an older gptlab, or an interrupted one)."""
-    known = {*prepared_files(), ".tokens.tmp", "val.bin.tmp"}
-    return cache.is_dir() and all(p.name in known for p in cache.iterdir())
+    known = {PROGRESS_FILE, ".tokens.tmp", "val.bin.tmp"}  # (the last two: older gptlabs')
+    return cache.is_dir() and all(
+        is_prepared_file(p.name) or p.name in known for p in cache.iterdir()
+    )
 
 
 def _read_meta(folder: Path) -> dict:
