@@ -341,10 +341,9 @@ def _settings(source, tokenizer, val_fraction, chunk_bytes, column, shard_tokens
     if isinstance(tokenizer, Tokenizer):
         tokenizer = f"{tokenizer.kind}, {tokenizer.vocab_size} ids, eot {tokenizer.eot_id}"
     inputs = []
-    if not isinstance(source, str) or (source not in BUILTIN and not source.startswith("hf:")):
-        for path in text_files([source] if isinstance(source, str) else source):
-            stat = path.stat()
-            inputs.append([str(path), stat.st_size, stat.st_mtime_ns])
+    for path in _input_files(source):
+        stat = path.stat()
+        inputs.append([str(path), stat.st_size, stat.st_mtime_ns])
     return {
         "source": _describe(source),
         "tokenizer": str(tokenizer),
@@ -378,15 +377,22 @@ def _progress(out: Path, settings: dict) -> dict | None:
 def _input_bytes(source) -> int | None:
     """The size of the input text files, for the progress bar's total (None: not known, e.g.
     rows of JSONL or Parquet, whose files hold more than their text)."""
-    if isinstance(source, str) and (source in BUILTIN or source.startswith("hf:")):
-        return None
     try:
-        files = text_files([source] if isinstance(source, str) else source)
+        files = _input_files(source)
     except GptlabError:
         return None
-    if not all(p.suffix.lower() in (".txt", ".md") for p in files):
+    if not files or not all(p.suffix.lower() in (".txt", ".md") for p in files):
         return None
     return sum(p.stat().st_size for p in files)
+
+
+def _input_files(source) -> list:
+    """The files a source reads ([] for the built-in corpus and hf: datasets)."""
+    if not isinstance(source, str) and len(source) == 1:  # `--input X` comes as a list
+        source = str(source[0])
+    if isinstance(source, str) and (source in BUILTIN or source.startswith("hf:")):
+        return []
+    return text_files([source] if isinstance(source, str) else source)
 
 
 class _ShardWriter:
