@@ -274,7 +274,8 @@ def tokenize_into(
     """`prepare`'s work, written straight into `folder` with no checks and no lock: for a
     folder the caller owns and discards on failure (a run's OUT/.data.tmp, prepare's own).
     resume: where `folder` holds the progress of a prepare of the same source and settings
-    (the same files, unchanged), continue it; anything else there is replaced."""
+    (the same files, unchanged), continue it; otherwise the prepared files there are
+    replaced."""
     from tqdm import tqdm
 
     _check_settings(val_fraction, workers, shard_tokens)
@@ -282,8 +283,10 @@ def tokenize_into(
     settings = _settings(source, tokenizer, val_fraction, chunk_bytes, column, shard_tokens)
     done = _progress(out, settings) if resume else None
     if done is None:
-        shutil.rmtree(out, ignore_errors=True)
-        out.mkdir(parents=True)
+        out.mkdir(parents=True, exist_ok=True)
+        for path in out.iterdir():  # a stopped prepare's files, of other settings: not kept
+            if is_prepared_file(path.name) or path.name == PROGRESS_FILE:
+                path.unlink()
         if not isinstance(tokenizer, Tokenizer):
             tokenizer = build_tokenizer(tokenizer, iter_pieces(source, chunk_bytes, column))
         tokenizer.save(out)
