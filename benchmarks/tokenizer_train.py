@@ -1,7 +1,12 @@
-"""BPE training speed: gptlab's `train_bpe` against Hugging Face `tokenizers`' BpeTrainer on
-the same input (tinyshakespeare.txt), the same vocabulary size and pre-tokenizer, in one run.
+"""BPE training speed: gptlab's `train_bpe` (its default engine, rustbpe where installed, and
+the Python trainer) against Hugging Face `tokenizers`' BpeTrainer on the same input, the same
+vocabulary size and pre-tokenizer (GPT-2's), in one run; gptlab's two engines must give the
+same merges.
 
-    python benchmarks/tokenizer_train.py [--vocab-size 4096] [--repeat 3]
+    python benchmarks/tokenizer_train.py [--vocab-size 4096] [--megabytes 1] [--repeat 3]
+
+The input is tinyshakespeare.txt, repeated to --megabytes (a larger corpus of the same words:
+counting grows with it, the merges do not). The Python trainer runs up to 10 MB only.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from _data import print_machine, shared_file
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vocab-size", type=int, default=4096)
+    parser.add_argument("--megabytes", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     print_machine()
@@ -25,10 +31,9 @@ def main() -> None:
     import tokenizers
     from tokenizers import models, pre_tokenizers, trainers
 
-    text = shared_file("tinyshakespeare.txt").read_text(encoding="utf-8")
-
-    def ours():
-        return train_bpe([text], args.vocab_size)
+    one = shared_file("tinyshakespeare.txt").read_text(encoding="utf-8")
+    copies = max(1, round(args.megabytes * 1e6 / len(one.encode("utf-8"))))
+    texts = [one] * copies  # streamed a text at a time to every trainer
 
     def theirs():
         tok = tokenizers.Tokenizer(models.BPE())
@@ -39,28 +44,33 @@ def main() -> None:
             special_tokens=["<|endoftext|>"],
             show_progress=False,
         )
-        tok.train_from_iterator([text], trainer=trainer)
+        tok.train_from_iterator(texts, trainer=trainer)
         return tok
 
-    times: dict[str, list[float]] = {"gptlab": [], "tokenizers": []}
+    runs = {
+        "gptlab": lambda: train_bpe(texts, args.vocab_size),
+        "tokenizers": theirs,
+    }
+    if args.megabytes <= 10:
+        runs["gptlab python"] = lambda: train_bpe(texts, args.vocab_size, engine="python")
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    results = {}
     for _ in range(args.repeat):
-        for name, fn in (("gptlab", ours), ("tokenizers", theirs)):
+        for name, fn in runs.items():
             t0 = time.perf_counter()
-            result = fn()
+            results[name] = fn()
             times[name].append(time.perf_counter() - t0)
-    ours_tok, theirs_tok = ours(), theirs()
+    if "gptlab python" in results:
+        assert results["gptlab"].merges == results["gptlab python"].merges, "engines differ"
     print(
-        f"tinyshakespeare.txt ({len(text):,} characters), vocabulary {args.vocab_size}, "
-        f"median of {args.repeat}; tokenizers {tokenizers.__version__} "
-        f"({result.get_vocab_size()} ids)"
+        f"tinyshakespeare.txt x {copies} ({copies * len(one):,} characters), vocabulary "
+        f"{args.vocab_size}, median of {args.repeat}; tokenizers {tokenizers.__version__} "
+        f"({results['tokenizers'].get_vocab_size()} ids), gptlab "
+        f"{results['gptlab'].vocab_size} ids"
     )
     seconds = {name: statistics.median(t) for name, t in times.items()}
     for name, s in seconds.items():
-        print(f"  {name:<11} {s:6.2f} s")
-    print(f"  ratio gptlab / tokenizers speed = {seconds['tokenizers'] / seconds['gptlab']:.3f}")
-    n_ours = len(ours_tok.encode(text))
-    n_theirs = len(theirs_tok.encode(text).ids)
-    print(f"  tokens for the corpus: gptlab {n_ours:,}, tokenizers {n_theirs:,}")
+        print(f"  {name:<14} {s:7.2f} s   speed vs tokenizers {seconds['tokenizers'] / s:.2f}x")
 
 
 if __name__ == "__main__":

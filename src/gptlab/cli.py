@@ -254,13 +254,6 @@ def cmd_convert(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- tokenizer
 
 
-def read_texts(paths: Sequence[str]) -> list[tuple[Path, str]]:
-    """Text files, and the .txt/.md files under folders (sorted), as (path, text)."""
-    from gptlab.data.corpus import read_text, text_files
-
-    return [(path, read_text(path)) for path in text_files(paths)]
-
-
 def add_tokenizer(sub) -> None:
     p = sub.add_parser("tokenizer", help="train a BPE vocabulary, or encode text with one")
     tsub = p.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
@@ -288,21 +281,30 @@ def add_tokenizer(sub) -> None:
 def cmd_tokenizer_train(args: argparse.Namespace) -> int:
     import time
 
+    from gptlab.data.corpus import iter_pieces, text_files
     from gptlab.tokenizers import TOKENIZER_FILES, train_bpe
+    from gptlab.tokenizers.bpe import PATTERNS
 
     out = _output_folder(args.out, args.overwrite, TOKENIZER_FILES)
-    texts = read_texts(args.input)
+    files = text_files(args.input)
+    size = 0
+
+    def texts():  # streamed: pieces cut where the known patterns cut anyway (memory bounded)
+        nonlocal size
+        for text, _ in iter_pieces(files, 1 << 22 if args.pattern in PATTERNS else None):
+            size += len(text.encode("utf-8", "surrogatepass"))
+            yield text
+
     start = time.perf_counter()
     specials = args.special if args.special is not None else ["<|endoftext|>"]
-    tok = train_bpe((t for _, t in texts), args.vocab_size, specials, args.pattern)
+    tok = train_bpe(texts(), args.vocab_size, specials, args.pattern)
     seconds = time.perf_counter() - start
     for name in TOKENIZER_FILES:  # an --overwrite leaves no file of the old vocabulary
         (out / name).unlink(missing_ok=True)
     tok.save(out)
-    size = sum(len(t.encode("utf-8")) for _, t in texts)
     print(
         f"trained {tok.vocab_size} ids ({len(tok.merges)} merges) on {size:,} bytes from "
-        f"{len(texts)} file(s) in {seconds:.1f}s -> {out}"
+        f"{len(files)} file(s) in {seconds:.1f}s -> {out}"
     )
     if tok.vocab_size < args.vocab_size:
         _say(f"gptlab: note: the corpus ran out of pairs before {args.vocab_size} ids")

@@ -30,9 +30,11 @@ def trained() -> BPETokenizer:
 
 
 def naive_train(text: str, n_merges: int, pattern: str = "gpt2") -> list[tuple[bytes, bytes]]:
-    """Reference trainer: recount every pair over every chunk before each merge."""
+    """Reference trainer: recount every pair over every chunk before each merge; ties go to
+    the smaller left id, then the smaller right id (bytes are ids 0-255, merge i is 256 + i)."""
     chunks = Counter(regex.findall(PATTERNS[pattern], text))
     words = {c: [bytes([b]) for b in c.encode()] for c in chunks}
+    ids = {bytes([b]): b for b in range(256)}
     merges = []
     for _ in range(n_merges):
         pairs = Counter()
@@ -41,8 +43,9 @@ def naive_train(text: str, n_merges: int, pattern: str = "gpt2") -> list[tuple[b
                 pairs[p] += chunks[c]
         if not pairs:
             break
-        best = min(pairs, key=lambda p: (-pairs[p], p[0], p[1]))
+        best = min(pairs, key=lambda p: (-pairs[p], ids[p[0]], ids[p[1]]))
         merges.append(best)
+        ids[best[0] + best[1]] = 255 + len(merges)
         for c, w in words.items():
             out, i = [], 0
             while i < len(w):
@@ -58,8 +61,27 @@ def naive_train(text: str, n_merges: int, pattern: str = "gpt2") -> list[tuple[b
 
 @pytest.mark.parametrize("pattern", ["gpt2", "gpt4"])
 def test_incremental_training_equals_full_recount(pattern):
-    tok = train_bpe([CORPUS], vocab_size=256 + 120 + 1, pattern=pattern)
+    tok = train_bpe([CORPUS], vocab_size=256 + 120 + 1, pattern=pattern, engine="python")
     assert tok.merges == naive_train(CORPUS, 120, pattern)
+
+
+@pytest.mark.parametrize("pattern", ["gpt2", "gpt4"])
+def test_the_compiled_engine_learns_the_same_merges(pattern):
+    """rustbpe (the default where installed) and the Python trainer: the same merges and ids,
+    to the end of the corpus's pairs, special tokens after them."""
+    pytest.importorskip("rustbpe")
+    text = shared_data("tinyshakespeare.txt").read_text(encoding="utf-8")[:300_000]
+    for vocab_size in (400, 3000, 100_000):  # (the last runs out of pairs first)
+        fast = train_bpe([text, CORPUS], vocab_size, ["<|endoftext|>", "<|pad|>"], pattern)
+        slow = train_bpe(
+            [text, CORPUS], vocab_size, ["<|endoftext|>", "<|pad|>"], pattern, engine="python"
+        )
+        assert fast.merges == slow.merges and fast.ranks == slow.ranks, vocab_size
+        assert fast.special_tokens == slow.special_tokens
+    with pytest.raises(GptlabError, match="the training corpus is empty"):
+        train_bpe(["", ""], 300, engine="rustbpe")
+    with pytest.raises(GptlabError, match="takes the patterns gpt2, gpt4 only"):
+        train_bpe([CORPUS], 300, pattern=r"\w+|\W+", engine="rustbpe")
 
 
 def test_ids_layout_and_determinism(trained):

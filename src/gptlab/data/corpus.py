@@ -167,12 +167,13 @@ Piece = tuple[str, bool]  # (text, this piece ends its document)
 
 
 def iter_pieces(
-    source: str | Sequence[str], size: int = 1 << 22, column: str = "text"
+    source: str | Sequence[str], size: int | None = 1 << 22, column: str = "text"
 ) -> Iterator[Piece]:
     """The source's text as (piece, ends its document) in order, each piece about `size`
     characters at most: a text file is read a block at a time and a long document is cut
     where a cut changes no token (`safe_cut`), so that memory does not grow with the corpus
-    (only a document without any such place, e.g. a gigabyte of digits, is held whole)."""
+    (only a document without any such place, e.g. a gigabyte of digits, is held whole;
+    size None: every document whole)."""
     for text, ends, _ in _parts(source, size, column):
         yield text, ends
 

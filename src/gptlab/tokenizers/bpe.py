@@ -375,11 +375,15 @@ def _merge(parts: list, pair: tuple, new) -> list:
 # ---------------------------------------------------------------------------- training
 
 
+ENGINES = ("auto", "python", "rustbpe")
+
+
 def train_bpe(
     texts: Iterable[str],
     vocab_size: int,
     special_tokens: Sequence[str] = (gpt2.EOT,),
     pattern: str = "gpt2",
+    engine: str = "auto",
 ) -> BPETokenizer:
     """Learn a byte-level BPE vocabulary of `vocab_size` ids (256 bytes + merges + specials).
 
@@ -388,13 +392,32 @@ def train_bpe(
     hold the merged pair (an index pair -> chunks), never rescanning the corpus.
 
     Tie-breaking (deterministic): the most frequent pair wins; among equally frequent pairs,
-    the one whose left token's bytes sort first, then the right token's bytes.
+    the one with the smaller left id, then the smaller right id (the rule of rustbpe too).
     Ids: 0-255 are the bytes themselves, merge i makes id 256 + i, special tokens come last.
     If the corpus runs out of pairs first, the vocabulary is smaller than asked.
+
+    engine: "python" runs the algorithm above in Python (the readable one, `_learn_merges`);
+    "rustbpe" runs the same algorithm compiled, with parallel counting (the package rustbpe,
+    `pip install 'gptlab[bpe]'`; GPT-2's and GPT-4's patterns only); "auto" takes rustbpe
+    where it is installed and the pattern is one of those. Both give the same merges.
     """
     special_tokens = _checked_specials(texts, vocab_size, special_tokens)
-    counts = _count_chunks(texts, _compile_pattern(pattern))  # a bad pattern: one line
-    tokens, merges = _learn_merges(counts, vocab_size - 256 - len(special_tokens))
+    if engine not in ENGINES:
+        raise GptlabError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    n_merges = vocab_size - 256 - len(special_tokens)
+    compiled = _compile_pattern(pattern)  # a bad pattern: one line
+    rust = _rustbpe() if engine != "python" and pattern in PATTERNS else None
+    if engine == "rustbpe" and rust is None:
+        why = (
+            "is not installed (pip install 'gptlab[bpe]')"
+            if pattern in PATTERNS
+            else (f"takes the patterns {', '.join(PATTERNS)} only")
+        )
+        raise GptlabError(f"engine rustbpe {why}")
+    if rust is not None:
+        tokens, merges = _rust_merges(rust, texts, n_merges, PATTERNS[pattern])
+    else:
+        tokens, merges = _learn_merges(_count_chunks(texts, compiled), n_merges)
     ranks = {t: i for i, t in enumerate(tokens)}
     specials = {s: len(tokens) + k for k, s in enumerate(special_tokens)}
     eot = gpt2.EOT if gpt2.EOT in specials else None
@@ -440,6 +463,66 @@ def _count_chunks(texts: Iterable[str], compiled) -> Counter[str]:
     return counts
 
 
+def _rustbpe():
+    """The rustbpe module, or None where it is not installed."""
+    try:
+        import rustbpe
+    except ImportError:
+        return None
+    return rustbpe
+
+
+def _rust_merges(rust, texts, n_merges: int, pattern: str) -> tuple[list[bytes], list]:
+    """`_learn_merges` by rustbpe (the texts streamed to it, counted in parallel) -> (id ->
+    bytes, the merges as id pairs). rustbpe gives each token's rank; the pair that made the
+    token of rank r is what BPE with the ranks below r cuts its bytes into."""
+    checked = _checked_texts(texts)
+    trainer = rust.Tokenizer()
+    trainer.train_from_iterator(checked, 256 + n_merges, pattern=pattern)
+    if not checked.seen:
+        raise GptlabError("the training corpus is empty")
+    ranked = sorted(trainer.get_mergeable_ranks(), key=lambda item: item[1])
+    tokens = [bytes(t) for t, _ in ranked]
+    ids = {t: i for i, t in enumerate(tokens)}
+    merges = []
+    for r in range(256, len(tokens)):
+        left, right = _two_parts(tokens[r], ids, r)
+        merges.append((ids[left], ids[right]))
+    return tokens, merges
+
+
+class _checked_texts:
+    """The texts, each checked to be a string, counting those seen (for rustbpe's iterator)."""
+
+    def __init__(self, texts) -> None:
+        self.texts = enumerate(texts)
+        self.seen = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        i, text = next(self.texts)
+        if not isinstance(text, str):
+            raise GptlabError(f"texts[{i}] is {type(text).__name__}, not a string")
+        self.seen += bool(text)
+        return text
+
+
+def _two_parts(token: bytes, ids: dict[bytes, int], rank: int) -> tuple[bytes, bytes]:
+    """The two tokens BPE with the tokens of rank below `rank` (lowest rank merged first)
+    cuts `token`'s bytes into: the merge that made it."""
+    parts = [token[i : i + 1] for i in range(len(token))]
+    while len(parts) > 2:
+        best = min(range(len(parts) - 1), key=lambda i: ids.get(parts[i] + parts[i + 1], rank))
+        if ids.get(parts[best] + parts[best + 1], rank) >= rank:
+            break
+        parts[best : best + 2] = [parts[best] + parts[best + 1]]
+    if len(parts) != 2:
+        raise GptlabError(f"rustbpe's token {token!r} is not a merge of two earlier tokens")
+    return parts[0], parts[1]
+
+
 def _learn_merges(counts: Counter[str], n_merges: int) -> tuple[list[bytes], list[tuple[int, int]]]:
     """Up to n_merges merges, the most frequent pair first (see train_bpe) -> (id -> bytes,
     the merges as id pairs)."""
@@ -454,13 +537,13 @@ def _learn_merges(counts: Counter[str], n_merges: int) -> tuple[list[bytes], lis
             where[pair].add(w)
 
     def entry(pair: tuple[int, int]):
-        return (-pair_count[pair], tokens[pair[0]], tokens[pair[1]], pair)
+        return (-pair_count[pair], pair)
 
     heap = [entry(p) for p in pair_count]
     heapq.heapify(heap)
     merges: list[tuple[int, int]] = []
     while len(merges) < n_merges and heap:
-        neg_count, _, _, pair = heapq.heappop(heap)
+        neg_count, pair = heapq.heappop(heap)
         if -neg_count != pair_count[pair] or neg_count == 0:
             continue  # stale entry: this pair's count changed since it was pushed
         new = len(tokens)
