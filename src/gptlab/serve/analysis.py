@@ -37,6 +37,7 @@ class Lab:
     _pca: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
     _at: dict[int, Lab] = field(default_factory=dict, repr=False)
     _at_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _copy_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _streams: dict[tuple[int, ...], list[torch.Tensor]] = field(default_factory=dict, repr=False)
     _induction: torch.Tensor | None = field(default=None, repr=False)
 
@@ -47,10 +48,11 @@ class Lab:
         row of weights sums to 1 sees 1.0000, not bfloat16's 0.998."""
         if self.model.transformer.wte.weight.dtype == torch.float32:
             return self.model
-        if self._float32 is None:
-            import copy
+        with self._copy_lock:  # made once, whichever request asks first
+            if self._float32 is None:
+                import copy
 
-            self._float32 = copy.deepcopy(self.model).float().eval()
+                self._float32 = copy.deepcopy(self.model).float().eval()
         return self._float32
 
     def at(self, step: int) -> Lab:
