@@ -7,6 +7,10 @@ weights per step); the bandwidth is measured in the same run (summing a 1 GiB te
 each figure is printed as a fraction of its bound. gptlab float32 and transformers must
 produce the same tokens (asserted); int8 prints how many of its tokens agree with float32.
 
+gptlab bfloat16 (--bfloat16) decodes with bfloat16 weights widened to float32 in gptlab's kernel
+(what `gptlab sample` runs under dtype=auto on a CPU with native bfloat16); its tokens are
+checked against PyTorch's own bfloat16 network on the first prompt.
+
     python benchmarks/generate.py [--new 128] [--repeat 3] [--batches 1 8] [--bfloat16]
 """
 
@@ -22,8 +26,8 @@ import torch
 
 from gptlab import GPT, GPTConfig
 from gptlab.generate import generate
+from gptlab.model import kernels
 from gptlab.model.fast import prepare_for_decoding
-from gptlab.model.int8 import kernel
 
 from _data import print_machine
 
@@ -99,7 +103,7 @@ def main() -> None:
     print(
         f"read bandwidth {bandwidth / 1e9:.1f} GB/s; weights read per step: float32 "
         f"{sizes['gptlab float32'] / 1e6:.0f} MB, int8 {sizes['gptlab int8'] / 1e6:.0f} MB; "
-        f"int8 kernel: {'compiled C (AVX2 where the CPU has it)' if kernel() else 'none'}"
+        f"kernels: {kernels.describe()}"
     )
     for batch in args.batches:
         idx = torch.randint(
@@ -123,6 +127,16 @@ def main() -> None:
         )
         new = slice(args.prompt, None)
         agree = (out["gptlab int8"][:, new] == out["gptlab float32"][:, new]).float().mean()
+        if "gptlab bfloat16" in out and batch == args.batches[0]:  # (PyTorch's is slow: once)
+            plain = copy.deepcopy(base).to(torch.bfloat16)
+            same = torch.equal(
+                generate(plain, idx[:1], 16, temperature=0),
+                out["gptlab bfloat16"][:1, : args.prompt + 16],
+            )
+            print(
+                f"bfloat16: the first 16 tokens {'equal' if same else 'DIFFER from'} "
+                "PyTorch's bfloat16 network's"
+            )
         rates = {name: median_rate(fn, batch * args.new, args.repeat) for name, fn in runs.items()}
         print(
             f"batch {batch} (float32 tokens equal to transformers'; int8 agrees on "

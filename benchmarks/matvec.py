@@ -3,7 +3,7 @@
 1. layout: x @ W with W stored (in, out) (gptlab's `Linear`, Hugging Face's Conv1D) against
    x @ W.T with W stored (out, in) (`nn.Linear`), one row x, GPT-2 small's matrices and head;
 2. split and kernel: `few_rows_matmul` (the input dimension cut into one part per thread, the
-   fallback) and gptlab's compiled float32 kernel (`gptlab.model.kernels.f32_matmul`), each
+   fallback) and gptlab's compiled float32 kernel (`gptlab.model.kernels.matmul`), each
    against a plain x @ W on the same (in, out) matrix; each matrix alone (repeated, so the
    block matrices stay in cache) and then
    2b. from memory, as in decoding: the 48 block matrices of GPT-2 small one after another;

@@ -66,8 +66,8 @@ def sample_next(
 ) -> torch.Tensor:
     """logits (B, V) -> next ids (B, 1). Temperature 0 is greedy (argmax). top_k keeps the k
     likeliest tokens; top_p keeps the smallest set whose probability reaches p."""
-    if temperature == 0:
-        return logits.argmax(dim=-1, keepdim=True)
+    if temperature == 0:  # (in float32: the same ids; a bfloat16 argmax is 4x slower on a CPU)
+        return logits.float().argmax(dim=-1, keepdim=True)
     probs = F.softmax(sample_filter(logits.float() / temperature, top_k, top_p), dim=-1)
     return torch.multinomial(probs, num_samples=1, generator=generator)
 

@@ -74,7 +74,7 @@ def test_the_kernels_product_equals_the_plain_one_to_rounding(shape, rows):
         for threads in (1, 2, 3):
             torch.set_num_threads(threads)
             for b in (bias, None):
-                y = kernels.f32_matmul(x, w, b)
+                y = kernels.matmul(x, w, b)
                 expected = x @ w if b is None else torch.addmm(b, x, w)
                 bound = RELATIVE * (x.abs() @ w.abs() + (0 if b is None else b.abs()))
                 assert y.shape == expected.shape
@@ -84,19 +84,21 @@ def test_the_kernels_product_equals_the_plain_one_to_rounding(shape, rows):
 
 
 def test_what_the_kernel_cannot_read_goes_the_plain_way(monkeypatch):
-    """bfloat16, a transposed (non-contiguous) weight, or no kernel at all: decoding_matmul
-    still gives the product."""
+    """float64, mixed dtypes, a transposed (non-contiguous) weight, or no kernel at all:
+    decoding_matmul still gives the product."""
     gen = torch.Generator().manual_seed(4)
     w, x, b = torch.randn(32, 24, generator=gen), torch.randn(3, 32, generator=gen), None
     expected = x @ w
-    assert kernels.f32_matmul(x.bfloat16(), w.bfloat16()) is None
-    half = decoding_matmul(x.bfloat16(), w.bfloat16()).float()
-    assert (half - expected).abs().max().item() < 0.2
+    assert kernels.matmul(x.double(), w.double()) is None
+    assert kernels.matmul(x, w.bfloat16()) is None
+    assert kernels.matmul(x.bfloat16(), w.bfloat16(), torch.zeros(24)) is None
+    wider = decoding_matmul(x.double(), w.double()).float()
+    assert (wider - expected).abs().max().item() <= 1e-5
     wide = w.t().contiguous().t()  # the same numbers, column-major
-    assert kernels.f32_matmul(x, wide) is None
+    assert kernels.matmul(x, wide) is None
     assert (decoding_matmul(x, wide, b) - expected).abs().max().item() <= 1e-5
     monkeypatch.setattr(kernels, "library", lambda: None)
-    assert kernels.f32_matmul(x, w) is None
+    assert kernels.matmul(x, w) is None
     assert (decoding_matmul(x[None], w)[0] - expected).abs().max().item() <= 1e-5
 
 
@@ -222,14 +224,17 @@ def test_one_positions_attention_equals_the_plain_one(masked):
 
 
 def test_attention_the_kernel_cannot_take_goes_the_plain_way():
-    """bfloat16, a cache that is a view, or a model in training mode (dropout) run
-    CausalSelfAttention's own forward."""
+    """float64, mixed dtypes, a cache that is a view, or a model in training mode (dropout)
+    run CausalSelfAttention's own forward."""
     from gptlab.model.gpt import KVCache
 
     config = GPTConfig.preset("tiny", block_size=8, vocab_size=40)
     cache = KVCache(config, 1, 8, "cpu", torch.float32)
     qkv = torch.randn(1, 1, 3 * config.n_embd)
     assert kernels.decode_attention(qkv.bfloat16(), cache.k[0], cache.v[0], 0) is None
+    assert (
+        kernels.decode_attention(qkv.double(), cache.k[0].double(), cache.v[0].double(), 0) is None
+    )
     assert kernels.decode_attention(qkv, cache.k[0][:, :, ::2], cache.v[0], 0) is None
     assert kernels.decode_attention(qkv, cache.k[0], cache.v[0], 8) is None  # no room
     # shapes that do not fit: the kernel reads raw pointers, so it must never see them
@@ -237,13 +242,13 @@ def test_attention_the_kernel_cannot_take_goes_the_plain_way():
     wrong_mask = torch.ones(1, 2, dtype=torch.bool)  # (B, pos + 1) would be (1, 1)
     assert kernels.decode_attention(qkv, cache.k[0], cache.v[0], 0, wrong_mask) is None
     w = torch.randn(8, 4)
-    assert kernels.f32_matmul(torch.randn(2, 7), w) is None
-    assert kernels.f32_matmul(torch.randn(2, 8), w, torch.zeros(5)) is None
+    assert kernels.matmul(torch.randn(2, 7), w) is None
+    assert kernels.matmul(torch.randn(2, 8), w, torch.zeros(5)) is None
     assert kernels.decode_attention(qkv, cache.k[0], cache.v[0], -1) is None
     float_mask = torch.zeros(1, 1)  # an additive mask: not the kernel's kind
     assert kernels.decode_attention(qkv, cache.k[0], cache.v[0], 0, float_mask) is None
     if kernels.library() is not None:  # no rows: an empty result, no call into C
-        assert kernels.f32_matmul(torch.empty(0, 8), w).shape == (0, 4)
+        assert kernels.matmul(torch.empty(0, 8), w).shape == (0, 4)
     torch.manual_seed(0)
     plain = GPT(GPTConfig.preset("tiny", block_size=8, vocab_size=40, dropout=0.5))
     fast = prepare_for_decoding(GPT(plain.config))
@@ -262,9 +267,9 @@ def test_attention_the_kernel_cannot_take_goes_the_plain_way():
 
 def test_the_default_path_runs_the_kernels_and_a_plain_step_runs_c_attn_once(monkeypatch):
     """With a compiler, sampling goes through both kernels (a silent fallback everywhere would
-    pass the equality tests); a step the kernel cannot take (bfloat16) computes c_attn once."""
+    pass the equality tests); a step the kernel cannot take (float64) computes c_attn once."""
     if HAS_COMPILER:
-        calls = {"f32_matmul": 0, "decode_attention": 0}
+        calls = {"matmul": 0, "decode_attention": 0}
         for name in calls:
             real = getattr(kernels, name)
 
@@ -276,8 +281,8 @@ def test_the_default_path_runs_the_kernels_and_a_plain_step_runs_c_attn_once(mon
         torch.manual_seed(0)
         model = GPT(GPTConfig.preset("tiny", block_size=16, vocab_size=40)).eval()
         generate(prepare_for_decoding(model), torch.randint(0, 40, (2, 4)), 3, temperature=0.0)
-        assert calls["f32_matmul"] > 0 and calls["decode_attention"] > 0, calls
-    plain = GPT(GPTConfig.preset("tiny", block_size=16, vocab_size=40)).to(torch.bfloat16)
+        assert calls["matmul"] > 0 and calls["decode_attention"] > 0, calls
+    plain = GPT(GPTConfig.preset("tiny", block_size=16, vocab_size=40)).to(torch.float64)
     counts = []
     for model in (prepare_for_decoding(copy.deepcopy(plain)), plain):
         seen = []
@@ -306,3 +311,143 @@ def test_padded_prompts_that_end_give_the_reference_tokens(gpt2, prepared):
         assert new[: len(want) - len(row)] == want[len(row) :]
         assert all(t == eos for t in new[len(want) - len(row) :])  # after eos: eos
     assert (got[1, 10:] == eos).any()
+
+
+# ---- bfloat16: the kernel reads bfloat16 weights, sums in float32 and rounds once
+
+
+def bf16_bound(exact: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
+    """How far a bfloat16 result of a float32 sum may be from the exact value: the sum's
+    rounding (as RELATIVE above) plus one rounding to bfloat16 (half a unit in the last
+    place: 2^-8 of the value, or of the next power of two down)."""
+    return RELATIVE * magnitude + exact.abs() * 2.0**-8 + 1e-30
+
+
+@pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler: bfloat16 is PyTorch's own")
+@pytest.mark.parametrize(
+    "rows, shape",
+    # one row: its own path (16 weights per load, sums kept shuffled); columns past the last
+    # 16, a band of columns past the 8,192 one thread's sums hold at once, rows of w not in 4s
+    [
+        (1, (768, 2304)),
+        (1, (13, 301)),
+        (1, (22, 8209)),
+        (1, (3, 5)),
+        (2, (33, 70)),
+        (3, (768, 3072)),
+        (16, (3072, 768)),
+    ],
+)
+def test_the_bfloat16_product_is_pytorchs_to_one_rounding(rows, shape):
+    gen = torch.Generator().manual_seed(rows * 7 + shape[1])
+    w = (torch.randn(shape, generator=gen) * 0.02).bfloat16()
+    x = torch.randn(rows, shape[0], generator=gen).bfloat16()
+    bias = torch.randn(shape[1], generator=gen).bfloat16()
+    exact = torch.addmm(bias.double(), x.double(), w.double())
+    magnitude = x.double().abs() @ w.double().abs() + bias.double().abs()
+    reference = torch.addmm(bias, x, w)  # PyTorch's own bfloat16 product
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            y = kernels.matmul(x, w, bias)
+            assert y.dtype == torch.bfloat16 and y.shape == reference.shape
+            assert ((y.double() - exact).abs() <= bf16_bound(exact, magnitude)).all(), threads
+            # the same rounding as PyTorch's: different bits only where the float32 sums,
+            # taken in another order, fall on either side of a rounding boundary
+            assert (y == reference).float().mean().item() >= 0.99, threads
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler: attention takes the plain path")
+def test_one_positions_attention_in_bfloat16_is_the_float32_one_rounded():
+    """kernels.decode_attention over a bfloat16 cache: the key and value stored bit for bit,
+    the output the float32 attention of the same bfloat16 numbers, rounded once."""
+    import torch.nn.functional as F
+
+    from gptlab.model.gpt import KVCache
+
+    config = GPTConfig.preset("tiny", block_size=24, vocab_size=40)
+    B, H, D, pos = 2, config.n_head, config.head_size, 9
+    gen = torch.Generator().manual_seed(8)
+    cache = KVCache(config, B, config.block_size, "cpu", torch.bfloat16)
+    cache.k[0].copy_(torch.randn(cache.k[0].shape, generator=gen))
+    cache.v[0].copy_(torch.randn(cache.v[0].shape, generator=gen))
+    qkv = torch.randn(B, 1, 3 * H * D, generator=gen).bfloat16()
+    mask = torch.rand(B, pos + 1, generator=gen) > 0.3
+    mask[:, -1] = True
+    y = kernels.decode_attention(qkv, cache.k[0], cache.v[0], pos, mask)
+    q, k, v = (t.view(B, 1, H, D).transpose(1, 2) for t in qkv.split(H * D, dim=2))
+    assert torch.equal(cache.k[0][:, :, pos : pos + 1], k)
+    assert torch.equal(cache.v[0][:, :, pos : pos + 1], v)
+    expected = F.scaled_dot_product_attention(
+        q.double(),
+        cache.k[0][:, :, : pos + 1].double(),
+        cache.v[0][:, :, : pos + 1].double(),
+        attn_mask=mask[:, None, None, :],
+    )
+    expected = expected.transpose(1, 2).reshape(B, 1, H * D)
+    assert y.dtype == torch.bfloat16
+    assert ((y.double() - expected).abs() <= expected.abs() * 2.0**-8 + 1e-5).all()
+
+
+@pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler: bfloat16 is PyTorch's own")
+def test_bfloat16_decoding_gives_pytorchs_bfloat16_tokens_through_the_kernels(monkeypatch):
+    """A bfloat16 model set up for decoding picks the tokens PyTorch's bfloat16 network picks,
+    every product and attention step in the kernels; on a CPU without native bfloat16 the
+    prompt's products (more rows than MAX_ROWS) go through the kernel too (PyTorch's emulated
+    bfloat16 is ~15x slower there), on one with it through PyTorch."""
+    calls = {"matmul": [], "decode_attention": 0}
+    real_matmul, real_attention = kernels.matmul, kernels.decode_attention
+
+    def matmul(x, *args):
+        calls["matmul"].append(x.numel() // x.size(-1))
+        return real_matmul(x, *args)
+
+    def attention(*args):
+        calls["decode_attention"] += 1
+        return real_attention(*args)
+
+    monkeypatch.setattr(kernels, "matmul", matmul)
+    monkeypatch.setattr(kernels, "decode_attention", attention)
+    torch.manual_seed(0)
+    plain = GPT(GPTConfig(n_layer=2, n_head=4, n_embd=128, block_size=64, vocab_size=500))
+    plain = plain.to(torch.bfloat16).eval()
+    fast = prepare_for_decoding(copy.deepcopy(plain))
+    prompts = torch.randint(0, 500, (2, 20), generator=torch.Generator().manual_seed(3))
+    monkeypatch.setenv("GPTLAB_NATIVE_BF16", "0")
+    got = generate(fast, prompts, 12, temperature=0.0)
+    assert torch.equal(got, generate(plain, prompts, 12, temperature=0.0))
+    assert max(calls["matmul"]) == 40 and calls["decode_attention"] == 2 * 11
+    calls["matmul"].clear()
+    monkeypatch.setenv("GPTLAB_NATIVE_BF16", "1")
+    assert torch.equal(generate(fast, prompts, 12, temperature=0.0), got)
+    assert max(calls["matmul"]) == 2  # the prompt went to PyTorch's native bfloat16
+    with torch.no_grad():
+        hidden = plain.hidden_states(prompts)[:, -1]
+        logits, reference = fast.lm_head(hidden).double(), plain.lm_head(hidden).double()
+    magnitude = hidden.double().abs() @ plain.lm_head.weight.double().abs().t()
+    assert ((logits - reference).abs() <= 2 * bf16_bound(reference, magnitude)).all()
+
+
+def test_auto_decodes_in_bfloat16_on_a_cpu_only_where_the_kernel_is(monkeypatch, tmp_path):
+    """On a CPU with native bfloat16, auto loads bfloat16 for inference only when gptlab's
+    kernel is there: PyTorch's bfloat16 decoding is slower than float32 (0.87x measured on an
+    AVX512-BF16 EPYC), so without the kernel auto is float32; without native bfloat16 it is
+    float32 either way. An explicit dtype is kept."""
+    from gptlab.model.load import inference_dtype
+
+    cpu = torch.device("cpu")
+    folder = str(tmp_path)  # (no int8 config there: a float model)
+    monkeypatch.setenv("GPTLAB_NATIVE_BF16", "1")
+    built = kernels.library() is not None
+    assert inference_dtype(folder, cpu, "auto", "none") == (
+        torch.bfloat16 if built else torch.float32
+    )
+    monkeypatch.setattr(kernels, "library", lambda: None)
+    assert inference_dtype(folder, cpu, "auto", "none") == torch.float32
+    assert inference_dtype(folder, cpu, "bfloat16", "none") == torch.bfloat16
+    monkeypatch.undo()
+    monkeypatch.setenv("GPTLAB_NATIVE_BF16", "0")
+    assert inference_dtype(folder, cpu, "auto", "none") == torch.float32

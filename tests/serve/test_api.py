@@ -95,6 +95,7 @@ def test_an_int8_page_streams_what_gptlab_sample_int8_prints(serve_folder, capsy
         parts["parameters"] == info["parameters"] == GPT.from_pretrained(serve_folder).num_params()
     )
     assert parts["quantized"] == info["quantized"] == "int8"
+    assert info["decoding"].startswith("int8 weights, float32 sums")
     streamed = "To be" + "".join(e["text"] for e in events(response))
     assert (
         main(
@@ -398,7 +399,8 @@ def test_a_bfloat16_model_is_analysed_in_float32(serve_folder):
 
     lab = load_lab(str(serve_folder), device="cpu", dtype="bfloat16")
     with TestClient(Server([lab]).app()) as c:
-        assert c.get("/api/info").json()["models"][0]["dtype"] == "bfloat16"
+        info = c.get("/api/info").json()["models"][0]
+        assert info["dtype"] == "bfloat16" and info["decoding"].startswith("bfloat16 weights")
         assert c.post("/api/model", json={}).json()["dtype"] == "bfloat16"
         maps = weights(c.post("/api/attention", json={"prompt": "To be, or not", "layer": 1}))
         np.testing.assert_allclose(maps.sum(-1), 1.0, atol=1e-6)

@@ -6,9 +6,10 @@ well below the speed memory delivers (one core for one row; for 8 rows, compute-
 kernels). Three changes, measured in benchmarks/matvec.py and benchmarks/generate.py:
 
 - `DecodingLinear`: a block's Linear that, for at most MAX_ROWS rows on a CPU without
-  autograd, multiplies with gptlab's compiled kernel (`gptlab.model.kernels.f32_matmul`: each
-  thread streams a band of the weight's rows once, for all rows of x together), or, where no
-  kernel could be built, cuts the input dimension into one part per thread
+  autograd, multiplies with gptlab's compiled kernel (`gptlab.model.kernels.matmul`: each
+  thread streams a band of the weight's rows once, for all rows of x together; float32, or
+  bfloat16 widened to float32 in registers, so a bfloat16 model reads half the bytes on any
+  CPU), or, where no kernel could be built, cuts the input dimension into one part per thread
   (`few_rows_matmul`). The network in model/gpt.py stays one matmul per projection;
   `prepare_for_decoding` swaps the class of its Linear modules in place (same parameters, same
   state_dict), and anything else (training, long inputs, GPUs) falls through to Linear's own
@@ -39,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gptlab.errors import GptlabError
+from gptlab.hardware import cpu_has_native_bf16
 from gptlab.model import int8, kernels
 from gptlab.model.cache import KVCache
 from gptlab.model.gpt import GPT, CausalSelfAttention, Linear
@@ -70,8 +72,12 @@ def _splits(n_in: int, threads: int) -> int:
 
 
 def _decoding(x2: torch.Tensor) -> bool:
-    """A product the fast path serves: few rows, on a CPU, no autograd."""
-    return x2.size(0) <= MAX_ROWS and x2.is_cpu and not torch.is_grad_enabled()
+    """A product (x2: (rows, in)) the fast path serves: on a CPU, no autograd, and few rows,
+    or any number in bfloat16 where the CPU has no bfloat16 arithmetic (PyTorch emulates it
+    there, ~15x slower than float32: the kernel's float32 sums are faster at any size)."""
+    if not x2.is_cpu or torch.is_grad_enabled():
+        return False
+    return x2.size(0) <= MAX_ROWS or (x2.dtype is torch.bfloat16 and not cpu_has_native_bf16())
 
 
 def decoding_matmul(
@@ -79,7 +85,7 @@ def decoding_matmul(
 ) -> torch.Tensor:
     """x (..., in) @ weight (in, out) + bias for a few rows on a CPU: the compiled kernel
     where it can take them, else the thread split."""
-    y = kernels.f32_matmul(x, weight, bias)
+    y = kernels.matmul(x, weight, bias)
     if y is None:
         y = few_rows_matmul(x.reshape(-1, weight.size(0)), weight)
         if bias is not None:
@@ -110,13 +116,13 @@ class DecodingAttention(CausalSelfAttention):
         return self.resid_dropout(self.c_proj(y))
 
     def _kernel_takes(self, x, attn_mask, cache, layer) -> bool:
-        """One new position, cached past, eval mode (no dropout), no autograd, float32 on a
-        CPU, one mask for all heads, a built kernel: checked before c_attn runs, so that a
-        step the kernel cannot take does not compute c_attn twice."""
+        """One new position, cached past, eval mode (no dropout), no autograd, float32 or
+        bfloat16 on a CPU, one mask for all heads, a built kernel: checked before c_attn runs,
+        so that a step the kernel cannot take does not compute c_attn twice."""
         if cache is None or x.size(1) != 1 or self.training or torch.is_grad_enabled():
             return False
         k = cache.k[layer]
-        if not (x.is_cpu and x.dtype is torch.float32 and k.dtype is torch.float32):
+        if not (x.is_cpu and x.dtype is k.dtype and k.dtype in kernels.KERNEL_DTYPES):
             return False
         if k.size(1) != self.n_head or not 0 <= cache.length < k.size(2):
             return False
@@ -127,10 +133,11 @@ class DecodingAttention(CausalSelfAttention):
 
 class DecodingLinear(Linear):
     """Linear whose few-row products on a CPU stream the weights at memory speed
-    (`decoding_matmul`); everything else is Linear's own forward."""
+    (`decoding_matmul`; in bfloat16 without native bfloat16, products of any size); everything
+    else is Linear's own forward."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.numel() > MAX_ROWS * self.in_features or not x.is_cpu or torch.is_grad_enabled():
+        if not _decoding(x.reshape(-1, self.in_features)):
             return super().forward(x)
         params = self._parameters  # a dict lookup: nn.Module's attribute lookup costs more
         return decoding_matmul(x, params["weight"], params["bias"])
@@ -167,6 +174,28 @@ class DecodingHead(nn.Module):
         if _decoding(x2) and x2.dtype == self.weight.dtype:
             return decoding_matmul(x, self._current())
         return F.linear(x, self.weight)
+
+
+def describe_decoding(model: GPT) -> str:
+    """Which dtype and which products a model decodes with, in words (`/api/info`, reports)."""
+    weight = model.transformer.wte.weight
+    if not weight.is_cpu:
+        return f"{str(weight.dtype).removeprefix('torch.')} on {weight.device.type}: PyTorch's"
+    if isinstance(model.lm_head, Int8Linear):
+        built = int8.kernel() is not None
+        return "int8 weights, float32 sums: " + (
+            kernels.describe() if built else "a dequantised float32 copy (no C kernel)"
+        )
+    dtype = str(weight.dtype).removeprefix("torch.")
+    if not isinstance(model.lm_head, DecodingHead):
+        return f"{dtype}: PyTorch's products (the model is not set up for decoding)"
+    if weight.dtype not in kernels.KERNEL_DTYPES or kernels.library() is None:
+        return f"{dtype}: PyTorch's products (no compiled kernel for it)"
+    if weight.dtype is torch.bfloat16:
+        return (
+            f"bfloat16 weights widened to float32 in registers, float32 sums: {kernels.describe()}"
+        )
+    return f"float32: {kernels.describe()}"
 
 
 def prepare_for_decoding(model: GPT, quantize: str | None = None) -> GPT:

@@ -1,12 +1,17 @@
-"""gptlab's compiled CPU kernels for decoding (kernels.c beside this file): a float32 product
-for few rows (`f32_matmul`), attention for one new position over the KV cache
-(`decode_attention`) and the int8 weight-only product (used by gptlab.model.int8).
+"""gptlab's compiled CPU kernels for decoding (kernels.c beside this file): a product for few
+rows (`matmul`, float32 or bfloat16), attention for one new position over the KV cache
+(`decode_attention`, float32 or bfloat16) and the int8 weight-only product (used by
+gptlab.model.int8).
 
 A decoding step multiplies one row per sequence by every weight matrix, so it runs at the
 speed memory delivers the weights; PyTorch's CPU kernels for such shapes leave much of that
-speed unused (benchmarks/matvec.py measures both). The C file is compiled at first use with the
-system's C compiler (`-O3 -march=native -fopenmp`, then without each flag if the compiler
-refuses it), once per CPU kind, into ~/.cache/gptlab/kernels, and loaded with ctypes. Where
+speed unused (benchmarks/matvec.py measures both), and in bfloat16 on a CPU without native
+bfloat16 they emulate it, ~15x slower than float32 (benchmarks/generate.py --bfloat16). The
+bfloat16 kernels widen each weight to float32 in registers and sum in float32, so they read
+half of float32's bytes on any CPU and need no bfloat16 arithmetic. The C file is compiled at
+first use with the system's C compiler (`-O3 -march=native -fopenmp`, then without each flag
+if the compiler refuses it), once per CPU kind, into ~/.cache/gptlab/kernels, and loaded with
+ctypes. Where
 nothing can be built, `library()` is None and callers use PyTorch's own products: the same
 numbers, slower.
 """
@@ -87,14 +92,34 @@ def library() -> ctypes.CDLL | None:
         lib.gptlab_f32_matmul.argtypes = (
             [ctypes.c_void_p] * 5 + [ctypes.c_long] * 3 + [ctypes.c_int]
         )
+        lib.gptlab_bf16_matmul.argtypes = lib.gptlab_f32_matmul.argtypes
         lib.gptlab_decode_attention.argtypes = (
             [ctypes.c_void_p] * 5 + [ctypes.c_long] * 5 + [ctypes.c_int]
         )
+        lib.gptlab_decode_attention_bf16.argtypes = lib.gptlab_decode_attention.argtypes
+        lib.gptlab_simd.argtypes = []
+        lib.gptlab_simd.restype = ctypes.c_int
     except (OSError, AttributeError):
         return None
-    for function in (lib.gptlab_int8_matmul, lib.gptlab_f32_matmul, lib.gptlab_decode_attention):
+    for function in (
+        lib.gptlab_int8_matmul,
+        lib.gptlab_f32_matmul,
+        lib.gptlab_bf16_matmul,
+        lib.gptlab_decode_attention,
+        lib.gptlab_decode_attention_bf16,
+    ):
         function.restype = None
     return lib
+
+
+def describe() -> str:
+    """What the compiled kernels run on this machine, in words (for /api/info and reports)."""
+    lib = library()
+    if lib is None:
+        return "none (no C compiler, or the build failed): PyTorch's own products"
+    return "gptlab's C kernels, " + (
+        "AVX2 and FMA" if lib.gptlab_simd() else "plain loops (no AVX2 and FMA)"
+    )
 
 
 def _build(compiler: str, path: Path) -> bool:
@@ -130,23 +155,30 @@ def _build(compiler: str, path: Path) -> bool:
     return False
 
 
-def f32_matmul(
+KERNEL_DTYPES = (torch.float32, torch.bfloat16)
+MAX_HEAD = 1024  # kernels.c's MAX_HEAD: the largest head size decode_attention takes
+
+
+def matmul(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
 ) -> torch.Tensor | None:
     """x (..., in) @ weight (in, out) + bias (out,) -> (..., out) with the compiled kernel,
-    using torch's thread count; None where the kernel cannot take it (not built, not a CPU,
-    not float32, weight or bias not contiguous), for the caller to multiply another way. Sums
-    in another order than PyTorch's: equal to rounding (tests/model/test_fast.py bounds it)."""
+    using torch's thread count, all float32 or all bfloat16 (summed in float32, the result
+    rounded once); None where the kernel cannot take it (not built, not a CPU, other dtypes,
+    weight or bias not contiguous), for the caller to multiply another way. Sums in another
+    order than PyTorch's: equal to rounding (tests/model/test_fast.py bounds it)."""
     # written for speed (a decoding step makes 49 of these calls): plain attribute tests
-    f32 = torch.float32
+    dtype = weight.dtype
     if (
-        x.dtype is not f32
-        or weight.dtype is not f32
+        x.dtype is not dtype
+        or dtype not in KERNEL_DTYPES
         or not (x.is_cpu and weight.is_cpu)
         or not weight.is_contiguous()
     ):
         return None
-    if bias is not None and (bias.dtype is not f32 or not bias.is_cpu or not bias.is_contiguous()):
+    if bias is not None and (
+        bias.dtype is not dtype or not bias.is_cpu or not bias.is_contiguous()
+    ):
         return None
     lib = library()
     if lib is None:
@@ -157,12 +189,16 @@ def f32_matmul(
     x = x.contiguous()
     M = x.numel() // K
     threads = torch.get_num_threads()
-    # the buffers C writes: float32 on the CPU whatever torch's defaults are
-    y = torch.empty(x.shape[:-1] + (N,), dtype=f32, device="cpu")
+    # the buffers C writes: on the CPU whatever torch's defaults are
+    y = torch.empty(x.shape[:-1] + (N,), dtype=dtype, device="cpu")
     if M == 0:
         return y
-    work = torch.empty((threads - 1) * M * N, dtype=f32, device="cpu")  # other threads' sums
-    lib.gptlab_f32_matmul(
+    if dtype is torch.float32:  # the other threads' sums (thread 0 sums into y)
+        run, floats = lib.gptlab_f32_matmul, (threads - 1) * M * N
+    else:  # every thread's sums, and x widened to float32
+        run, floats = lib.gptlab_bf16_matmul, threads * M * N + M * K
+    work = torch.empty(floats, dtype=torch.float32, device="cpu")
+    run(
         x.data_ptr(),
         weight.data_ptr(),
         None if bias is None else bias.data_ptr(),
@@ -188,12 +224,13 @@ def decode_attention(
     qkv (B, 1, 3C): the position's query, key and value (c_attn's output); k_cache, v_cache
     (B, nh, L, hs) with positions [0, pos) filled: this position's key and value are stored
     at pos. mask (B, pos + 1) bool, True = may attend, or None (a row with nothing to
-    attend to gets zeros, where scaled_dot_product_attention would give NaN). Returns y
-    (B, 1, C), the heads' outputs side by side (what goes into c_proj), or None where the
-    kernel cannot take it (not built, not float32 on a CPU, not contiguous, shapes that do not
-    fit, no room at pos)."""
-    f32 = torch.float32
-    if qkv.dtype is not f32 or k_cache.dtype is not f32 or v_cache.dtype is not f32:
+    attend to gets zeros, where scaled_dot_product_attention would give NaN). All float32 or
+    all bfloat16 (computed in float32, y rounded once). Returns y (B, 1, C), the heads'
+    outputs side by side (what goes into c_proj), or None where the kernel cannot take it (not
+    built, other dtypes, not on a CPU, not contiguous, shapes that do not fit, no room at
+    pos)."""
+    dtype = qkv.dtype
+    if dtype not in KERNEL_DTYPES or k_cache.dtype is not dtype or v_cache.dtype is not dtype:
         return None
     if not (qkv.is_cpu and k_cache.is_cpu and v_cache.is_cpu):
         return None
@@ -203,17 +240,20 @@ def decode_attention(
     if lib is None:
         return None
     B, H, L, D = k_cache.shape
-    if qkv.shape != (B, 1, 3 * H * D) or v_cache.shape != k_cache.shape:
+    if qkv.shape != (B, 1, 3 * H * D) or v_cache.shape != k_cache.shape or D > MAX_HEAD:
         return None  # the kernel reads through raw pointers: the shapes must be exactly these
     if mask is not None and (mask.dtype is not torch.bool or mask.shape != (B, pos + 1)):
         return None  # (an additive float mask is not what the kernel reads)
     qkv = qkv.contiguous()
     if mask is not None:
         mask = mask.to(torch.uint8).contiguous()
-    y = torch.empty(B, 1, H * D, dtype=f32, device="cpu")
+    y = torch.empty(B, 1, H * D, dtype=dtype, device="cpu")
     if B == 0:
         return y
-    lib.gptlab_decode_attention(
+    run = (
+        lib.gptlab_decode_attention if dtype is torch.float32 else lib.gptlab_decode_attention_bf16
+    )
+    run(
         qkv.data_ptr(),
         k_cache.data_ptr(),
         v_cache.data_ptr(),

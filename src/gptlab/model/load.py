@@ -5,7 +5,10 @@ the model and its tokenizer, checked to belong together. `gptlab sample`, `eval`
 The model comes set up for sampling (`gptlab.model.fast.prepare_for_decoding`, once, here:
 sampling itself never changes a model).
 
-The rules: dtype="auto" is what the device computes well (`hardware.resolve_dtype`); an int8
+The rules: dtype="auto" is what the device computes well (`hardware.resolve_dtype`), except
+that a CPU decodes bfloat16 faster than float32 only through gptlab's compiled kernel (PyTorch's
+bfloat16 products for one row are slower than its float32 ones even where bfloat16 is native),
+so where that kernel cannot be built auto means float32 on a CPU; an int8
 model (a folder saved with `--quantize int8`, or quantize="int8" now) computes in float32, so
 an explicit other dtype is refused rather than ignored; the tokenizer must have exactly the
 model's vocabulary.
@@ -19,6 +22,7 @@ import torch
 
 from gptlab.errors import GptlabError
 from gptlab.hardware import resolve_device, resolve_dtype
+from gptlab.model import kernels
 from gptlab.model.fast import prepare_for_decoding
 from gptlab.model.gpt import GPT
 from gptlab.model.hf import is_int8_folder
@@ -39,7 +43,11 @@ def inference_dtype(
             what = "--quantize int8" if quantize == "int8" else f"{name_or_path} (int8 weights)"
             raise GptlabError(f"{what} computes in float32; drop --dtype (or give float32)")
         return torch.float32
-    return getattr(torch, resolve_dtype(dtype, device))
+    resolved = resolve_dtype(dtype, device)
+    if dtype == "auto" and resolved == "bfloat16" and device.type == "cpu":
+        if kernels.library() is None:  # (see the module's docstring)
+            resolved = "float32"
+    return getattr(torch, resolved)
 
 
 def load_model(

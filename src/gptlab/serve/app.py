@@ -31,6 +31,7 @@ from starlette.staticfiles import StaticFiles
 
 from gptlab.errors import GptlabError
 from gptlab.generate import check_sampling, start_ids, stream
+from gptlab.model.fast import describe_decoding
 from gptlab.serve import analysis
 from gptlab.serve.analysis import Lab
 from gptlab.train.metrics import read_losses
@@ -263,6 +264,8 @@ class Server:
                         "tokenizer": lab.tokenizer.kind,
                         # what the model computes in (analysis views compute in float32)
                         "dtype": str(lab.model.transformer.wte.weight.dtype).removeprefix("torch."),
+                        # what generation multiplies with (gptlab.model.fast)
+                        "decoding": describe_decoding(lab.model),
                     }
                     for lab in self.labs
                 ],
