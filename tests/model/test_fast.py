@@ -451,3 +451,69 @@ def test_auto_decodes_in_bfloat16_on_a_cpu_only_where_the_kernel_is(monkeypatch,
     monkeypatch.undo()
     monkeypatch.setenv("GPTLAB_NATIVE_BF16", "0")
     assert inference_dtype(folder, cpu, "auto", "none") == torch.float32
+
+
+# ---- GPT-2's GELU through the kernel (every float32 forward and backward on a CPU)
+
+
+@pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler: PyTorch's GELU is the path")
+def test_the_gelu_kernel_is_pytorchs_tanh_gelu_to_rounding_forward_and_backward():
+    """Against float64: the kernel's error is float32 rounding, as PyTorch's own (measured:
+    5e-7 forward, 8e-7 backward over [-100, 100], PyTorch's 4e-7 and 4e-6); far below -10
+    both are 0; NaN stays NaN; odd sizes reach the scalar tail; every thread count."""
+    import torch.nn.functional as F
+
+    if kernels._vector_library() is None:
+        pytest.skip("the kernels were built without AVX2 and FMA: PyTorch's GELU is used")
+    gen = torch.Generator().manual_seed(11)
+    x = torch.cat(
+        [torch.randn(12 * 64 * 512 + 5, generator=gen) * 3, torch.linspace(-100, 100, 20001)]
+    )
+    grad = torch.randn(x.shape, generator=gen)
+    exact = x.double().requires_grad_(True)
+    reference = F.gelu(exact, approximate="tanh")
+    reference.backward(grad.double())
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            leaf = x.clone().requires_grad_(True)
+            y = kernels.gelu_tanh(leaf)
+            y.backward(grad)
+            assert (y.double() - reference).abs().max().item() <= 1e-6
+            assert (leaf.grad.double() - exact.grad).abs().max().item() <= 2e-6
+    finally:
+        torch.set_num_threads(before)
+    odd = torch.tensor([float("nan"), -50.0, 0.0, 2.0])
+    got = kernels.gelu_tanh(odd)
+    assert got[0].isnan() and got[1] == 0 and got[2] == 0
+    assert abs(got[3].item() - F.gelu(torch.tensor(2.0), approximate="tanh").item()) <= 1e-6
+
+
+def test_the_mlps_gelu_runs_the_kernel_in_float32_on_a_cpu_and_pytorchs_elsewhere(monkeypatch):
+    """The network's GELU (model.gpt.TanhGELU): the kernel where it can (float32, a CPU, a
+    contiguous input), else PyTorch's F.gelu, the same function."""
+    import torch.nn.functional as F
+
+    from gptlab.model.gpt import TanhGELU
+
+    calls = []
+    real = kernels.gelu_tanh
+    monkeypatch.setattr(kernels, "gelu_tanh", lambda x: calls.append(x.dtype) or real(x))
+    gelu = TanhGELU()
+    x = torch.randn(4, 6, 40)
+    for value in (x, x.bfloat16(), x.transpose(0, 1)):
+        want = F.gelu(value, approximate="tanh")
+        got = gelu(value)
+        assert got.dtype == value.dtype
+        assert (got.float() - want.float()).abs().max().item() <= (
+            1e-6 if value.dtype is torch.float32 else 1e-2
+        )
+    assert calls == [torch.float32, torch.bfloat16, torch.float32]
+    model = GPT(GPTConfig.preset("tiny", block_size=16, vocab_size=40))
+    assert all(type(block.mlp.gelu) is TanhGELU for block in model.transformer.h)
+    if HAS_COMPILER and kernels._vector_library() is not None:  # the default path is the kernel
+        calls.clear()
+        x = torch.randint(0, 40, (2, 8))
+        model(x, targets=x).loss.backward()
+        assert calls == [torch.float32] * model.config.n_layer

@@ -456,6 +456,96 @@ void gptlab_int8_matmul(const float *x, const int8_t *w, const float *scale, con
     }
 }
 
+/* ---- GELU, tanh form (GPT-2's) ----
+
+   y = 0.5 x (1 + tanh u), u = sqrt(2/pi) (x + 0.044715 x^3), computed as x * sigmoid(2u) (the
+   same function: 1 + tanh u = 2 sigmoid(2u)) with one exp per element. PyTorch's CPU tanh is
+   slow (a (12, 64, 512) forward and backward: 1.6 ms against 0.65 ms for the erf GELU on a
+   2-core AMD EPYC), and the MLP's GELU was then ~12% of a small model's training step.
+   dy/dx = s + x s (1 - s) 2u', s = sigmoid(2u), u' = sqrt(2/pi) (1 + 3 * 0.044715 x^2). */
+
+#define GELU_K 0.7978845608028654f  /* sqrt(2/pi) */
+#define GELU_A 0.044715f
+#define GELU_ZERO -10.0f  /* at or below: y and dy/dx are 0 (|y| < 2e-37; exp(-2u) overflows) */
+
+#ifdef GPTLAB_AVX2
+/* exp(x) for float32: x = n ln2 + r, |r| <= ln2/2, exp(r) by its Taylor polynomial to r^7
+   (relative error ~1e-8, below float32's rounding), times 2^n built in the exponent bits */
+static inline __m256 exp8(__m256 x) {
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);  /* ln2, high part */
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);      /* and the rest */
+    __m256 p = _mm256_set1_ps(1.0f / 5040);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 720));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+/* exp(-2u) for eight x */
+static inline __m256 gelu_e8(__m256 x) {
+    __m256 x2 = _mm256_mul_ps(x, x);
+    __m256 u2 = _mm256_mul_ps(_mm256_mul_ps(x, _mm256_set1_ps(2.0f * GELU_K)),
+                              _mm256_fmadd_ps(x2, _mm256_set1_ps(GELU_A), _mm256_set1_ps(1.0f)));
+    return exp8(_mm256_sub_ps(_mm256_setzero_ps(), u2));
+}
+#endif
+
+static inline float gelu_e1(float x) {  /* (kept finite, as exp8 keeps it) */
+    return expf(fminf(-2.0f * GELU_K * x * (1.0f + GELU_A * x * x), 88.0f));
+}
+
+void gptlab_gelu_tanh(const float *x, float *y, long n, int threads) {
+    long n8 = 0;
+#ifdef GPTLAB_AVX2
+    n8 = n / 8 * 8;
+    #pragma omp parallel for schedule(static) num_threads(threads)
+    for (long i = 0; i < n8; i += 8) {
+        __m256 v = _mm256_loadu_ps(x + i), one = _mm256_set1_ps(1.0f);
+        __m256 keep = _mm256_cmp_ps(v, _mm256_set1_ps(GELU_ZERO), _CMP_NLE_UQ);  /* (NaN kept) */
+        __m256 out = _mm256_div_ps(v, _mm256_add_ps(one, gelu_e8(v)));
+        _mm256_storeu_ps(y + i, _mm256_and_ps(keep, out));
+    }
+#else
+    (void)threads;
+#endif
+    for (long i = n8; i < n; i++) y[i] = x[i] <= GELU_ZERO ? 0.0f : x[i] / (1.0f + gelu_e1(x[i]));
+}
+
+/* dx = g * dy/dx at x = g s (1 + x t 2u') with t = e s = 1 - s (e = exp(-2u): 1 - s taken
+   as a difference would lose the digits that matter where s is near 1) */
+void gptlab_gelu_tanh_backward(const float *g, const float *x, float *dx, long n, int threads) {
+    long n8 = 0;
+#ifdef GPTLAB_AVX2
+    n8 = n / 8 * 8;
+    #pragma omp parallel for schedule(static) num_threads(threads)
+    for (long i = 0; i < n8; i += 8) {
+        __m256 v = _mm256_loadu_ps(x + i), e = gelu_e8(v), one = _mm256_set1_ps(1.0f);
+        __m256 s = _mm256_div_ps(one, _mm256_add_ps(one, e));
+        __m256 du2 = _mm256_mul_ps(  /* 2u' */
+            _mm256_set1_ps(2.0f * GELU_K),
+            _mm256_fmadd_ps(_mm256_mul_ps(v, v), _mm256_set1_ps(3.0f * GELU_A), one));
+        __m256 t = _mm256_mul_ps(e, s);
+        __m256 d = _mm256_mul_ps(s, _mm256_fmadd_ps(_mm256_mul_ps(v, t), du2, one));
+        d = _mm256_and_ps(_mm256_cmp_ps(v, _mm256_set1_ps(GELU_ZERO), _CMP_NLE_UQ), d);
+        _mm256_storeu_ps(dx + i, _mm256_mul_ps(_mm256_loadu_ps(g + i), d));
+    }
+#else
+    (void)threads;
+#endif
+    for (long i = n8; i < n; i++) {
+        float v = x[i], e = gelu_e1(v), s = 1.0f / (1.0f + e);
+        float du2 = 2.0f * GELU_K * (1.0f + 3.0f * GELU_A * v * v);
+        dx[i] = v <= GELU_ZERO ? 0.0f * g[i] : g[i] * s * (1.0f + v * (e * s) * du2);
+    }
+}
+
 /* 1 where the vector paths above were compiled in (AVX2 and FMA), 0 for plain loops */
 int gptlab_simd(void) {
 #ifdef GPTLAB_AVX2

@@ -1,7 +1,8 @@
-"""gptlab's compiled CPU kernels for decoding (kernels.c beside this file): a product for few
+"""gptlab's compiled CPU kernels (kernels.c beside this file): for decoding, a product for few
 rows (`matmul`, float32 or bfloat16), attention for one new position over the KV cache
 (`decode_attention`, float32 or bfloat16) and the int8 weight-only product (used by
-gptlab.model.int8).
+gptlab.model.int8); for every float32 forward and backward on a CPU, GPT-2's tanh GELU
+(`gelu_tanh`, 4-5x PyTorch's, whose CPU tanh is slow).
 
 A decoding step multiplies one row per sequence by every weight matrix, so it runs at the
 speed memory delivers the weights; PyTorch's CPU kernels for such shapes leave much of that
@@ -97,6 +98,11 @@ def library() -> ctypes.CDLL | None:
             [ctypes.c_void_p] * 5 + [ctypes.c_long] * 5 + [ctypes.c_int]
         )
         lib.gptlab_decode_attention_bf16.argtypes = lib.gptlab_decode_attention.argtypes
+        lib.gptlab_gelu_tanh.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_long, ctypes.c_int]
+        lib.gptlab_gelu_tanh_backward.argtypes = [ctypes.c_void_p] * 3 + [
+            ctypes.c_long,
+            ctypes.c_int,
+        ]
         lib.gptlab_simd.argtypes = []
         lib.gptlab_simd.restype = ctypes.c_int
     except (OSError, AttributeError):
@@ -107,6 +113,8 @@ def library() -> ctypes.CDLL | None:
         lib.gptlab_bf16_matmul,
         lib.gptlab_decode_attention,
         lib.gptlab_decode_attention_bf16,
+        lib.gptlab_gelu_tanh,
+        lib.gptlab_gelu_tanh_backward,
     ):
         function.restype = None
     return lib
@@ -128,7 +136,7 @@ def _build(compiler: str, path: Path) -> bool:
     OSError."""
     if sys.stderr is not None and sys.stderr.isatty():  # a wait of seconds, said where seen
         print(
-            "gptlab: note: compiling the decoding kernels for this CPU (once)",
+            "gptlab: note: compiling gptlab's kernels for this CPU (once)",
             file=sys.stderr,
             flush=True,
         )
@@ -267,3 +275,50 @@ def decode_attention(
         torch.get_num_threads(),
     )
     return y
+
+
+@functools.cache
+def _vector_library() -> ctypes.CDLL | None:
+    """The kernels where they were built with AVX2 and FMA (the GELU's plain C loops are
+    slower than PyTorch's vectorised tanh), else None."""
+    lib = library()
+    return lib if lib is not None and lib.gptlab_simd() else None
+
+
+class _TanhGELU(torch.autograd.Function):
+    """GPT-2's GELU through the kernel, forward and backward (the input is kept for the
+    backward, as PyTorch's own GELU keeps it)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        y = torch.empty_like(x)
+        _vector_library().gptlab_gelu_tanh(
+            x.data_ptr(), y.data_ptr(), x.numel(), torch.get_num_threads()
+        )
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        if grad.dtype is not torch.float32 or not grad.is_cpu:  # (not expected) PyTorch's own
+            return torch.ops.aten.gelu_backward(grad, x, approximate="tanh")
+        grad = grad.contiguous()
+        dx = torch.empty_like(x)
+        _vector_library().gptlab_gelu_tanh_backward(
+            grad.data_ptr(), x.data_ptr(), dx.data_ptr(), x.numel(), torch.get_num_threads()
+        )
+        return dx
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor | None:
+    """GELU with the tanh approximation, 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), any
+    shape, with autograd, computed as x * sigmoid(2u) in the kernel (equal to PyTorch's to
+    float32 rounding: tests/model/test_fast.py); None where the kernel cannot take it (not
+    float32 on a CPU, not contiguous, no vector kernel built, inside torch.compile, which
+    fuses PyTorch's own)."""
+    if x.dtype is not torch.float32 or not x.is_cpu or not x.is_contiguous():
+        return None
+    if torch.compiler.is_compiling() or _vector_library() is None:
+        return None
+    return _TanhGELU.apply(x)
