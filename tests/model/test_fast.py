@@ -517,3 +517,57 @@ def test_the_mlps_gelu_runs_the_kernel_in_float32_on_a_cpu_and_pytorchs_elsewher
         x = torch.randint(0, 40, (2, 8))
         model(x, targets=x).loss.backward()
         assert calls == [torch.float32] * model.config.n_layer
+
+
+# ---- the block's one-position step in one function (DecodingBlock)
+
+
+@pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler: the block's own forward runs")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_product_adds_the_residual_in_its_pass_as_pytorchs_two_operations_would(dtype):
+    """kernels.matmul(x, w, b, add) = (x @ w + b) + add: in float32 to the sum's rounding, in
+    bfloat16 with the product rounded before the add, as PyTorch rounds each operation."""
+    gen = torch.Generator().manual_seed(12)
+    for rows, (k, n) in ((1, (768, 3072)), (3, (96, 77)), (1, (13, 301))):
+        x = torch.randn(rows, k, generator=gen).to(dtype)
+        w = (torch.randn(k, n, generator=gen) * 0.02).to(dtype)
+        b = torch.randn(n, generator=gen).to(dtype)
+        add = torch.randn(rows, n, generator=gen).to(dtype)
+        got = kernels.matmul(x, w, b, add)
+        want = add + torch.addmm(b, x, w)
+        if dtype is torch.float32:
+            bound = RELATIVE * (x.abs() @ w.abs() + b.abs()) + 1e-6 * add.abs()
+            assert ((got - want).abs() <= bound).all()
+        else:
+            assert (got == want).float().mean().item() >= 0.99
+            assert (got.float() - want.float()).abs().max().item() <= 2.0**-7 * want.abs().max()
+        assert kernels.matmul(x, w, b, add[:, :-1]) is None  # a residual of another shape
+
+
+def test_the_block_step_in_one_function_is_blocks_own_and_yields_to_hooks(gpt2, prepared):
+    """A prepared block's one-position step (DecodingBlock) gives Block.forward's numbers to
+    rounding; with a forward hook on one of its parts it runs Block.forward, so the hook sees
+    its call."""
+    from gptlab.model.fast import DecodingBlock
+    from gptlab.model.gpt import KVCache
+
+    assert all(type(b) is DecodingBlock for b in prepared.transformer.h)
+    ids = torch.randint(0, 50257, (2, 9), generator=torch.Generator().manual_seed(13))
+    outs = []
+    with torch.no_grad():
+        for model in (gpt2, prepared):
+            cache = KVCache(model.config, 2, 16, "cpu", torch.float32)
+            model.hidden_states(ids[:, :8], None, cache)
+            outs.append(model.hidden_states(ids[:, 8:], None, cache))
+        assert (outs[0] - outs[1]).abs().max().item() <= 1e-4 * outs[0].abs().max().item()
+        seen = []
+        block = prepared.transformer.h[3]
+        hook = block.mlp.c_fc.register_forward_hook(lambda *_: seen.append(1))
+        try:
+            cache = KVCache(prepared.config, 2, 16, "cpu", torch.float32)
+            prepared.hidden_states(ids[:, :8], None, cache)
+            again = prepared.hidden_states(ids[:, 8:], None, cache)
+        finally:
+            hook.remove()
+    assert seen == [1, 1]  # the prompt and the one-position step
+    assert (again - outs[1]).abs().max().item() <= 1e-4 * outs[0].abs().max().item()

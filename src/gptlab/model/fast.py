@@ -3,7 +3,7 @@
 A decoding step multiplies a few rows (one per sequence) by every weight matrix, so it is
 bound by reading the weights from memory; PyTorch's CPU products for such shapes read them
 well below the speed memory delivers (one core for one row; for 8 rows, compute-bound
-kernels). Three changes, measured in benchmarks/matvec.py and benchmarks/generate.py:
+kernels). Four changes, measured in benchmarks/matvec.py and benchmarks/generate.py:
 
 - `DecodingLinear`: a block's Linear that, for at most MAX_ROWS rows on a CPU without
   autograd, multiplies with gptlab's compiled kernel (`gptlab.model.kernels.matmul`: each
@@ -21,6 +21,9 @@ kernels). Three changes, measured in benchmarks/matvec.py and benchmarks/generat
 - `DecodingHead`: the tied head with a contiguous (C, V) copy of the table, which the same
   products read faster than the (V, C) embedding table (C x V floats more while the model
   lives).
+- `DecodingBlock`: a block whose one-position step is written out in one function (the
+  LayerNorms, products with the residual added in the same pass, attention, the GELU kernel),
+  sparing the ~150 module calls, dropouts and adds per token that cost GPT-2 small ~3 ms.
 
 `prepare_for_decoding` installs them once, where a model is loaded for inference
 (`gptlab.model.load`); sampling (gptlab.generate) runs whatever model it is given and never
@@ -38,12 +41,13 @@ import warnings
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules import module as module_hooks
 
 from gptlab.errors import GptlabError
 from gptlab.hardware import cpu_has_native_bf16
 from gptlab.model import int8, kernels
 from gptlab.model.cache import KVCache
-from gptlab.model.gpt import GPT, CausalSelfAttention, Linear
+from gptlab.model.gpt import GPT, Block, CausalSelfAttention, Linear
 from gptlab.model.int8 import Int8Linear
 
 MAX_ROWS = 16  # up to this many rows a product is memory-bound enough for the split to pay
@@ -131,6 +135,74 @@ class DecodingAttention(CausalSelfAttention):
         return kernels.library() is not None
 
 
+class DecodingBlock(Block):
+    """Block whose one-new-position step over a KV cache on a CPU is written out in one
+    function: the LayerNorms, the four products (`kernels.matmul`, each residual added in the
+    product's own pass), attention (`kernels.decode_attention`) and the GELU kernel, without
+    the module calls, dropouts (identity in eval) and separate adds around them: on GPT-2
+    small those cost ~3 ms per token, as much as reading a fifth of the weights. The same
+    operations in the same order as Block.forward, so the same numbers to rounding; anything
+    else (training, prompts, hooks on a part, int8 parts) is Block's own forward."""
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        attn_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        layer: int = 0,
+    ) -> torch.Tensor:
+        parts = self._parts()
+        if parts is None or not parts[1]._kernel_takes(x, attn_mask, cache, layer):
+            return super().forward(x, attn_mask, cache, layer)
+        ln_1, attn, c_attn, attn_proj, ln_2, c_fc, mlp_proj = parts
+        h = F.layer_norm(x, ln_1.normalized_shape, ln_1.weight, ln_1.bias, ln_1.eps)
+        qkv = _product(c_attn, h)
+        mask = None if attn_mask is None else attn_mask[:, 0, 0, :]  # (B, past + 1)
+        y = kernels.decode_attention(qkv, cache.k[layer], cache.v[layer], cache.length, mask)
+        x = _product(attn_proj, y, x)
+        h = F.layer_norm(x, ln_2.normalized_shape, ln_2.weight, ln_2.bias, ln_2.eps)
+        h = _product(c_fc, h)
+        g = kernels.gelu_tanh(h)
+        return _product(mlp_proj, F.gelu(h, approximate="tanh") if g is None else g, x)
+
+    def _parts(self) -> tuple | None:
+        """(ln_1, attn, c_attn, attn.c_proj, ln_2, mlp.c_fc, mlp.c_proj) where every part is
+        the decoding kind and nothing watches them (a forward hook on any of them, or a global
+        one, must see its call), else None."""
+        if module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks:
+            return None
+        modules = self._modules
+        attn, mlp = modules["attn"], modules["mlp"]
+        if type(attn) is not DecodingAttention or (attn.training or mlp.training):
+            return None
+        attn_parts, mlp_parts = attn._modules, mlp._modules
+        parts = (
+            modules["ln_1"],
+            attn,
+            attn_parts["c_attn"],
+            attn_parts["c_proj"],
+            modules["ln_2"],
+            mlp_parts["c_fc"],
+            mlp_parts["c_proj"],
+        )
+        if any(type(p) is not DecodingLinear for p in (parts[2], parts[3], parts[5], parts[6])):
+            return None
+        watched = (self, mlp, mlp_parts["gelu"], *parts)
+        if any(m._forward_hooks or m._forward_pre_hooks for m in watched):
+            return None
+        return parts
+
+
+def _product(linear: Linear, x: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
+    """linear(x) (+ add), through the kernel in one pass where it can take them."""
+    params = linear._parameters
+    y = kernels.matmul(x, params["weight"], params["bias"], add)
+    if y is None:
+        y = linear(x)
+        return y if add is None else add + y
+    return y
+
+
 class DecodingLinear(Linear):
     """Linear whose few-row products on a CPU stream the weights at memory speed
     (`decoding_matmul`; in bfloat16 without native bfloat16, products of any size); everything
@@ -201,9 +273,9 @@ def describe_decoding(model: GPT) -> str:
 def prepare_for_decoding(model: GPT, quantize: str | None = None) -> GPT:
     """Set a model up for sampling, in place, once (the inference loader,
     `gptlab.model.load`, does it): every block Linear becomes a DecodingLinear, every
-    attention a DecodingAttention (a class swap: same parameters, same state_dict, and with
-    autograd on the same forward), and on a CPU the tied head a `DecodingHead`. Idempotent.
-    Returns model.
+    attention a DecodingAttention, every block a DecodingBlock (a class swap: same
+    parameters, same state_dict, and with autograd on the same forward), and on a CPU the tied
+    head a `DecodingHead`. Idempotent. Returns model.
 
     quantize="int8": every block projection and the head become `Int8Linear`s instead (weights
     int8 with one scale per output; the embedding lookup stays float32, so the head is no
@@ -212,7 +284,7 @@ def prepare_for_decoding(model: GPT, quantize: str | None = None) -> GPT:
         raise GptlabError(f"quantize must be int8 or none, got {quantize!r}")
     if quantize == "int8":
         _quantize_int8(model)
-    swaps = {Linear: DecodingLinear, CausalSelfAttention: DecodingAttention}
+    swaps = {Linear: DecodingLinear, CausalSelfAttention: DecodingAttention, Block: DecodingBlock}
     for module in model.modules():
         fast = swaps.get(type(module))
         if fast is not None:

@@ -241,11 +241,12 @@ INLINE void band(const float *x, const void *w, int bf16, float *part, long M, l
    bytes of M rows (32 KiB: 1.2x faster than 8 KiB for GPT-2 small's matrices at 8 rows). */
 #define F32_CHUNK_BYTES 32768
 
-/* y (M, N) = x (M, K) @ w (K, N) + bias, x float32, w, bias and y float32 (bf16 = 0) or
-   bfloat16 (bf16 = 1). work: the other threads' partial sums, (threads - 1) * M * N floats,
+/* y (M, N) = x (M, K) @ w (K, N) + bias (+ add, (M, N): a residual added in the same pass),
+   x float32, w, bias, add and y float32 (bf16 = 0) or bfloat16 (bf16 = 1; the product
+   rounded to bfloat16 before add is added, as PyTorch's two operations round). work: the other threads' partial sums, (threads - 1) * M * N floats,
    and for bfloat16 room for thread 0's too (M * N more: y cannot hold float32 sums). */
-INLINE void matmul(const float *x, const void *w, const void *bias, void *y, float *work,
-                   long M, long K, long N, int threads, int bf16) {
+INLINE void matmul(const float *x, const void *w, const void *bias, const void *add, void *y,
+                   float *work, long M, long K, long N, int threads, int bf16) {
     if (M <= 0 || N <= 0) return;
     #pragma omp parallel num_threads(threads)
     {
@@ -272,6 +273,7 @@ INLINE void matmul(const float *x, const void *w, const void *bias, void *y, flo
                 float s = sums[i];
                 for (long u = 1; u < T; u++) s += work[(u - 1) * M * N + i];
                 if (bias) s += w1(bias, n, bf16);
+                if (add) s = (bf16 ? bf16_f32(f32_bf16(s)) : s) + w1(add, m * N + n, bf16);
                 if (bf16)
                     ((uint16_t *)y)[m * N + n] = f32_bf16(s);
                 else
@@ -280,17 +282,18 @@ INLINE void matmul(const float *x, const void *w, const void *bias, void *y, flo
     }
 }
 
-void gptlab_f32_matmul(const float *x, const float *w, const float *bias, float *y,
-                       float *work, long M, long K, long N, int threads) {
-    matmul(x, w, bias, y, work, M, K, N, threads, 0);
+void gptlab_f32_matmul(const float *x, const float *w, const float *bias, const float *add,
+                       float *y, float *work, long M, long K, long N, int threads) {
+    matmul(x, w, bias, add, y, work, M, K, N, threads, 0);
 }
 
 /* x, w, bias, y bfloat16; work: threads * M * N + M * K floats (the last M * K: x widened) */
 void gptlab_bf16_matmul(const uint16_t *x, const uint16_t *w, const uint16_t *bias,
-                        uint16_t *y, float *work, long M, long K, long N, int threads) {
+                        const uint16_t *add, uint16_t *y, float *work, long M, long K, long N,
+                        int threads) {
     float *xf = work + threads * M * N;
     for (long i = 0; i < M * K; i++) xf[i] = bf16_f32(x[i]);
-    matmul(xf, w, bias, y, work, M, K, N, threads, 1);
+    matmul(xf, w, bias, add, y, work, M, K, N, threads, 1);
 }
 
 /* ---- attention for one new position ---- */

@@ -29,6 +29,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import torch
@@ -91,7 +92,7 @@ def library() -> ctypes.CDLL | None:
         lib = ctypes.CDLL(str(path))
         lib.gptlab_int8_matmul.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_long] * 3
         lib.gptlab_f32_matmul.argtypes = (
-            [ctypes.c_void_p] * 5 + [ctypes.c_long] * 3 + [ctypes.c_int]
+            [ctypes.c_void_p] * 6 + [ctypes.c_long] * 3 + [ctypes.c_int]
         )
         lib.gptlab_bf16_matmul.argtypes = lib.gptlab_f32_matmul.argtypes
         lib.gptlab_decode_attention.argtypes = (
@@ -167,14 +168,33 @@ KERNEL_DTYPES = (torch.float32, torch.bfloat16)
 MAX_HEAD = 1024  # kernels.c's MAX_HEAD: the largest head size decode_attention takes
 
 
+_work = threading.local()  # each thread's scratch buffer for matmul
+KEPT_SCRATCH = 8 * 2**20  # floats (32 MB): larger scratch (long inputs) is not kept
+
+
+def _scratch(floats: int) -> torch.Tensor:
+    """Float32 scratch of at least `floats`: this thread's kept buffer (one allocation, not one
+    per call: a decoding step makes ~50 products), or for a large product a fresh one."""
+    if floats > KEPT_SCRATCH:
+        return torch.empty(floats, dtype=torch.float32, device="cpu")
+    buffer = getattr(_work, "buffer", None)
+    if buffer is None or buffer.numel() < floats:
+        buffer = _work.buffer = torch.empty(max(floats, 1), dtype=torch.float32, device="cpu")
+    return buffer
+
+
 def matmul(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    add: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
-    """x (..., in) @ weight (in, out) + bias (out,) -> (..., out) with the compiled kernel,
-    using torch's thread count, all float32 or all bfloat16 (summed in float32, the result
-    rounded once); None where the kernel cannot take it (not built, not a CPU, other dtypes,
-    weight or bias not contiguous), for the caller to multiply another way. Sums in another
-    order than PyTorch's: equal to rounding (tests/model/test_fast.py bounds it)."""
+    """x (..., in) @ weight (in, out) + bias (out,) [+ add (..., out), a residual added in the
+    same pass] -> (..., out) with the compiled kernel, using torch's thread count, all float32
+    or all bfloat16 (summed in float32; in bfloat16 rounded where PyTorch's operations round);
+    None where the kernel cannot take it (not built, not a CPU, other dtypes, weight, bias or
+    add not contiguous or of another shape), for the caller to multiply another way. Sums in
+    another order than PyTorch's: equal to rounding (tests/model/test_fast.py bounds it)."""
     # written for speed (a decoding step makes 49 of these calls): plain attribute tests
     dtype = weight.dtype
     if (
@@ -194,24 +214,29 @@ def matmul(
     K, N = weight.shape
     if x.size(-1) != K or (bias is not None and bias.shape != (N,)):
         return None  # (the caller's own product then says what is wrong)
+    shape = x.shape[:-1] + (N,)
+    if add is not None and (
+        add.dtype is not dtype or add.shape != shape or not add.is_cpu or not add.is_contiguous()
+    ):
+        return None
     x = x.contiguous()
     M = x.numel() // K
     threads = torch.get_num_threads()
     # the buffers C writes: on the CPU whatever torch's defaults are
-    y = torch.empty(x.shape[:-1] + (N,), dtype=dtype, device="cpu")
+    y = torch.empty(shape, dtype=dtype, device="cpu")
     if M == 0:
         return y
     if dtype is torch.float32:  # the other threads' sums (thread 0 sums into y)
         run, floats = lib.gptlab_f32_matmul, (threads - 1) * M * N
     else:  # every thread's sums, and x widened to float32
         run, floats = lib.gptlab_bf16_matmul, threads * M * N + M * K
-    work = torch.empty(floats, dtype=torch.float32, device="cpu")
     run(
         x.data_ptr(),
         weight.data_ptr(),
         None if bias is None else bias.data_ptr(),
+        None if add is None else add.data_ptr(),
         y.data_ptr(),
-        work.data_ptr(),
+        _scratch(floats).data_ptr(),
         M,
         K,
         N,
@@ -319,6 +344,11 @@ def gelu_tanh(x: torch.Tensor) -> torch.Tensor | None:
     fuses PyTorch's own)."""
     if x.dtype is not torch.float32 or not x.is_cpu or not x.is_contiguous():
         return None
-    if torch.compiler.is_compiling() or _vector_library() is None:
+    lib = _vector_library()
+    if lib is None or torch.compiler.is_compiling():
         return None
-    return _TanhGELU.apply(x)
+    if x.requires_grad and torch.is_grad_enabled():
+        return _TanhGELU.apply(x)
+    y = torch.empty_like(x)  # (no graph to record: the Function's overhead spared)
+    lib.gptlab_gelu_tanh(x.data_ptr(), y.data_ptr(), x.numel(), torch.get_num_threads())
+    return y
