@@ -51,6 +51,7 @@ from gptlab.model.gpt import GPT, Block, CausalSelfAttention, Linear
 from gptlab.model.int8 import Int8Linear
 
 MAX_ROWS = 16  # up to this many rows a product is memory-bound enough for the split to pay
+KERNEL_ROWS = 64  # longer inputs go through the kernel this many rows at a time
 
 
 def few_rows_matmul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -88,7 +89,14 @@ def decoding_matmul(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
     """x (..., in) @ weight (in, out) + bias for a few rows on a CPU: the compiled kernel
-    where it can take them, else the thread split."""
+    where it can take them, else the thread split. Many rows (bfloat16 without native
+    bfloat16, see _decoding) go KERNEL_ROWS at a time: the kernel's scratch holds every
+    thread's sums of all rows, 400 MB for 1,024 rows of GPT-2's head."""
+    rows = x.numel() // max(1, weight.size(0))
+    if rows > KERNEL_ROWS:
+        x2 = x.reshape(rows, weight.size(0))
+        parts = [decoding_matmul(part, weight, bias) for part in x2.split(KERNEL_ROWS)]
+        return torch.cat(parts).view(x.shape[:-1] + (weight.size(1),))
     y = kernels.matmul(x, weight, bias)
     if y is None:
         y = few_rows_matmul(x.reshape(-1, weight.size(0)), weight)
