@@ -442,11 +442,11 @@ def test_auto_decodes_in_bfloat16_on_a_cpu_only_where_the_kernel_is(monkeypatch,
     cpu = torch.device("cpu")
     folder = str(tmp_path)  # (no int8 config there: a float model)
     monkeypatch.setenv("GPTLAB_NATIVE_BF16", "1")
-    built = kernels.library() is not None
+    built = kernels.vectorised()
     assert inference_dtype(folder, cpu, "auto", "none") == (
         torch.bfloat16 if built else torch.float32
     )
-    monkeypatch.setattr(kernels, "library", lambda: None)
+    monkeypatch.setattr(kernels, "vectorised", lambda: False)  # none built, or plain C only
     assert inference_dtype(folder, cpu, "auto", "none") == torch.float32
     assert inference_dtype(folder, cpu, "bfloat16", "none") == torch.bfloat16
     monkeypatch.undo()
@@ -572,3 +572,70 @@ def test_the_block_step_in_one_function_is_blocks_own_and_yields_to_hooks(gpt2, 
             hook.remove()
     assert seen == [1, 1]  # the prompt and the one-position step
     assert (again - outs[1]).abs().max().item() <= 1e-4 * outs[0].abs().max().item()
+
+
+def test_the_block_step_runs_blocks_own_forward_where_it_would_differ():
+    """Masks the attention kernel does not read (broadcast over the batch, additive), dropout
+    modules set to train under an eval model (Monte Carlo dropout), a replaced activation:
+    the prepared block gives Block.forward's result, never an error or other numbers."""
+    from gptlab.model.gpt import KVCache
+
+    torch.manual_seed(0)
+    config = GPTConfig.preset("tiny", block_size=16, vocab_size=40, dropout=0.3)
+    plain = GPT(config).eval()
+    fast = prepare_for_decoding(copy.deepcopy(plain))
+
+    def step(model, mask, seed=0):
+        block = model.transformer.h[0]
+        cache = KVCache(config, 2, 16, "cpu", torch.float32)
+        gen = torch.Generator().manual_seed(5)
+        with torch.no_grad():
+            block(torch.randn(2, 4, config.n_embd, generator=gen), None, cache, 0)
+            cache.length = 4
+            torch.manual_seed(seed)
+            return block(torch.randn(2, 1, config.n_embd, generator=gen), mask, cache, 0)
+
+    broadcast = torch.ones(1, 1, 1, 5, dtype=torch.bool)
+    additive = torch.zeros(2, 1, 1, 5)
+    for mask in (None, broadcast, additive):
+        assert (step(fast, mask) - step(plain, mask)).abs().max().item() <= 1e-5
+    for model in (plain, fast):  # Monte Carlo dropout: the draws are taken, the same on both
+        for m in model.modules():
+            if isinstance(m, torch.nn.Dropout):
+                m.train()
+    assert (step(fast, None) - step(plain, None)).abs().max().item() <= 1e-5
+    assert (step(fast, None) - step(fast, None, seed=1)).abs().max().item() > 0
+    for model in (plain, fast):
+        model.eval()
+        model.transformer.h[0].mlp.gelu = torch.nn.ReLU()
+    assert (step(fast, None) - step(plain, None)).abs().max().item() <= 1e-5
+
+
+@pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler: PyTorch's GELU is the path")
+def test_the_gelu_kernel_keeps_pytorchs_higher_derivatives_and_compiled_graphs():
+    """A double backward (create_graph=True) and forward-mode AD give PyTorch's derivatives
+    (the kernel has no graph of its own); torch.compile sees PyTorch's GELU, not a break."""
+    import torch.nn.functional as F
+    from torch.autograd import forward_ad
+
+    from gptlab.model.gpt import TanhGELU
+
+    x = torch.randn(3, 40, generator=torch.Generator().manual_seed(9))
+    grads = []
+    for fn in (TanhGELU(), lambda t: F.gelu(t, approximate="tanh")):
+        leaf = x.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(fn(leaf).sum(), leaf, create_graph=True)
+        (gg,) = torch.autograd.grad((g * g).sum(), leaf)
+        grads.append((g.detach(), gg))
+    assert (grads[0][0] - grads[1][0]).abs().max().item() <= 1e-5
+    assert (grads[0][1] - grads[1][1]).abs().max().item() <= 1e-5
+    tangent = torch.ones_like(x)
+    with forward_ad.dual_level():
+        out = TanhGELU()(forward_ad.make_dual(x, tangent))
+        assert forward_ad.unpack_dual(out).tangent is not None
+    from torch import _dynamo
+
+    _dynamo.reset()
+    explained = _dynamo.explain(TanhGELU())(x)
+    assert explained.graph_break_count == 0
+    _dynamo.reset()

@@ -47,7 +47,7 @@ from gptlab.errors import GptlabError
 from gptlab.hardware import cpu_has_native_bf16
 from gptlab.model import int8, kernels
 from gptlab.model.cache import KVCache
-from gptlab.model.gpt import GPT, Block, CausalSelfAttention, Linear
+from gptlab.model.gpt import GPT, MLP, Block, CausalSelfAttention, Linear, TanhGELU
 from gptlab.model.int8 import Int8Linear
 
 MAX_ROWS = 16  # up to this many rows a product is memory-bound enough for the split to pay
@@ -82,7 +82,9 @@ def _decoding(x2: torch.Tensor) -> bool:
     there, ~15x slower than float32: the kernel's float32 sums are faster at any size)."""
     if not x2.is_cpu or torch.is_grad_enabled():
         return False
-    return x2.size(0) <= MAX_ROWS or (x2.dtype is torch.bfloat16 and not cpu_has_native_bf16())
+    if x2.size(0) <= MAX_ROWS:
+        return True
+    return x2.dtype is torch.bfloat16 and not cpu_has_native_bf16() and kernels.vectorised()
 
 
 def decoding_matmul(
@@ -167,6 +169,8 @@ class DecodingBlock(Block):
         qkv = _product(c_attn, h)
         mask = None if attn_mask is None else attn_mask[:, 0, 0, :]  # (B, past + 1)
         y = kernels.decode_attention(qkv, cache.k[layer], cache.v[layer], cache.length, mask)
+        if y is None:  # a mask the kernel does not read (broadcast, additive): Block's way
+            return super().forward(x, attn_mask, cache, layer)
         x = _product(attn_proj, y, x)
         h = F.layer_norm(x, ln_2.normalized_shape, ln_2.weight, ln_2.bias, ln_2.eps)
         h = _product(c_fc, h)
@@ -175,15 +179,24 @@ class DecodingBlock(Block):
 
     def _parts(self) -> tuple | None:
         """(ln_1, attn, c_attn, attn.c_proj, ln_2, mlp.c_fc, mlp.c_proj) where every part is
-        the decoding kind and nothing watches them (a forward hook on any of them, or a global
-        one, must see its call), else None."""
+        the kind this step writes out (LayerNorm, the decoding Linear and attention, MLP with
+        TanhGELU), no dropout is drawing (a dropout module set to train, as Monte Carlo
+        dropout does) and nothing watches them (a forward hook on any part, or a global one,
+        must see its call), else None."""
         if module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks:
             return None
         modules = self._modules
         attn, mlp = modules["attn"], modules["mlp"]
-        if type(attn) is not DecodingAttention or (attn.training or mlp.training):
+        if type(attn) is not DecodingAttention or type(mlp) is not MLP:
             return None
         attn_parts, mlp_parts = attn._modules, mlp._modules
+        drops = (attn_parts["resid_dropout"], mlp_parts["dropout"])
+        if attn.training or mlp.training or any(d.training and d.p > 0 for d in drops):
+            return None
+        if type(mlp_parts["gelu"]) is not TanhGELU:
+            return None
+        if type(modules["ln_1"]) is not nn.LayerNorm or type(modules["ln_2"]) is not nn.LayerNorm:
+            return None
         parts = (
             modules["ln_1"],
             attn,
@@ -195,7 +208,7 @@ class DecodingBlock(Block):
         )
         if any(type(p) is not DecodingLinear for p in (parts[2], parts[3], parts[5], parts[6])):
             return None
-        watched = (self, mlp, mlp_parts["gelu"], *parts)
+        watched = (mlp, mlp_parts["gelu"], *drops, *parts)
         if any(m._forward_hooks or m._forward_pre_hooks for m in watched):
             return None
         return parts

@@ -470,6 +470,7 @@ void gptlab_int8_matmul(const float *x, const int8_t *w, const float *scale, con
 #define GELU_K 0.7978845608028654f  /* sqrt(2/pi) */
 #define GELU_A 0.044715f
 #define GELU_ZERO -10.0f  /* at or below: y and dy/dx are 0 (|y| < 2e-37; exp(-2u) overflows) */
+#define GELU_ONE 10.0f    /* at or above: dy/dx is 1 (exp(-2u), held at exp(-87), times x^3) */
 
 #ifdef GPTLAB_AVX2
 /* exp(x) for float32: x = n ln2 + r, |r| <= ln2/2, exp(r) by its Taylor polynomial to r^7
@@ -537,6 +538,7 @@ void gptlab_gelu_tanh_backward(const float *g, const float *x, float *dx, long n
         __m256 t = _mm256_mul_ps(e, s);
         __m256 d = _mm256_mul_ps(s, _mm256_fmadd_ps(_mm256_mul_ps(v, t), du2, one));
         d = _mm256_and_ps(_mm256_cmp_ps(v, _mm256_set1_ps(GELU_ZERO), _CMP_NLE_UQ), d);
+        d = _mm256_blendv_ps(d, one, _mm256_cmp_ps(v, _mm256_set1_ps(GELU_ONE), _CMP_GE_OQ));
         _mm256_storeu_ps(dx + i, _mm256_mul_ps(_mm256_loadu_ps(g + i), d));
     }
 #else
@@ -545,7 +547,9 @@ void gptlab_gelu_tanh_backward(const float *g, const float *x, float *dx, long n
     for (long i = n8; i < n; i++) {
         float v = x[i], e = gelu_e1(v), s = 1.0f / (1.0f + e);
         float du2 = 2.0f * GELU_K * (1.0f + 3.0f * GELU_A * v * v);
-        dx[i] = v <= GELU_ZERO ? 0.0f * g[i] : g[i] * s * (1.0f + v * (e * s) * du2);
+        dx[i] = v <= GELU_ZERO  ? 0.0f * g[i]
+                : v >= GELU_ONE ? g[i]
+                                : g[i] * s * (1.0f + v * (e * s) * du2);
     }
 }
 

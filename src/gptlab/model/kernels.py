@@ -302,6 +302,12 @@ def decode_attention(
     return y
 
 
+def vectorised() -> bool:
+    """True where the kernels were built with their AVX2 and FMA paths (measured faster than
+    PyTorch's products and GELU); plain-C builds are correct but not measured faster."""
+    return _vector_library() is not None
+
+
 @functools.cache
 def _vector_library() -> ctypes.CDLL | None:
     """The kernels where they were built with AVX2 and FMA (the GELU's plain C loops are
@@ -326,7 +332,9 @@ class _TanhGELU(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         (x,) = ctx.saved_tensors
-        if grad.dtype is not torch.float32 or not grad.is_cpu:  # (not expected) PyTorch's own
+        # a double backward (create_graph=True) needs a backward autograd can differentiate:
+        # PyTorch's own, then (and anything unexpected)
+        if torch.is_grad_enabled() or grad.dtype is not torch.float32 or not grad.is_cpu:
             return torch.ops.aten.gelu_backward(grad, x, approximate="tanh")
         grad = grad.contiguous()
         dx = torch.empty_like(x)
@@ -339,16 +347,28 @@ class _TanhGELU(torch.autograd.Function):
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor | None:
     """GELU with the tanh approximation, 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), any
     shape, with autograd, computed as x * sigmoid(2u) in the kernel (equal to PyTorch's to
-    float32 rounding: tests/model/test_fast.py); None where the kernel cannot take it (not
-    float32 on a CPU, not contiguous, no vector kernel built, inside torch.compile, which
-    fuses PyTorch's own)."""
+    float32 rounding: tests/model/test_fast.py); None where the kernel cannot take it, for the
+    caller to run PyTorch's: not float32 on a CPU, not contiguous, no vector kernel built,
+    while torch.compile or torch.jit traces (neither can see into a C call), under forward-mode
+    AD or torch.func's transforms (a C call has no tangent rule)."""
     if x.dtype is not torch.float32 or not x.is_cpu or not x.is_contiguous():
         return None
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():  # (checked first: see above)
+        return None
+    if torch._C._functorch.is_functorch_wrapped_tensor(x) or _forward_ad_active():
+        return None
     lib = _vector_library()
-    if lib is None or torch.compiler.is_compiling():
+    if lib is None:
         return None
     if x.requires_grad and torch.is_grad_enabled():
         return _TanhGELU.apply(x)
     y = torch.empty_like(x)  # (no graph to record: the Function's overhead spared)
     lib.gptlab_gelu_tanh(x.data_ptr(), y.data_ptr(), x.numel(), torch.get_num_threads())
     return y
+
+
+def _forward_ad_active() -> bool:
+    """True inside torch.autograd.forward_ad.dual_level (whose tangents a C call would drop)."""
+    from torch.autograd import forward_ad
+
+    return forward_ad._current_level >= 0

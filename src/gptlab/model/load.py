@@ -8,7 +8,8 @@ sampling itself never changes a model).
 The rules: dtype="auto" is what the device computes well (`hardware.resolve_dtype`), except
 that a CPU decodes bfloat16 faster than float32 only through gptlab's compiled kernel (PyTorch's
 bfloat16 products for one row are slower than its float32 ones even where bfloat16 is native),
-so where that kernel cannot be built auto means float32 on a CPU; an int8
+so where that kernel cannot be built (with its vector paths) auto means float32 on a CPU; an
+int8
 model (a folder saved with `--quantize int8`, or quantize="int8" now) computes in float32, so
 an explicit other dtype is refused rather than ignored; the tokenizer must have exactly the
 model's vocabulary.
@@ -45,7 +46,7 @@ def inference_dtype(
         return torch.float32
     resolved = resolve_dtype(dtype, device)
     if dtype == "auto" and resolved == "bfloat16" and device.type == "cpu":
-        if kernels.library() is None:  # (see the module's docstring)
+        if not kernels.vectorised():  # (see the module's docstring)
             resolved = "float32"
     return getattr(torch, resolved)
 

@@ -37,7 +37,7 @@ def parallelize(
     training step calls: the model, compiled and/or wrapped in DDP as asked."""
     if config.activation_checkpointing:
         for block in model.transformer.h:
-            if type(block) is Block:
+            if isinstance(block, Block) and not isinstance(block, CheckpointedBlock):
                 block.__class__ = CheckpointedBlock
     if sharded:  # sharded while on the CPU: each device receives its shards only
         sharding.shard(model, config, device)
