@@ -9,9 +9,8 @@ The rules: dtype="auto" is what the device computes well (`hardware.resolve_dtyp
 that a CPU decodes bfloat16 faster than float32 only through gptlab's compiled kernel (PyTorch's
 bfloat16 products for one row are slower than its float32 ones even where bfloat16 is native),
 so where that kernel cannot be built (with its vector paths) auto means float32 on a CPU; an
-int8
-model (a folder saved with `--quantize int8`, or quantize="int8" now) computes in float32, so
-an explicit other dtype is refused rather than ignored; the tokenizer must have exactly the
+int8 model (a folder saved with `--quantize int8`, or quantize="int8" now) computes in float32,
+so an explicit other dtype is refused rather than ignored; the tokenizer must have exactly the
 model's vocabulary.
 """
 
