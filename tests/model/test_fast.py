@@ -266,10 +266,11 @@ def test_attention_the_kernel_cannot_take_goes_the_plain_way():
 
 
 def test_the_default_path_runs_the_kernels_and_a_plain_step_runs_c_attn_once(monkeypatch):
-    """With a compiler, sampling goes through both kernels (a silent fallback everywhere would
-    pass the equality tests); a step the kernel cannot take (float64) computes c_attn once."""
+    """With a compiler, sampling goes through the kernels (a silent fallback everywhere would
+    pass the equality tests): the prompt's products, then each block's one-position step in
+    one call; a step the kernel cannot take (float64) computes c_attn once."""
     if HAS_COMPILER:
-        calls = {"matmul": 0, "decode_attention": 0}
+        calls = {"matmul": 0, "block_step": 0}
         for name in calls:
             real = getattr(kernels, name)
 
@@ -281,7 +282,7 @@ def test_the_default_path_runs_the_kernels_and_a_plain_step_runs_c_attn_once(mon
         torch.manual_seed(0)
         model = GPT(GPTConfig.preset("tiny", block_size=16, vocab_size=40)).eval()
         generate(prepare_for_decoding(model), torch.randint(0, 40, (2, 4)), 3, temperature=0.0)
-        assert calls["matmul"] > 0 and calls["decode_attention"] > 0, calls
+        assert calls["matmul"] > 0 and calls["block_step"] == 2 * 2, calls  # 2 layers, 2 steps
     plain = GPT(GPTConfig.preset("tiny", block_size=16, vocab_size=40)).to(torch.float64)
     counts = []
     for model in (prepare_for_decoding(copy.deepcopy(plain)), plain):
@@ -395,22 +396,22 @@ def test_one_positions_attention_in_bfloat16_is_the_float32_one_rounded():
 @pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler: bfloat16 is PyTorch's own")
 def test_bfloat16_decoding_gives_pytorchs_bfloat16_tokens_through_the_kernels(monkeypatch):
     """A bfloat16 model set up for decoding picks the tokens PyTorch's bfloat16 network picks,
-    every product and attention step in the kernels; on a CPU without native bfloat16 the
+    every block step and product in the kernels; on a CPU without native bfloat16 the
     prompt's products (more rows than MAX_ROWS) go through the kernel too, KERNEL_ROWS at a
     time (PyTorch's emulated bfloat16 is ~15x slower there), on one with it through PyTorch."""
-    calls = {"matmul": [], "decode_attention": 0}
-    real_matmul, real_attention = kernels.matmul, kernels.decode_attention
+    calls = {"matmul": [], "block_step": 0}
+    real_matmul, real_step = kernels.matmul, kernels.block_step
 
     def matmul(x, *args):
         calls["matmul"].append(x.numel() // x.size(-1))
         return real_matmul(x, *args)
 
-    def attention(*args):
-        calls["decode_attention"] += 1
-        return real_attention(*args)
+    def block_step(*args):
+        calls["block_step"] += 1
+        return real_step(*args)
 
     monkeypatch.setattr(kernels, "matmul", matmul)
-    monkeypatch.setattr(kernels, "decode_attention", attention)
+    monkeypatch.setattr(kernels, "block_step", block_step)
     torch.manual_seed(0)
     plain = GPT(GPTConfig(n_layer=2, n_head=4, n_embd=128, block_size=64, vocab_size=500))
     plain = plain.to(torch.bfloat16).eval()
@@ -420,7 +421,7 @@ def test_bfloat16_decoding_gives_pytorchs_bfloat16_tokens_through_the_kernels(mo
     got = generate(fast, prompts, 12, temperature=0.0)
     assert torch.equal(got, generate(plain, prompts, 12, temperature=0.0))
     # the prompt's 80 rows: 64, then 16 (KERNEL_ROWS at a time bounds the kernel's scratch)
-    assert sorted(set(calls["matmul"])) == [2, 16, 64] and calls["decode_attention"] == 2 * 11
+    assert sorted(set(calls["matmul"])) == [2, 16, 64] and calls["block_step"] == 2 * 11
     calls["matmul"].clear()
     monkeypatch.setenv("GPTLAB_NATIVE_BF16", "1")
     assert torch.equal(generate(fast, prompts, 12, temperature=0.0), got)
@@ -639,3 +640,111 @@ def test_the_gelu_kernel_keeps_pytorchs_higher_derivatives_and_compiled_graphs()
     explained = _dynamo.explain(TanhGELU())(x)
     assert explained.graph_break_count == 0
     _dynamo.reset()
+
+
+def _block_and_step(dtype, bias: bool, rows: int, masked: bool):
+    """A Block with random parameters, a cache holding 5 positions, and the inputs of a sixth:
+    (block, cache, x (rows, 1, C), mask (rows, 1, 1, 6) or None)."""
+    from gptlab.model.gpt import Block, KVCache
+
+    config = GPTConfig(n_layer=1, n_head=4, n_embd=64, block_size=16, vocab_size=40, bias=bias)
+    torch.manual_seed(0)
+    block = Block(config).eval()
+    with torch.no_grad():
+        for name, p in block.named_parameters():  # LayerNorm weights near 1, the rest near 0
+            p.copy_(
+                torch.randn_like(p) * 0.2
+                + (1.0 if name.startswith("ln_") and "weight" in name else 0.0)
+            )
+    block = block.to(dtype)
+    cache = KVCache(config, rows, 16, "cpu", dtype)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        block(torch.randn(rows, 5, 64, generator=gen).to(dtype), None, cache, 0)
+    cache.length = 5
+    mask = None
+    if masked:  # some past positions hidden, differently per row; a row's own always seen
+        mask = torch.rand(rows, 1, 1, 6, generator=gen) > 0.3
+        mask[..., -1] = True
+    return block, cache, torch.randn(rows, 1, 64, generator=gen).to(dtype), mask
+
+
+@pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler: Block.forward is the path")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(
+    "bias, rows, masked", [(True, 1, False), (True, 3, True), (False, 2, True)]
+)
+def test_a_blocks_step_in_one_call_is_blocks_forward_to_rounding(dtype, bias, rows, masked):
+    """kernels.block_step (both LayerNorms, the four products with their residuals, attention
+    over the cache and the GELU, in one parallel region) gives Block.forward's output and
+    stores the same key and value in the cache: to float32 rounding; in bfloat16, as close to
+    the exact (float64) block as PyTorch's bfloat16 block is (both round every stage to
+    bfloat16, the sums in other orders: values differ by a few bfloat16 steps, the errors not
+    in size; measured mean error 1.00-1.06x PyTorch's, largest 0.76-1.2x)."""
+    block, cache, x, mask = _block_and_step(dtype, bias, rows, masked)
+    theirs, exact_cache = copy.deepcopy(cache), copy.deepcopy(cache)
+    exact_cache.k = [k.double() for k in exact_cache.k]
+    exact_cache.v = [v.double() for v in exact_cache.v]
+    with torch.no_grad():
+        want = block(x, mask, theirs, 0)
+        exact = copy.deepcopy(block).double()(x.double(), mask, exact_cache, 0)
+    params = []
+    parts = (block.ln_1, block.attn.c_attn, block.attn.c_proj, block.ln_2, block.mlp.c_fc)
+    for m in (*parts, block.mlp.c_proj):
+        params += (m.weight, m.bias)
+    eps = (block.ln_1.eps, block.ln_2.eps)
+    flat = None if mask is None else mask[:, 0, 0, :]
+    got = kernels.block_step(x, params, cache.k[0], cache.v[0], 5, flat, eps)
+    assert got is not None and got.dtype is dtype and got.shape == want.shape
+    if dtype is torch.float32:
+        assert (got - want).abs().max().item() <= 1e-5 * want.abs().max().item()
+        for mine, ref in ((cache.k[0], theirs.k[0]), (cache.v[0], theirs.v[0])):
+            assert (mine[:, :, 5] - ref[:, :, 5]).abs().max() <= 1e-5 * ref[:, :, 5].abs().max()
+    else:
+        pairs = [(got, want, exact)] + [
+            (mine[:, :, 5], ref[:, :, 5], right[:, :, 5])
+            for mine, ref, right in (
+                (cache.k[0], theirs.k[0], exact_cache.k[0]),
+                (cache.v[0], theirs.v[0], exact_cache.v[0]),
+            )
+        ]
+        for mine, ref, right in pairs:
+            ours, pytorchs = (mine.double() - right).abs(), (ref.double() - right).abs()
+            assert ours.mean() <= 1.25 * pytorchs.mean() and ours.max() <= 2 * pytorchs.max()
+    assert kernels.block_step(x, params[:-1], cache.k[0], cache.v[0], 5, flat, eps) is None
+    assert kernels.block_step(x.double(), params, cache.k[0], cache.v[0], 5, flat, eps) is None
+
+
+@pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler: Block.forward is the path")
+def test_an_int8_blocks_step_in_one_call_is_the_dequantised_blocks():
+    """With int8 products (a model prepared with quantize="int8"), the block's step in one call
+    gives, to float32 rounding, the block whose weights are the dequantised int8 ones (in
+    float64), and a prepared int8 block takes that call."""
+    from gptlab.model.fast import DecodingBlock
+    from gptlab.model.int8 import Int8Linear
+
+    block, cache, x, mask = _block_and_step(torch.float32, True, 3, True)
+    exact = copy.deepcopy(block).double()
+    exact_cache = copy.deepcopy(cache)
+    exact_cache.k = [k.double() for k in exact_cache.k]
+    exact_cache.v = [v.double() for v in exact_cache.v]
+    for parent, twin in ((block.attn, exact.attn), (block.mlp, exact.mlp)):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, Linear):
+                q = Int8Linear.from_linear(child)
+                setattr(parent, name, q)
+                dequantised = q.weight_int8.double() * q.scale.double()[:, None]
+                getattr(twin, name).weight.data = dequantised.t().contiguous()
+    block.attn.__class__, block.__class__ = DecodingAttention, DecodingBlock  # as prepared
+    calls = []
+    real = kernels.block_step
+    try:
+        kernels.block_step = lambda *a, **k: calls.append(1) or real(*a, **k)
+        with torch.no_grad():
+            got = block(x, mask, cache, 0)
+    finally:
+        kernels.block_step = real
+    with torch.no_grad():
+        want = exact(x.double(), mask, exact_cache, 0)
+    assert calls == [1]
+    assert (got.double() - want).abs().max().item() <= 1e-5 * want.abs().max().item()

@@ -21,9 +21,12 @@ kernels). Four changes, measured in benchmarks/matvec.py and benchmarks/generate
 - `DecodingHead`: the tied head with a contiguous (C, V) copy of the table, which the same
   products read faster than the (V, C) embedding table (C x V floats more while the model
   lives).
-- `DecodingBlock`: a block whose one-position step is written out in one function (the
-  LayerNorms, products with the residual added in the same pass, attention, the GELU kernel),
-  sparing the ~150 module calls, dropouts and adds per token that cost GPT-2 small ~3 ms.
+- `DecodingBlock`: a block whose one-position step is one compiled call
+  (`kernels.block_step`: the LayerNorms, the products with each residual added in the same
+  pass, attention and the GELU in one OpenMP region; float32, bfloat16 or int8 products),
+  sparing the ~150 module calls, dropouts, adds and ~60 thread-team starts per token that
+  cost GPT-2 small ~3 ms (a 12-layer model 48 wide, where little else is left: 1.88 -> 1.08
+  ms per token on a 2-core AMD EPYC).
 
 `prepare_for_decoding` installs them once, where a model is loaded for inference
 (`gptlab.model.load`); sampling (gptlab.generate) runs whatever model it is given and never
@@ -146,13 +149,15 @@ class DecodingAttention(CausalSelfAttention):
 
 
 class DecodingBlock(Block):
-    """Block whose one-new-position step over a KV cache on a CPU is written out in one
-    function: the LayerNorms, the four products (`kernels.matmul`, each residual added in the
-    product's own pass), attention (`kernels.decode_attention`) and the GELU kernel, without
-    the module calls, dropouts (identity in eval) and separate adds around them: on GPT-2
-    small those cost ~3 ms per token, as much as reading a fifth of the weights. The same
+    """Block whose one-new-position step over a KV cache on a CPU is one call
+    (`kernels.block_step`: the LayerNorms, the four products with each residual added in the
+    product's own pass, attention over the cache and the GELU, in one OpenMP region), without
+    the ~150 module calls, dropouts (identity in eval), separate adds and thread-team starts
+    around them: on GPT-2 small those cost ~3 ms per token, as much as reading a fifth of the
+    weights. Float32, bfloat16, or float32 with int8 products (Int8Linear). The same
     operations in the same order as Block.forward, so the same numbers to rounding; anything
-    else (training, prompts, hooks on a part, int8 parts) is Block's own forward."""
+    else (training, prompts, hooks on a part, masks the kernel does not read) is Block's own
+    forward."""
 
     def forward(
         self,
@@ -164,25 +169,37 @@ class DecodingBlock(Block):
         parts = self._parts()
         if parts is None or not parts[1]._kernel_takes(x, attn_mask, cache, layer):
             return super().forward(x, attn_mask, cache, layer)
-        ln_1, attn, c_attn, attn_proj, ln_2, c_fc, mlp_proj = parts
-        h = F.layer_norm(x, ln_1.normalized_shape, ln_1.weight, ln_1.bias, ln_1.eps)
-        qkv = _product(c_attn, h)
+        ln_1, _, c_attn, attn_proj, ln_2, c_fc, mlp_proj = parts
+        width = (x.size(-1),)
+        if ln_1.normalized_shape != width or ln_2.normalized_shape != width:
+            return super().forward(x, attn_mask, cache, layer)  # (Block's error, if any)
+        weights, scales = [], []
+        for product in (c_attn, attn_proj, c_fc, mlp_proj):
+            if type(product) is Int8Linear:  # int8 (out, in), its scales, a float32 bias
+                b = product._buffers  # (a dict lookup: the attribute lookup costs more)
+                weights.append((b["weight_int8"], b["bias"]))
+                scales.append(b["scale"])
+            else:
+                p = product._parameters
+                weights.append((p["weight"], p["bias"]))
+                scales.append(None)
+        n1, n2 = ln_1._parameters, ln_2._parameters
+        params = [n1["weight"], n1["bias"], *weights[0], *weights[1]]
+        params += [n2["weight"], n2["bias"], *weights[2], *weights[3]]
         mask = None if attn_mask is None else attn_mask[:, 0, 0, :]  # (B, past + 1)
-        y = kernels.decode_attention(qkv, cache.k[layer], cache.v[layer], cache.length, mask)
-        if y is None:  # a mask the kernel does not read (broadcast, additive): Block's way
+        eps = (ln_1.eps, ln_2.eps)
+        k, v = cache.k[layer], cache.v[layer]
+        y = kernels.block_step(x, params, k, v, cache.length, mask, eps, scales)
+        if y is None:  # what the kernel does not read (a broadcast or additive mask): Block's way
             return super().forward(x, attn_mask, cache, layer)
-        x = _product(attn_proj, y, x)
-        h = F.layer_norm(x, ln_2.normalized_shape, ln_2.weight, ln_2.bias, ln_2.eps)
-        h = _product(c_fc, h)
-        g = kernels.gelu_tanh(h)
-        return _product(mlp_proj, F.gelu(h, approximate="tanh") if g is None else g, x)
+        return y
 
     def _parts(self) -> tuple | None:
         """(ln_1, attn, c_attn, attn.c_proj, ln_2, mlp.c_fc, mlp.c_proj) where every part is
-        the kind this step writes out (LayerNorm, the decoding Linear and attention, MLP with
-        TanhGELU), no dropout is drawing (a dropout module set to train, as Monte Carlo
-        dropout does) and nothing watches them (a forward hook on any part, or a global one,
-        must see its call), else None."""
+        the kind this step writes out (LayerNorm, the decoding or int8 Linear, the decoding
+        attention, MLP with TanhGELU), no dropout is drawing (a dropout module set to train,
+        as Monte Carlo dropout does) and nothing watches them (a forward hook on any part, or
+        a global one, must see its call), else None."""
         if module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks:
             return None
         modules = self._modules
@@ -206,22 +223,13 @@ class DecodingBlock(Block):
             mlp_parts["c_fc"],
             mlp_parts["c_proj"],
         )
-        if any(type(p) is not DecodingLinear for p in (parts[2], parts[3], parts[5], parts[6])):
+        products = (parts[2], parts[3], parts[5], parts[6])
+        if any(type(p) is not DecodingLinear and type(p) is not Int8Linear for p in products):
             return None
         watched = (mlp, mlp_parts["gelu"], *drops, *parts)
         if any(m._forward_hooks or m._forward_pre_hooks for m in watched):
             return None
         return parts
-
-
-def _product(linear: Linear, x: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
-    """linear(x) (+ add), through the kernel in one pass where it can take them."""
-    params = linear._parameters
-    y = kernels.matmul(x, params["weight"], params["bias"], add)
-    if y is None:
-        y = linear(x)
-        return y if add is None else add + y
-    return y
 
 
 class DecodingLinear(Linear):

@@ -23,6 +23,12 @@
    bytes. Four outputs are computed together, from one or two rows of x at a time: 4 or 8
    independent sums, so the loop is not held up by the latency of one running sum.
 
+   gptlab_block_step: one new position through a whole GPT-2 block (both LayerNorms, the
+   four products with their residuals, attention, the GELU) in one parallel region: the
+   products above written as "team" functions that every thread of a region calls, with a
+   barrier between stages, so a token pays one region start per block instead of one per
+   operation, and one call from Python.
+
    Without AVX2 and FMA, plain loops compute the same sums. */
 
 #include <math.h>
@@ -241,59 +247,83 @@ INLINE void band(const float *x, const void *w, int bf16, float *part, long M, l
    bytes of M rows (32 KiB: 1.2x faster than 8 KiB for GPT-2 small's matrices at 8 rows). */
 #define F32_CHUNK_BYTES 32768
 
-/* y (M, N) = x (M, K) @ w (K, N) + bias (+ add, (M, N): a residual added in the same pass),
-   x float32, w, bias, add and y float32 (bf16 = 0) or bfloat16 (bf16 = 1; the product
-   rounded to bfloat16 before add is added, as PyTorch's two operations round). work: the other threads' partial sums, (threads - 1) * M * N floats,
-   and for bfloat16 room for thread 0's too (M * N more: y cannot hold float32 sums). */
-INLINE void matmul(const float *x, const void *w, const void *bias, const void *add, void *y,
-                   float *work, long M, long K, long N, int threads, int bf16) {
+/* The share [i0, i1) of n items for thread t of T, cut at multiples of `align`. */
+static inline void share(long n, long t, long T, long align, long *i0, long *i1) {
+    *i0 = n * t / T / align * align;
+    *i1 = t == T - 1 ? n : n * (t + 1) / T / align * align;
+}
+
+static inline float round_bf16(float s) { return bf16_f32(f32_bf16(s)); }
+
+/* Called by every thread of a parallel region (T of them, this one t; barriers inside):
+   y (M, N) = x (M, K) @ w (K, N) + bias (+ add (M, N): a residual added in the same pass).
+   x float32; w and bias float32 (bf16 = 0) or bfloat16 (bf16 = 1: the product rounded to
+   bfloat16 before add is added, and the result rounded again, as PyTorch's two bfloat16
+   operations round). add and y are float32 (io16 = 0; under bf16 holding bfloat16 values) or
+   bfloat16 (io16 = 1). work: the other threads' partial sums, (threads - 1) * M * N floats,
+   and under bf16 thread 0's too (M * N more: the shuffled sums cannot live in y). y is
+   complete for every thread once the region's next barrier is passed. */
+INLINE void matmul_team(const float *x, const void *w, const void *bias, const void *add,
+                        void *y, float *work, long M, long K, long N, long threads, long T,
+                        long t, int bf16, int io16) {
+    /* thread t: rows [k0, k1) of w, whole groups of four where it can */
+    long k0, k1;
+    share(K, t, T, 4, &k0, &k1);
+    float *sums = bf16 ? work + (threads - 1) * M * N : (float *)y;  /* thread 0's */
+    float *part = t == 0 ? sums : work + (t - 1) * M * N;
+    for (long i = 0; i < M * N; i++) part[i] = 0.0f;
+    long chunk = F32_CHUNK_BYTES / 4 / M / 16 * 16;  /* (whole 16s: see bf16_row_band) */
+    if (chunk < 64) chunk = 64;
+    for (long c0 = 0; c0 < N; c0 += chunk)
+        band(x, w, bf16, part, M, K, N, k0, k1, c0, c0 + chunk < N ? c0 + chunk : N);
+    #pragma omp barrier
+    /* the parts added, each thread a share of the columns */
+    long n0 = N * t / T, n1 = N * (t + 1) / T, shuffled = ROW_SHUFFLED(bf16, M);
+    for (long m = 0; m < M; m++)
+        for (long n = n0; n < n1; n++) {
+            long i = shuffled ? unshuffled(n, N / 16 * 16) : m * N + n;
+            float s = sums[i];
+            for (long u = 1; u < T; u++) s += work[(u - 1) * M * N + i];
+            if (bias) s += w1(bias, n, bf16);
+            if (add) s = (bf16 ? round_bf16(s) : s) + w1(add, m * N + n, io16);
+            if (io16)
+                ((uint16_t *)y)[m * N + n] = f32_bf16(s);
+            else
+                ((float *)y)[m * N + n] = bf16 ? round_bf16(s) : s;
+        }
+}
+
+/* Thread this one's number and the team's size (1 and 0 without OpenMP). */
+#ifdef _OPENMP
+#define TEAM long T = omp_get_num_threads(), t = omp_get_thread_num()
+#else
+#define TEAM long T = 1, t = 0
+#endif
+
+/* y (M, N) = x (M, K) @ w (K, N) + bias (+ add), all float32 */
+void gptlab_f32_matmul(const float *x, const float *w, const float *bias, const float *add,
+                       float *y, float *work, long M, long K, long N, int threads) {
     if (M <= 0 || N <= 0) return;
     #pragma omp parallel num_threads(threads)
     {
-        long T = 1, t = 0;
-#ifdef _OPENMP
-        T = omp_get_num_threads();
-        t = omp_get_thread_num();
-#endif
-        /* thread t: rows [k0, k1) of w, whole groups of four where it can */
-        long k0 = K * t / T / 4 * 4, k1 = t == T - 1 ? K : K * (t + 1) / T / 4 * 4;
-        float *sums = bf16 ? work + (threads - 1) * M * N : (float *)y;  /* thread 0's */
-        float *part = t == 0 ? sums : work + (t - 1) * M * N;
-        for (long i = 0; i < M * N; i++) part[i] = 0.0f;
-        long chunk = F32_CHUNK_BYTES / 4 / M / 16 * 16;  /* (whole 16s: see bf16_row_band) */
-        if (chunk < 64) chunk = 64;
-        for (long c0 = 0; c0 < N; c0 += chunk)
-            band(x, w, bf16, part, M, K, N, k0, k1, c0, c0 + chunk < N ? c0 + chunk : N);
-        #pragma omp barrier
-        /* the parts added, each thread a share of the columns */
-        long n0 = N * t / T, n1 = N * (t + 1) / T, shuffled = ROW_SHUFFLED(bf16, M);
-        for (long m = 0; m < M; m++)
-            for (long n = n0; n < n1; n++) {
-                long i = shuffled ? unshuffled(n, N / 16 * 16) : m * N + n;
-                float s = sums[i];
-                for (long u = 1; u < T; u++) s += work[(u - 1) * M * N + i];
-                if (bias) s += w1(bias, n, bf16);
-                if (add) s = (bf16 ? bf16_f32(f32_bf16(s)) : s) + w1(add, m * N + n, bf16);
-                if (bf16)
-                    ((uint16_t *)y)[m * N + n] = f32_bf16(s);
-                else
-                    ((float *)y)[m * N + n] = s;
-            }
+        TEAM;
+        matmul_team(x, w, bias, add, y, work, M, K, N, threads, T, t, 0, 0);
     }
 }
 
-void gptlab_f32_matmul(const float *x, const float *w, const float *bias, const float *add,
-                       float *y, float *work, long M, long K, long N, int threads) {
-    matmul(x, w, bias, add, y, work, M, K, N, threads, 0);
-}
-
-/* x, w, bias, y bfloat16; work: threads * M * N + M * K floats (the last M * K: x widened) */
+/* the same, x, w, bias, add and y bfloat16; work: threads * M * N + M * K floats (the last
+   M * K: x widened) */
 void gptlab_bf16_matmul(const uint16_t *x, const uint16_t *w, const uint16_t *bias,
                         const uint16_t *add, uint16_t *y, float *work, long M, long K, long N,
                         int threads) {
+    if (M <= 0 || N <= 0) return;
     float *xf = work + threads * M * N;
     for (long i = 0; i < M * K; i++) xf[i] = bf16_f32(x[i]);
-    matmul(xf, w, bias, add, y, work, M, K, N, threads, 1);
+    #pragma omp parallel num_threads(threads)
+    {
+        TEAM;
+        matmul_team(xf, w, bias, add, y, work, M, K, N, threads, T, t, 1, 1);
+    }
 }
 
 /* ---- attention for one new position ---- */
@@ -317,36 +347,56 @@ INLINE float dot(const float *a, const void *b, long n, int bf16) {
 /* The largest head size whose query and output fit on the stack (GPT-2's is 64). */
 #define MAX_HEAD 1024
 
-/* qkv (B, 3 * H * D): this position's query, key and value (c_attn's output, heads side by
-   side). kc, vc (B, H, L, D): the cache, positions [0, pos) filled; this position's key and
-   value are written at pos. mask (B, pos + 1), 1 = may attend, or NULL for all. y (B, H * D):
-   each head's softmax-weighted sum of the values, heads side by side. All float32 (bf16 = 0)
-   or all bfloat16 (bf16 = 1; the arithmetic in float32, y rounded once). */
-INLINE void attention(const void *qkv, void *kc, void *vc, const uint8_t *mask, void *y,
-                      long B, long H, long D, long L, long pos, int threads, int bf16) {
-    long C = H * D, n = pos + 1, size = bf16 ? 2 : 4;
+/* n values from src (float32, or bfloat16 where src16) to dst (float32, or bfloat16 where
+   dst16; a float32 holding a bfloat16 value goes down exactly) */
+INLINE void convert(void *dst, int dst16, const void *src, int src16, long n) {
+    if (dst16 == src16) {
+        memcpy(dst, src, n * (dst16 ? 2 : 4));
+        return;
+    }
+    for (long i = 0; i < n; i++) {
+        float v = w1(src, i, src16);
+        if (dst16)
+            ((uint16_t *)dst)[i] = f32_bf16(v);
+        else
+            ((float *)dst)[i] = v;
+    }
+}
+
+/* Called by every thread of a parallel region (a worksharing loop over the B * H heads, which
+   ends in a barrier). qkv (B, 3 * H * D): this position's query, key and value (c_attn's
+   output, heads side by side), float32 (q16 = 0) or bfloat16 (q16 = 1). kc, vc (B, H, L, D):
+   the cache, float32 (bf16 = 0) or bfloat16 (bf16 = 1), positions [0, pos) filled; this
+   position's key and value are written at pos. mask (B, pos + 1), 1 = may attend, or NULL for
+   all. y (B, H * D): each head's softmax-weighted sum of the values, heads side by side,
+   float32 (y16 = 0; rounded to bfloat16 values under bf16) or bfloat16 (y16 = 1). The
+   arithmetic is float32. */
+INLINE void attention_team(const void *qkv, int q16, void *kc, void *vc, const uint8_t *mask,
+                           void *y, int y16, long B, long H, long D, long L, long pos,
+                           int bf16) {
+    long C = H * D, n = pos + 1, size = bf16 ? 2 : 4, qsize = q16 ? 2 : 4;
     float scale = 1.0f / sqrtf((float)D);
-    if (pos < 0 || pos >= L || D > MAX_HEAD) return;
-    #pragma omp parallel for schedule(static) num_threads(threads)
+    #pragma omp for schedule(static)
     for (long bh = 0; bh < B * H; bh++) {
         long b = bh / H, h = bh % H;
-        const char *qh = (const char *)qkv + (b * 3 * C + h * D) * size;
+        const char *qh = (const char *)qkv + (b * 3 * C + h * D) * qsize;
         char *k = (char *)kc + bh * L * D * size, *v = (char *)vc + bh * L * D * size;
         const uint8_t *keep = mask ? mask + b * n : NULL;
-        memcpy(k + pos * D * size, qh + C * size, D * size);  /* this position's key, value */
-        memcpy(v + pos * D * size, qh + 2 * C * size, D * size);
+        long seen = n;
+        convert(k + pos * D * size, bf16, qh + C * qsize, q16, D);  /* this key and value */
+        convert(v + pos * D * size, bf16, qh + 2 * C * qsize, q16, D);
         float q[MAX_HEAD], out[MAX_HEAD];
         for (long d = 0; d < D; d++) {
-            q[d] = w1(qh, d, bf16);
+            q[d] = w1(qh, d, q16);
             out[d] = 0.0f;
         }
         float local[4096], *scores = n <= 4096 ? local : malloc(n * sizeof(float));
         if (!scores) {  /* out of memory: NaN, for the caller to see */
             for (long d = 0; d < D; d++) out[d] = NAN;
-            n = 0;
+            seen = 0;
         }
         float top = -INFINITY;
-        for (long t = 0; t < n; t++) {
+        for (long t = 0; t < seen; t++) {
             float s = -INFINITY;
             if (!keep || keep[t]) s = dot(q, k + t * D * size, D, bf16) * scale;
             scores[t] = s;
@@ -354,12 +404,12 @@ INLINE void attention(const void *qkv, void *kc, void *vc, const uint8_t *mask, 
         }
         if (top > -INFINITY) {  /* (nothing to attend to: zeros) */
             float total = 0.0f;
-            for (long t = 0; t < n; t++) {
+            for (long t = 0; t < seen; t++) {
                 float p = scores[t] == -INFINITY ? 0.0f : expf(scores[t] - top);
                 scores[t] = p;
                 total += p;
             }
-            for (long t = 0; t < n; t++) {
+            for (long t = 0; t < seen; t++) {
                 float p = scores[t] / total;
                 if (p == 0.0f) continue;
                 const char *vt = v + t * D * size;
@@ -368,50 +418,45 @@ INLINE void attention(const void *qkv, void *kc, void *vc, const uint8_t *mask, 
         }
         if (scores && scores != local) free(scores);
         for (long d = 0; d < D; d++) {
-            if (bf16)
-                ((uint16_t *)y)[b * C + h * D + d] = f32_bf16(out[d]);
+            long i = b * C + h * D + d;
+            if (y16)
+                ((uint16_t *)y)[i] = f32_bf16(out[d]);
             else
-                ((float *)y)[b * C + h * D + d] = out[d];
+                ((float *)y)[i] = bf16 ? round_bf16(out[d]) : out[d];
         }
     }
 }
 
 void gptlab_decode_attention(const float *qkv, float *kc, float *vc, const uint8_t *mask,
                              float *y, long B, long H, long D, long L, long pos, int threads) {
-    attention(qkv, kc, vc, mask, y, B, H, D, L, pos, threads, 0);
+    if (pos < 0 || pos >= L || D > MAX_HEAD) return;
+    #pragma omp parallel num_threads(threads)
+    attention_team(qkv, 0, kc, vc, mask, y, 0, B, H, D, L, pos, 0);
 }
 
 void gptlab_decode_attention_bf16(const uint16_t *qkv, uint16_t *kc, uint16_t *vc,
                                   const uint8_t *mask, uint16_t *y, long B, long H, long D,
                                   long L, long pos, int threads) {
-    attention(qkv, kc, vc, mask, y, B, H, D, L, pos, threads, 1);
+    if (pos < 0 || pos >= L || D > MAX_HEAD) return;
+    #pragma omp parallel num_threads(threads)
+    attention_team(qkv, 1, kc, vc, mask, y, 1, B, H, D, L, pos, 1);
 }
 
 /* ---- int8, w (N, K) ---- */
 
-/* Scalar reference for the outputs [n0, n1) and the K-tail from k0 (any CPU). */
-static void scalar_part(const float *x, const int8_t *w, float *acc, long M, long K, long N,
-                        long n0, long n1, long k0) {
-    #pragma omp parallel for schedule(static)
-    for (long n = n0; n < n1; n++)
-        for (long m = 0; m < M; m++) {
-            float s = 0.0f;
-            for (long k = k0; k < K; k++) s += (float)w[n * K + k] * x[m * K + k];
-            acc[m * N + n] += s;
-        }
-}
-
-void gptlab_int8_matmul(const float *x, const int8_t *w, const float *scale, const float *bias,
-                        float *y, long M, long K, long N) {
-    for (long i = 0; i < M * N; i++) y[i] = 0.0f;
-    long K8 = 0;
+/* y[m, n] = (x[m] . w[n]) * scale[n] + bias[n] (+ add[m, n]) for the outputs [n0, n1) and
+   every row m (n0 a multiple of 4): a thread that owns outputs finishes them, so no other
+   thread's work is waited for. The sum over the K % 8 last inputs is added after the vector
+   part, the scale and bias after the sum, the residual last. */
+static void int8_outputs(const float *x, const int8_t *w, const float *scale,
+                         const float *bias, const float *add, float *y, long M, long K, long N,
+                         long n0, long n1) {
+    long n = n0, K8 = 0;
 #ifdef GPTLAB_AVX2
     K8 = K - K % 8;
-    long N4 = N - N % 4;
-    #pragma omp parallel for schedule(static)
-    for (long n = 0; n < N4; n += 4) {
+    for (; n + 4 <= n1; n += 4) {
         const int8_t *w0 = w + n * K, *w1 = w0 + K, *w2 = w1 + K, *w3 = w2 + K;
-        if (n + PREFETCH_BLOCKS * 4 < N4) {  /* the rows a few blocks ahead, into cache */
+        if (n + PREFETCH_BLOCKS * 4 + 4 <= n1) {  /* the rows a few blocks ahead, into cache */
             const char *ahead = (const char *)(w0 + PREFETCH_BLOCKS * 4 * K);
             for (long b = 0; b < 4 * K; b += 64) _mm_prefetch(ahead + b, _MM_HINT_T0);
         }
@@ -447,15 +492,42 @@ void gptlab_int8_matmul(const float *x, const int8_t *w, const float *scale, con
             ya[0] = hsum(a0); ya[1] = hsum(a1); ya[2] = hsum(a2); ya[3] = hsum(a3);
         }
     }
-    scalar_part(x, w, y, M, K, N, N4, N, 0);  /* the last N % 4 outputs, whole */
-    if (K8 < K) scalar_part(x, w, y, M, K, N, 0, N4, K8);  /* the K % 8 tail of the others */
-#else
-    scalar_part(x, w, y, M, K, N, 0, N, 0);
 #endif
-    #pragma omp parallel for schedule(static)
-    for (long i = 0; i < M * N; i++) {
-        long n = i % N;
-        y[i] = y[i] * scale[n] + (bias ? bias[n] : 0.0f);
+    for (long m = 0; m < M; m++)  /* outputs not in a whole 4 summed whole, in plain C */
+        for (long j = n; j < n1; j++) {
+            float s = 0.0f;
+            for (long k = 0; k < K; k++) s += (float)w[j * K + k] * x[m * K + k];
+            y[m * N + j] = s;
+        }
+    for (long m = 0; m < M; m++)
+        for (long j = n0; j < n1; j++) {
+            float s = y[m * N + j];
+            if (j < n && K8 < K) {  /* the K % 8 tail of the vector sums */
+                float tail = 0.0f;
+                for (long k = K8; k < K; k++) tail += (float)w[j * K + k] * x[m * K + k];
+                s += tail;
+            }
+            s = s * scale[j] + (bias ? bias[j] : 0.0f);
+            y[m * N + j] = add ? s + add[m * N + j] : s;
+        }
+}
+
+/* Called by every thread of a parallel region: y (M, N) = (x (M, K) @ w (N, K)^T) * scale +
+   bias (+ add), each thread a share of the outputs; y complete after the next barrier. */
+static inline void int8_team(const float *x, const int8_t *w, const float *scale,
+                             const float *bias, const float *add, float *y, long M, long K,
+                             long N, long T, long t) {
+    long n0, n1;
+    share(N, t, T, 4, &n0, &n1);
+    int8_outputs(x, w, scale, bias, add, y, M, K, N, n0, n1);
+}
+
+void gptlab_int8_matmul(const float *x, const int8_t *w, const float *scale, const float *bias,
+                        float *y, long M, long K, long N) {
+    #pragma omp parallel
+    {
+        TEAM;
+        int8_team(x, w, scale, bias, NULL, y, M, K, N, T, t);
     }
 }
 
@@ -505,21 +577,33 @@ static inline float gelu_e1(float x) {  /* (kept finite, as exp8 keeps it) */
     return expf(fminf(-2.0f * GELU_K * x * (1.0f + GELU_A * x * x), 88.0f));
 }
 
-void gptlab_gelu_tanh(const float *x, float *y, long n, int threads) {
-    long n8 = 0;
+/* y[i0:i1] = GELU(x[i0:i1]) (y may be x: in place) */
+static void gelu_range(const float *x, float *y, long i0, long i1) {
+    long i = i0;
 #ifdef GPTLAB_AVX2
-    n8 = n / 8 * 8;
-    #pragma omp parallel for schedule(static) num_threads(threads)
-    for (long i = 0; i < n8; i += 8) {
+    for (; i + 8 <= i1; i += 8) {
         __m256 v = _mm256_loadu_ps(x + i), one = _mm256_set1_ps(1.0f);
         __m256 keep = _mm256_cmp_ps(v, _mm256_set1_ps(GELU_ZERO), _CMP_NLE_UQ);  /* (NaN kept) */
         __m256 out = _mm256_div_ps(v, _mm256_add_ps(one, gelu_e8(v)));
         _mm256_storeu_ps(y + i, _mm256_and_ps(keep, out));
     }
-#else
-    (void)threads;
 #endif
-    for (long i = n8; i < n; i++) y[i] = x[i] <= GELU_ZERO ? 0.0f : x[i] / (1.0f + gelu_e1(x[i]));
+    for (; i < i1; i++) y[i] = x[i] <= GELU_ZERO ? 0.0f : x[i] / (1.0f + gelu_e1(x[i]));
+}
+
+void gptlab_gelu_tanh(const float *x, float *y, long n, int threads) {
+#ifdef GPTLAB_AVX2
+    #pragma omp parallel num_threads(threads)
+    {
+        TEAM;
+        long i0, i1;
+        share(n, t, T, 8, &i0, &i1);
+        gelu_range(x, y, i0, i1);
+    }
+#else
+    (void)threads;  /* (plain loops: one thread, as before) */
+    gelu_range(x, y, 0, n);
+#endif
 }
 
 /* dx = g * dy/dx at x = g s (1 + x t 2u') with t = e s = 1 - s (e = exp(-2u): 1 - s taken
@@ -551,6 +635,117 @@ void gptlab_gelu_tanh_backward(const float *g, const float *x, float *dx, long n
                 : v >= GELU_ONE ? g[i]
                                 : g[i] * s * (1.0f + v * (e * s) * du2);
     }
+}
+
+/* ---- a GPT-2 block's step for one new position ---- */
+
+/* Called by every thread of a parallel region: y (M, C) = LayerNorm(x) over each row, w and b
+   float32 or bfloat16 (bf16; either may be NULL: 1 and 0), y float32 (rounded to bfloat16
+   values under bf16, as PyTorch's bfloat16 LayerNorm rounds its float32 result). Mean and
+   variance summed in double. Ends in a barrier. */
+INLINE void layer_norm_team(const float *x, const void *w, const void *b, float *y, long M,
+                            long C, float eps, int bf16) {
+    #pragma omp for schedule(static)
+    for (long m = 0; m < M; m++) {
+        const float *xm = x + m * C;
+        double sum = 0.0, sq = 0.0;
+        for (long c = 0; c < C; c++) sum += xm[c];
+        float mean = (float)(sum / C);
+        for (long c = 0; c < C; c++) sq += (double)(xm[c] - mean) * (xm[c] - mean);
+        float rstd = (float)(1.0 / sqrt(sq / C + eps));
+        for (long c = 0; c < C; c++) {
+            float v = (xm[c] - mean) * rstd;
+            if (w) v *= w1(w, c, bf16);
+            if (b) v += w1(b, c, bf16);
+            y[m * C + c] = bf16 ? round_bf16(v) : v;
+        }
+    }
+}
+
+/* One new position through a pre-LayerNorm GPT-2 block for B sequences, in one parallel
+   region (one start and a barrier between stages, instead of a region and a Python call per
+   operation):
+       x1 = x + c_proj(attention(c_attn(ln_1(x))));  y = x1 + mlp_proj(GELU(c_fc(ln_2(x1))))
+   x, y (B, C) float32 (bf16 = 0) or bfloat16 (bf16 = 1: every stage rounded to bfloat16 where
+   PyTorch's bfloat16 operations round, the arithmetic float32). p: the 12 parameters, ln_1's
+   weight and bias, c_attn's weight (C, 3C) and bias, attn.c_proj's (C, C) and bias, ln_2's
+   weight and bias, c_fc's (C, F) and bias, mlp.c_proj's (F, C) and bias, each of x's dtype
+   (biases and LayerNorm parameters may be NULL); then the four products' int8 scales: NULL
+   for a float weight, else that weight is int8 (out, in) with one float32 scale per output
+   (float32 blocks only). kc, vc, mask, pos as for attention (H heads,
+   C / H wide, L positions). work: gptlab_block_step_floats(...) floats.
+   fc (B, F), or NULL for the whole block: the step stops after c_fc, y receiving x1 and fc
+   c_fc's output, for the caller to run the GELU and the last product. (bfloat16 needs it:
+   PyTorch's tanh GELU differs from the kernel's after bfloat16 rounding in ~8% of values, its
+   1 + tanh(u) cancelling for negative x, and a bfloat16 model should pick PyTorch's tokens.) */
+static long stage_floats(long B, long C, long F, int bf16) {  /* work before the sums */
+    return (bf16 ? B * C : 0) + B * (C + 3 * C + C + C + F);
+}
+
+long gptlab_block_step_floats(long B, long C, long F, int threads, int bf16) {
+    long widest = 3 * C > F ? 3 * C : F;
+    return stage_floats(B, C, F, bf16) + threads * B * (widest > C ? widest : C);
+}
+
+/* One of the block's products inside its region: w (K, N) float32 or bfloat16, or where
+   scale is given, int8 (N, K) with scales (float32 only). */
+INLINE void product_team(const float *x, const void *w, const float *scale, const void *bias,
+                         const void *add, void *y, float *sums, long M, long K, long N,
+                         long threads, long T, long t, int bf16, int io16) {
+    if (scale && !bf16 && !io16)
+        int8_team(x, w, scale, bias, add, y, M, K, N, T, t);
+    else
+        matmul_team(x, w, bias, add, y, sums, M, K, N, threads, T, t, bf16, io16);
+}
+
+INLINE void block_step(const void *x, void *y, void *fc_out, void *const *p, void *kc,
+                       void *vc, const uint8_t *mask, float *work, long B, long C, long F,
+                       long H, long L, long pos, float eps1, float eps2, int threads, int bf16) {
+    float *xf = bf16 ? work : (float *)x, *h = work + (bf16 ? B * C : 0), *qkv = h + B * C,
+          *att = qkv + 3 * B * C, *x1 = att + B * C, *fc = x1 + B * C,
+          *sums = work + stage_floats(B, C, F, bf16);
+    #pragma omp parallel num_threads(threads)
+    {
+        TEAM;
+        long i0, i1;
+        if (bf16) {
+            share(B * C, t, T, 8, &i0, &i1);
+            convert(xf + i0, 0, (const uint16_t *)x + i0, 1, i1 - i0);
+            #pragma omp barrier
+        }
+        layer_norm_team(xf, p[0], p[1], h, B, C, eps1, bf16);
+        product_team(h, p[2], p[12], p[3], NULL, qkv, sums, B, C, 3 * C, threads, T, t, bf16, 0);
+        #pragma omp barrier
+        attention_team(qkv, 0, kc, vc, mask, att, 0, B, H, C / H, L, pos, bf16);
+        product_team(att, p[4], p[13], p[5], xf, x1, sums, B, C, C, threads, T, t, bf16, 0);
+        #pragma omp barrier
+        layer_norm_team(x1, p[6], p[7], h, B, C, eps2, bf16);
+        product_team(h, p[8], p[14], p[9], NULL, fc, sums, B, C, F, threads, T, t, bf16, 0);
+        #pragma omp barrier
+        if (fc_out) {  /* stop here: x1 and c_fc's output to the caller */
+            share(B * C, t, T, 8, &i0, &i1);
+            convert((char *)y + i0 * (bf16 ? 2 : 4), bf16, x1 + i0, 0, i1 - i0);
+            share(B * F, t, T, 8, &i0, &i1);
+            convert((char *)fc_out + i0 * (bf16 ? 2 : 4), bf16, fc + i0, 0, i1 - i0);
+        } else {  /* (fc_out is the same for every thread: all take this branch, or none) */
+            share(B * F, t, T, 8, &i0, &i1);
+            gelu_range(fc, fc, i0, i1);
+            if (bf16)
+                for (long i = i0; i < i1; i++) fc[i] = round_bf16(fc[i]);
+            #pragma omp barrier
+            product_team(fc, p[10], p[15], p[11], x1, y, sums, B, F, C, threads, T, t, bf16, bf16);
+        }
+    }
+}
+
+void gptlab_block_step(const void *x, void *y, void *fc, void *const *p, void *kc, void *vc,
+                       const uint8_t *mask, float *work, long B, long C, long F, long H, long L,
+                       long pos, float eps1, float eps2, int threads, int bf16) {
+    if (B <= 0 || H <= 0 || C % H || C / H > MAX_HEAD || pos < 0 || pos >= L) return;
+    if (bf16)
+        block_step(x, y, fc, p, kc, vc, mask, work, B, C, F, H, L, pos, eps1, eps2, threads, 1);
+    else
+        block_step(x, y, fc, p, kc, vc, mask, work, B, C, F, H, L, pos, eps1, eps2, threads, 0);
 }
 
 /* 1 where the vector paths above were compiled in (AVX2 and FMA), 0 for plain loops */

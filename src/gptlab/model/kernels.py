@@ -1,7 +1,9 @@
 """gptlab's compiled CPU kernels (kernels.c beside this file): for decoding, a product for few
 rows (`matmul`, float32 or bfloat16), attention for one new position over the KV cache
-(`decode_attention`, float32 or bfloat16) and the int8 weight-only product (used by
-gptlab.model.int8); for every float32 forward and backward on a CPU, GPT-2's tanh GELU
+(`decode_attention`, float32 or bfloat16), the int8 weight-only product (used by
+gptlab.model.int8) and a whole block's step for one new position in one call (`block_step`:
+LayerNorms, products, attention and GELU in one thread team); for every float32 forward and
+backward on a CPU, GPT-2's tanh GELU
 (`gelu_tanh`, 4-5x PyTorch's, whose CPU tanh is slow).
 
 A decoding step multiplies one row per sequence by every weight matrix, so it runs at the
@@ -89,25 +91,29 @@ def library() -> ctypes.CDLL | None:
     else:
         return None
     try:
-        lib = ctypes.CDLL(str(path))
-        lib.gptlab_int8_matmul.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_long] * 3
-        lib.gptlab_f32_matmul.argtypes = (
-            [ctypes.c_void_p] * 6 + [ctypes.c_long] * 3 + [ctypes.c_int]
-        )
-        lib.gptlab_bf16_matmul.argtypes = lib.gptlab_f32_matmul.argtypes
-        lib.gptlab_decode_attention.argtypes = (
-            [ctypes.c_void_p] * 5 + [ctypes.c_long] * 5 + [ctypes.c_int]
-        )
-        lib.gptlab_decode_attention_bf16.argtypes = lib.gptlab_decode_attention.argtypes
-        lib.gptlab_gelu_tanh.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_long, ctypes.c_int]
-        lib.gptlab_gelu_tanh_backward.argtypes = [ctypes.c_void_p] * 3 + [
-            ctypes.c_long,
-            ctypes.c_int,
-        ]
-        lib.gptlab_simd.argtypes = []
-        lib.gptlab_simd.restype = ctypes.c_int
+        return _declared(ctypes.CDLL(str(path)))
     except (OSError, AttributeError):
         return None
+
+
+def _declared(lib: ctypes.CDLL) -> ctypes.CDLL:
+    """lib with each C function's argument and result types set (AttributeError where one is
+    missing)."""
+    pointers, long_, int_ = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
+    lib.gptlab_int8_matmul.argtypes = [pointers] * 5 + [long_] * 3
+    lib.gptlab_f32_matmul.argtypes = [pointers] * 6 + [long_] * 3 + [int_]
+    lib.gptlab_bf16_matmul.argtypes = lib.gptlab_f32_matmul.argtypes
+    lib.gptlab_decode_attention.argtypes = [pointers] * 5 + [long_] * 5 + [int_]
+    lib.gptlab_decode_attention_bf16.argtypes = lib.gptlab_decode_attention.argtypes
+    lib.gptlab_gelu_tanh.argtypes = [pointers] * 2 + [long_, int_]
+    lib.gptlab_gelu_tanh_backward.argtypes = [pointers] * 3 + [long_, int_]
+    lib.gptlab_block_step.argtypes = (
+        [pointers] * 8 + [long_] * 6 + [ctypes.c_float] * 2 + [int_] * 2
+    )
+    lib.gptlab_block_step_floats.argtypes = [long_] * 3 + [int_] * 2
+    lib.gptlab_block_step_floats.restype = long_
+    lib.gptlab_simd.argtypes = []
+    lib.gptlab_simd.restype = int_
     for function in (
         lib.gptlab_int8_matmul,
         lib.gptlab_f32_matmul,
@@ -116,6 +122,7 @@ def library() -> ctypes.CDLL | None:
         lib.gptlab_decode_attention_bf16,
         lib.gptlab_gelu_tanh,
         lib.gptlab_gelu_tanh_backward,
+        lib.gptlab_block_step,
     ):
         function.restype = None
     return lib
@@ -300,6 +307,129 @@ def decode_attention(
         torch.get_num_threads(),
     )
     return y
+
+
+# ln_1 w, b; c_attn w, b; attn.c_proj w, b; ln_2 w, b; c_fc w, b; mlp.c_proj w, b
+BLOCK_PARAMETERS = 12
+_PRODUCTS = (2, 4, 8, 10)  # where the four products' weights are in that list
+
+
+def block_step(
+    x: torch.Tensor,
+    params: list[torch.Tensor | None],
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    pos: int,
+    mask: torch.Tensor | None,
+    eps: tuple[float, float],
+    scales: list[torch.Tensor | None] | None = None,
+) -> torch.Tensor | None:
+    """One new position through a pre-LayerNorm GPT-2 block, in one call (one OpenMP region):
+    x1 = x + c_proj(attention(c_attn(ln_1(x)))), y = x1 + mlp.c_proj(GELU(c_fc(ln_2(x1)))),
+    storing this position's key and value in the cache at pos.
+
+    x (B, 1, C); params: the BLOCK_PARAMETERS tensors in that order, weights stored (in, out)
+    (a None bias or LayerNorm parameter: none); k_cache, v_cache (B, nh, L, hs); mask (B, pos
+    + 1) bool or None; eps: ln_1's and ln_2's; scales: for each of the four products None, or
+    its int8 weight's per-output scales (N,) (the weight then int8 (out, in), as Int8Linear
+    keeps it; float32 blocks only). All float32, or all bfloat16 (float32 inside, rounded to
+    bfloat16 where PyTorch's bfloat16 operations round; the GELU is PyTorch's there, whose
+    bfloat16 results the kernel's more exact one would not always round to). Returns y (B, 1,
+    C), or None where the kernel cannot take it (not built, other dtypes or shapes, not
+    contiguous, not on a CPU), for the caller to run the block's own forward. Sums in another
+    order than PyTorch's: equal to rounding (tests/model/test_fast.py)."""
+    scales = scales or [None] * len(_PRODUCTS)
+    lib = library()
+    F = _mlp_width(x, params, scales, k_cache, v_cache, pos, mask)
+    if lib is None or F is None:
+        return None
+    if mask is not None:
+        mask = mask.to(torch.uint8).contiguous()
+    B, _, C = x.shape
+    H, L = k_cache.size(1), k_cache.size(2)
+    dtype = x.dtype
+    x = x.contiguous()
+    threads = torch.get_num_threads()
+    bf16 = dtype is torch.bfloat16
+    work = _scratch(lib.gptlab_block_step_floats(B, C, F, threads, bf16))
+    y = torch.empty(B, 1, C, dtype=dtype, device="cpu")  # bfloat16: x1, the MLP's input
+    fc = torch.empty(B, 1, F, dtype=dtype, device="cpu") if bf16 else None
+    pointers = (ctypes.c_void_p * (BLOCK_PARAMETERS + len(_PRODUCTS)))(
+        *(None if t is None else t.data_ptr() for t in (*params, *scales))
+    )
+    lib.gptlab_block_step(
+        x.data_ptr(),
+        y.data_ptr(),
+        None if fc is None else fc.data_ptr(),
+        pointers,
+        k_cache.data_ptr(),
+        v_cache.data_ptr(),
+        None if mask is None else mask.data_ptr(),
+        work.data_ptr(),
+        B,
+        C,
+        F,
+        H,
+        L,
+        pos,
+        eps[0],
+        eps[1],
+        threads,
+        bf16,
+    )
+    if fc is not None:  # (bfloat16) the step stopped after c_fc: PyTorch's GELU, then the product
+        g = torch.nn.functional.gelu(fc, approximate="tanh")
+        return matmul(g, params[10], params[11], y)
+    return y
+
+
+def _mlp_width(
+    x: torch.Tensor,
+    params: list[torch.Tensor | None],
+    scales: list[torch.Tensor | None],
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    pos: int,
+    mask: torch.Tensor | None,
+) -> int | None:
+    """The MLP's width F where block_step's kernel can take these arguments (dtypes, shapes,
+    contiguous, on a CPU: it reads them through raw pointers), else None."""
+    dtype = x.dtype
+    if dtype not in KERNEL_DTYPES or not x.is_cpu or x.dim() != 3 or x.size(1) != 1:
+        return None
+    if len(params) != BLOCK_PARAMETERS or len(scales) != len(_PRODUCTS):
+        return None
+    int8 = {i: scale for i, scale in zip(_PRODUCTS, scales, strict=True) if scale is not None}
+    if (int8 and dtype is not torch.float32) or any(params[i] is None for i in _PRODUCTS):
+        return None
+    B, _, C = x.shape
+    F = params[8].size(0) if 8 in int8 else params[8].size(-1)
+    shapes = {  # each parameter's shape (a float weight's; an int8 one is stored transposed)
+        0: (C,), 1: (C,), 2: (C, 3 * C), 3: (3 * C,), 4: (C, C), 5: (C,),
+        6: (C,), 7: (C,), 8: (C, F), 9: (F,), 10: (F, C), 11: (C,),
+    }  # fmt: skip
+    for i, t in enumerate(params):
+        kind, shape = (torch.int8, shapes[i][::-1]) if i in int8 else (dtype, shapes[i])
+        if t is not None and (t.dtype is not kind or t.shape != shape or not _plain(t)):
+            return None
+    for i, scale in int8.items():
+        if scale.dtype is not torch.float32 or scale.shape != shapes[i][1:] or not _plain(scale):
+            return None
+    H, L = k_cache.size(1), k_cache.size(2)
+    if any(cache.dtype is not dtype or not _plain(cache) for cache in (k_cache, v_cache)):
+        return None
+    if H == 0 or C % H or C // H > MAX_HEAD or k_cache.shape != (B, H, L, C // H):
+        return None
+    if v_cache.shape != k_cache.shape or not 0 <= pos < L:
+        return None
+    if mask is not None and (mask.dtype is not torch.bool or mask.shape != (B, pos + 1)):
+        return None
+    return F
+
+
+def _plain(t: torch.Tensor) -> bool:
+    """On the CPU and contiguous: what a raw pointer can read."""
+    return t.is_cpu and t.is_contiguous()
 
 
 def vectorised() -> bool:
