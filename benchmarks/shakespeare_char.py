@@ -1,7 +1,8 @@
 """Character-level Shakespeare: gptlab's trainer beside nanoGPT, in the same run.
 
 1. Identical settings, nanoGPT's README CPU "baby GPT" (4 layers, 4 heads, 128 wide, block 64,
-   batch 12, lr 1e-3, 2000 iterations, no dropout, float32), on ../shared/data/
+   batch 12, lr 1e-3, 2000 iterations, no dropout, no biases as nanoGPT's default, float32),
+   on ../shared/data/
    tinyshakespeare.txt: median ms per iteration, final val loss and whole-process seconds of
    each, and the ratio of ms per iteration.
 2. The speedrun: `gptlab train --preset shakespeare-char-speedrun` as a user runs it (dtype
@@ -43,6 +44,7 @@ BABY = dict(
     eval_interval=250,
     eval_iters=20,
     dropout=0.0,
+    bias=False,  # nanoGPT's default, which its Shakespeare config keeps; GPT-2's is true
     beta2=0.99,
     weight_decay=0.1,
     grad_clip=1.0,

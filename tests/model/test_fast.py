@@ -642,12 +642,14 @@ def test_the_gelu_kernel_keeps_pytorchs_higher_derivatives_and_compiled_graphs()
     _dynamo.reset()
 
 
-def _block_and_step(dtype, bias: bool, rows: int, masked: bool):
+def _block_and_step(dtype, bias: bool, rows: int, masked: bool, width: int = 64, heads: int = 4):
     """A Block with random parameters, a cache holding 5 positions, and the inputs of a sixth:
     (block, cache, x (rows, 1, C), mask (rows, 1, 1, 6) or None)."""
     from gptlab.model.gpt import Block, KVCache
 
-    config = GPTConfig(n_layer=1, n_head=4, n_embd=64, block_size=16, vocab_size=40, bias=bias)
+    config = GPTConfig(
+        n_layer=1, n_head=heads, n_embd=width, block_size=16, vocab_size=40, bias=bias
+    )
     torch.manual_seed(0)
     block = Block(config).eval()
     with torch.no_grad():
@@ -660,28 +662,33 @@ def _block_and_step(dtype, bias: bool, rows: int, masked: bool):
     cache = KVCache(config, rows, 16, "cpu", dtype)
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
-        block(torch.randn(rows, 5, 64, generator=gen).to(dtype), None, cache, 0)
+        block(torch.randn(rows, 5, width, generator=gen).to(dtype), None, cache, 0)
     cache.length = 5
     mask = None
     if masked:  # some past positions hidden, differently per row; a row's own always seen
         mask = torch.rand(rows, 1, 1, 6, generator=gen) > 0.3
         mask[..., -1] = True
-    return block, cache, torch.randn(rows, 1, 64, generator=gen).to(dtype), mask
+    return block, cache, torch.randn(rows, 1, width, generator=gen).to(dtype), mask
 
 
 @pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler: Block.forward is the path")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize(
-    "bias, rows, masked", [(True, 1, False), (True, 3, True), (False, 2, True)]
+    "bias, rows, masked, width, heads, threads",
+    # ... and a width of no whole 8s or 16s (40: heads 8 wide, the MLP 160) in 3 threads and 1
+    [(True, 1, False, 64, 4, None), (True, 3, True, 64, 4, None), (False, 2, True, 64, 4, None)]
+    + [(True, 2, True, 40, 5, 3), (True, 1, False, 40, 5, 1)],
 )
-def test_a_blocks_step_in_one_call_is_blocks_forward_to_rounding(dtype, bias, rows, masked):
+def test_a_blocks_step_in_one_call_is_blocks_forward_to_rounding(
+    dtype, bias, rows, masked, width, heads, threads
+):
     """kernels.block_step (both LayerNorms, the four products with their residuals, attention
     over the cache and the GELU, in one parallel region) gives Block.forward's output and
     stores the same key and value in the cache: to float32 rounding; in bfloat16, as close to
     the exact (float64) block as PyTorch's bfloat16 block is (both round every stage to
     bfloat16, the sums in other orders: values differ by a few bfloat16 steps, the errors not
     in size; measured mean error 1.00-1.06x PyTorch's, largest 0.76-1.2x)."""
-    block, cache, x, mask = _block_and_step(dtype, bias, rows, masked)
+    block, cache, x, mask = _block_and_step(dtype, bias, rows, masked, width, heads)
     theirs, exact_cache = copy.deepcopy(cache), copy.deepcopy(cache)
     exact_cache.k = [k.double() for k in exact_cache.k]
     exact_cache.v = [v.double() for v in exact_cache.v]
@@ -694,7 +701,12 @@ def test_a_blocks_step_in_one_call_is_blocks_forward_to_rounding(dtype, bias, ro
         params += (m.weight, m.bias)
     eps = (block.ln_1.eps, block.ln_2.eps)
     flat = None if mask is None else mask[:, 0, 0, :]
-    got = kernels.block_step(x, params, cache.k[0], cache.v[0], 5, flat, eps)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or before)
+    try:
+        got = kernels.block_step(x, params, cache.k[0], cache.v[0], 5, flat, eps)
+    finally:
+        torch.set_num_threads(before)
     assert got is not None and got.dtype is dtype and got.shape == want.shape
     if dtype is torch.float32:
         assert (got - want).abs().max().item() <= 1e-5 * want.abs().max().item()
