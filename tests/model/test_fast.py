@@ -760,3 +760,15 @@ def test_an_int8_blocks_step_in_one_call_is_the_dequantised_blocks():
         want = exact(x.double(), mask, exact_cache, 0)
     assert calls == [1]
     assert (got.double() - want).abs().max().item() <= 1e-5 * want.abs().max().item()
+
+
+def test_a_model_without_biases_samples_the_plain_models_tokens():
+    """bias=False (no bias Parameter at all): the prepared model's prompt and one-position
+    steps run and pick the plain model's tokens."""
+    torch.manual_seed(0)
+    plain = GPT(GPTConfig.preset("tiny", block_size=16, vocab_size=40, bias=False)).eval()
+    fast = prepare_for_decoding(copy.deepcopy(plain))
+    ids = torch.randint(0, 40, (2, 4), generator=torch.Generator().manual_seed(2))
+    assert torch.equal(
+        generate(fast, ids, 6, temperature=0.0), generate(plain, ids, 6, temperature=0.0)
+    )

@@ -181,7 +181,7 @@ class DecodingBlock(Block):
                 scales.append(b["scale"])
             else:
                 p = product._parameters
-                weights.append((p["weight"], p["bias"]))
+                weights.append((p["weight"], p.get("bias")))  # (no bias: not in the dict)
                 scales.append(None)
         n1, n2 = ln_1._parameters, ln_2._parameters
         params = [n1["weight"], n1["bias"], *weights[0], *weights[1]]
@@ -241,7 +241,7 @@ class DecodingLinear(Linear):
         if not _decoding(x.reshape(-1, self.in_features)):
             return super().forward(x)
         params = self._parameters  # a dict lookup: nn.Module's attribute lookup costs more
-        return decoding_matmul(x, params["weight"], params["bias"])
+        return decoding_matmul(x, params["weight"], params.get("bias"))
 
 
 class DecodingHead(nn.Module):

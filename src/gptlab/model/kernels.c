@@ -742,6 +742,7 @@ void gptlab_block_step(const void *x, void *y, void *fc, void *const *p, void *k
                        const uint8_t *mask, float *work, long B, long C, long F, long H, long L,
                        long pos, float eps1, float eps2, int threads, int bf16) {
     if (B <= 0 || H <= 0 || C % H || C / H > MAX_HEAD || pos < 0 || pos >= L) return;
+    if (bf16 && !fc) return;  /* (bfloat16 stops after c_fc: see above) */
     if (bf16)
         block_step(x, y, fc, p, kc, vc, mask, work, B, C, F, H, L, pos, eps1, eps2, threads, 1);
     else
