@@ -675,9 +675,10 @@ def _block_and_step(dtype, bias: bool, rows: int, masked: bool, width: int = 64,
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize(
     "bias, rows, masked, width, heads, threads",
-    # ... and a width of no whole 8s or 16s (40: heads 8 wide, the MLP 160) in 3 threads and 1
+    # ... and widths of no whole 8s (36: heads 9 wide, c_attn 108 outputs; 38: heads 19 wide),
+    # which leave every product's output and input tails, in 3 threads and 1
     [(True, 1, False, 64, 4, None), (True, 3, True, 64, 4, None), (False, 2, True, 64, 4, None)]
-    + [(True, 2, True, 40, 5, 3), (True, 1, False, 40, 5, 1)],
+    + [(True, 2, True, 36, 4, 3), (True, 1, False, 38, 2, 1)],
 )
 def test_a_blocks_step_in_one_call_is_blocks_forward_to_rounding(
     dtype, bias, rows, masked, width, heads, threads
@@ -728,21 +729,29 @@ def test_a_blocks_step_in_one_call_is_blocks_forward_to_rounding(
 
 
 @pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler: Block.forward is the path")
-def test_an_int8_blocks_step_in_one_call_is_the_dequantised_blocks():
+@pytest.mark.parametrize(
+    "width, heads, quantised",
+    # all four products int8; a width whose int8 rows end in a tail of 4 (36 = 4 x 8 + 4); and
+    # a block where only some products are int8 (the others float32, in the same call)
+    [(64, 4, "all"), (36, 4, "all"), (36, 4, ("c_attn", "c_fc"))],
+)
+def test_an_int8_blocks_step_in_one_call_is_the_dequantised_blocks(width, heads, quantised):
     """With int8 products (a model prepared with quantize="int8"), the block's step in one call
     gives, to float32 rounding, the block whose weights are the dequantised int8 ones (in
     float64), and a prepared int8 block takes that call."""
-    from gptlab.model.fast import DecodingBlock
+    from gptlab.model.fast import DecodingBlock, DecodingLinear
     from gptlab.model.int8 import Int8Linear
 
-    block, cache, x, mask = _block_and_step(torch.float32, True, 3, True)
+    block, cache, x, mask = _block_and_step(torch.float32, True, 3, True, width, heads)
     exact = copy.deepcopy(block).double()
     exact_cache = copy.deepcopy(cache)
     exact_cache.k = [k.double() for k in exact_cache.k]
     exact_cache.v = [v.double() for v in exact_cache.v]
     for parent, twin in ((block.attn, exact.attn), (block.mlp, exact.mlp)):
         for name, child in list(parent.named_children()):
-            if isinstance(child, Linear):
+            if isinstance(child, Linear) and quantised != "all" and name not in quantised:
+                child.__class__ = DecodingLinear  # a float32 product, as prepared
+            elif isinstance(child, Linear):
                 q = Int8Linear.from_linear(child)
                 setattr(parent, name, q)
                 dequantised = q.weight_int8.double() * q.scale.double()[:, None]
@@ -760,6 +769,48 @@ def test_an_int8_blocks_step_in_one_call_is_the_dequantised_blocks():
         want = exact(x.double(), mask, exact_cache, 0)
     assert calls == [1]
     assert (got.double() - want).abs().max().item() <= 1e-5 * want.abs().max().item()
+
+
+@pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler: Block.forward is the path")
+def test_a_block_step_without_layernorm_parameters_normalises_only():
+    """LayerNorms without a gain or shift (elementwise_affine=False: None where block_step
+    reads them) are plain normalisations in the one-call step, as in Block.forward."""
+    block, cache, x, mask = _block_and_step(torch.float32, True, 2, True, 36, 4)
+    block.ln_1 = torch.nn.LayerNorm(36, elementwise_affine=False)
+    block.ln_2 = torch.nn.LayerNorm(36, eps=1e-3, elementwise_affine=False)
+    theirs = copy.deepcopy(cache)
+    with torch.no_grad():
+        want = block(x, mask, theirs, 0)
+    params = [None, None, block.attn.c_attn.weight, block.attn.c_attn.bias]
+    params += [block.attn.c_proj.weight, block.attn.c_proj.bias, None, None]
+    params += [block.mlp.c_fc.weight, block.mlp.c_fc.bias]
+    params += [block.mlp.c_proj.weight, block.mlp.c_proj.bias]
+    got = kernels.block_step(x, params, cache.k[0], cache.v[0], 5, mask[:, 0, 0, :], (1e-5, 1e-3))
+    assert got is not None
+    assert (got - want).abs().max().item() <= 1e-5 * want.abs().max().item()
+
+
+@pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler: Block.forward is the path")
+def test_the_one_call_kernels_refuse_what_they_cannot_read_without_raising():
+    """Arguments a raw pointer cannot read (a mask not in CPU memory, caches or weights of
+    other ranks) make block_step and decode_attention return None, for the caller's PyTorch
+    path, instead of raising or reading the wrong memory."""
+    block, cache, x, mask = _block_and_step(torch.float32, True, 2, True, 36, 4)
+    params = []
+    parts = (block.ln_1, block.attn.c_attn, block.attn.c_proj, block.ln_2, block.mlp.c_fc)
+    for m in (*parts, block.mlp.c_proj):
+        params += (m.weight, m.bias)
+    flat, eps = mask[:, 0, 0, :], (1e-5, 1e-5)
+    k, v = cache.k[0], cache.v[0]
+    assert kernels.block_step(x, params, k, v, 5, flat, eps) is not None  # (as given: taken)
+    assert kernels.block_step(x, params, k, v, 5, flat.to("meta"), eps) is None
+    assert kernels.block_step(x, params, k[0], v[0], 5, flat, eps) is None  # a 3-D cache
+    short = params[:8] + [params[8][0]] + params[9:]  # c_fc's weight 1-D
+    assert kernels.block_step(x, short, k, v, 5, flat, eps) is None
+    qkv = block.attn.c_attn(block.ln_1(x)).detach()
+    assert kernels.decode_attention(qkv, k, v, 5, flat) is not None
+    assert kernels.decode_attention(qkv, k, v, 5, flat.to("meta")) is None
+    assert kernels.decode_attention(qkv, k[0], v[0], 5, flat) is None
 
 
 def test_a_model_without_biases_samples_the_plain_models_tokens():

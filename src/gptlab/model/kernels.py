@@ -274,7 +274,9 @@ def decode_attention(
         return None
     if not (qkv.is_cpu and k_cache.is_cpu and v_cache.is_cpu):
         return None
-    if not (k_cache.is_contiguous() and v_cache.is_contiguous()) or not 0 <= pos < k_cache.size(2):
+    if k_cache.dim() != 4 or not (k_cache.is_contiguous() and v_cache.is_contiguous()):
+        return None
+    if not 0 <= pos < k_cache.size(2):
         return None
     lib = library()
     if lib is None:
@@ -282,7 +284,9 @@ def decode_attention(
     B, H, L, D = k_cache.shape
     if qkv.shape != (B, 1, 3 * H * D) or v_cache.shape != k_cache.shape or D > MAX_HEAD:
         return None  # the kernel reads through raw pointers: the shapes must be exactly these
-    if mask is not None and (mask.dtype is not torch.bool or mask.shape != (B, pos + 1)):
+    if mask is not None and (
+        mask.dtype is not torch.bool or mask.shape != (B, pos + 1) or not mask.is_cpu
+    ):
         return None  # (an additive float mask is not what the kernel reads)
     qkv = qkv.contiguous()
     if mask is not None:
@@ -402,6 +406,8 @@ def _mlp_width(
     int8 = {i: scale for i, scale in zip(_PRODUCTS, scales, strict=True) if scale is not None}
     if (int8 and dtype is not torch.float32) or any(params[i] is None for i in _PRODUCTS):
         return None
+    if params[8].dim() != 2 or k_cache.dim() != 4:
+        return None
     B, _, C = x.shape
     F = params[8].size(0) if 8 in int8 else params[8].size(-1)
     shapes = {  # each parameter's shape (a float weight's; an int8 one is stored transposed)
@@ -422,7 +428,9 @@ def _mlp_width(
         return None
     if v_cache.shape != k_cache.shape or not 0 <= pos < L:
         return None
-    if mask is not None and (mask.dtype is not torch.bool or mask.shape != (B, pos + 1)):
+    if mask is not None and (
+        mask.dtype is not torch.bool or mask.shape != (B, pos + 1) or not mask.is_cpu
+    ):
         return None
     return F
 
