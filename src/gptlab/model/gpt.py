@@ -82,7 +82,14 @@ class CausalSelfAttention(nn.Module):
         cached ones first); None = plain causal attention. With a cache, this layer's k and v
         are stored and the queries attend to every cached key as well."""
         B, T, C = x.shape
-        q, k, v = self.heads(x)
+        qkv = self.c_attn(x)
+        if cache is None and attn_mask is None and not (self.training and self.dropout > 0):
+            # whole causal sequences on a CPU in float32: gptlab's kernel (None where it cannot
+            # take them: scaled_dot_product_attention below, the same numbers to rounding)
+            y = kernels.causal_attention(qkv, self.n_head)
+            if y is not None:
+                return self.resid_dropout(self.c_proj(y))
+        q, k, v = self._split(qkv)
         if cache is not None:
             k, v = cache.update(layer, k, v)
         y = F.scaled_dot_product_attention(
@@ -98,8 +105,12 @@ class CausalSelfAttention(nn.Module):
 
     def heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x (B, T, C) -> q, k, v, each (B, nh, T, hs): one fused projection, split by heads."""
-        B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)
+        return self._split(self.c_attn(x))
+
+    def _split(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """c_attn's output (B, T, 3C) -> q, k, v, each (B, nh, T, hs)."""
+        B, T, C3 = qkv.shape
+        q, k, v = qkv.split(C3 // 3, dim=2)
         return tuple(t.view(B, T, self.n_head, -1).transpose(1, 2) for t in (q, k, v))
 
     def weights(self, x: torch.Tensor) -> torch.Tensor:

@@ -749,6 +749,255 @@ void gptlab_block_step(const void *x, void *y, void *fc, void *const *p, void *k
         block_step(x, y, fc, p, kc, vc, mask, work, B, C, F, H, L, pos, eps1, eps2, threads, 0);
 }
 
+/* ---- causal self-attention over whole sequences, forward and backward (training) ----
+
+   For the short sequences small models train on (T up to a few hundred), one head's q, k and
+   v (T x D each) and its T x T probabilities fit in L2, and PyTorch's flash kernel spends
+   more on its blocking than on arithmetic. Here one thread takes one (batch, head) at a time,
+   whole. Every product is a register tile of ROWS rows by 16 floats (8 accumulators: enough
+   independent FMAs to hide their latency), each vector loaded once feeding ROWS FMAs. The
+   forward keeps each row's log-sum-exp; the backward recomputes the probabilities from it
+   (as flash attention does), keeps this head's P and dS, and gets dQ = dS K, dK = dS^T Q,
+   dV = P^T dO from them. Written with GCC vector types (8 floats), which compile to AVX2
+   and FMA where the CPU has them; the head size D must be a multiple of 8. */
+
+typedef float v8 __attribute__((vector_size(32), aligned(4), may_alias));
+#define ROWS 4
+
+static inline v8 v8_load(const float *p) { return *(const v8 *)p; }
+static inline void v8_store(float *p, v8 v) { *(v8 *)p = v; }
+static inline v8 v8_splat(float a) { return (v8){a, a, a, a, a, a, a, a}; }
+static inline v8 v8_exp(v8 x) {
+#ifdef GPTLAB_AVX2
+    return (v8)exp8((__m256)x);
+#else
+    v8 y;
+    for (int u = 0; u < 8; u++) y[u] = expf(x[u]);
+    return y;
+#endif
+}
+static inline long round16(long n) { return (n + 15) / 16 * 16; }
+
+/* s[r][j] = sum_d a[r][d] bt[d][j] for the ROWS rows a[r] and the columns j < n16 (a multiple
+   of 16; bt: D x Tp, rows Tp apart; s: rows Tp apart) */
+static void rows_by_columns(const float *const *a, const float *bt, long Tp, long D, long n16,
+                            float *s) {
+    for (long j = 0; j < n16; j += 16) {
+        v8 lo[ROWS] = {0}, hi[ROWS] = {0};
+        for (long d = 0; d < D; d++) {
+            v8 b0 = v8_load(bt + d * Tp + j), b1 = v8_load(bt + d * Tp + j + 8);
+            for (int r = 0; r < ROWS; r++) {
+                v8 c = v8_splat(a[r][d]);
+                lo[r] += c * b0;
+                hi[r] += c * b1;
+            }
+        }
+        for (int r = 0; r < ROWS; r++) {
+            v8_store(s + r * Tp + j, lo[r]);
+            v8_store(s + r * Tp + j + 8, hi[r]);
+        }
+    }
+}
+
+/* o[r][d] = sum_{j0 <= j < j1} w[r ws + j wj] b[j][d] (b's rows ldb apart) for the first R of
+   ROWS rows (w must be readable, and finite, for all ROWS) */
+static void weights_by_rows(const float *w, long ws, long wj, const float *b, long ldb,
+                            long j0, long j1, long D, float *const *o, long R) {
+    long d = 0;
+    for (; d + 16 <= D; d += 16) {
+        v8 lo[ROWS] = {0}, hi[ROWS] = {0};
+        for (long j = j0; j < j1; j++) {
+            v8 x0 = v8_load(b + j * ldb + d), x1 = v8_load(b + j * ldb + d + 8);
+            for (int r = 0; r < ROWS; r++) {
+                v8 c = v8_splat(w[r * ws + j * wj]);
+                lo[r] += c * x0;
+                hi[r] += c * x1;
+            }
+        }
+        for (long r = 0; r < R; r++) {
+            v8_store(o[r] + d, lo[r]);
+            v8_store(o[r] + d + 8, hi[r]);
+        }
+    }
+    if (d < D) {  /* (a last 8) */
+        v8 acc[ROWS] = {0};
+        for (long j = j0; j < j1; j++) {
+            v8 x = v8_load(b + j * ldb + d);
+            for (int r = 0; r < ROWS; r++) acc[r] += v8_splat(w[r * ws + j * wj]) * x;
+        }
+        for (long r = 0; r < R; r++) v8_store(o[r] + d, acc[r]);
+    }
+}
+
+/* x's T rows of D (rows ld apart) to xt, D x Tp, the columns past T zero */
+static void transpose(const float *x, long ld, long T, long D, long Tp, float *xt) {
+    for (long j = 0; j < T; j++)
+        for (long d = 0; d < D; d++) xt[d * Tp + j] = x[j * ld + d];
+    for (long d = 0; d < D; d++)
+        for (long j = T; j < Tp; j++) xt[d * Tp + j] = 0.0f;
+}
+
+/* The ROWS rows from i0 (R of them real; the others repeat the last, their results unused)
+   in `rows`, each `at + i * ld` */
+static void row_pointers(const float *at, long ld, long i0, long R, const float **rows) {
+    for (int r = 0; r < ROWS; r++) rows[r] = at + (i0 + (r < R ? r : R - 1)) * ld;
+}
+
+typedef int v8i __attribute__((vector_size(32), aligned(4), may_alias));
+
+static inline v8 v8_max(v8 a, v8 b) {
+#ifdef GPTLAB_AVX2
+    return (v8)_mm256_max_ps((__m256)a, (__m256)b);
+#else
+    v8 c;
+    for (int u = 0; u < 8; u++) c[u] = a[u] > b[u] ? a[u] : b[u];
+    return c;
+#endif
+}
+
+/* Row i's probabilities from its scores s (j <= i) in place, zeros at i < j < width (a
+   multiple of 8): softmax(scale s), returning the row's log-sum-exp (lse NULL), or
+   exp(scale s - *lse) */
+static float probabilities(float *s, long i, long width, float scale, const float *lse) {
+    long n = i + 1, last = n / 8 * 8;  /* whole chunks of 8 before last, then a partial one */
+    v8 sc = v8_splat(scale), lanes = {0, 1, 2, 3, 4, 5, 6, 7};
+    v8i keep = v8_splat((float)(n - last)) > lanes;  /* the partial chunk's lanes j < n */
+    float top;
+    if (lse) {
+        top = *lse;
+    } else {
+        v8 m = v8_splat(-INFINITY);
+        for (long j = 0; j < last; j += 8) m = v8_max(m, v8_load(s + j));
+        if (last < n) m = v8_max(m, (v8)(((v8i)v8_load(s + last) & keep) |
+                                          (~keep & (v8i)v8_splat(-INFINITY))));
+        top = m[0];
+        for (int u = 1; u < 8; u++) top = m[u] > top ? m[u] : top;
+        top *= scale;  /* (scale > 0: the largest scaled score) */
+    }
+    v8 total = {0}, shift = v8_splat(top);
+    for (long j = 0; j < last; j += 8) {
+        v8 p = v8_exp(v8_load(s + j) * sc - shift);
+        v8_store(s + j, p);
+        total += p;
+    }
+    if (last < n) {
+        v8 p = (v8)((v8i)v8_exp(v8_load(s + last) * sc - shift) & keep);
+        v8_store(s + last, p);
+        total += p;
+    }
+    for (long j = last < n ? last + 8 : last; j < width; j += 8) v8_store(s + j, (v8){0});
+    if (lse) return top;
+    float sum = 0.0f;
+    for (int u = 0; u < 8; u++) sum += total[u];
+    v8 inverse = v8_splat(1.0f / sum);
+    for (long j = 0; j < n; j += 8) v8_store(s + j, v8_load(s + j) * inverse);
+    return top + logf(sum);
+}
+
+/* Floats of scratch each thread needs */
+long gptlab_attention_floats(long T, long D) {
+    long Tp = round16(T);
+    return 2 * D * Tp + (2 * (T + ROWS) + ROWS) * Tp + T;
+}
+
+#ifdef _OPENMP
+#define THREAD_SCRATCH(work, per) ((work) + omp_get_thread_num() * (per))
+#else
+#define THREAD_SCRATCH(work, per) ((work) + 0 * (per))
+#endif
+
+/* qkv (B, T, 3 H D): c_attn's output; y (B, T, H D): each head's causal attention, heads
+   side by side; lse (B, H, T): each row's log-sum-exp of its scaled scores (for the
+   backward). work: threads x gptlab_attention_floats(T, D). */
+void gptlab_attention_forward(const float *qkv, float *y, float *lse, float *work, long B,
+                              long T, long H, long D, int threads) {
+    long C = H * D, Tp = round16(T), per = gptlab_attention_floats(T, D);
+    float scale = 1.0f / sqrtf((float)D);
+    #pragma omp parallel num_threads(threads)
+    {
+        float *kt = THREAD_SCRATCH(work, per), *p = kt + 2 * D * Tp;
+        #pragma omp for schedule(static)
+        for (long bh = 0; bh < B * H; bh++) {
+            long b = bh / H, h = bh % H;
+            const float *q = qkv + b * T * 3 * C + h * D, *k = q + C, *v = q + 2 * C;
+            transpose(k, 3 * C, T, D, Tp, kt);
+            for (long i0 = 0; i0 < T; i0 += ROWS) {
+                long R = T - i0 < ROWS ? T - i0 : ROWS, n16 = round16(i0 + R);
+                const float *rows[ROWS];
+                float *out[ROWS];
+                row_pointers(q, 3 * C, i0, R, rows);
+                rows_by_columns(rows, kt, Tp, D, n16, p);
+                for (int r = 0; r < ROWS; r++) {
+                    float *row = p + r * Tp;
+                    if (r < R)
+                        lse[bh * T + i0 + r] = probabilities(row, i0 + r, n16, scale, NULL);
+                    else
+                        memset(row, 0, n16 * sizeof(float));
+                    out[r] = y + (b * T + i0 + (r < R ? r : 0)) * C + h * D;
+                }
+                weights_by_rows(p, Tp, 1, v, 3 * C, 0, i0 + R, D, out, R);
+            }
+        }
+    }
+}
+
+/* dy (B, T, H D): the loss's gradient at y; qkv, y and lse as the forward gave them; dqkv
+   (B, T, 3 H D): the gradient at qkv. work as the forward's. */
+void gptlab_attention_backward(const float *dy, const float *qkv, const float *y,
+                               const float *lse, float *dqkv, float *work, long B, long T,
+                               long H, long D, int threads) {
+    long C = H * D, Tp = round16(T), per = gptlab_attention_floats(T, D);
+    float scale = 1.0f / sqrtf((float)D);
+    #pragma omp parallel num_threads(threads)
+    {
+        float *kt = THREAD_SCRATCH(work, per), *vt = kt + D * Tp, *p = vt + D * Tp;
+        float *ds = p + (T + ROWS) * Tp, *dp = ds + (T + ROWS) * Tp, *delta = dp + ROWS * Tp;
+        /* (rows T.. of P and dS: read as the unused rows of the last block, never written) */
+        memset(p + T * Tp, 0, ROWS * Tp * sizeof(float));
+        memset(ds + T * Tp, 0, ROWS * Tp * sizeof(float));
+        #pragma omp for schedule(static)
+        for (long bh = 0; bh < B * H; bh++) {
+            long b = bh / H, h = bh % H;
+            const float *q = qkv + b * T * 3 * C + h * D, *k = q + C, *v = q + 2 * C;
+            const float *g = dy + b * T * C + h * D, *o = y + b * T * C + h * D;
+            float *dq = dqkv + b * T * 3 * C + h * D, *dk = dq + C, *dv = dq + 2 * C;
+            transpose(k, 3 * C, T, D, Tp, kt);
+            transpose(v, 3 * C, T, D, Tp, vt);
+            for (long i = 0; i < T; i++) {  /* delta_i = dO_i . O_i = sum_j P_ij dP_ij */
+                float sum = 0.0f;
+                for (long d = 0; d < D; d++) sum += g[i * C + d] * o[i * C + d];
+                delta[i] = sum;
+            }
+            for (long i0 = 0; i0 < T; i0 += ROWS) {  /* P and dS, ROWS rows at a time */
+                long R = T - i0 < ROWS ? T - i0 : ROWS, n16 = round16(i0 + R);
+                const float *qs[ROWS], *gs[ROWS];
+                row_pointers(q, 3 * C, i0, R, qs);
+                row_pointers(g, C, i0, R, gs);
+                rows_by_columns(qs, kt, Tp, D, n16, p + i0 * Tp);  /* scores */
+                rows_by_columns(gs, vt, Tp, D, n16, dp);           /* dP = dO V^T */
+                for (long r = 0; r < R; r++) {
+                    long i = i0 + r;
+                    float *pr = p + i * Tp, *dsr = ds + i * Tp, *dpr = dp + r * Tp;
+                    probabilities(pr, i, Tp, scale, lse + bh * T + i);
+                    v8 di = v8_splat(delta[i]), sc = v8_splat(scale);
+                    for (long j = 0; j < Tp; j += 8)  /* dS = P (dP - delta), times the scale */
+                        v8_store(dsr + j, v8_load(pr + j) * (v8_load(dpr + j) - di) * sc);
+                }
+            }
+            for (long i0 = 0; i0 < T; i0 += ROWS) {
+                long R = T - i0 < ROWS ? T - i0 : ROWS;
+                float *rows[ROWS];
+                for (long r = 0; r < R; r++) rows[r] = dq + (i0 + r) * 3 * C;
+                weights_by_rows(ds + i0 * Tp, Tp, 1, k, 3 * C, 0, i0 + R, D, rows, R);
+                for (long r = 0; r < R; r++) rows[r] = dk + (i0 + r) * 3 * C;  /* (keys i0..) */
+                weights_by_rows(ds + i0, 1, Tp, q, 3 * C, i0, T, D, rows, R);  /* dK = dS^T Q */
+                for (long r = 0; r < R; r++) rows[r] = dv + (i0 + r) * 3 * C;
+                weights_by_rows(p + i0, 1, Tp, g, C, i0, T, D, rows, R);  /* dV = P^T dO */
+            }
+        }
+    }
+}
+
 /* 1 where the vector paths above were compiled in (AVX2 and FMA), 0 for plain loops */
 int gptlab_simd(void) {
 #ifdef GPTLAB_AVX2

@@ -3,8 +3,9 @@ rows (`matmul`, float32 or bfloat16), attention for one new position over the KV
 (`decode_attention`, float32 or bfloat16), the int8 weight-only product (used by
 gptlab.model.int8) and a whole block's step for one new position in one call (`block_step`:
 LayerNorms, products, attention and GELU in one thread team); for every float32 forward and
-backward on a CPU, GPT-2's tanh GELU
-(`gelu_tanh`, 4-5x PyTorch's, whose CPU tanh is slow).
+backward on a CPU, GPT-2's tanh GELU (`gelu_tanh`, 4-5x PyTorch's, whose CPU tanh is slow) and,
+for sequences up to 512 positions, causal self-attention (`causal_attention`, 1.2-1.6x
+PyTorch's flash kernel at the small sizes CPU training uses).
 
 A decoding step multiplies one row per sequence by every weight matrix, so it runs at the
 speed memory delivers the weights; PyTorch's CPU kernels for such shapes leave much of that
@@ -24,6 +25,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import math
 import os
 import platform
 import shutil
@@ -112,6 +114,10 @@ def _declared(lib: ctypes.CDLL) -> ctypes.CDLL:
     )
     lib.gptlab_block_step_floats.argtypes = [long_] * 3 + [int_] * 2
     lib.gptlab_block_step_floats.restype = long_
+    lib.gptlab_attention_floats.argtypes = [long_] * 2
+    lib.gptlab_attention_floats.restype = long_
+    lib.gptlab_attention_forward.argtypes = [pointers] * 4 + [long_] * 4 + [int_]
+    lib.gptlab_attention_backward.argtypes = [pointers] * 6 + [long_] * 4 + [int_]
     lib.gptlab_simd.argtypes = []
     lib.gptlab_simd.restype = int_
     for function in (
@@ -123,6 +129,8 @@ def _declared(lib: ctypes.CDLL) -> ctypes.CDLL:
         lib.gptlab_gelu_tanh,
         lib.gptlab_gelu_tanh_backward,
         lib.gptlab_block_step,
+        lib.gptlab_attention_forward,
+        lib.gptlab_attention_backward,
     ):
         function.restype = None
     return lib
@@ -510,3 +518,104 @@ def _forward_ad_active() -> bool:
     from torch.autograd import forward_ad
 
     return forward_ad._current_level >= 0
+
+
+MAX_SEQUENCE = 512  # the longest T causal_attention takes: faster than flash up to it, not at 1024
+
+
+class _CausalAttention(torch.autograd.Function):
+    """causal_attention with its backward through the kernel; the forward keeps qkv, y and
+    each row's log-sum-exp (B, H, T), from which the backward recomputes the probabilities."""
+
+    @staticmethod
+    def forward(ctx, qkv: torch.Tensor, n_head: int) -> torch.Tensor:
+        y, lse = _attention_forward(qkv, n_head)
+        ctx.save_for_backward(qkv, y, lse)
+        ctx.n_head = n_head
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        qkv, y, lse = ctx.saved_tensors
+        if torch.is_grad_enabled() or grad.dtype is not torch.float32 or not grad.is_cpu:
+            # a double backward (create_graph=True) needs a backward autograd can
+            # differentiate: the written-out attention's, then (and anything unexpected)
+            with torch.enable_grad():
+                again = _attention_written_out(qkv, ctx.n_head)
+            return torch.autograd.grad(again, qkv, grad, create_graph=True)[0], None
+        grad = grad.contiguous()
+        B, T, C3 = qkv.shape
+        H, D = ctx.n_head, C3 // 3 // ctx.n_head
+        lib = _vector_library()
+        threads = torch.get_num_threads()
+        work = _scratch(threads * lib.gptlab_attention_floats(T, D))
+        dqkv = torch.empty_like(qkv)
+        lib.gptlab_attention_backward(
+            grad.data_ptr(),
+            qkv.data_ptr(),
+            y.data_ptr(),
+            lse.data_ptr(),
+            dqkv.data_ptr(),
+            work.data_ptr(),
+            B,
+            T,
+            H,
+            D,
+            threads,
+        )
+        return dqkv, None
+
+
+def _attention_forward(qkv: torch.Tensor, n_head: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kernel's forward: qkv (B, T, 3C) -> y (B, T, C), log-sum-exp (B, H, T)."""
+    B, T, C3 = qkv.shape
+    D = C3 // 3 // n_head
+    lib = _vector_library()
+    threads = torch.get_num_threads()
+    work = _scratch(threads * lib.gptlab_attention_floats(T, D))
+    y = torch.empty(B, T, C3 // 3, dtype=torch.float32, device="cpu")
+    lse = torch.empty(B, n_head, T, dtype=torch.float32, device="cpu")
+    lib.gptlab_attention_forward(
+        qkv.data_ptr(), y.data_ptr(), lse.data_ptr(), work.data_ptr(), B, T, n_head, D, threads
+    )
+    return y, lse
+
+
+def _attention_written_out(qkv: torch.Tensor, n_head: int) -> torch.Tensor:
+    """Causal attention of qkv (B, T, 3C) -> (B, T, C) in plain operations, which autograd can
+    differentiate any number of times (PyTorch's CPU flash kernel has no second derivative):
+    the double backward's path."""
+    B, T, C3 = qkv.shape
+    q, k, v = (t.view(B, T, n_head, -1).transpose(1, 2) for t in qkv.split(C3 // 3, dim=2))
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))
+    future = torch.ones(T, T, dtype=torch.bool, device=qkv.device).triu(1)
+    y = scores.masked_fill(future, float("-inf")).softmax(-1) @ v
+    return y.transpose(1, 2).reshape(B, T, C3 // 3)
+
+
+def causal_attention(qkv: torch.Tensor, n_head: int) -> torch.Tensor | None:
+    """Causal self-attention of whole sequences, forward and backward in the kernel: qkv (B, T,
+    3C), c_attn's output (queries, keys, values, heads side by side) -> (B, T, C), each head's
+    softmax(q k^T / sqrt(hs)) v over the positions up to its own, heads side by side (what
+    c_proj reads). For the sequences small models train on (T <= MAX_SEQUENCE, head size a
+    multiple of 8), float32 on a CPU: 1.2-1.6x PyTorch's flash kernel forward and backward
+    there (benchmarks/attention.py); the definition to float32 rounding
+    (tests/model/test_kernels.py). None where it cannot take the input, for the caller to run
+    scaled_dot_product_attention: other dtypes, devices, layouts or shapes, longer sequences,
+    no vector build, and (as gelu_tanh) under torch.compile, tracing and torch.func."""
+    if qkv.dtype is not torch.float32 or not qkv.is_cpu or not qkv.is_contiguous():
+        return None
+    if qkv.dim() != 3 or n_head < 1 or qkv.size(2) % (3 * n_head):
+        return None
+    B, T, C3 = qkv.shape
+    if not 0 < T <= MAX_SEQUENCE or (C3 // 3 // n_head) % 8 or B == 0 or C3 == 0:
+        return None
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():  # (checked first: see above)
+        return None
+    if torch._C._functorch.is_functorch_wrapped_tensor(qkv) or _forward_ad_active():
+        return None
+    if _vector_library() is None:
+        return None
+    if qkv.requires_grad and torch.is_grad_enabled():
+        return _CausalAttention.apply(qkv, n_head)
+    return _attention_forward(qkv, n_head)[0]
