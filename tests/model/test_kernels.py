@@ -152,3 +152,26 @@ def test_dropout_masks_and_second_derivatives_keep_pytorchs_attention(monkeypatc
     (g1, h1), (g2, h2) = firsts
     assert (g1 - g2).abs().max() <= 1e-5 * g2.abs().max()
     assert (h1 - h2).abs().max() <= 1e-4 * h2.abs().max()
+
+
+@needs_kernel
+def test_causal_attention_gives_the_same_bits_in_any_number_of_threads():
+    """One thread computes a whole (batch, head) in a fixed order, so the output and the
+    gradient do not depend on the thread count (a run resumed on another machine with other
+    cores repeats the same numbers)."""
+    gen = torch.Generator().manual_seed(3)
+    qkv = torch.randn(3, 21, 3 * 3 * 16, generator=gen)
+    grad = torch.randn(3, 21, 3 * 16, generator=gen)
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2, 5):
+            torch.set_num_threads(threads)
+            leaf = qkv.clone().requires_grad_()
+            y = kernels.causal_attention(leaf, 3)
+            y.backward(grad)
+            results.append((y.detach(), leaf.grad))
+    finally:
+        torch.set_num_threads(before)
+    for y, g in results[1:]:
+        assert torch.equal(y, results[0][0]) and torch.equal(g, results[0][1])
