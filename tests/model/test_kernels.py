@@ -175,3 +175,21 @@ def test_causal_attention_gives_the_same_bits_in_any_number_of_threads():
         torch.set_num_threads(before)
     for y, g in results[1:]:
         assert torch.equal(y, results[0][0]) and torch.equal(g, results[0][1])
+
+
+@needs_kernel
+def test_a_compiled_graph_sees_pytorchs_attention():
+    """torch.compile traces the attention without a graph break: the kernel steps aside for
+    scaled_dot_product_attention, which the compiler can see into."""
+    from torch import _dynamo
+
+    from gptlab.model.gpt import CausalSelfAttention
+
+    torch.manual_seed(0)
+    config = GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=50)
+    attention = CausalSelfAttention(config).eval()
+    _dynamo.reset()
+    try:
+        assert _dynamo.explain(attention)(torch.randn(2, 9, 32)).graph_break_count == 0
+    finally:
+        _dynamo.reset()

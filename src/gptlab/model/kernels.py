@@ -603,14 +603,14 @@ def causal_attention(qkv: torch.Tensor, n_head: int) -> torch.Tensor | None:
     (tests/model/test_kernels.py). None where it cannot take the input, for the caller to run
     scaled_dot_product_attention: other dtypes, devices, layouts or shapes, longer sequences,
     no vector build, and (as gelu_tanh) under torch.compile, tracing and torch.func."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return None
     if qkv.dtype is not torch.float32 or not qkv.is_cpu or not qkv.is_contiguous():
         return None
     if qkv.dim() != 3 or n_head < 1 or qkv.size(2) % (3 * n_head):
         return None
     B, T, C3 = qkv.shape
     if not 0 < T <= MAX_SEQUENCE or (C3 // 3 // n_head) % 8 or B == 0 or C3 == 0:
-        return None
-    if torch.compiler.is_compiling() or torch.jit.is_tracing():  # (checked first: see above)
         return None
     if torch._C._functorch.is_functorch_wrapped_tensor(qkv) or _forward_ad_active():
         return None
