@@ -193,3 +193,17 @@ def test_a_compiled_graph_sees_pytorchs_attention():
         assert _dynamo.explain(attention)(torch.randn(2, 9, 32)).graph_break_count == 0
     finally:
         _dynamo.reset()
+
+
+@needs_kernel
+def test_a_nan_or_infinite_score_spreads_as_in_pytorchs_attention():
+    """A NaN (or +inf) in a key makes the rows that see it NaN, as scaled_dot_product_attention
+    and the definition do, instead of being dropped by the kernel's max and exp."""
+    for bad in (float("nan"), float("inf")):
+        qkv = torch.randn(1, 6, 24, generator=torch.Generator().manual_seed(4))
+        qkv[0, 2, 8:16] = bad  # the key of position 2 (C = 8)
+        got = kernels.causal_attention(qkv, 1)
+        want = plain_attention(qkv.double(), 1)
+        assert torch.equal(got.isnan(), want.isnan())
+        assert got[0, :2].isfinite().all() and got[0, 2:].isnan().all()
+        assert (got[0, :2] - want[0, :2]).abs().max() <= 1e-5

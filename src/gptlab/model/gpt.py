@@ -60,7 +60,9 @@ class CausalSelfAttention(nn.Module):
     """Multi-head self-attention where position t sees positions <= t only.
 
     One fused projection makes q, k and v (C -> 3C); heads run in parallel inside
-    `scaled_dot_product_attention`; c_proj mixes the concatenated heads back (C -> C).
+    `scaled_dot_product_attention` (for whole float32 sequences on a CPU, inside gptlab's kernel
+    `kernels.causal_attention`: the same function, faster there); c_proj mixes the concatenated
+    heads back (C -> C).
     """
 
     def __init__(self, config: GPTConfig) -> None:

@@ -800,7 +800,7 @@ static void rows_by_columns(const float *const *a, const float *bt, long Tp, lon
 }
 
 /* o[r][d] = sum_{j0 <= j < j1} w[r ws + j wj] b[j][d] (b's rows ldb apart) for the first R of
-   ROWS rows (w must be readable, and finite, for all ROWS) */
+   ROWS rows (w must be readable for all ROWS: the others are computed and dropped) */
 static void weights_by_rows(const float *w, long ws, long wj, const float *b, long ldb,
                             long j0, long j1, long D, float *const *o, long R) {
     long d = 0;
@@ -857,7 +857,8 @@ static inline v8 v8_max(v8 a, v8 b) {
 
 /* Row i's probabilities from its scores s (j <= i) in place, zeros at i < j < width (a
    multiple of 8): softmax(scale s), returning the row's log-sum-exp (lse NULL), or
-   exp(scale s - *lse) */
+   exp(scale s - *lse). A NaN or +inf score makes the whole row NaN, as it does in PyTorch's
+   softmax (the vector max and exp would otherwise drop it). */
 static float probabilities(float *s, long i, long width, float scale, const float *lse) {
     long n = i + 1, last = n / 8 * 8;  /* whole chunks of 8 before last, then a partial one */
     v8 sc = v8_splat(scale), lanes = {0, 1, 2, 3, 4, 5, 6, 7};
@@ -866,13 +867,27 @@ static float probabilities(float *s, long i, long width, float scale, const floa
     if (lse) {
         top = *lse;
     } else {
-        v8 m = v8_splat(-INFINITY);
-        for (long j = 0; j < last; j += 8) m = v8_max(m, v8_load(s + j));
-        if (last < n) m = v8_max(m, (v8)(((v8i)v8_load(s + last) & keep) |
-                                          (~keep & (v8i)v8_splat(-INFINITY))));
+        v8 m = v8_splat(-INFINITY), inf = v8_splat(INFINITY);
+        v8i bad = {0};
+        for (long j = 0; j < last; j += 8) {
+            v8 x = v8_load(s + j);
+            m = v8_max(m, x);
+            bad |= (x != x) | (x == inf);
+        }
+        if (last < n) {
+            v8 x = (v8)(((v8i)v8_load(s + last) & keep) | (~keep & (v8i)v8_splat(-INFINITY)));
+            m = v8_max(m, x);
+            bad |= (x != x) | (x == inf);
+        }
         top = m[0];
         for (int u = 1; u < 8; u++) top = m[u] > top ? m[u] : top;
         top *= scale;  /* (scale > 0: the largest scaled score) */
+        for (int u = 0; u < 8; u++)
+            if (bad[u]) top = NAN;
+    }
+    if (isnan(top)) {
+        for (long j = 0; j < width; j++) s[j] = j < n ? NAN : 0.0f;
+        return top;
     }
     v8 total = {0}, shift = v8_splat(top);
     for (long j = 0; j < last; j += 8) {
@@ -952,9 +967,8 @@ void gptlab_attention_backward(const float *dy, const float *qkv, const float *y
     {
         float *kt = THREAD_SCRATCH(work, per), *vt = kt + D * Tp, *p = vt + D * Tp;
         float *ds = p + (T + ROWS) * Tp, *dp = ds + (T + ROWS) * Tp, *delta = dp + ROWS * Tp;
-        /* (rows T.. of P and dS: read as the unused rows of the last block, never written) */
-        memset(p + T * Tp, 0, ROWS * Tp * sizeof(float));
-        memset(ds + T * Tp, 0, ROWS * Tp * sizeof(float));
+        /* (P and dS have ROWS rows past T: the last block's unused rows, whose results are
+           dropped; dP's columns from n16 on are never written, and dS's there never read) */
         #pragma omp for schedule(static)
         for (long bh = 0; bh < B * H; bh++) {
             long b = bh / H, h = bh % H;

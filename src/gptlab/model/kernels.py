@@ -4,7 +4,7 @@ rows (`matmul`, float32 or bfloat16), attention for one new position over the KV
 gptlab.model.int8) and a whole block's step for one new position in one call (`block_step`:
 LayerNorms, products, attention and GELU in one thread team); for every float32 forward and
 backward on a CPU, GPT-2's tanh GELU (`gelu_tanh`, 4-5x PyTorch's, whose CPU tanh is slow) and,
-for sequences up to 512 positions, causal self-attention (`causal_attention`, 1.2-1.6x
+for sequences up to 512 positions, causal self-attention (`causal_attention`, 1.1-1.7x
 PyTorch's flash kernel at the small sizes CPU training uses).
 
 A decoding step multiplies one row per sequence by every weight matrix, so it runs at the
@@ -598,7 +598,7 @@ def causal_attention(qkv: torch.Tensor, n_head: int) -> torch.Tensor | None:
     3C), c_attn's output (queries, keys, values, heads side by side) -> (B, T, C), each head's
     softmax(q k^T / sqrt(hs)) v over the positions up to its own, heads side by side (what
     c_proj reads). For the sequences small models train on (T <= MAX_SEQUENCE, head size a
-    multiple of 8), float32 on a CPU: 1.2-1.6x PyTorch's flash kernel forward and backward
+    multiple of 8), float32 on a CPU: 1.1-1.7x PyTorch's flash kernel forward and backward
     there (benchmarks/attention.py); the definition to float32 rounding
     (tests/model/test_kernels.py). None where it cannot take the input, for the caller to run
     scaled_dot_product_attention: other dtypes, devices, layouts or shapes, longer sequences,
