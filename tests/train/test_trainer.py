@@ -216,7 +216,9 @@ def gptlab(*args, cwd, **kwargs):
     )
 
 
-def test_sigterm_saves_a_checkpoint_and_resume_finishes(corpus, tmp_path):
+def test_sigterm_saves_a_checkpoint_and_resume_finishes(corpus, tmp_path, monkeypatch, capsys):
+    from gptlab.cli import main
+
     args = [
         "train",
         "--preset",
@@ -250,21 +252,21 @@ def test_sigterm_saves_a_checkpoint_and_resume_finishes(corpus, tmp_path):
     # the stop saved at once: no evaluation at the stop step, only the scheduled ones
     rows = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert all(json.loads(row)["step"] % 50 == 0 for row in rows)
-    result = gptlab(
-        "train", "--resume", "run", "--no-progress", f"max_iters={step + 3}", cwd=tmp_path
-    )
-    assert result.returncode == 0, result.stderr
-    assert f"done: {step + 3} steps" in result.stdout
+    # the resume and the refusals in this process (only the signal needs a process of its own)
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert main(["train", "--resume", "run", "--no-progress", f"max_iters={step + 3}"]) == 0
+    assert f"done: {step + 3} steps" in capsys.readouterr().out
     for extra, message in [
         (["--data", "x.txt"], "--data cannot apply"),
         (["--out", "elsewhere"], "--out cannot apply"),
         (["--overwrite"], "--overwrite cannot apply"),
         (["n_layer=4"], "n_layer cannot change"),
+        (["--resume", "nowhere"], "nowhere: not a training run"),
     ]:
-        refused = gptlab("train", "--resume", "run", *extra, cwd=tmp_path)
-        assert refused.returncode == 2 and message in refused.stderr
-    refused = gptlab("train", "--resume", "nowhere", cwd=tmp_path)
-    assert refused.returncode == 2 and "nowhere: not a training run" in refused.stderr
+        resume = extra if extra[0] == "--resume" else ["--resume", "run", *extra]
+        assert main(["train", *resume]) == 2
+        assert message in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -280,15 +282,25 @@ def test_sigterm_saves_a_checkpoint_and_resume_finishes(corpus, tmp_path):
         (["n_layers=2"], "did you mean 'n_layer'"),
     ],
 )
-def test_user_errors_are_one_line_exit_2(args, message, tmp_path):
+def test_user_errors_are_one_line_exit_2(args, message, tmp_path, monkeypatch, capsys):
+    """In this process (`main` is what the console script calls); the first case also as a
+    command, to see the line a user sees."""
+    from gptlab.cli import main
+
     (tmp_path / "empty.txt").write_text("")
     (tmp_path / "short.txt").write_text("tiny corpus\n")
     (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
     (tmp_path / "afile").write_text("not a folder")
-    result = gptlab("train", "--preset", "tiny", "--no-progress", *args, cwd=tmp_path)
-    assert result.returncode == 2, result.stderr
-    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
-    assert message in result.stderr
+    argv = ["train", "--preset", "tiny", "--no-progress", *args]
+    if args == ["--preset", "gpt5"]:
+        result = gptlab(*argv, cwd=tmp_path)
+        code, err = result.returncode, result.stderr
+    else:
+        monkeypatch.chdir(tmp_path)
+        code, err = main(argv), capsys.readouterr().err
+    assert code == 2, err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert message in err
 
 
 # ---------------------------------------------------------------- hardware-aware settings
