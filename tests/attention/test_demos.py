@@ -194,3 +194,30 @@ def test_architecture_names_each_steps_shape_from_the_config(tmp_path):
     assert medium["    attention: c_attn (1024, 3072) -> 16 heads"] == "(B, 16, T, 64) each"
     assert "24 x block:" in medium
     assert_a_picture(DEMOS["architecture"](tmp_path), "architecture")
+
+
+def test_drawing_leaves_the_callers_matplotlib_backend_alone(tmp_path):
+    """A learner's notebook keeps its inline plots: drawing a demo or a run's loss.png neither
+    switches matplotlib's backend nor leaves pyplot figures open."""
+    import json
+
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    from gptlab.train.metrics import plot_losses
+
+    before = matplotlib.get_backend()
+    plt.switch_backend("pdf")  # stands in for a notebook's inline backend
+    try:
+        open_before = plt.get_fignums()
+        DEMOS["positional"](tmp_path / "demo", quick=True)
+        run = tmp_path / "run"
+        run.mkdir()
+        rows = [{"step": s, "train_loss": 3.0 - s / 10, "val_loss": 3.1 - s / 10} for s in (1, 2)]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        plot_losses(run)
+        assert (run / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert matplotlib.get_backend() == "pdf"
+        assert plt.get_fignums() == open_before
+    finally:
+        plt.switch_backend(before)

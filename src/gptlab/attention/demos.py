@@ -30,13 +30,13 @@ FIGSIZES = {  # inches; pixels = inches * DPI
 }
 
 
-def _plt():
-    import matplotlib
+def _subplots(*grid: int, figsize: tuple[float, float], **kwargs):
+    """(figure, axes) of a figure that belongs to no pyplot state: drawing one neither imports
+    pyplot nor changes the caller's backend (a notebook's inline plots keep working)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*grid, **kwargs)
 
 
 # fonts that draw Chinese, Japanese and Korean, tried after matplotlib's own for each glyph
@@ -88,7 +88,6 @@ def _save(fig, out: Path, name: str) -> Path:
         warnings.simplefilter("always")
         fig.tight_layout()
         fig.savefig(path, dpi=DPI)
-    _plt().close(fig)
     missing = []  # matplotlib warns once per glyph; one note says it all
     for w in caught:
         found = re.match(r"Glyph \d+ \((.*)\) missing from font", str(w.message))
@@ -126,8 +125,7 @@ def pooling(out: Path, quick: bool = False) -> Path:
         y_learned = model(x_test, x_train, y_train)
     y_avg = attention_pool(average_weights(len(x_test), len(x_train)), y_train)
 
-    plt = _plt()
-    fig, axes = plt.subplots(1, 3, figsize=FIGSIZES["pooling"])
+    fig, axes = _subplots(1, 3, figsize=FIGSIZES["pooling"])
     ax = axes[0]
     x_test, x_train, y_train = _np(x_test), _np(x_train), _np(y_train)
     ax.plot(x_test, _np(y_truth), "k-", label="truth")
@@ -171,8 +169,7 @@ def scoring(out: Path, quick: bool = False) -> Path:
     with torch.no_grad():
         additive(queries, keys, values, valid)
         dot(queries, keys, values, valid)
-    plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=FIGSIZES["scoring"])
+    fig, axes = _subplots(1, 2, figsize=FIGSIZES["scoring"])
     for ax, module, name in ((axes[0], additive, "additive"), (axes[1], dot, "scaled dot-product")):
         weights = module.attention_weights[0].clone()
         weights[:, valid[0] :] = float("nan")  # masked: exactly zero weight, drawn blank
@@ -190,8 +187,7 @@ def multihead(out: Path, quick: bool = False) -> Path:
     x = torch.randn(1, 12, 32)
     with torch.no_grad():
         mha(x, x, x, causal=True)
-    plt = _plt()
-    fig, axes = plt.subplots(1, heads, figsize=FIGSIZES["multihead"])
+    fig, axes = _subplots(1, heads, figsize=FIGSIZES["multihead"])
     for h, ax in enumerate(axes):
         _heatmap(
             fig,
@@ -213,8 +209,7 @@ def positional(out: Path, quick: bool = False) -> Path:
     from gptlab.attention.positional import sinusoidal_table
 
     P = sinusoidal_table(64, 32)
-    plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=FIGSIZES["positional"])
+    fig, axes = _subplots(1, 2, figsize=FIGSIZES["positional"])
     P = _np(P)
     image = axes[0].imshow(P, cmap="RdBu", aspect="auto", vmin=-1, vmax=1)
     axes[0].set_title("PE[pos, 2i] = sin, PE[pos, 2i+1] = cos")
@@ -237,8 +232,7 @@ def bahdanau(out: Path, quick: bool = False) -> Path:
     numbers = [4072, 913, 58, 1600]
     src, lens, _ = encode_pairs(numbers)
     words, weights = result.model.translate(src, lens)
-    plt = _plt()
-    fig, axes = plt.subplots(1, len(numbers), figsize=FIGSIZES["bahdanau"])
+    fig, axes = _subplots(1, len(numbers), figsize=FIGSIZES["bahdanau"])
     for i, (ax, n) in enumerate(zip(axes, numbers, strict=True)):
         steps = max(1, len(words[i]))
         _heatmap(
@@ -277,8 +271,7 @@ def gpt2(
     heads = maps.size(0)
     cols = min(heads, 6)
     rows = (heads + cols - 1) // cols
-    plt = _plt()
-    fig, axes = plt.subplots(rows, cols, figsize=FIGSIZES["gpt2"], squeeze=False)
+    fig, axes = _subplots(rows, cols, figsize=FIGSIZES["gpt2"], squeeze=False)
     for h in range(rows * cols):
         ax = axes[h // cols][h % cols]
         if h >= heads:
@@ -326,8 +319,7 @@ _TRANSFORMER_2017 = [  # (encoder, decoder), row by row
 def architecture(out: Path, quick: bool = False) -> Path:
     """GPT-2 small's path from ids to logits with each step's shape, beside the encoder-decoder
     Transformer of 2017 it comes from (post-LN, cross-attention, fixed positions)."""
-    plt = _plt()
-    fig, (left, right) = plt.subplots(
+    fig, (left, right) = _subplots(
         1, 2, figsize=FIGSIZES["architecture"], gridspec_kw={"width_ratios": [1.7, 1]}
     )
     steps = architecture_steps()
@@ -337,9 +329,9 @@ def architecture(out: Path, quick: bool = False) -> Path:
         ax.invert_yaxis()
         ax.axis("off")
     block = [i for i, (name, _) in enumerate(steps) if name.startswith("    ")]
-    left.add_patch(
-        plt.Rectangle((0.02, block[0] + 0.5), 0.96, len(block), color="#dde8f5", zorder=0)
-    )
+    from matplotlib.patches import Rectangle
+
+    left.add_patch(Rectangle((0.02, block[0] + 0.5), 0.96, len(block), color="#dde8f5", zorder=0))
     for i, (name, shape) in enumerate(steps):
         left.text(0.04, i + 1, name, va="center", fontsize=10, family="monospace")
         left.text(0.97, i + 1, shape, va="center", ha="right", fontsize=10, color="#1f4e96")

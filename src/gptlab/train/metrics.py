@@ -120,12 +120,10 @@ def plot_losses(out: Path) -> None:
     rows = [r for r in read_losses(out) if None not in r.values()]
     if not rows:
         return
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend stays as it is
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    fig = Figure(figsize=(7, 4), dpi=100)
+    ax = fig.subplots()
     steps = [r["step"] for r in rows]
     ax.plot(steps, [r["train_loss"] for r in rows], marker="o", label="train")
     ax.plot(steps, [r["val_loss"] for r in rows], marker="o", label="val")
@@ -136,4 +134,3 @@ def plot_losses(out: Path) -> None:
     ax.legend()
     fig.tight_layout()
     fig.savefig(out / "loss.png")
-    plt.close(fig)
