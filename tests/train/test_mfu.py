@@ -63,3 +63,32 @@ def test_a_run_logs_tokens_per_second_and_mfu_against_the_given_peak(tmp_path):
     for row, steps in zip(rows, (result.step_seconds[:2], result.step_seconds[2:]), strict=True):
         assert row["tokens_per_s"] == pytest.approx(2 * 4 * 16 / sum(steps), rel=1e-3)
         assert row["mfu"] == pytest.approx(row["tokens_per_s"] * per_token / 0.5e12, rel=1e-3)
+
+
+def fake_cpu(gflops: float, wait_s: float = 0.0):
+    """seconds(n) of a CPU reaching `gflops` whose every product also waits `wait_s` (and 20 us
+    of call overhead)."""
+    return lambda n: 2 * n**3 / (gflops * 1e9) + wait_s + 20e-6
+
+
+@pytest.mark.parametrize(
+    "cpu, sides, best",
+    [
+        (fake_cpu(150), [128, 256, 512, 1024], 1024),  # 2-core AVX2, float32: 1024^3 in 14 ms
+        (fake_cpu(150, wait_s=0.02), [128, 256, 512, 1024], 1024),  # busy: every product waits
+        (fake_cpu(1.0), [128, 256], 256),  # bfloat16 emulated on AVX2: 256^3 in 34 ms, stop
+        (fake_cpu(3000), [128, 256, 512, 1024, 2048], 2048),  # many cores: up to the cap
+    ],
+)
+def test_the_cpu_probe_grows_to_a_side_whose_work_dominates(cpu, sides, best):
+    times = mfu.probe_sides(cpu)
+    assert list(times) == sides
+    assert mfu.best_side(times) == best
+    assert sum(times.values()) * 2 < 1.0  # the probe stays cheap at a run's start
+
+
+def test_a_busy_host_does_not_shrink_the_peak_200_fold():
+    # the earlier rule stopped at 128 when a 128^3 product took 14-20 ms of scheduler waits
+    times = mfu.probe_sides(fake_cpu(150, wait_s=0.015))
+    side = mfu.best_side(times)
+    assert 2 * side**3 / times[side] / 1e9 > 150 / 4  # not 0.26 GFLOP/s as at 128

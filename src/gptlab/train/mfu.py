@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import re
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -54,38 +55,73 @@ def gpu_peak_tflops(name: str, dtype: str) -> float | None:
     return None
 
 
+def probe_sides(
+    seconds: Callable[[int], float],
+    first: int = 128,
+    last: int = 2048,
+    enough_s: float = 0.01,
+    busy_up_to: int = 1024,
+    next_under_s: float = 0.25,
+) -> dict[int, float]:
+    """Time square products of growing sides: {side: seconds of its fastest product}.
+
+    `seconds(n)` times one n x n product; each side is timed twice (the first is also the
+    warm-up). The side doubles while a product takes under `enough_s` (up to `last`), and
+    beyond that up to `busy_up_to` while the next one, predicted as 8x this one, stays under
+    `next_under_s`: a busy host whose scheduler waits make even a small product take ~10-20 ms
+    still reaches a side whose work dominates the waits, and a dtype the CPU emulates stops at
+    a side it multiplies in a fraction of a second.
+    """
+    times, side = {}, first
+    while True:
+        t = times[side] = min(seconds(side), seconds(side))
+        if side >= last:
+            return times
+        if t >= enough_s and (side >= busy_up_to or 8 * t >= next_under_s):
+            return times
+        side *= 2
+
+
+def best_side(times: dict[int, float]) -> int:
+    """The side whose fastest product reached the most FLOP/s."""
+    return max(times, key=lambda n: 2 * n**3 / times[n])
+
+
 @functools.cache
 def cpu_matmul_tflops(dtype: str, threads: int, budget_s: float = 0.1) -> float:
     """The best TFLOP/s of square matrix products in `dtype` on this CPU with `threads` threads.
 
-    The side doubles from 128 while one product takes under 10 ms (up to 1024), then the
-    product repeats for `budget_s` (at least three times) and the fastest counts: a host that
-    is busy for a moment does not lower the peak (MFU over 100%), and a dtype this CPU emulates
-    (bfloat16 without AVX512-BF16: 1024^3 takes ~2 s on an AVX2 CPU) costs a fraction of a
-    second, not ten.
+    probe_sides grows the side, the side with the best rate repeats for `budget_s` (a third
+    time at least), and its fastest product counts: a host that is busy for a moment does
+    not lower the peak (MFU over 100%), and a dtype this CPU emulates (bfloat16 without
+    AVX512-BF16: 1024^3 takes ~2 s on an AVX2 CPU) costs a fraction of a second, not ten.
     """
+    gen = torch.Generator().manual_seed(0)  # never the global stream that dropout draws
+    pairs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def seconds(n: int) -> float:
+        if n not in pairs:
+            pairs[n] = tuple(
+                torch.randn(n, n, generator=gen).to(getattr(torch, dtype)) for _ in range(2)
+            )
+        a, b = pairs[n]
+        t = time.perf_counter()
+        a @ b
+        return time.perf_counter() - t
+
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        gen = torch.Generator().manual_seed(0)  # never the global stream that dropout draws
-        size = 128
-        while True:
-            a = torch.randn(size, size, generator=gen).to(getattr(torch, dtype))
-            b = torch.randn(size, size, generator=gen).to(getattr(torch, dtype))
-            t = time.perf_counter()
-            a @ b  # also the warm-up
-            if size >= 1024 or time.perf_counter() - t >= 0.01:
+        times = probe_sides(seconds)
+        side = best_side(times)
+        best, end = times[side], time.perf_counter() + budget_s
+        while True:  # a third product at least, then more while the budget lasts
+            best = min(best, seconds(side))
+            if time.perf_counter() >= end:
                 break
-            size *= 2
-        best, runs, end = float("inf"), 0, time.perf_counter() + budget_s
-        while runs < 3 or time.perf_counter() < end:
-            t = time.perf_counter()
-            a @ b
-            best = min(best, time.perf_counter() - t)
-            runs += 1
     finally:
         torch.set_num_threads(before)
-    return 2 * size**3 / best / 1e12
+    return 2 * side**3 / best / 1e12
 
 
 def peak_tflops(config: TrainConfig, device: torch.device) -> tuple[float | None, str]:
@@ -97,7 +133,10 @@ def peak_tflops(config: TrainConfig, device: torch.device) -> tuple[float | None
         peak = gpu_peak_tflops(name, config.dtype)
         return peak, (f"{name} datasheet" if peak else f"{name}: unknown, pass peak_tflops=")
     if device.type == "cpu":
-        return cpu_matmul_tflops(config.dtype, torch.get_num_threads()), "cpu matmul probe"
+        try:
+            return cpu_matmul_tflops(config.dtype, torch.get_num_threads()), "cpu matmul probe"
+        except RuntimeError as e:  # a dtype this build cannot multiply on CPU: no MFU, no stop
+            return None, f"cpu matmul probe failed: {e}"
     return None, f"{device.type}: pass peak_tflops="
 
 
