@@ -109,6 +109,8 @@ CASES = [
     (["convert", "run", "notes"], "notes holds files gptlab did not write (mine.txt)"),
     (["convert", "run", "run"], "run is a training run's folder"),
     (["convert", "run", "run/checkpoint", "--overwrite"], "is inside the training run"),
+    # prepared data's ids are its tokenizer's: --overwrite does not replace that vocabulary
+    (["convert", "run", "prep", "--overwrite"], "prep holds prepared data"),
     (
         ["tokenizer", "train", "--input", "text.txt", "--vocab-size", "300", "--out", "run/best"],
         "is inside the training run",
@@ -308,6 +310,17 @@ CASES = [
     (
         ["tokenizer", "train", "--input", "text.txt", "--vocab-size", "300", "--out", "run"],
         "training run's folder",
+    ),
+    *(  # nor a model's or prepared data's (the ids would stand for other text)
+        (
+            ["tokenizer", "train", "--input", "text.txt", "--vocab-size", "300"]
+            + ["--out", out, "--overwrite"],
+            message,
+        )
+        for out, message in (
+            ("int8run", "int8run holds a model (config.json, model.safetensors)"),
+            ("prep", "prep holds prepared data"),
+        )
     ),
     (
         [

@@ -102,6 +102,24 @@ def _output_folder(
     return folder
 
 
+def _check_ids_are_free(folder: Path, model_too: bool) -> None:
+    """Refuse to replace the vocabulary of prepared data (and, with `model_too`, of a model)
+    in `folder`, even with --overwrite: their ids would then stand for other text."""
+    from gptlab.data.shards import is_prepared_data
+
+    if is_prepared_data(folder):
+        raise GptlabError(
+            f"{folder} holds prepared data, whose token ids are its tokenizer's; "
+            "write into another folder"
+        )
+    weights = [n for n in ("config.json", "model.safetensors") if (folder / n).exists()]
+    if model_too and weights:
+        raise GptlabError(
+            f"{folder} holds a model ({', '.join(weights)}), whose ids are its tokenizer's; "
+            "train the tokenizer into another folder"
+        )
+
+
 def _check_can_write(folder: Path) -> None:
     """A file can be made in OUT (or the nearest folder above it that exists): asked before
     the work, not found out after it with a temporary file's name."""
@@ -207,6 +225,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     out = _output_folder(
         args.out, args.overwrite, ("config.json", "model.safetensors", *TOKENIZER_FILES)
     )
+    _check_ids_are_free(out, model_too=False)
     from gptlab.model.load import load_model
 
     # the one loader's rules (int8 computes in float32); float16 is only stored, never
@@ -286,6 +305,7 @@ def cmd_tokenizer_train(args: argparse.Namespace) -> int:
     from gptlab.tokenizers.bpe import PATTERNS
 
     out = _output_folder(args.out, args.overwrite, TOKENIZER_FILES)
+    _check_ids_are_free(out, model_too=True)
     files = text_files(args.input)
     size = 0
 
