@@ -152,6 +152,18 @@ def test_top_k_and_top_p_restrict_the_choice():
     assert int(sample_next(logits, 0.0)) == 0
 
 
+@pytest.mark.parametrize("temperature", [1e-5, 1e-30, 1e-39, 1e-45, 5e-324])
+def test_a_tiny_temperature_is_the_limit_of_greedy(temperature):
+    """logits / T overflows (inf - inf: NaN) or T rounds to 0 in float32: the row's argmax
+    still comes out, and tied maxima share the draws."""
+    logits = torch.tensor([[4.0, 30.0, -2.0, 29.9], [7.0, 1.0, 7.0, float("-inf")]])
+    g = torch.Generator().manual_seed(0)
+    draws = torch.cat([sample_next(logits, temperature, generator=g) for _ in range(60)], 1)
+    assert set(draws[0].tolist()) == {1}
+    assert set(draws[1].tolist()) == {0, 2}
+    assert set(sample_next(logits, temperature, top_k=1, top_p=0.5, generator=g)[0].tolist()) == {1}
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [

@@ -68,8 +68,18 @@ def sample_next(
     likeliest tokens; top_p keeps the smallest set whose probability reaches p."""
     if temperature == 0:  # (in float32: the same ids; a bfloat16 argmax is 4x slower on a CPU)
         return logits.float().argmax(dim=-1, keepdim=True)
-    probs = F.softmax(sample_filter(logits.float() / temperature, top_k, top_p), dim=-1)
+    probs = F.softmax(sample_filter(scale(logits.float(), temperature), top_k, top_p), dim=-1)
     return torch.multinomial(probs, num_samples=1, generator=generator)
+
+
+def scale(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """logits (B, V) / temperature, the softmax's input. Below 1e-4 the largest logit of each
+    row is taken off first, so that a temperature as small as 1e-40 (where logits / T is inf
+    and softmax NaN) leaves the row's argmax, its ties sharing the mass: the limit of T -> 0."""
+    if temperature >= 1e-4:  # the usual path: the very bits of logits / T
+        return logits / temperature
+    shifted = logits - logits.amax(dim=-1, keepdim=True)
+    return torch.where(shifted == 0, 0.0, shifted / temperature)  # 0 / T: T may round to 0
 
 
 def sample_filter(

@@ -252,6 +252,17 @@ def test_next_table_after_sampling_filters(client):
     assert table["candidates"][0]["p_sampled"] > table["candidates"][0]["p"]  # sharper
 
 
+def test_next_table_at_a_tiny_temperature_is_greedy(client):
+    """1e-39 made logits / T overflow: NaN in the JSON (a 500) and an empty stream before."""
+    table = client.post("/api/next", json={"prompt": "To be", "temperature": 1e-39}).json()
+    sampled = [c["p_sampled"] for c in table["candidates"]]
+    assert sampled == [1.0] + [0.0] * (len(sampled) - 1)
+    body = {"prompt": "To be", "max_new_tokens": 5, "temperature": 1e-39, "seed": 1}
+    tiny = client.post("/api/generate", json=body)
+    greedy = client.post("/api/generate", json={**body, "temperature": 0})
+    assert tiny.status_code == 200 and greedy.text and tiny.text == greedy.text
+
+
 def test_head_scores(client, lab):
     heads = client.post("/api/heads", json={"prompt": "To be, or not to be"}).json()["heads"]
     assert len(heads) == 2 * 4

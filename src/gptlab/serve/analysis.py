@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from gptlab.errors import GptlabError
-from gptlab.generate import sample_filter
+from gptlab.generate import sample_filter, scale
 from gptlab.model import GPT
 from gptlab.tokenizers import Tokenizer
 
@@ -206,7 +206,7 @@ def next_tokens(
         after = torch.zeros_like(probs)
         after[probs.argmax()] = 1.0
     else:
-        after = torch.softmax(sample_filter(logits[None] / temperature, top_k, top_p)[0], -1)
+        after = torch.softmax(sample_filter(scale(logits[None], temperature), top_k, top_p)[0], -1)
     top = torch.topk(probs, min(TOP, probs.numel()))
     return {
         "position": position,
