@@ -49,6 +49,7 @@ def test_toml_round_trip(tmp_path):
         ("beta1", "2", "beta1 must be in [0, 1)"),
         ("beta2", "-0.1", "beta2 must be in [0, 1)"),
         ("threads", "-3", "threads must be >= 0"),
+        ("threads", "100000", "threads must be at most 1024"),  # (a segfault in torch)
         ("grad_clip", "-1", "grad_clip must be >= 0"),
         ("warmup_iters", "-1", "warmup_iters must be >= 0"),
         ("max_time", "nan", "max_time must be a finite number"),

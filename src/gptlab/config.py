@@ -21,6 +21,7 @@ def check_val_fraction(val_fraction: float) -> None:
 # gptlab eval perplexity --method (eval/perplexity.py computes each)
 DTYPES = ("float32", "bfloat16", "float16")  # what weights and arithmetic may be, besides auto
 PERPLEXITY_METHODS = ("lm-eval", "hf-guide", "gptlab")
+MAX_THREADS = 1024  # CPU threads a run may ask for (100,000 crashed torch's OpenMP pool)
 
 GPT2_VOCAB_SIZE = 50257
 
@@ -177,6 +178,8 @@ class TrainConfig:
         for name in ("warmup_iters", "lr_decay_iters", "threads", "seed"):
             if getattr(self, name) < 0:
                 raise GptlabError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.threads > MAX_THREADS:
+            raise GptlabError(f"threads must be at most {MAX_THREADS}, got {self.threads}")
         if self.seed >= 2**63:  # torch's generators take a signed 64-bit seed
             raise GptlabError(f"seed must be below 2**63, got {self.seed}")
         for name in ("beta1", "beta2"):
@@ -246,7 +249,7 @@ SETTINGS_HELP: dict[str, str] = {
     "bfloat16, or float16 (CUDA only)",
     "compile": "torch.compile the model",
     "device": "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps",
-    "threads": "CPU threads for torch; 0 = torch's default",
+    "threads": "CPU threads for torch (at most 1024); 0 = torch's default",
     "seed": "random seed (data order, initialisation, dropout)",
     "parallel": "under torchrun: ddp (a full copy of the model per process) or fsdp (each "
     "process keeps 1/N of the weights, gradients and AdamW state)",
