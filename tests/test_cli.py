@@ -1,3 +1,4 @@
+import io
 import json
 import os
 import subprocess
@@ -475,6 +476,31 @@ def test_the_command_line_loads_without_torch_and_an_ascii_terminal_gets_escapes
         env=env,
     )
     assert result.returncode == 0 and b"\\xe9" in result.stdout, result.stderr
+
+
+def test_the_escapes_end_with_the_call(tmp_path, monkeypatch):
+    """A program that calls main() gets its strict ascii stdout back afterwards."""
+    tok = tmp_path / "tok"
+    train_bpe(["héllo wörld " * 20], 270).save(tok)
+    raw = io.BytesIO()
+    out = io.TextIOWrapper(raw, encoding="ascii", errors="strict")
+    monkeypatch.setattr(sys, "stdout", out)
+    assert main(["tokenizer", "encode", str(tok), "héllo", "--pieces"]) == 0
+    out.flush()
+    assert b"\\xe9" in raw.getvalue() and out.errors == "strict"
+
+
+def test_a_reader_that_stops_early_is_no_error(tmp_path):
+    """`gptlab info MODEL | head -1`: the closed pipe ends the command quietly, as SIGPIPE
+    would (it said 'gptlab: error: Broken pipe' and exit 2)."""
+    GPT(GPTConfig.preset("tiny")).save_pretrained(tmp_path)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gptlab", "info", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    process.stdout.close()  # the reader has gone before the first line
+    assert process.wait() == 141 and process.stderr.read() == b""
 
 
 def test_ctrl_c_while_a_command_loads_is_one_line_and_exit_130(capsys, monkeypatch):

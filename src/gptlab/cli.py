@@ -1032,9 +1032,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     # text that the terminal's encoding cannot show (PYTHONIOENCODING=ascii, say) is escaped,
     # as Python already does on stderr, instead of ending the command with a traceback
-    if getattr(sys.stdout, "errors", None) == "strict" and hasattr(sys.stdout, "reconfigure"):
-        if "utf" not in (sys.stdout.encoding or "").lower():
-            sys.stdout.reconfigure(errors="backslashreplace")
+    stdout, escaped = sys.stdout, False
+    if getattr(stdout, "errors", None) == "strict" and hasattr(stdout, "reconfigure"):
+        if "utf" not in (stdout.encoding or "").lower():
+            stdout.reconfigure(errors="backslashreplace")
+            escaped = True
     with warnings.catch_warnings():  # restored on return: main() may run inside a program
         warnings.showwarning = _show_warning
         try:
@@ -1057,6 +1059,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         except GptlabError as e:
             _say(f"gptlab: error: {e}")
             return 2
+        except BrokenPipeError as e:  # `gptlab info RUN | head -1`: the reader has gone
+            if e.filename is not None:  # (a file the user named is an error like any other)
+                _say(f"gptlab: error: {e.filename}: {e.strerror}")
+                return 2
+            _quiet_stdout()
+            return 141  # as a shell reports a process that SIGPIPE ended
         except OSError as e:  # any file the user named: missing, unreadable, a device, full disk
             where = f"{e.filename}: " if e.filename else ""
             _say(f"gptlab: error: {where}{e.strerror or e}")
@@ -1064,3 +1072,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt:
             _say("gptlab: interrupted")
             return 130
+        finally:
+            if escaped and sys.stdout is stdout:  # a program that calls main() gets it back
+                stdout.reconfigure(errors="strict")
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush into a closed pipe
+    prints no 'Exception ignored' of its own."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+        os.close(null)
+    except (OSError, ValueError):  # (no file descriptor: a program's own stdout object)
+        pass

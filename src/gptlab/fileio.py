@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,11 +20,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     over `path`. On any error the temporary file is removed and `path` is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
+    tmp = _new_file_beside(path)
+    mode = os.stat(tmp).st_mode & 0o777
     try:
         write(tmp)
+        if os.stat(tmp).st_mode & 0o777 != mode:  # a writer that replaced it (safetensors
+            os.chmod(tmp, mode)  # writes its own temporary file: 0600)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -63,10 +64,19 @@ def read_json_object(path: str | os.PathLike) -> dict:
     return data
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _new_file_beside(path: Path) -> str:
+    """Create an empty file of a new name in `path`'s folder with the permissions open() gives
+    (0666 less the umask, which the kernel applies: reading it would mean setting it, a race
+    with the process's other threads; mkstemp would make it 0600)."""
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return str(tmp)
+    raise FileExistsError(f"{path.parent}: no free temporary name after 100 tries")
 
 
 def _fsync_dir(directory: Path) -> None:

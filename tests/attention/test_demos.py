@@ -221,3 +221,14 @@ def test_drawing_leaves_the_callers_matplotlib_backend_alone(tmp_path):
         assert plt.get_fignums() == open_before
     finally:
         plt.switch_backend(before)
+
+
+def test_drawing_leaves_the_callers_random_stream_alone(tmp_path):
+    """The demos seed their own weights, and a learner's seeded notebook draws the same
+    numbers after a figure as without it."""
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    for name in ("scoring", "multihead", "bahdanau"):
+        DEMOS[name](tmp_path, quick=True)
+    assert torch.equal(torch.rand(3), expected)

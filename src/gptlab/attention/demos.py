@@ -156,6 +156,7 @@ def pooling(out: Path, quick: bool = False) -> Path:
     return _save(fig, out, "pooling")
 
 
+@torch.random.fork_rng(devices=[])  # seeds its own weights; the caller's stream stays
 def scoring(out: Path, quick: bool = False) -> Path:
     """Additive vs scaled dot-product weights on the same inputs; masked keys in white."""
     from gptlab.attention.scoring import AdditiveAttention, DotProductAttention
@@ -177,6 +178,7 @@ def scoring(out: Path, quick: bool = False) -> Path:
     return _save(fig, out, "scoring")
 
 
+@torch.random.fork_rng(devices=[])  # seeds its own weights; the caller's stream stays
 def multihead(out: Path, quick: bool = False) -> Path:
     """The weights of each head of one multi-head self-attention (causal)."""
     from gptlab.attention.multihead import MultiHeadAttention

@@ -150,6 +150,7 @@ class Seq2SeqResult:
     losses: list[float]
 
 
+@torch.random.fork_rng(devices=[])  # seeded here; the caller's stream goes on after
 def train_numbers(
     steps: int = 1500,
     batch_size: int = 128,
