@@ -64,12 +64,12 @@ def test_user_errors_are_one_line_and_exit_2(argv, message, tmp_path):
     assert message in result.stderr
 
 
-def in_folder(cwd, argv, monkeypatch, capsys) -> tuple[int, str]:
+def in_folder(cwd, argv, monkeypatch, capfd) -> tuple[int, str]:
     """`gptlab ARGV` run in cwd in this process (`main` is what the console script calls; the
-    test above runs real commands): (exit status, what it wrote to stderr)."""
+    test above runs real commands): (exit status, what it wrote to stderr, torch's C++ too)."""
     monkeypatch.chdir(cwd)
-    capsys.readouterr()
-    return main(argv), capsys.readouterr().err
+    capfd.readouterr()
+    return main(argv), capfd.readouterr().err
 
 
 def test_tokenizer_train_and_encode(tmp_path, capsys):
@@ -111,10 +111,10 @@ def test_tokenizer_train_and_encode(tmp_path, capsys):
         (["tokenizer", "encode", "missing-dir", "hi"], "missing-dir: no such folder"),
     ],
 )
-def test_tokenizer_user_errors(argv, message, tmp_path, monkeypatch, capsys):
+def test_tokenizer_user_errors(argv, message, tmp_path, monkeypatch, capfd):
     (tmp_path / "empty.txt").write_text("")
     (tmp_path / "latin1.txt").write_bytes("café".encode("latin-1"))
-    code, err = in_folder(tmp_path, argv, monkeypatch, capsys)
+    code, err = in_folder(tmp_path, argv, monkeypatch, capfd)
     assert code == 2, err
     assert err.count("\n") == 1 and message in err
     assert not (tmp_path / "o").exists()
@@ -180,8 +180,8 @@ def test_sample_with_int8_weights_writes_what_the_float_model_writes_greedily(ch
         (["--prompt", "Zebra!"], "character 'Z' at position 0 is not in the vocabulary"),
     ],
 )
-def test_sample_user_errors(char_run, extra, message, tmp_path, monkeypatch, capsys):
-    code, err = in_folder(tmp_path, ["sample", str(char_run), *extra], monkeypatch, capsys)
+def test_sample_user_errors(char_run, extra, message, tmp_path, monkeypatch, capfd):
+    code, err = in_folder(tmp_path, ["sample", str(char_run), *extra], monkeypatch, capfd)
     assert code == 2, err
     assert err.count("\n") == 1 and message in err
 
@@ -269,11 +269,11 @@ def test_eval_commands(char_run, tmp_path, capsys):
         (["multiple-choice", "RUN", "--data", "bad.jsonl"], "bad.jsonl, line 1: missing field"),
     ],
 )
-def test_eval_user_errors(char_run, tmp_path, argv, message, monkeypatch, capsys):
+def test_eval_user_errors(char_run, tmp_path, argv, message, monkeypatch, capfd):
     (tmp_path / "t.txt").write_text("To be, or not to be\n")
     (tmp_path / "bad.jsonl").write_text('{"endings": ["a", "b"], "label": 0}\n')
     argv = [str(char_run) if a == "RUN" else a for a in argv]
-    code, err = in_folder(tmp_path, ["eval", *argv], monkeypatch, capsys)
+    code, err = in_folder(tmp_path, ["eval", *argv], monkeypatch, capfd)
     assert code == 2, err
     assert err.count("\n") == 1 and message in err
 

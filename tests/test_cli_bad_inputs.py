@@ -383,12 +383,12 @@ CASES = [
 
 @pytest.mark.parametrize("argv, message", CASES, ids=[" ".join(a) for a, _ in CASES])
 def test_bad_input_is_one_line_exit_2_and_changes_nothing(
-    workspace, argv, message, capsys, monkeypatch
+    workspace, argv, message, capfd, monkeypatch
 ):
     monkeypatch.chdir(workspace)
     before = digest(workspace)
     assert main(argv) == 2
-    err = capsys.readouterr().err
+    err = capfd.readouterr().err  # (torch's C++ writes to the file descriptor)
     # one line, and only it: progress bars are drawn on terminals, not into logs
     assert err.startswith("gptlab: error: ") and err.count("\n") == 1 and "\r" not in err, err
     assert message in err

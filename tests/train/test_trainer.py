@@ -282,9 +282,10 @@ def test_sigterm_saves_a_checkpoint_and_resume_finishes(corpus, tmp_path, monkey
         (["n_layers=2"], "did you mean 'n_layer'"),
     ],
 )
-def test_user_errors_are_one_line_exit_2(args, message, tmp_path, monkeypatch, capsys):
-    """In this process (`main` is what the console script calls); the first case also as a
-    command, to see the line a user sees."""
+def test_user_errors_are_one_line_exit_2(args, message, tmp_path, monkeypatch, capfd):
+    """In this process (`main` is what the console script calls; capfd also sees what torch's
+    C++ would print); a corpus too short as a command too, to see the line a user sees after
+    the model is built and the data read."""
     from gptlab.cli import main
 
     (tmp_path / "empty.txt").write_text("")
@@ -292,12 +293,12 @@ def test_user_errors_are_one_line_exit_2(args, message, tmp_path, monkeypatch, c
     (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
     (tmp_path / "afile").write_text("not a folder")
     argv = ["train", "--preset", "tiny", "--no-progress", *args]
-    if args == ["--preset", "gpt5"]:
+    if args == ["--data", "short.txt"]:
         result = gptlab(*argv, cwd=tmp_path)
         code, err = result.returncode, result.stderr
     else:
         monkeypatch.chdir(tmp_path)
-        code, err = main(argv), capsys.readouterr().err
+        code, err = main(argv), capfd.readouterr().err
     assert code == 2, err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert message in err
