@@ -50,6 +50,7 @@ def test_toml_round_trip(tmp_path):
         ("beta2", "-0.1", "beta2 must be in [0, 1)"),
         ("threads", "-3", "threads must be >= 0"),
         ("threads", "100000", "threads must be at most 1024"),  # (a segfault in torch)
+        ("min_lr", "0.1", "min_lr=0.1 is above lr=0.001: the decay would raise the rate"),
         ("grad_clip", "-1", "grad_clip must be >= 0"),
         ("warmup_iters", "-1", "warmup_iters must be >= 0"),
         ("max_time", "nan", "max_time must be a finite number"),

@@ -201,6 +201,11 @@ class TrainConfig:
         check_val_fraction(self.val_fraction)
         if self.lr <= 0 or self.min_lr < 0:
             raise GptlabError(f"lr must be > 0 and min_lr >= 0, got {self.lr}, {self.min_lr}")
+        if self.min_lr > self.lr:
+            raise GptlabError(
+                f"min_lr={self.min_lr} is above lr={self.lr}: the decay would raise the rate; "
+                "set min_lr too (lr / 10 is usual)"
+            )
         if self.parallel not in ("ddp", "fsdp"):
             raise GptlabError(f"parallel must be ddp or fsdp, got {self.parallel!r}")
         if self.parallel == "fsdp" and self.dtype == "float16":

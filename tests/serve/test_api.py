@@ -330,6 +330,13 @@ def test_tokenize_info_and_openapi(client):
     "path, body, status, message",
     [
         ("/api/generate", {"seed": "x"}, 422, "seed must be an integer"),
+        (
+            "/api/generate",
+            {"seed": -1, "max_new_tokens": 2},
+            400,
+            "seed must be in [0, 2**63), got -1",
+        ),
+        ("/api/generate", {"seed": 2**64, "max_new_tokens": 2}, 400, "seed must be in [0, 2**63)"),
         ("/api/generate", {"max_new_tokens": 33}, 400, "max_new_tokens must be in [0, 32]"),
         ("/api/generate", {"top_k": -1}, 400, "top_k must be at least 1"),
         ("/api/generate", {"temperature": "hot"}, 422, "temperature must be a number"),

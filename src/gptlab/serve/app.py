@@ -432,6 +432,8 @@ class Server:
         n = body["max_new_tokens"]
         if not 0 <= n <= block:
             raise BadRequest(f"max_new_tokens must be in [0, {block}], got {n}", 400)
+        if not 0 <= body["seed"] < 2**63:  # as gptlab sample (torch's seeds are 64-bit)
+            raise BadRequest(f"seed must be in [0, 2**63), got {body['seed']}", 400)
         with self._count:
             if self.running >= self.max_generations:
                 raise BadRequest(
