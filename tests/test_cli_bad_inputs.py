@@ -285,6 +285,7 @@ CASES = [
         "batch_size must be at least 1",
     ),
     (["eval", "perplexity", "run", "--input", "text.txt", "--stride", "0"], "stride"),
+    (["eval", "perplexity", "run", "--input", "/dev/null"], "/dev/null: not a regular file"),
     # attention
     (["attention", "pooling", "--out", "afile"], "afile: exists and is not a folder"),
     (["attention", "pooling", "--out", "notes"], "notes holds files gptlab did not write"),

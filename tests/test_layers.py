@@ -17,7 +17,7 @@ FLOORS = [
     ("gptlab.model",),
     ("gptlab.attention", "gptlab.tokenizers", "gptlab.data"),
     ("gptlab.config", "gptlab.hub", "gptlab.hardware"),
-    ("gptlab.errors", "gptlab.fileio", "gptlab.folders"),
+    ("gptlab.errors", "gptlab.fileio", "gptlab.folders", "gptlab.figures"),
 ]
 
 # The one import that points up, as ../DESIGN.md allows: GPT.generate, a thin method over

@@ -727,6 +727,8 @@ def cmd_eval_perplexity(args: argparse.Namespace) -> int:
     path = Path(args.input)
     if path.is_dir():
         raise GptlabError(f"{path}: is a folder; --input takes one text file")
+    if path.exists() and not path.is_file():  # /dev/zero, a named pipe: it would never end
+        raise GptlabError(f"{path}: not a regular file (a device or a pipe); give a text file")
     if not path.is_file():
         raise GptlabError(f"{path}: no such file")
     if args.method == "lm-eval" and args.stride is not None:

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from gptlab import GPT, CharTokenizer, GPTConfig
+from gptlab import figures
 from gptlab.attention import demos
 from gptlab.attention.demos import DEMOS, DPI, FIGSIZES
 from gptlab.cli import main
@@ -31,15 +32,15 @@ def expected(name):
 @pytest.fixture
 def drawn(monkeypatch):
     """The matplotlib figures the demos save, kept for inspection: {name: figure}."""
-    figures = {}
+    kept = {}
     save = demos._save
 
     def keep(fig, out, name):
-        figures[name] = fig
+        kept[name] = fig
         return save(fig, out, name)
 
     monkeypatch.setattr(demos, "_save", keep)
-    return figures
+    return kept
 
 
 def heatmaps(fig):
@@ -171,14 +172,14 @@ def test_tokens_no_font_draws_are_named_once(tmp_path, capsys, monkeypatch):
     GPT(GPTConfig.preset("tiny", vocab_size=tok.vocab_size)).save_pretrained(folder)
     tok.save(folder)
     argv = gpt2_argv(folder, tmp_path / "fig", "日本 hello 語")
-    monkeypatch.setattr(demos, "CJK_FONTS", ())
+    monkeypatch.setattr(figures, "CJK_FONTS", ())
     assert main(argv) == 0
     err = capsys.readouterr().err
     assert err.count("\n") == 1, err
     assert "no installed font draws '日本語'" in err and "fonts-wqy-microhei" in err
     installed = {f.name for f in font_manager.fontManager.ttflist}
     monkeypatch.undo()
-    if not installed & set(demos.CJK_FONTS):
+    if not installed & set(figures.CJK_FONTS):
         pytest.skip("no CJK font installed (apt-get install fonts-wqy-microhei)")
     assert main(argv) == 0
     assert capsys.readouterr().err == ""

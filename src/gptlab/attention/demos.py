@@ -8,14 +8,12 @@ Every figure has labelled axes and a colour bar on each heatmap; sizes are fixed
 
 from __future__ import annotations
 
-import re
-import unicodedata
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from gptlab import figures
 from gptlab.errors import GptlabError
 
 DPI = 100
@@ -30,38 +28,6 @@ FIGSIZES = {  # inches; pixels = inches * DPI
 }
 
 
-def _subplots(*grid: int, figsize: tuple[float, float], **kwargs):
-    """(figure, axes) of a figure that belongs to no pyplot state: drawing one neither imports
-    pyplot nor changes the caller's backend (a notebook's inline plots keep working)."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=figsize)
-    return fig, fig.subplots(*grid, **kwargs)
-
-
-# fonts that draw Chinese, Japanese and Korean, tried after matplotlib's own for each glyph
-CJK_FONTS = (
-    "WenQuanYi Micro Hei",
-    "WenQuanYi Zen Hei",
-    "Noto Sans CJK SC",
-    "Noto Sans CJK JP",
-    "Source Han Sans SC",
-    "Microsoft YaHei",
-    "SimHei",
-    "PingFang SC",
-    "Arial Unicode MS",
-)
-
-
-def _label_fonts() -> list[str]:
-    """Font families for token labels: the default first, then any installed CJK font, which
-    matplotlib falls back to glyph by glyph."""
-    from matplotlib import font_manager, rcParams
-
-    installed = {f.name for f in font_manager.fontManager.ttflist}
-    return [*rcParams["font.sans-serif"][:1], *(f for f in CJK_FONTS if f in installed)]
-
-
 def _np(t):
     return torch.as_tensor(t).detach().float().numpy()
 
@@ -73,38 +39,17 @@ def _heatmap(fig, ax, matrix, title, xlabel, ylabel, xticks=None, yticks=None):
     ax.set_ylabel(ylabel)
     if xticks is not None:
         ax.set_xticks(
-            range(len(xticks)), xticks, rotation=90, fontsize=7, fontfamily=_label_fonts()
+            range(len(xticks)), xticks, rotation=90, fontsize=7, fontfamily=figures.label_fonts()
         )
     if yticks is not None:
-        ax.set_yticks(range(len(yticks)), yticks, fontsize=7, fontfamily=_label_fonts())
+        ax.set_yticks(range(len(yticks)), yticks, fontsize=7, fontfamily=figures.label_fonts())
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
 
 
 def _save(fig, out: Path, name: str) -> Path:
     """Lay the figure out and write out/name.png."""
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{name}.png"
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        fig.tight_layout()
-        fig.savefig(path, dpi=DPI)
-    missing = []  # matplotlib warns once per glyph; one note says it all
-    for w in caught:
-        found = re.match(r"Glyph \d+ \((.*)\) missing from font", str(w.message))
-        if found:
-            char = found.group(1)
-            if char.startswith("\\N{"):
-                char = unicodedata.lookup(char[3:-1])
-            missing.append(char)
-        else:
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    if missing:
-        warnings.warn(
-            f"{path}: no installed font draws {''.join(dict.fromkeys(missing))!r}, shown as "
-            f"boxes (install a CJK font such as fonts-wqy-microhei or fonts-noto-cjk)",
-            stacklevel=2,
-        )
-    return path
+    return figures.save(fig, out / f"{name}.png", DPI)
 
 
 def pooling(out: Path, quick: bool = False) -> Path:
@@ -125,7 +70,7 @@ def pooling(out: Path, quick: bool = False) -> Path:
         y_learned = model(x_test, x_train, y_train)
     y_avg = attention_pool(average_weights(len(x_test), len(x_train)), y_train)
 
-    fig, axes = _subplots(1, 3, figsize=FIGSIZES["pooling"])
+    fig, axes = figures.subplots(1, 3, figsize=FIGSIZES["pooling"])
     ax = axes[0]
     x_test, x_train, y_train = _np(x_test), _np(x_train), _np(y_train)
     ax.plot(x_test, _np(y_truth), "k-", label="truth")
@@ -170,7 +115,7 @@ def scoring(out: Path, quick: bool = False) -> Path:
     with torch.no_grad():
         additive(queries, keys, values, valid)
         dot(queries, keys, values, valid)
-    fig, axes = _subplots(1, 2, figsize=FIGSIZES["scoring"])
+    fig, axes = figures.subplots(1, 2, figsize=FIGSIZES["scoring"])
     for ax, module, name in ((axes[0], additive, "additive"), (axes[1], dot, "scaled dot-product")):
         weights = module.attention_weights[0].clone()
         weights[:, valid[0] :] = float("nan")  # masked: exactly zero weight, drawn blank
@@ -189,7 +134,7 @@ def multihead(out: Path, quick: bool = False) -> Path:
     x = torch.randn(1, 12, 32)
     with torch.no_grad():
         mha(x, x, x, causal=True)
-    fig, axes = _subplots(1, heads, figsize=FIGSIZES["multihead"])
+    fig, axes = figures.subplots(1, heads, figsize=FIGSIZES["multihead"])
     for h, ax in enumerate(axes):
         _heatmap(
             fig,
@@ -211,7 +156,7 @@ def positional(out: Path, quick: bool = False) -> Path:
     from gptlab.attention.positional import sinusoidal_table
 
     P = sinusoidal_table(64, 32)
-    fig, axes = _subplots(1, 2, figsize=FIGSIZES["positional"])
+    fig, axes = figures.subplots(1, 2, figsize=FIGSIZES["positional"])
     P = _np(P)
     image = axes[0].imshow(P, cmap="RdBu", aspect="auto", vmin=-1, vmax=1)
     axes[0].set_title("PE[pos, 2i] = sin, PE[pos, 2i+1] = cos")
@@ -234,7 +179,7 @@ def bahdanau(out: Path, quick: bool = False) -> Path:
     numbers = [4072, 913, 58, 1600]
     src, lens, _ = encode_pairs(numbers)
     words, weights = result.model.translate(src, lens)
-    fig, axes = _subplots(1, len(numbers), figsize=FIGSIZES["bahdanau"])
+    fig, axes = figures.subplots(1, len(numbers), figsize=FIGSIZES["bahdanau"])
     for i, (ax, n) in enumerate(zip(axes, numbers, strict=True)):
         steps = max(1, len(words[i]))
         _heatmap(
@@ -273,7 +218,7 @@ def gpt2(
     heads = maps.size(0)
     cols = min(heads, 6)
     rows = (heads + cols - 1) // cols
-    fig, axes = _subplots(rows, cols, figsize=FIGSIZES["gpt2"], squeeze=False)
+    fig, axes = figures.subplots(rows, cols, figsize=FIGSIZES["gpt2"], squeeze=False)
     for h in range(rows * cols):
         ax = axes[h // cols][h % cols]
         if h >= heads:
@@ -321,7 +266,7 @@ _TRANSFORMER_2017 = [  # (encoder, decoder), row by row
 def architecture(out: Path, quick: bool = False) -> Path:
     """GPT-2 small's path from ids to logits with each step's shape, beside the encoder-decoder
     Transformer of 2017 it comes from (post-LN, cross-attention, fixed positions)."""
-    fig, (left, right) = _subplots(
+    fig, (left, right) = figures.subplots(
         1, 2, figsize=FIGSIZES["architecture"], gridspec_kw={"width_ratios": [1.7, 1]}
     )
     steps = architecture_steps()

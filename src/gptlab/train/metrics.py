@@ -7,6 +7,8 @@ import math
 import time
 from pathlib import Path
 
+from gptlab import figures
+
 
 class Logger:
     """Progress bar, metrics.jsonl and TensorBoard, on rank 0 only."""
@@ -120,17 +122,13 @@ def plot_losses(out: Path) -> None:
     rows = [r for r in read_losses(out) if None not in r.values()]
     if not rows:
         return
-    from matplotlib.figure import Figure  # no pyplot: the caller's backend stays as it is
-
-    fig = Figure(figsize=(7, 4), dpi=100)
-    ax = fig.subplots()
+    fig, ax = figures.subplots(figsize=(7, 4))  # no pyplot: the caller's backend stays
     steps = [r["step"] for r in rows]
     ax.plot(steps, [r["train_loss"] for r in rows], marker="o", label="train")
     ax.plot(steps, [r["val_loss"] for r in rows], marker="o", label="val")
     ax.set_xlabel("step")
     ax.set_ylabel("loss (cross entropy, nats)")
-    ax.set_title(out.name)
+    ax.set_title(out.name, fontfamily=figures.label_fonts())  # (a folder named in Chinese)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "loss.png")
+    figures.save(fig, out / "loss.png", dpi=100)
