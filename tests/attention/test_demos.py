@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from gptlab import GPT, CharTokenizer, GPTConfig
-from gptlab import figures
+from gptlab import GPT, CharTokenizer, GPTConfig, figures
 from gptlab.attention import demos
 from gptlab.attention.demos import DEMOS, DPI, FIGSIZES
 from gptlab.cli import main
