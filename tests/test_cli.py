@@ -1,4 +1,5 @@
 import io
+import itertools
 import json
 import os
 import subprocess
@@ -150,6 +151,25 @@ def test_sample_streams_text_from_a_run(char_run, capsys):
     assert capsys.readouterr().out == first  # same seed, same text, streamed or not
     assert main(["sample", str(char_run), "--num-samples", "2", "--max-new-tokens", "5"]) == 0
     assert "-" * 40 in capsys.readouterr().out
+
+
+def test_ctrl_c_on_a_sample_printed_whole_shows_what_was_made(char_run, capsys, monkeypatch):
+    """--no-stream prints at the end: a Ctrl-C before it printed nothing of a long sample."""
+    import gptlab.generate
+
+    argv = ["sample", str(char_run), "--prompt", "To be", "--max-new-tokens", "30", "--seed", "3"]
+    assert main(argv) == 0
+    whole = capsys.readouterr().out
+    real = gptlab.generate.stream
+
+    def ten_then_ctrl_c(*args, **kwargs):
+        yield from itertools.islice(real(*args, **kwargs), 10)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gptlab.generate, "stream", ten_then_ctrl_c)
+    assert main(argv + ["--no-stream"]) == 130
+    out, err = capsys.readouterr()
+    assert out == whole[: len("To be") + 10] + "\n" and err == "gptlab: interrupted\n"
 
 
 def test_sample_with_int8_weights_writes_what_the_float_model_writes_greedily(char_run, capsys):

@@ -641,7 +641,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         pieces = [prompt]
         if not args.no_stream:
             print(prompt, end="", flush=True)
-        for nxt in stream(
+        tokens = stream(
             model,
             idx,
             args.max_new_tokens,
@@ -650,14 +650,20 @@ def cmd_sample(args: argparse.Namespace) -> int:
             args.top_p,
             eos_id=tok.eot_id,
             generator=generator,
-        ):
-            token = int(nxt[0])
-            if token == tok.eot_id:
-                break
-            text = decoder.step([token])
-            pieces.append(text)
-            if not args.no_stream and text:
-                print(text, end="", flush=True)
+        )
+        try:
+            for nxt in tokens:
+                token = int(nxt[0])
+                if token == tok.eot_id:
+                    break
+                text = decoder.step([token])
+                pieces.append(text)
+                if not args.no_stream and text:
+                    print(text, end="", flush=True)
+        except KeyboardInterrupt:  # Ctrl-C on a long --no-stream sample: what was made shows
+            if args.no_stream:
+                print("".join(pieces) + decoder.flush(), flush=True)
+            raise
         tail = decoder.flush()
         pieces.append(tail)
         print(tail if not args.no_stream else "".join(pieces), flush=True)
