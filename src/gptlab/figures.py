@@ -13,6 +13,8 @@ import unicodedata
 import warnings
 from pathlib import Path
 
+from gptlab.fileio import atomic_write
+
 # fonts that draw Chinese, Japanese and Korean, tried after matplotlib's own for each glyph
 CJK_FONTS = (
     "WenQuanYi Micro Hei",
@@ -45,12 +47,13 @@ def label_fonts() -> list[str]:
 
 
 def save(fig, path: Path, dpi: float) -> Path:
-    """Lay the figure out and write it to `path`; characters no installed font draws (drawn
+    """Lay the figure out and write it to `path` (whole or not at all, as every file gptlab
+    writes; the format is the suffix's); characters no installed font draws (drawn
     as boxes) are named in one warning instead of matplotlib's one per glyph."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         fig.tight_layout()
-        fig.savefig(path, dpi=dpi)
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format=path.suffix[1:]))
     missing = []
     for w in caught:
         found = re.match(r"Glyph \d+ \((.*)\) missing from font", str(w.message))

@@ -252,6 +252,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_finishes(corpus, tmp_path, monkey
     # the stop saved at once: no evaluation at the stop step, only the scheduled ones
     rows = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert all(json.loads(row)["step"] % 50 == 0 for row in rows)
+    assert (tmp_path / "run" / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # so far
     # the resume and the refusals in this process (only the signal needs a process of its own)
     monkeypatch.chdir(tmp_path)
     capsys.readouterr()

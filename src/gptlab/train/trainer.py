@@ -516,7 +516,7 @@ class _Run:
                         break
         finally:
             self.log.close()
-        if d.is_main and not interrupted:
+        if d.is_main:  # (after a Ctrl-C too: the curve so far, before the resume draws on)
             plot_losses(self.out)
         best = None if math.isinf(state.best_val) else state.best_val
         return TrainResult(
