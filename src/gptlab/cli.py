@@ -482,7 +482,9 @@ def _train_settings(args: argparse.Namespace):
     args.preset = args.preset or "shakespeare-char"
     if args.preset not in PRESETS:
         raise GptlabError(f"unknown preset {args.preset!r}; known presets: {', '.join(PRESETS)}")
-    model = GPTConfig.preset(args.preset)
+    # a new run's vocab_size is its data's (the trainer sets it): until then 1 stands in, so
+    # that a padded_vocab_size is checked against the data's vocabulary, not the preset's
+    model = GPTConfig.preset(args.preset, vocab_size=1)
     train = TrainConfig(**TRAIN_PRESETS.get(args.preset, {"out": f"out/{args.preset}"}))
     layers = [load_toml(args.config)] if args.config else []
     flags = {k: v for k, v in (("data", args.data), ("out", args.out)) if v is not None}

@@ -270,6 +270,24 @@ def test_sigterm_saves_a_checkpoint_and_resume_finishes(corpus, tmp_path, monkey
         assert message in capsys.readouterr().err
 
 
+def test_padded_vocab_size_is_checked_against_the_datas_vocabulary(corpus, tmp_path, capfd):
+    """The tiny preset's vocab_size (256) stands in until the data's is known: a char corpus of
+    a few letters pads to 32 rows, and is refused below its own vocabulary."""
+    from gptlab.cli import main
+
+    base = ["train", "--preset", "tiny", "--data", str(corpus), "--no-progress"]
+    settings = ["max_iters=1", "eval_interval=1", "eval_iters=1", "threads=1"]
+    assert main([*base, "--out", str(tmp_path / "r"), *settings, "padded_vocab_size=32"]) == 0
+    model = GPT.from_pretrained(tmp_path / "r")
+    vocab = len(set(corpus.read_text()))
+    assert model.config.vocab_size == vocab and model.transformer.wte.weight.shape[0] == 32
+    capfd.readouterr()
+    argv = [*base, "--out", str(tmp_path / "s"), *settings, f"padded_vocab_size={vocab - 1}"]
+    assert main(argv) == 2
+    err = capfd.readouterr().err
+    assert f"padded_vocab_size={vocab - 1} is smaller than vocab_size={vocab}" in err, err
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
