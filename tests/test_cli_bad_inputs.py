@@ -158,6 +158,7 @@ CASES = [
     (["train", "lr=inf"], "lr"),
     (["train", "beta1=2"], "beta1 must be in [0, 1)"),
     (["train", "threads=-3"], "threads must be >= 0"),
+    (["train", "--data", "text.txt", "--out", "o", "min_lr=0.1"], "min_lr=0.1 is above lr"),
     (["train", "parallel=zero3"], "parallel must be ddp or fsdp"),
     (["train", "parallel=fsdp", "dtype=float16"], "use dtype=bfloat16"),
     (["train", "cpu_offload=true"], "cpu_offload=true needs parallel=fsdp"),

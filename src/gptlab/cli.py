@@ -472,6 +472,7 @@ def _train_settings(args: argparse.Namespace):
         GPTConfig,
         TrainConfig,
         apply_settings,
+        check_new_run,
         load_toml,
         parse_overrides,
     )
@@ -490,6 +491,7 @@ def _train_settings(args: argparse.Namespace):
     flags = {k: v for k, v in (("data", args.data), ("out", args.out)) if v is not None}
     for settings in [*layers, flags, overrides]:
         model, train = apply_settings(model, train, settings)
+    check_new_run(train)
     if train.init_from != "scratch":  # the network's shape comes from the model it starts from
         import dataclasses
 

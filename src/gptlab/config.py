@@ -201,11 +201,6 @@ class TrainConfig:
         check_val_fraction(self.val_fraction)
         if self.lr <= 0 or self.min_lr < 0:
             raise GptlabError(f"lr must be > 0 and min_lr >= 0, got {self.lr}, {self.min_lr}")
-        if self.min_lr > self.lr:
-            raise GptlabError(
-                f"min_lr={self.min_lr} is above lr={self.lr}: the decay would raise the rate; "
-                "set min_lr too (lr / 10 is usual)"
-            )
         if self.parallel not in ("ddp", "fsdp"):
             raise GptlabError(f"parallel must be ddp or fsdp, got {self.parallel!r}")
         if self.parallel == "fsdp" and self.dtype == "float16":
@@ -379,6 +374,17 @@ def _convert(name: str, text, kind):
 
 # Settings that were removed, and why: a run's train.toml written before may still hold them.
 RETIRED = {"log_interval": "it was never read: the progress bar updates itself"}
+
+
+def check_new_run(train: TrainConfig) -> None:
+    """What only the final settings of a new run can say (a preset, a --config file and
+    key=value each set a part): the decay goes down to min_lr, never up. A resumed run keeps
+    the plan it began with."""
+    if train.min_lr > train.lr:
+        raise GptlabError(
+            f"min_lr={train.min_lr} is above lr={train.lr}: the cosine decay would raise the "
+            "rate; lower min_lr (lr / 10 is usual)"
+        )
 
 
 def apply_settings(
