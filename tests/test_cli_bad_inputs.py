@@ -111,6 +111,11 @@ CASES = [
     (["convert", "run", "run/checkpoint", "--overwrite"], "is inside the training run"),
     # prepared data's ids are its tokenizer's: --overwrite does not replace that vocabulary
     (["convert", "run", "prep", "--overwrite"], "prep holds prepared data"),
+    (["convert", "run", "tok", "--overwrite"], "tok holds a tokenizer (vocab.json"),
+    (
+        ["convert", "run", "run/snapshots/step-000002", "--overwrite"],
+        "is inside the training run",
+    ),
     (
         ["tokenizer", "train", "--input", "text.txt", "--vocab-size", "300", "--out", "run/best"],
         "is inside the training run",
@@ -312,6 +317,10 @@ CASES = [
     (
         ["tokenizer", "train", "--input", "text.txt", "--vocab-size", "300", "--out", "run"],
         "training run's folder",
+    ),
+    (  # said before --overwrite is offered (which would not do)
+        ["tokenizer", "train", "--input", "text.txt", "--vocab-size", "300", "--out", "int8run"],
+        "int8run holds a model",
     ),
     *(  # nor a model's or prepared data's (the ids would stand for other text)
         (

@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from gptlab.config import DTYPES
@@ -69,14 +69,18 @@ def _dtype(name: str):
 
 
 def _output_folder(
-    out: str, overwrite: bool, writes: Sequence[str], mark: str | None = None
+    out: str,
+    overwrite: bool,
+    writes: Sequence[str],
+    mark: str | None = None,
+    owned: Callable[[Path], None] | None = None,
 ) -> Path:
     """Check, before any work, that a command may write the files `writes` into OUT: OUT is
     new, empty, or holds only such files (replacing them takes --overwrite, unless the folder
     holds `mark`, the file by which a command that redraws without asking knows its own
     folder: a name alone proves nothing); a folder holding anything else is written to only
     with --overwrite, which replaces `writes` and touches nothing else. A training run's
-    folder is refused."""
+    folder is refused, then whatever `owned(folder)` refuses (before --overwrite is offered)."""
     from gptlab.folders import check_not_inside_a_run, is_training_run
 
     folder = Path(out)
@@ -88,6 +92,8 @@ def _output_folder(
         return folder
     if is_training_run(folder):
         raise GptlabError(f"{folder} is a training run's folder; write into another folder")
+    if owned is not None:
+        owned(folder)
     present = {p.name for p in folder.iterdir()}
     foreign = sorted(present - {*writes, mark})
     if foreign and not overwrite:
@@ -102,11 +108,19 @@ def _output_folder(
     return folder
 
 
-def _check_ids_are_free(folder: Path, model_too: bool) -> None:
-    """Refuse to replace the vocabulary of prepared data (and, with `model_too`, of a model)
-    in `folder`, even with --overwrite: their ids would then stand for other text."""
-    from gptlab.data.shards import is_prepared_data
+def _vocabulary_owner_check(model_too: bool) -> Callable[[Path], None]:
+    return lambda folder: _check_ids_are_free(folder, model_too)
 
+
+def _check_ids_are_free(folder: Path, model_too: bool) -> None:
+    """Refuse to replace the vocabulary of prepared data and, with `model_too`, of a model in
+    `folder`, even with --overwrite (their ids would then stand for other text); without it,
+    a tokenizer that is not a model's (a convert replaces a model, not a vocabulary)."""
+    from gptlab.data.shards import is_prepared_data
+    from gptlab.tokenizers import TOKENIZER_FILES
+
+    if not folder.is_dir():
+        return
     if is_prepared_data(folder):
         raise GptlabError(
             f"{folder} holds prepared data, whose token ids are its tokenizer's; "
@@ -117,6 +131,12 @@ def _check_ids_are_free(folder: Path, model_too: bool) -> None:
         raise GptlabError(
             f"{folder} holds a model ({', '.join(weights)}), whose ids are its tokenizer's; "
             "train the tokenizer into another folder"
+        )
+    vocabulary = [n for n in TOKENIZER_FILES if (folder / n).exists()]
+    if not model_too and vocabulary and not weights:
+        raise GptlabError(
+            f"{folder} holds a tokenizer ({', '.join(vocabulary)}) and no model; "
+            "convert into another folder"
         )
 
 
@@ -222,10 +242,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from gptlab.model import GPT
     from gptlab.tokenizers import TOKENIZER_FILES, Tokenizer
 
-    out = _output_folder(
-        args.out, args.overwrite, ("config.json", "model.safetensors", *TOKENIZER_FILES)
-    )
-    _check_ids_are_free(out, model_too=False)
+    writes = ("config.json", "model.safetensors", *TOKENIZER_FILES)
+    out = _output_folder(args.out, args.overwrite, writes, owned=_vocabulary_owner_check(False))
     from gptlab.model.load import load_model
 
     # the one loader's rules (int8 computes in float32); float16 is only stored, never
@@ -304,8 +322,9 @@ def cmd_tokenizer_train(args: argparse.Namespace) -> int:
     from gptlab.tokenizers import TOKENIZER_FILES, train_bpe
     from gptlab.tokenizers.bpe import PATTERNS
 
-    out = _output_folder(args.out, args.overwrite, TOKENIZER_FILES)
-    _check_ids_are_free(out, model_too=True)
+    out = _output_folder(
+        args.out, args.overwrite, TOKENIZER_FILES, owned=_vocabulary_owner_check(True)
+    )
     files = text_files(args.input)
     size = 0
 

@@ -25,12 +25,12 @@ def is_training_run(folder: Path) -> bool:
 
 
 def check_not_inside_a_run(folder: Path, advice: str = "write elsewhere") -> None:
-    """Refuse RUN/sub: a folder directly inside a training run's (RUN/checkpoint, RUN/data)
-    belongs to that run. Known by the run's mark only: a user's project folder may well hold
-    a train.toml (or a .lock) of its own."""
-    parent = folder.absolute().parent
-    if (parent / RUN_MARK).exists():
-        raise GptlabError(f"{folder} is inside the training run {parent}; {advice}")
+    """Refuse RUN/sub and RUN/sub/sub: a folder inside a training run's (RUN/checkpoint,
+    RUN/data, RUN/snapshots/step-N) belongs to that run. Known by the run's mark only: a
+    user's project folder may well hold a train.toml (or a .lock) of its own."""
+    for above in folder.absolute().parents[:2]:
+        if (above / RUN_MARK).exists():
+            raise GptlabError(f"{folder} is inside the training run {above}; {advice}")
 
 
 class FolderLock:
