@@ -523,6 +523,21 @@ def test_a_reader_that_stops_early_is_no_error(tmp_path):
     assert process.wait() == 141 and process.stderr.read() == b""
 
 
+def test_a_broken_pipe_that_is_not_stdout_is_an_error(monkeypatch, capfd):
+    """A pipe of the command's own (a subprocess, a socket) is not a reader of stdout that
+    stopped early: one line and exit 2, stdout left as it was."""
+    import gptlab.cli
+
+    def broken(args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(gptlab.cli, "cmd_info", broken)
+    assert main(["info", "x"]) == 2
+    print("still here")
+    out, err = capfd.readouterr()
+    assert err == "gptlab: error: Broken pipe\n" and out == "still here\n"
+
+
 def test_ctrl_c_while_a_command_loads_is_one_line_and_exit_130(capsys, monkeypatch):
     class Interrupting:  # Ctrl-C arriving while the sample command imports its modules
         def find_spec(self, name, path=None, target=None):

@@ -150,6 +150,9 @@ def test_top_k_and_top_p_restrict_the_choice():
     picks = {int(sample_next(logits, 1.0, top_p=0.8, generator=g)) for _ in range(200)}
     assert picks == {0, 1}
     assert int(sample_next(logits, 0.0)) == 0
+    # a top_p that rounds to 0 in float32 dropped every token (NaN probabilities): the
+    # likeliest stays
+    assert {int(sample_next(logits, 1.0, top_p=1e-300, generator=g)) for _ in range(20)} == {0}
 
 
 @pytest.mark.parametrize("temperature", [1e-5, 1e-30, 1e-39, 1e-45, 5e-324])

@@ -1091,8 +1091,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             _say(f"gptlab: error: {e}")
             return 2
         except BrokenPipeError as e:  # `gptlab info RUN | head -1`: the reader has gone
-            if e.filename is not None:  # (a file the user named is an error like any other)
-                _say(f"gptlab: error: {e.filename}: {e.strerror}")
+            if e.filename is not None or not _stdout_is_closed():  # another pipe: an error
+                where = f"{e.filename}: " if e.filename else ""
+                _say(f"gptlab: error: {where}{e.strerror or e}")
                 return 2
             _quiet_stdout()
             return 141  # as a shell reports a process that SIGPIPE ended
@@ -1106,6 +1107,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             if escaped and sys.stdout is stdout:  # a program that calls main() gets it back
                 stdout.reconfigure(errors="strict")
+
+
+def _stdout_is_closed() -> bool:
+    """True if stdout is a pipe whose reader has gone (poll says POLLERR)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), no descriptor
+        return False
 
 
 def _quiet_stdout() -> None:

@@ -95,6 +95,7 @@ def sample_filter(
         probs = F.softmax(sorted_logits, dim=-1)
         # drop a token when the tokens before it already hold top_p of the mass
         drop = probs.cumsum(dim=-1) - probs >= top_p
+        drop[..., 0] = False  # the likeliest always stays (a top_p that rounds to 0 in float32)
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     return logits

@@ -330,6 +330,7 @@ def test_tokenize_info_and_openapi(client):
     "path, body, status, message",
     [
         ("/api/generate", {"seed": "x"}, 422, "seed must be an integer"),
+        ("/api/next", {"top_p": -(10**400)}, 422, "top_p must be a finite number"),
         (
             "/api/generate",
             {"seed": -1, "max_new_tokens": 2},

@@ -166,7 +166,12 @@ def _typed(name: str, value: Any) -> Any:
         return None
     if not ok:
         raise BadRequest(f"{name} must be a{'n' if kind[0] in 'aei' else ''} {kind}")
-    return float(value) if kind == "number" else value
+    if kind == "number":
+        try:
+            return float(value)
+        except OverflowError:  # an integer of 400 digits
+            raise BadRequest(f"{name} must be a finite number") from None
+    return value
 
 
 async def _body(request: Request, allowed: list[str]) -> dict[str, Any]:
