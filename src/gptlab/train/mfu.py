@@ -61,25 +61,29 @@ def probe_sides(
     last: int = 2048,
     enough_s: float = 0.01,
     busy_up_to: int = 1024,
-    next_under_s: float = 0.25,
+    spend_s: float = 1.0,
 ) -> dict[int, float]:
     """Time square products of growing sides: {side: seconds of its fastest product}.
 
     `seconds(n)` times one n x n product; each side is timed twice (the first is also the
-    warm-up). The side doubles while a product takes under `enough_s` (up to `last`), and
-    beyond that up to `busy_up_to` while the next one, predicted as 8x this one, stays under
-    `next_under_s`: a busy host whose scheduler waits make even a small product take ~10-20 ms
-    still reaches a side whose work dominates the waits, and a dtype the CPU emulates stops at
-    a side it multiplies in a fraction of a second.
+    warm-up). The side doubles while a product takes under `enough_s` (up to `last`). Beyond
+    that it doubles on to `busy_up_to` while the time has not yet grown like the work (a
+    doubled side is 8x the work: under 4x the time means waits, not work, dominate, as on a
+    busy host whose scheduler makes even a 128 product take tens of ms), within `spend_s` in
+    all; a dtype the CPU emulates grows ~8x per doubling and stops early.
     """
-    times, side = {}, first
+    times: dict[int, float] = {}
+    side, before, spent = first, None, 0.0
     while True:
-        t = times[side] = min(seconds(side), seconds(side))
+        a, b = seconds(side), seconds(side)
+        t = times[side] = min(a, b)
+        spent += a + b
         if side >= last:
             return times
-        if t >= enough_s and (side >= busy_up_to or 8 * t >= next_under_s):
+        work_shows = before is not None and t >= 4 * before
+        if t >= enough_s and (side >= busy_up_to or work_shows or spent >= spend_s):
             return times
-        side *= 2
+        side, before = side * 2, t
 
 
 def best_side(times: dict[int, float]) -> int:
