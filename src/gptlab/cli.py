@@ -502,13 +502,18 @@ def _train_settings(args: argparse.Namespace):
     args.preset = args.preset or "shakespeare-char"
     if args.preset not in PRESETS:
         raise GptlabError(f"unknown preset {args.preset!r}; known presets: {', '.join(PRESETS)}")
-    # a new run's vocab_size is its data's (the trainer sets it): until then 1 stands in, so
-    # that a padded_vocab_size is checked against the data's vocabulary, not the preset's
-    model = GPTConfig.preset(args.preset, vocab_size=1)
+    model = GPTConfig.preset(args.preset)
     train = TrainConfig(**TRAIN_PRESETS.get(args.preset, {"out": f"out/{args.preset}"}))
     layers = [load_toml(args.config)] if args.config else []
     flags = {k: v for k, v in (("data", args.data), ("out", args.out)) if v is not None}
     for settings in [*layers, flags, overrides]:
+        if "padded_vocab_size" in settings and "vocab_size" not in settings:
+            # a new run's vocab_size is its data's (the trainer sets it): the preset's stands
+            # in until then, lowered so that padded_vocab_size meets the data's vocabulary
+            padded = apply_settings(model.replace(vocab_size=1), train, settings)[0]
+            if padded.padded_vocab_size is not None:
+                vocab = min(model.vocab_size, padded.padded_vocab_size)
+                model = model.replace(padded_vocab_size=None, vocab_size=vocab)
         model, train = apply_settings(model, train, settings)
     check_new_run(train)
     if train.init_from != "scratch":  # the network's shape comes from the model it starts from

@@ -374,3 +374,20 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) // 1024)
     assert (
         PreparedData(tmp_path / "out").meta["characters"] == (tmp_path / "big.txt").stat().st_size
     )
+
+
+def test_a_prepare_worker_leaves_ctrl_c_to_the_parent(tmp_path):
+    """Ctrl-C reaches the whole process group: a worker that took it printed a
+    KeyboardInterrupt traceback under the parent's one line."""
+    import signal
+
+    from gptlab.data import shards
+    from gptlab.tokenizers import CharTokenizer
+
+    CharTokenizer.from_text("abc").save(tmp_path)
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        shards._init_worker(str(tmp_path))
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -87,6 +88,9 @@ _WORKER_TOKENIZER: Tokenizer | None = None
 
 def _init_worker(tokenizer_dir: str) -> None:
     global _WORKER_TOKENIZER
+    # Ctrl-C reaches the whole process group: the parent stops the pool and says one line,
+    # a worker finishes its chunk instead of printing a KeyboardInterrupt traceback
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _WORKER_TOKENIZER = Tokenizer.from_pretrained(tokenizer_dir)
 
 

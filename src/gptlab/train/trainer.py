@@ -517,7 +517,11 @@ class _Run:
         finally:
             self.log.close()
         if d.is_main:  # (after a Ctrl-C too: the curve so far, before the resume draws on)
-            plot_losses(self.out)
+            try:
+                plot_losses(self.out)
+            except KeyboardInterrupt:  # a second Ctrl-C: the checkpoint is saved, the
+                if not interrupted:  # "Resume with" line matters more than the picture
+                    raise
         best = None if math.isinf(state.best_val) else state.best_val
         return TrainResult(
             self.out,
