@@ -270,6 +270,24 @@ def test_sigterm_saves_a_checkpoint_and_resume_finishes(corpus, tmp_path, monkey
         assert message in capsys.readouterr().err
 
 
+def test_fine_tuning_refuses_data_of_another_vocabulary_of_the_same_size(corpus, tmp_path, capfd):
+    """'q' swapped for 'x': as many characters, but every id from there on means another one."""
+    from gptlab.cli import main
+    from gptlab.data import prepare
+
+    settings = ["max_iters=1", "eval_interval=1", "eval_iters=1", "threads=1"]
+    base = ["train", "--preset", "tiny", "--no-progress", *settings]
+    assert main([*base, "--data", str(corpus), "--out", str(tmp_path / "r")]) == 0
+    (tmp_path / "swap.txt").write_text(corpus.read_text().replace("q", "x"))
+    prepare(str(tmp_path / "swap.txt"), tmp_path / "swap", "char", progress=False)
+    prepare(str(corpus), tmp_path / "same", "char", progress=False)
+    capfd.readouterr()
+    tune = [*base, f"init_from={tmp_path / 'r'}"]
+    assert main([*tune, "--data", str(tmp_path / "swap"), "--out", str(tmp_path / "a")]) == 2
+    assert "tokenizer and the data's give the same ids other text" in capfd.readouterr().err
+    assert main([*tune, "--data", str(tmp_path / "same"), "--out", str(tmp_path / "b")]) == 0
+
+
 def test_padded_vocab_size_is_checked_against_the_datas_vocabulary(corpus, tmp_path, capfd):
     """The tiny preset's vocab_size (256) stands in until the data's is known: a char corpus of
     a few letters pads to 32 rows, and is refused below its own vocabulary."""

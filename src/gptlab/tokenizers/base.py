@@ -83,6 +83,13 @@ class Tokenizer(ABC):
                 f"{vocab_size}; they do not belong together (a tokenizer file replaced?)"
             )
 
+    def same_ids(self, other: Tokenizer) -> bool:
+        """True if every id stands for the same text in both (one vocabulary, whatever files
+        or kind hold it): data prepared with `other` may train a model of this one."""
+        return self.vocab_size == other.vocab_size and all(
+            self.decode([i]) == other.decode([i]) for i in range(self.vocab_size)
+        )
+
     @abstractmethod
     def decode(self, ids: Iterable[int]) -> str: ...
 

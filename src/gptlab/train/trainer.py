@@ -535,6 +535,22 @@ class _Run:
         )
 
 
+def _check_same_vocabulary(model_dir: Path, data) -> None:
+    """Data prepared with another vocabulary of the same size (a character swapped) would
+    fine-tune the model on ids that mean other text."""
+    from gptlab.tokenizers import Tokenizer
+
+    try:
+        theirs = Tokenizer.from_pretrained(model_dir)
+    except GptlabError:  # weights without a vocabulary: the size is all there is to check
+        return
+    if not theirs.same_ids(data.tokenizer()):
+        raise GptlabError(
+            f"{model_dir}'s tokenizer and the data's give the same ids other text; prepare "
+            f"the data with the model's tokenizer (gptlab prepare --tokenizer {model_dir})"
+        )
+
+
 def _build_model(model_config, config, data, out, resume):
     """(model, its config, (trainer state, state) or None): resumed from OUT's checkpoint,
     fine-tuned from init_from, or new with seeded weights."""
@@ -549,6 +565,8 @@ def _build_model(model_config, config, data, out, resume):
                 f"tokenized with a vocabulary of {data.vocab_size}; prepare the data with the "
                 "model's tokenizer (gptlab prepare --tokenizer MODEL)"
             )
+        if Path(config.init_from).is_dir():  # (a hub name's vocabulary is what it is)
+            _check_same_vocabulary(Path(config.init_from), data)
         if model_config.block_size < model.config.block_size:
             model = _crop_block_size(model, model_config.block_size)
         model.config = model.config.replace(dropout=model_config.dropout)
