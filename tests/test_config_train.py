@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 
 from gptlab import GPTConfig, GptlabError
@@ -123,3 +125,12 @@ def test_min_lr_is_checked_on_the_final_settings(tmp_path, monkeypatch, capfd):
     capfd.readouterr()
     assert main(["train", "--config", "ft.toml", "--list-settings"]) == 2
     assert "min_lr=0.0005 is above lr=0.0001" in capfd.readouterr().err
+
+
+def test_a_python_caller_gets_the_min_lr_check_too(tmp_path):
+    from gptlab.train import train
+
+    config = TrainConfig(data=str(tmp_path / "t.txt"), out=str(tmp_path / "r"), lr=1e-4)
+    with pytest.raises(GptlabError, match="min_lr=0.0005 is above lr=0.0001"):
+        train(GPTConfig.preset("tiny"), dataclasses.replace(config, min_lr=5e-4))
+    assert not (tmp_path / "r").exists()

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from gptlab.config import GPTConfig, TrainConfig, load_toml, to_toml
+from gptlab.config import GPTConfig, TrainConfig, check_new_run, load_toml, to_toml
 from gptlab.errors import GptlabError
 from gptlab.fileio import atomic_write_text
 from gptlab.hardware import resolve_device, resolve_dtype
@@ -103,6 +103,8 @@ def train(
     name is what train.toml records, so a resumed run keeps it. torch's thread count, changed
     by threads=N, is restored on return."""
     started = started or time.perf_counter()
+    if not resume:  # (as the command line checks a new run's final settings)
+        check_new_run(config)
     device = resolve_device(config.device)
     requested = config.dtype
     config = dataclasses.replace(config, dtype=resolve_dtype(config.dtype, device))
